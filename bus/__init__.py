@@ -1,0 +1,17 @@
+"""busmon's embedded event bus: one interface over memory, Kafka and NATS.
+
+>>> bus = create_bus("memory://")
+"""
+
+from bus.codec import DecodeError, decode, encode
+from bus.counters import BusCounters
+from bus.envelope import Envelope
+from bus.errors import BusClosedError, BusConfigError, BusConnectError, BusError
+from bus.factory import create_bus, load_factory
+from bus.protocol import EventBus, Handler, Subscription
+
+__all__ = [
+    "BusClosedError", "BusConfigError", "BusConnectError", "BusCounters", "BusError",
+    "DecodeError", "Envelope", "EventBus", "Handler", "Subscription", "create_bus",
+    "decode", "encode", "load_factory",
+]

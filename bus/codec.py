@@ -1,0 +1,89 @@
+"""The wire encoding shared by the Kafka and NATS backends.
+
+One compact, versioned binary frame per envelope, so that a consumer can tell
+busmon's envelopes from garbage and an old reader can reject a newer frame
+instead of misreading it::
+
+    magic "BM" | version u8 | flags u8 | seq u64 | ts_ns u64
+    | key_len u16 | type_len u16 | header_count u16
+    | key | type | (name_len u16, name, value_len u16, value) * header_count
+    | payload (the rest)
+
+All integers are big-endian.
+"""
+
+from __future__ import annotations
+
+import struct
+
+from bus.envelope import Envelope
+
+MAGIC = b"BM"
+VERSION = 1
+_FIXED = struct.Struct(">2sBBQQHHH")
+_U16 = struct.Struct(">H")
+
+
+class DecodeError(ValueError):
+    """The bytes are not a busmon envelope this version can read."""
+
+
+def encode(envelope: Envelope) -> bytes:
+    """Encode an envelope into one frame."""
+    key = envelope.key.encode()
+    type_ = envelope.type.encode()
+    parts = [
+        _FIXED.pack(
+            MAGIC, VERSION, 0, envelope.seq, envelope.ts_ns,
+            len(key), len(type_), len(envelope.headers),
+        ),
+        key,
+        type_,
+    ]
+    for name, value in envelope.headers.items():
+        name_b, value_b = name.encode(), value.encode()
+        if len(name_b) > 0xFFFF or len(value_b) > 0xFFFF:
+            raise ValueError(f"header {name!r} is longer than 65535 bytes")
+        parts += [_U16.pack(len(name_b)), name_b, _U16.pack(len(value_b)), value_b]
+    if len(key) > 0xFFFF or len(type_) > 0xFFFF:
+        raise ValueError("envelope key and type must each fit in 65535 bytes")
+    parts.append(envelope.payload)
+    return b"".join(parts)
+
+
+def decode(frame: bytes) -> Envelope:
+    """Decode one frame; raise :class:`DecodeError` on anything malformed."""
+    try:
+        magic, version, _flags, seq, ts_ns, key_len, type_len, n_headers = _FIXED.unpack_from(frame)
+    except struct.error as exc:
+        raise DecodeError(f"frame too short ({len(frame)} bytes)") from exc
+    if magic != MAGIC:
+        raise DecodeError(f"bad magic {magic!r}")
+    if version != VERSION:
+        raise DecodeError(f"unsupported envelope version {version}")
+    pos = _FIXED.size
+    try:
+        key = frame[pos : pos + key_len].decode()
+        pos += key_len
+        type_ = frame[pos : pos + type_len].decode()
+        pos += type_len
+        headers: dict[str, str] = {}
+        for _ in range(n_headers):
+            (n,) = _U16.unpack_from(frame, pos)
+            pos += 2
+            name = frame[pos : pos + n].decode()
+            pos += n
+            (n,) = _U16.unpack_from(frame, pos)
+            pos += 2
+            headers[name] = frame[pos : pos + n].decode()
+            pos += n
+    except (struct.error, UnicodeDecodeError) as exc:
+        raise DecodeError(f"malformed frame: {exc}") from exc
+    if pos > len(frame):
+        raise DecodeError("frame truncated")
+    try:
+        return Envelope(
+            key=key, type=type_, payload=bytes(frame[pos:]), seq=seq, ts_ns=ts_ns, headers=headers
+        )
+    except ValueError as exc:
+        raise DecodeError(str(exc)) from exc

@@ -1,0 +1,84 @@
+"""``create_bus``: one entry point from a URL or an import path to a bus."""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any, Callable
+from urllib.parse import urlsplit
+
+from bus.errors import BusConfigError
+from bus.protocol import EventBus
+
+SCHEMES = ("memory", "kafka", "nats", "nats+js")
+
+
+def _hosts(url: str, default_port: int) -> list[tuple[str, int]]:
+    netloc = urlsplit(url).netloc
+    if not netloc:
+        raise BusConfigError(f"{url!r}: expected host:port after '://'")
+    hosts = []
+    for part in netloc.split(","):
+        host, sep, port = part.rpartition(":")
+        if not sep:
+            host, port = part, str(default_port)
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise BusConfigError(f"{url!r}: expected host:port, got {part!r}")
+        hosts.append((host.strip("[]"), int(port)))
+    return hosts
+
+
+def load_factory(path: str) -> Callable[..., Any]:
+    """Import ``package.module:factory`` and return the callable."""
+    module_name, sep, attr = path.partition(":")
+    if not sep or not module_name or not attr:
+        raise BusConfigError(f"{path!r}: expected an import path 'package.module:factory'")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise BusConfigError(f"{path!r}: cannot import module {module_name!r}: {exc}") from None
+    obj: Any = module
+    for name in attr.split("."):
+        try:
+            obj = getattr(obj, name)
+        except AttributeError:
+            raise BusConfigError(f"{path!r}: module {module_name!r} has no {attr!r}") from None
+    if not callable(obj):
+        raise BusConfigError(f"{path!r}: {attr!r} is not callable")
+    return obj
+
+
+def is_import_path(target: str) -> bool:
+    return "://" not in target and ":" in target
+
+
+def create_bus(url: str = "memory://", **options: Any) -> EventBus:
+    """A bus for ``memory://``, ``kafka://h:p[,h:p]``, ``nats://h:p``, ``nats+js://h:p``
+    or ``package.module:factory`` (a user's own bus, called with ``options``)."""
+    if is_import_path(url):
+        bus = load_factory(url)(**options)
+        missing = [m for m in ("start", "publish", "subscribe", "close") if not callable(getattr(bus, m, None))]
+        if missing:
+            raise BusConfigError(f"{url!r} returned {type(bus).__name__}, which lacks {', '.join(missing)}")
+        return bus
+    scheme = urlsplit(url).scheme if "://" in url else ""
+    try:
+        if scheme == "memory":
+            from bus.memory import MemoryBus
+
+            return MemoryBus(**options)
+        if scheme == "kafka":
+            from bus.kafka import KafkaBus
+
+            servers = ",".join(f"{h}:{p}" for h, p in _hosts(url, 9092))
+            return KafkaBus(servers, **options)
+        if scheme in ("nats", "nats+js"):
+            from bus.nats import JetStreamBus, NatsBus
+
+            servers = [f"nats://{h}:{p}" for h, p in _hosts(url, 4222)]
+            return (JetStreamBus if scheme == "nats+js" else NatsBus)(servers, **options)
+    except TypeError as exc:  # an unknown option
+        raise BusConfigError(f"{url!r}: {exc}") from None
+    raise BusConfigError(
+        f"{url!r}: unknown bus; expected one of {', '.join(s + '://' for s in SCHEMES)} "
+        "or an import path 'package.module:factory'"
+    )

@@ -1,0 +1,135 @@
+"""A keyed worker pool: one key is always handled in order by one worker.
+
+An envelope's key picks its worker by a stable hash (CRC-32), so per-key order
+holds however many keys and publishers there are, while different keys run in
+parallel. Each worker has a bounded queue: when it is full, ``submit`` waits
+(backpressure) instead of dropping or growing without limit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import zlib
+from typing import Any, Protocol
+
+from bus.counters import BusCounters
+from bus.envelope import Envelope
+from bus.protocol import Handler
+
+log = logging.getLogger("bus.pool")
+
+DEFAULT_WORKERS = 256
+DEFAULT_QUEUE_SIZE = 128
+
+
+class Target(Protocol):
+    """Where a pooled envelope goes: a live subscription's handler."""
+
+    active: bool
+    handler: Handler
+
+    async def settle(self, token: Any, ok: bool) -> None:
+        """Called after the handler when the backend gave a token (e.g. to ack)."""
+
+
+class KeyedWorkerPool:
+    """Fixed set of named worker tasks, each draining its own bounded queue."""
+
+    def __init__(
+        self,
+        counters: BusCounters,
+        *,
+        workers: int = DEFAULT_WORKERS,
+        queue_size: int = DEFAULT_QUEUE_SIZE,
+        name: str = "bus.pool",
+    ) -> None:
+        if workers < 1:
+            raise ValueError(f"workers must be >= 1, got {workers}")
+        if queue_size < 1:
+            raise ValueError(f"queue_size must be >= 1, got {queue_size}")
+        self._counters = counters
+        self._n = workers
+        self._queue_size = queue_size
+        self._name = name
+        self._queues: list[asyncio.Queue[tuple[Target, Envelope, Any]]] = []
+        self._tasks: list[asyncio.Task[None]] = []
+        self._seen_errors: set[type[BaseException]] = set()
+
+    @property
+    def workers(self) -> int:
+        return self._n
+
+    @property
+    def tasks(self) -> tuple[asyncio.Task[None], ...]:
+        return tuple(self._tasks)
+
+    def start(self) -> None:
+        """Create the queues and worker tasks on the running loop."""
+        if self._tasks:
+            return
+        self._queues = [asyncio.Queue(self._queue_size) for _ in range(self._n)]
+        self._tasks = [
+            asyncio.create_task(self._work(q), name=f"{self._name}.worker-{i}")
+            for i, q in enumerate(self._queues)
+        ]
+
+    def worker_for(self, key: str) -> int:
+        """The index of the worker that owns ``key`` (stable across runs)."""
+        return zlib.crc32(key.encode()) % self._n
+
+    def pending(self) -> int:
+        """Envelopes queued and not yet taken by a worker."""
+        return sum(q.qsize() for q in self._queues)
+
+    async def submit(self, target: Target, envelope: Envelope, token: Any = None) -> None:
+        """Queue ``envelope`` for ``target`` on its key's worker; wait while that queue is full."""
+        queue = self._queues[zlib.crc32(envelope.key.encode()) % self._n]
+        try:
+            queue.put_nowait((target, envelope, token))
+        except asyncio.QueueFull:
+            await queue.put((target, envelope, token))
+
+    async def _work(self, queue: asyncio.Queue[tuple[Target, Envelope, Any]]) -> None:
+        counters = self._counters
+        while True:
+            target, envelope, token = await queue.get()
+            try:
+                if not target.active:
+                    continue
+                ok = True
+                counters.delivered += 1
+                counters.bytes_in += len(envelope.payload)
+                try:
+                    await target.handler(envelope)
+                except Exception as exc:  # a handler's bug must not kill the worker
+                    ok = False
+                    counters.handler_errors += 1
+                    if type(exc) not in self._seen_errors:
+                        self._seen_errors.add(type(exc))
+                        log.error("handler raised %s (logged once per kind)", type(exc).__name__,
+                                  exc_info=exc)
+                if token is not None:
+                    await target.settle(token, ok)
+            finally:
+                queue.task_done()
+
+    async def drain(self, timeout: float) -> bool:
+        """Wait until every queued envelope has been handled; False if ``timeout`` passed first."""
+        if not self._queues:
+            return True
+        try:
+            async with asyncio.timeout(timeout):
+                for q in self._queues:
+                    await q.join()
+        except TimeoutError:
+            return False
+        return True
+
+    async def stop(self) -> None:
+        """Cancel the workers and wait until every one has exited."""
+        for t in self._tasks:
+            t.cancel()
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks = []

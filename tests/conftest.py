@@ -1,0 +1,64 @@
+"""Shared fixtures: real brokers (once per session) and a bus per backend."""
+
+from __future__ import annotations
+
+import uuid
+from typing import AsyncIterator, Iterator
+
+import pytest
+
+from bus import EventBus, create_bus
+from tests.brokers import Broker, nats_server, tansu
+
+BACKENDS = ["memory", "kafka", "nats", "nats+js"]
+
+
+@pytest.fixture(scope="session")
+def kafka_broker() -> Iterator[Broker]:
+    with tansu() as broker:
+        yield broker
+
+
+@pytest.fixture(scope="session")
+def nats_broker() -> Iterator[Broker]:
+    with nats_server() as broker:
+        yield broker
+
+
+def backend_url(request: pytest.FixtureRequest, backend: str) -> str:
+    if backend == "memory":
+        return "memory://"
+    if backend == "kafka":
+        return request.getfixturevalue("kafka_broker").url
+    nats_url = request.getfixturevalue("nats_broker").url
+    return nats_url.replace("nats://", "nats+js://") if backend == "nats+js" else nats_url
+
+
+def backend_options(backend: str) -> dict:
+    # JetStream in memory keeps the suite fast; the file store is the default for users
+    return {"storage": "memory"} if backend == "nats+js" else {}
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request: pytest.FixtureRequest) -> str:
+    return request.param
+
+
+@pytest.fixture
+def url(request: pytest.FixtureRequest, backend: str) -> str:
+    return backend_url(request, backend)
+
+
+@pytest.fixture
+def topic() -> str:
+    return f"t-{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture
+async def bus(url: str, backend: str) -> AsyncIterator[EventBus]:
+    b = create_bus(url, **backend_options(backend))
+    await b.start()
+    try:
+        yield b
+    finally:
+        await b.close()

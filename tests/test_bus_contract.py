@@ -1,0 +1,164 @@
+"""The contract every backend keeps, run against memory and real Kafka and NATS brokers."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+
+from bus import BusClosedError, BusConnectError, Envelope, create_bus
+from tests.brokers import free_port
+from tests.conftest import backend_options
+from tests.helpers import Collector, live_tasks, live_threads, publish_many
+
+N = 1000
+KEYS = 50
+
+
+def assert_in_order_no_loss(c: Collector, n: int, keys: int) -> None:
+    by_key = c.by_key()
+    assert len(c.received) == n, f"{c.name}: {len(c.received)} != {n}"
+    assert len(by_key) == keys
+    for key, seqs in by_key.items():
+        assert seqs == list(range(1, len(seqs) + 1)), f"{c.name}: key {key} out of order or doubled"
+
+
+async def test_per_key_order_many_keys_several_subscribers(bus, topic):
+    subs = [Collector(f"sub{i}") for i in range(3)]
+    for c in subs:
+        await bus.subscribe(topic, c)
+    await publish_many(bus, topic, N, KEYS)
+    for c in subs:
+        await c.wait_for(N)
+    for c in subs:
+        assert_in_order_no_loss(c, N, KEYS)
+    assert bus.counters.published == N
+    assert bus.counters.delivered == 3 * N
+
+
+async def test_once_per_group(bus, topic, backend):
+    g1, g2, h = Collector("g/1"), Collector("g/2"), Collector("h")
+    await bus.subscribe(topic, g1, group="g")
+    await bus.subscribe(topic, g2, group="g")
+    await bus.subscribe(topic, h, group="h")
+    await publish_many(bus, topic, N, KEYS)
+    await h.wait_for(N)
+    # the group as a whole gets each envelope once
+    deadline = asyncio.get_running_loop().time() + 30
+    while len(g1.received) + len(g2.received) < N:
+        assert asyncio.get_running_loop().time() < deadline, "group g did not receive everything"
+        await asyncio.wait([asyncio.ensure_future(g1.wait_for(N)), asyncio.ensure_future(g2.wait_for(N))],
+                           timeout=0.05)
+    seen = [(e.key, e.seq) for e in g1.received + g2.received]
+    assert len(seen) == N and len(set(seen)) == N
+    assert_in_order_no_loss(h, N, KEYS)
+    if backend in ("memory", "kafka"):  # these route a key to one member, so order holds per member
+        for c in (g1, g2):
+            for key, seqs in c.by_key().items():
+                assert seqs == sorted(seqs), f"{c.name}: key {key} out of order"
+
+
+async def test_handler_errors_are_counted_and_workers_go_on(bus, topic):
+    ok = Collector("ok")
+
+    async def flaky(e: Envelope) -> None:
+        if e.seq % 10 == 5:
+            raise RuntimeError("boom")
+        await ok(e)
+
+    await bus.subscribe(topic, flaky)
+    await publish_many(bus, topic, 200, keys=2)
+    await ok.wait_for(180)
+    # the 20 failures were handled before the last successes of their keys
+    assert bus.counters.handler_errors == 20
+    assert len(ok.received) == 180
+
+
+async def test_backpressure_bounds_what_the_bus_holds(url, backend, topic):
+    queue_size = 8
+    bus = create_bus(url, workers=4, queue_size=queue_size, **backend_options(backend))
+    await bus.start()
+    try:
+        gate = asyncio.Event()
+        done = Collector("slow")
+        max_pending = 0
+
+        async def slow(e: Envelope) -> None:
+            await gate.wait()
+            await done(e)
+
+        await bus.subscribe(topic, slow)
+        publisher = asyncio.create_task(publish_many(bus, topic, 300, keys=1))
+        # wait until the one worker for the one key is blocked and its queue is full
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 30
+        while bus.pool.pending() < queue_size:
+            assert loop.time() < deadline, f"queue never filled ({bus.pool.pending()})"
+            if backend == "memory":
+                assert not publisher.done()
+            await asyncio.wait([publisher], timeout=0.01)
+        for _ in range(50):  # let everything else run; nothing may grow past the bound
+            max_pending = max(max_pending, bus.pool.pending())
+            await asyncio.sleep(0)
+        assert max_pending <= queue_size
+        if backend == "memory":  # in process, publish itself waits
+            assert not publisher.done()
+        gate.set()
+        await publisher
+        await done.wait_for(300)
+        assert [e.seq for e in done.received] == list(range(1, 301))
+    finally:
+        await bus.close()
+
+
+async def test_unsubscribe_stops_delivery(bus, topic):
+    first, sentinel = Collector("first"), Collector("sentinel")
+    sub = await bus.subscribe(topic, first)
+    await publish_many(bus, topic, 10, keys=2)
+    await first.wait_for(10)
+    await sub.unsubscribe()
+    await sub.unsubscribe()  # idempotent
+    await bus.subscribe(topic, sentinel)
+    await publish_many(bus, topic, 10, keys=2)
+    await sentinel.wait_for(10)
+    assert len(first.received) == 10
+
+
+async def test_close_leaves_nothing_it_started(url, backend, topic):
+    tasks_before, threads_before = live_tasks(), live_threads()
+    bus = create_bus(url, **backend_options(backend))
+    await bus.start()
+    c = Collector()
+    await bus.subscribe(topic, c)
+    await bus.subscribe(topic, Collector(), group="grp")
+    await publish_many(bus, topic, 100, keys=5)
+    await c.wait_for(100)
+    await bus.close()
+    left = live_tasks() - tasks_before
+    assert not left, f"tasks alive after close: {[t.get_name() for t in left]}"
+    assert live_threads() <= threads_before, "threads alive after close"
+
+
+async def test_close_is_idempotent_and_concurrent_safe(bus, topic):
+    await bus.subscribe(topic, Collector())
+    await asyncio.gather(bus.close(), bus.close())
+    await bus.close()
+    with pytest.raises(BusClosedError):
+        await bus.publish(topic, Envelope(key="k", type="t", payload=b""))
+
+
+@pytest.mark.parametrize("scheme", ["kafka", "nats", "nats+js"])
+async def test_unreachable_broker_fails_fast_and_cleanly(scheme):
+    port = free_port()  # nothing listens here
+    tasks_before = live_tasks()
+    bus = create_bus(f"{scheme}://127.0.0.1:{port}", connect_timeout=2.0)
+    started = time.monotonic()
+    with pytest.raises(BusConnectError) as info:
+        await bus.start()
+    elapsed = time.monotonic() - started
+    assert elapsed < 2.0 + 1.0, f"took {elapsed:.1f} s"
+    assert f"127.0.0.1:{port}" in str(info.value)
+    await bus.close()  # close after a failed start
+    await bus.close()
+    assert not (live_tasks() - tasks_before)
