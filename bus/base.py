@@ -111,7 +111,8 @@ class BaseBus:
                 ) from None
             if isinstance(exc, BusConnectError):
                 raise
-            raise BusConnectError(f"{self.describe()}: {type(exc).__name__}: {exc}") from exc
+            reason = str(exc) if str(exc).startswith(type(exc).__name__) else f"{type(exc).__name__}: {exc}"
+            raise BusConnectError(f"{self.describe()}: {reason}") from exc
         self.state = State.STARTED
 
     async def close(self) -> None:

@@ -18,9 +18,10 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js import api as js_api
 
-from bus.base import BaseBus, BaseSubscription
+from bus.base import BaseBus, BaseSubscription, State
 from bus.codec import DecodeError, decode, encode
 from bus.envelope import Envelope
+from bus.errors import BusConnectError
 from bus.protocol import Handler
 from bus.tasks import cancel_and_wait
 
@@ -92,23 +93,38 @@ class NatsBus(BaseBus):
         self.pending_size = pending_size
         self.nc: Client | None = None
         self._errors_seen: set[type] = set()
+        self._connect_error: Exception | None = None
 
     def describe(self) -> str:
         return f"{self.scheme}://" + ",".join(s.split("://", 1)[-1] for s in self.servers)
 
     async def _on_error(self, exc: Exception) -> None:
+        if self.state is State.STARTING:
+            self._connect_error = exc  # start() raises a BusConnectError that says it
+            return
         if type(exc) not in self._errors_seen:
             self._errors_seen.add(type(exc))
             log.warning("%s: %s: %s (logged once per kind)", self.describe(), type(exc).__name__, exc)
 
     async def _connect(self) -> None:
         self.nc = Client()
+        try:
+            await self._connect_client()
+        except nats.errors.NoServersError:
+            reason = self._connect_error or "no servers available"
+            raise BusConnectError(f"{self.describe()}: {reason}") from None
+
+    async def _connect_client(self) -> None:
+        assert self.nc is not None
         await self.nc.connect(
             servers=self.servers,
             name=self.client_name,
             connect_timeout=self.connect_timeout,
             allow_reconnect=False,
-            max_reconnect_attempts=0,
+            # nats-py retries a refused server until max_reconnect_attempts is
+            # exceeded (0 means forever): fail after one quick retry instead
+            max_reconnect_attempts=1,
+            reconnect_time_wait=0.05,
             pending_size=self.pending_size,
             error_cb=self._on_error,
         )
