@@ -15,8 +15,11 @@ All integers are big-endian.
 from __future__ import annotations
 
 import struct
+from types import MappingProxyType
 
-from bus.envelope import Envelope
+from bus.envelope import _NO_HEADERS, Envelope
+
+_new = tuple.__new__
 
 MAGIC = b"BM"
 VERSION = 1
@@ -30,8 +33,11 @@ class DecodeError(ValueError):
 
 def encode(envelope: Envelope) -> bytes:
     """Encode an envelope into one frame."""
-    key = envelope.key.encode()
-    type_ = envelope.type.encode()
+    key_s, type_s, payload, seq, ts_ns, headers = envelope
+    key = key_s.encode()
+    type_ = type_s.encode()
+    if not headers and len(key) <= 0xFFFF and len(type_) <= 0xFFFF:  # the common case
+        return _FIXED.pack(MAGIC, VERSION, 0, seq, ts_ns, len(key), len(type_), 0) + key + type_ + payload
     parts = [
         _FIXED.pack(
             MAGIC, VERSION, 0, envelope.seq, envelope.ts_ns,
@@ -81,9 +87,8 @@ def decode(frame: bytes) -> Envelope:
         raise DecodeError(f"malformed frame: {exc}") from exc
     if pos > len(frame):
         raise DecodeError("frame truncated")
-    try:
-        return Envelope(
-            key=key, type=type_, payload=bytes(frame[pos:]), seq=seq, ts_ns=ts_ns, headers=headers
-        )
-    except ValueError as exc:
-        raise DecodeError(str(exc)) from exc
+    if not key or not type_:
+        raise DecodeError("envelope key and type must be non-empty")
+    # every field is checked above: build the envelope without validating twice
+    return _new(Envelope, (key, type_, bytes(frame[pos:]), seq, ts_ns,
+                           _NO_HEADERS if not headers else MappingProxyType(headers)))

@@ -17,6 +17,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 
 from bus.base import BaseBus, BaseSubscription
+from bus.confirmations import Confirmations
 from bus.codec import DecodeError, decode, encode
 from bus.envelope import Envelope
 from bus.errors import BusError
@@ -70,7 +71,8 @@ class KafkaSubscription(BaseSubscription):
                         if counters.decode_errors == 1:
                             log.error("undecodable record on %s: %s (logged once)", self.topic, exc)
                         continue
-                    await pool.submit(self, envelope)
+                    if not pool.offer(self, envelope):
+                        await pool.submit(self, envelope)
 
     async def _stop(self) -> None:
         if self._stopped:
@@ -121,7 +123,7 @@ class KafkaBus(BaseBus):
         self._admin: AIOKafkaAdminClient | None = None
         self._topics: set[str] = set()
         self._topic_lock = asyncio.Lock()
-        self._in_flight = 0
+        self._confirmations = Confirmations(self.counters, log, "kafka")
 
     def describe(self) -> str:
         return f"kafka://{self.bootstrap_servers}"
@@ -165,18 +167,9 @@ class KafkaBus(BaseBus):
         if topic not in self._topics:
             await self.ensure_topic(topic)
         assert self._producer is not None
-        future = await self._producer.send(topic, value=encode(envelope),
-                                           key=envelope.key.encode())
-        self._in_flight += 1
-        future.add_done_callback(self._sent)
-
-    def _sent(self, future: asyncio.Future) -> None:
-        self._in_flight -= 1
-        if future.cancelled() or future.exception() is not None:
-            self.counters.publish_errors += 1
-            if self.counters.publish_errors == 1:
-                log.error("kafka publish failed: %r (logged once)",
-                          None if future.cancelled() else future.exception())
+        self._confirmations.add(
+            await self._producer.send(topic, value=encode(envelope), key=envelope.key.encode())
+        )
 
     async def _subscribe(self, topic: str, handler: Handler, group: str | None) -> KafkaSubscription:
         await self.ensure_topic(topic)
@@ -234,11 +227,7 @@ class KafkaBus(BaseBus):
     async def _disconnect(self, timeout: float) -> None:
         try:
             if self._producer is not None:
-                try:
-                    async with asyncio.timeout(timeout):
-                        await self._producer.flush()
-                except TimeoutError:
-                    log.warning("kafka: %d records unconfirmed at close", self._in_flight)
+                await self._confirmations.wait(timeout)
         finally:
             if self._producer is not None:
                 await self._producer.stop()

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import zlib
-
 from bus.base import BaseBus, BaseSubscription
 from bus.envelope import Envelope
+from bus.pool import key_hash
 from bus.protocol import Handler
 
 
@@ -27,22 +26,40 @@ class MemoryBus(BaseBus):
         super().__init__(**options)
         # topic -> group id -> members; an ungrouped subscription is its own group
         self._topics: dict[str, dict[object, list[MemorySubscription]]] = {}
+        # topic -> one tuple of members per group, rebuilt on (un)subscribe: the hot path reads it
+        self._routes: dict[str, tuple[tuple[MemorySubscription, ...], ...]] = {}
+
+    def _publish_nowait(self, topic: str, envelope: Envelope) -> bool:
+        routes = self._routes.get(topic)
+        if routes is None:
+            return True  # nobody listens: nothing to do
+        if len(routes) == 1 and len(routes[0]) == 1:  # the common case: one subscriber
+            return self.pool.offer(routes[0][0], envelope)
+        return False
 
     async def _publish(self, topic: str, envelope: Envelope) -> None:
-        groups = self._topics.get(topic)
-        if not groups:
+        routes = self._routes.get(topic)
+        if routes is None:
             return
-        submit = self.pool.submit
-        for members in list(groups.values()):
-            if len(members) == 1:
-                await submit(members[0], envelope)
-            else:
-                await submit(members[zlib.crc32(envelope.key.encode()) % len(members)], envelope)
+        pool = self.pool
+        for members in routes:
+            target = members[0] if len(members) == 1 else members[key_hash(envelope.key) % len(members)]
+            if not pool.offer(target, envelope):
+                await pool.submit(target, envelope)
+
+    def _reroute(self, topic: str) -> None:
+        groups = self._topics.get(topic)
+        if groups:
+            self._routes[topic] = tuple(tuple(m) for m in groups.values())
+        else:
+            self._routes.pop(topic, None)
+            self._topics.pop(topic, None)
 
     async def _subscribe(self, topic: str, handler: Handler, group: str | None) -> MemorySubscription:
         sub = MemorySubscription(self, topic, handler, group)
         group_id: object = group if group is not None else sub
         self._topics.setdefault(topic, {}).setdefault(group_id, []).append(sub)
+        self._reroute(topic)
         return sub
 
     def _remove(self, sub: MemorySubscription) -> None:
@@ -53,3 +70,4 @@ class MemoryBus(BaseBus):
             members.remove(sub)
         if not members:
             groups.pop(group_id, None)
+        self._reroute(sub.topic)

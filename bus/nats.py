@@ -19,6 +19,7 @@ from nats.aio.msg import Msg
 from nats.js import api as js_api
 
 from bus.base import BaseBus, BaseSubscription, State
+from bus.confirmations import Confirmations
 from bus.codec import DecodeError, decode, encode
 from bus.envelope import Envelope
 from bus.errors import BusConnectError
@@ -63,7 +64,7 @@ class NatsSubscription(BaseSubscription):
 
     async def _on_msg(self, msg: Msg) -> None:
         envelope = _decode_or_count(self.bus, msg.data, self.topic)
-        if envelope is not None:
+        if envelope is not None and not self.bus.pool.offer(self, envelope):
             await self.bus.pool.submit(self, envelope)
 
     async def _stop(self) -> None:
@@ -207,7 +208,8 @@ class JetStreamSubscription(BaseSubscription):
                 if envelope is None:
                     await msg.term()
                     continue
-                await pool.submit(self, envelope, msg)
+                if not pool.offer(self, envelope, msg):
+                    await pool.submit(self, envelope, msg)
 
     async def settle(self, token: Any, ok: bool) -> None:
         # ack even when the handler raised: the error is counted, and a nak
@@ -258,7 +260,7 @@ class JetStreamBus(NatsBus):
         self.js: Any = None
         self._streams: dict[str, str] = {}
         self._stream_lock = asyncio.Lock()
-        self._acks: set[asyncio.Future] = set()
+        self._confirmations = Confirmations(self.counters, log, "jetstream")
 
     async def _connect(self) -> None:
         await super()._connect()
@@ -285,17 +287,7 @@ class JetStreamBus(NatsBus):
     async def _publish(self, topic: str, envelope: Envelope) -> None:
         if topic not in self._streams:
             await self.ensure_stream(topic)
-        future = await self.js.publish_async(topic, encode(envelope))
-        self._acks.add(future)
-        future.add_done_callback(self._acked)
-
-    def _acked(self, future: asyncio.Future) -> None:
-        self._acks.discard(future)
-        if future.cancelled() or future.exception() is not None:
-            self.counters.publish_errors += 1
-            if self.counters.publish_errors == 1:
-                log.error("jetstream publish failed: %r (logged once)",
-                          None if future.cancelled() else future.exception())
+        self._confirmations.add(await self.js.publish_async(topic, encode(envelope)))
 
     async def _subscribe(self, topic: str, handler: Handler, group: str | None) -> JetStreamSubscription:
         stream = await self.ensure_stream(topic)
@@ -311,10 +303,5 @@ class JetStreamBus(NatsBus):
         return JetStreamSubscription(self, topic, handler, group, psub)
 
     async def _disconnect(self, timeout: float) -> None:
-        if self._acks:
-            try:
-                async with asyncio.timeout(max(0.1, timeout)):
-                    await asyncio.wait(list(self._acks))
-            except TimeoutError:
-                log.warning("%s: %d publishes unacknowledged at close", self.describe(), len(self._acks))
+        await self._confirmations.wait(timeout)
         await super()._disconnect(timeout)

@@ -23,6 +23,19 @@ DEFAULT_WORKERS = 256
 DEFAULT_QUEUE_SIZE = 128
 
 
+_hashes: dict[str, int] = {}
+
+
+def key_hash(key: str) -> int:
+    """CRC-32 of the key, memoised: the same keys recur on every publish."""
+    h = _hashes.get(key)
+    if h is None:
+        if len(_hashes) > 100_000:  # unbounded key spaces must not grow memory
+            _hashes.clear()
+        h = _hashes[key] = zlib.crc32(key.encode())
+    return h
+
+
 class Target(Protocol):
     """Where a pooled envelope goes: a live subscription's handler."""
 
@@ -76,19 +89,29 @@ class KeyedWorkerPool:
 
     def worker_for(self, key: str) -> int:
         """The index of the worker that owns ``key`` (stable across runs)."""
-        return zlib.crc32(key.encode()) % self._n
+        return key_hash(key) % self._n
 
     def pending(self) -> int:
         """Envelopes queued and not yet taken by a worker."""
         return sum(q.qsize() for q in self._queues)
 
+    def offer(self, target: Target, envelope: Envelope, token: Any = None) -> bool:
+        """Queue without waiting; False when the key's queue is full (then await ``submit``)."""
+        key = envelope[0]
+        h = _hashes.get(key)
+        queue = self._queues[(h if h is not None else key_hash(key)) % self._n]
+        if queue.full():
+            return False
+        queue.put_nowait((target, envelope, token))
+        return True
+
     async def submit(self, target: Target, envelope: Envelope, token: Any = None) -> None:
         """Queue ``envelope`` for ``target`` on its key's worker; wait while that queue is full."""
-        queue = self._queues[zlib.crc32(envelope.key.encode()) % self._n]
-        try:
-            queue.put_nowait((target, envelope, token))
-        except asyncio.QueueFull:
+        queue = self._queues[key_hash(envelope.key) % self._n]
+        if queue.full():
             await queue.put((target, envelope, token))
+        else:
+            queue.put_nowait((target, envelope, token))
 
     async def _work(self, queue: asyncio.Queue[tuple[Target, Envelope, Any]]) -> None:
         counters = self._counters

@@ -1,0 +1,58 @@
+"""Broker confirmations of publishes, checked in order without a callback per message.
+
+A done-callback per publish costs one event-loop handle per message; instead
+the futures queue up and the finished ones at the head are reaped on each
+publish, in bulk at close.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+
+from bus.counters import BusCounters
+
+
+class Confirmations:
+    """Futures of publishes not yet known to have succeeded."""
+
+    def __init__(self, counters: BusCounters, log: logging.Logger, what: str) -> None:
+        self._counters = counters
+        self._log = log
+        self._what = what
+        self._pending: deque[asyncio.Future] = deque()
+
+    def __len__(self) -> int:
+        return len(self._pending)
+
+    def add(self, future: asyncio.Future) -> None:
+        pending = self._pending
+        pending.append(future)
+        while pending and pending[0].done():
+            self._check(pending.popleft())
+
+    def _check(self, future: asyncio.Future) -> None:
+        if future.cancelled() or future.exception() is not None:
+            self._counters.publish_errors += 1
+            if self._counters.publish_errors == 1:
+                self._log.error("%s publish failed: %r (logged once)", self._what,
+                                None if future.cancelled() else future.exception())
+
+    async def wait(self, timeout: float) -> bool:
+        """Wait for every outstanding confirmation; False if ``timeout`` passed first."""
+        pending = self._pending
+        if pending:
+            done, _ = await asyncio.wait(list(pending), timeout=max(0.0, timeout))
+            if len(done) < len(pending):
+                self._log.warning("%s: %d publishes unconfirmed at close", self._what,
+                                  len(pending) - len(done))
+        while pending and pending[0].done():
+            self._check(pending.popleft())
+        ok = not pending
+        for future in pending:  # unconfirmed at the deadline count as failed
+            if not future.done():
+                future.cancel()
+            self._counters.publish_errors += 1
+        pending.clear()
+        return ok
