@@ -51,6 +51,21 @@ def is_import_path(target: str) -> bool:
     return "://" not in target and ":" in target
 
 
+def check_target(url: str) -> None:
+    """Raise :class:`BusConfigError` if ``url`` could not make a bus (without making one)."""
+    if is_import_path(url):
+        load_factory(url)
+        return
+    scheme = urlsplit(url).scheme if "://" in url else ""
+    if scheme not in SCHEMES:
+        raise BusConfigError(
+            f"{url!r}: unknown bus; expected one of {', '.join(s + '://' for s in SCHEMES)} "
+            "or an import path 'package.module:factory'"
+        )
+    if scheme != "memory":
+        _hosts(url, 0)
+
+
 def create_bus(url: str = "memory://", **options: Any) -> EventBus:
     """A bus for ``memory://``, ``kafka://h:p[,h:p]``, ``nats://h:p``, ``nats+js://h:p``
     or ``package.module:factory`` (a user's own bus, called with ``options``)."""

@@ -1,0 +1,79 @@
+"""Full identity scans of tasks and threads, taken at phase boundaries.
+
+Verdicts compare *which* objects are alive with the baseline, never how many:
+a new task replacing an old one is a change even though the count is equal.
+Tasks are held weakly (a census must not keep anything alive); Thread objects
+are held strongly (that does not keep a thread running) and native threads are
+known by their OS thread id.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+import weakref
+from dataclasses import dataclass, field
+from typing import Iterable
+
+import psutil
+
+from probes.components import task_component, thread_component
+
+_PROCESS = psutil.Process(os.getpid())
+
+
+def os_thread_ids() -> set[int]:
+    """Every OS thread of this process, Python's and native ones alike."""
+    try:
+        return {t.id for t in _PROCESS.threads()}
+    except psutil.Error:
+        return set()
+
+
+def os_thread_count() -> int:
+    try:
+        return _PROCESS.num_threads()
+    except psutil.Error:
+        return threading.active_count()
+
+
+@dataclass
+class Census:
+    """Who is alive at one moment, by identity."""
+
+    tasks: weakref.WeakSet[asyncio.Task] = field(default_factory=weakref.WeakSet)
+    threads: set[threading.Thread] = field(default_factory=set)
+    native_ids: set[int] = field(default_factory=set)
+
+    @classmethod
+    def take(cls, loop: asyncio.AbstractEventLoop | None = None,
+             exclude: Iterable[asyncio.Task] = ()) -> Census:
+        skip = set(exclude)
+        tasks = weakref.WeakSet(t for t in asyncio.all_tasks(loop) if t not in skip)
+        threads = {t for t in threading.enumerate() if t.is_alive()}
+        return cls(tasks, threads, os_thread_ids())
+
+    def new_since(self, baseline: Census) -> tuple[list[asyncio.Task], list[threading.Thread], list[int]]:
+        """Tasks, Python threads and native-only thread ids here that the baseline lacked."""
+        tasks = [t for t in self.tasks if t not in baseline.tasks]
+        threads = [t for t in self.threads if t not in baseline.threads]
+        python_native = {t.native_id for t in self.threads}
+        native = sorted(n for n in self.native_ids - baseline.native_ids if n not in python_native)
+        return tasks, threads, native
+
+
+def components_of_tasks(tasks: Iterable[asyncio.Task], sites: weakref.WeakKeyDictionary | None = None) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for t in tasks:
+        c = task_component(t, sites.get(t) if sites is not None else None)
+        out[c] = out.get(c, 0) + 1
+    return dict(sorted(out.items(), key=lambda kv: (-kv[1], kv[0])))
+
+
+def components_of_threads(threads: Iterable[threading.Thread]) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for t in threads:
+        c = "thread:" + thread_component(t)
+        out[c] = out.get(c, 0) + 1
+    return out

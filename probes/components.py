@@ -1,0 +1,79 @@
+"""Attribution: which component a task or thread belongs to (the post-mortem's second table)."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import threading
+
+_TRAILING_INDEX = re.compile(r"[.\-_]?[A-Za-z]*[-_]\d+$")
+_DEFAULT_TASK_NAME = re.compile(r"^Task-\d+$")
+RUNTIME_EXECUTOR_THREAD = re.compile(r"^asyncio_\d+$")
+
+
+def name_component(name: str) -> str:
+    """``bus.pool.worker-17`` → ``bus.pool``; ``bus.kafka.consumer:orders`` → ``bus.kafka.consumer``."""
+    base = name.split(":", 1)[0]
+    head, sep, last = base.rpartition(".")
+    if sep and re.search(r"[-_]\d+$", last):
+        return head
+    return re.sub(r"[-_]\d+$", "", base) or base
+
+
+def coro_of(task: asyncio.Task) -> object:
+    return task.get_coro()
+
+
+def coro_qualname(task: asyncio.Task) -> str:
+    coro = task.get_coro()
+    return getattr(coro, "__qualname__", None) or type(coro).__name__
+
+
+def coro_module(task: asyncio.Task) -> str:
+    """The module of the task's outermost coroutine that is not asyncio's own."""
+    coro = task.get_coro()
+    while coro is not None:
+        frame = getattr(coro, "cr_frame", None) or getattr(coro, "gi_frame", None)
+        module = frame.f_globals.get("__name__", "") if frame is not None else ""
+        if not module:
+            code = getattr(coro, "cr_code", None) or getattr(coro, "gi_code", None)
+            module = _module_from_filename(code.co_filename) if code is not None else ""
+        if module and module.split(".")[0] != "asyncio":
+            return module
+        coro = getattr(coro, "cr_await", None)
+        if coro is not None and not hasattr(coro, "cr_frame") and not hasattr(coro, "gi_frame"):
+            break
+    return ""
+
+
+def _module_from_filename(filename: str) -> str:
+    parts = filename.replace("\\", "/").split("/")
+    if "site-packages" in parts:
+        i = parts.index("site-packages")
+        return ".".join(p.removesuffix(".py") for p in parts[i + 1 :])
+    return parts[-1].removesuffix(".py")
+
+
+def task_component(task: asyncio.Task, created_at: str | None = None) -> str:
+    """The task's ``bus.`` / ``busmon.`` name if it has one, else its coroutine's top package,
+    else where it was created (with creation tracing on)."""
+    name = task.get_name()
+    if name.startswith(("bus.", "busmon.")):
+        return name_component(name)
+    if not _DEFAULT_TASK_NAME.match(name) and "." in name:
+        return name_component(name)
+    module = coro_module(task)
+    if module:
+        return module.split(".")[0]
+    if created_at:
+        return f"created at {created_at}"
+    return "unknown"
+
+
+def thread_component(thread: threading.Thread) -> str:
+    name = thread.name
+    if RUNTIME_EXECUTOR_THREAD.match(name):
+        return "asyncio.executor"
+    if name == "MainThread":
+        return "main"
+    return name_component(name) if re.search(r"[-_]\d+$", name) else name

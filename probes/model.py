@@ -1,0 +1,133 @@
+"""Immutable records that leave the arena: samples, phase snapshots, leftovers, results.
+
+The arena thread builds them; the UI thread and the reports only read them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any, Mapping
+
+PHASES = ("baseline", "create", "subscribe", "load", "hold", "close", "settle")
+
+
+@dataclass(frozen=True, slots=True)
+class Sample:
+    """One probe reading (10 Hz by default)."""
+
+    run: str
+    phase: str
+    t_s: float                       # since the run started
+    tasks: int
+    threads: int
+    os_threads: int
+    by_component: Mapping[str, int]
+    published: int
+    delivered: int
+    expected: int                    # deliveries owed once load is under way
+    publish_per_s: float
+    deliver_per_s: float
+    latency_ms: Mapping[str, float]
+    rss_mb: float
+    cpu_percent: float
+    open_fds: int
+
+
+@dataclass(frozen=True, slots=True)
+class PhaseSnapshot:
+    """The full identity scan at a phase boundary."""
+
+    phase: str
+    t_s: float
+    tasks: int
+    threads: int
+    os_threads: int
+    by_component: Mapping[str, int]
+    new_tasks: int = 0               # alive now and not in this run's baseline
+    new_threads: int = 0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"phase": self.phase, "t_s": round(self.t_s, 4), "tasks": self.tasks,
+                "threads": self.threads, "os_threads": self.os_threads,
+                "by_component": dict(self.by_component), "new_tasks": self.new_tasks,
+                "new_threads": self.new_threads}
+
+
+@dataclass(frozen=True, slots=True)
+class PhaseStarted:
+    run: str
+    phase: str
+    t_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class Leftover:
+    """Something alive right after close that the baseline did not have."""
+
+    kind: str                        # task | thread
+    name: str
+    component: str
+    state: str                       # leaked | exited | ignored
+    exited_after_ms: float | None
+    stack: tuple[str, ...] = ()
+    created_at: str | None = None
+    detail: str = ""                 # coroutine qualname, thread ident, why ignored
+
+    def as_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["stack"] = list(self.stack)
+        return d
+
+
+@dataclass(frozen=True, slots=True)
+class RunResult:
+    name: str
+    backend: str
+    verdict: str                     # clean | leaked | failed
+    phases: tuple[PhaseSnapshot, ...]
+    settle_ms: float
+    leftovers: tuple[Leftover, ...]
+    delivery: Mapping[str, int]
+    throughput: Mapping[str, Any]
+    error: str | None = None
+    drift: Mapping[str, int] = field(default_factory=dict)
+    peaks: Mapping[str, int] = field(default_factory=dict)
+    counters: Mapping[str, int] = field(default_factory=dict)
+
+    def phase(self, name: str) -> PhaseSnapshot | None:
+        return next((p for p in self.phases if p.phase == name), None)
+
+    def count(self, state: str) -> int:
+        return sum(1 for x in self.leftovers if x.state == state)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name, "backend": self.backend, "verdict": self.verdict,
+            "error": self.error,
+            "phases": [p.as_dict() for p in self.phases],
+            "settle_ms": round(self.settle_ms, 2),
+            "leftovers": [x.as_dict() for x in self.leftovers],
+            "delivery": dict(self.delivery),
+            "throughput": dict(self.throughput),
+            "drift": dict(self.drift),
+            "peaks": dict(self.peaks),
+            "counters": dict(self.counters),
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class ScenarioResult:
+    scenario: str
+    runs: tuple[RunResult, ...]
+
+    @property
+    def verdict(self) -> str:
+        verdicts = {r.verdict for r in self.runs}
+        for v in ("failed", "leaked"):
+            if v in verdicts:
+                return v
+        return "clean"
+
+
+EXIT_CODES = {"clean": 0, "leaked": 1, "failed": 3}
+EXIT_BAD_INPUT = 2

@@ -1,0 +1,156 @@
+"""Reports: JSON (``"schema": 1``, the contract other tools read) and Markdown (the
+post-mortem's tables, done right)."""
+
+from __future__ import annotations
+
+import json
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from probes.model import RunResult, ScenarioResult
+
+SCHEMA = 1
+
+
+def busmon_version() -> str:
+    try:
+        return metadata.version("busmon")
+    except metadata.PackageNotFoundError:
+        return "0+unknown"
+
+
+def to_dict(result: ScenarioResult, scenario_path: str | None = None) -> dict[str, Any]:
+    return {
+        "schema": SCHEMA,
+        "busmon_version": busmon_version(),
+        "scenario": result.scenario,
+        "scenario_path": scenario_path,
+        "verdict": result.verdict,
+        "runs": [r.as_dict() for r in result.runs],
+    }
+
+
+def to_json(result: ScenarioResult, scenario_path: str | None = None) -> str:
+    return json.dumps(to_dict(result, scenario_path), indent=2)
+
+
+def _delta(n: int, base: int) -> str:
+    d = n - base
+    return f"+{d}" if d > 0 else str(d)
+
+
+def _table(headers: list[str], rows: list[list[Any]]) -> list[str]:
+    out = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
+    out += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return out
+
+
+def phase_rows(run: RunResult) -> list[list[Any]]:
+    base = run.phase("baseline")
+    b_tasks = base.tasks if base else 0
+    b_threads = base.threads if base else 0
+    rows = []
+    for p in run.phases:
+        label = p.phase
+        if p.phase == "close":
+            label = "close (naive: counted right after close returned)"
+        elif p.phase == "settle":
+            label = f"settle (after waiting {run.settle_ms:g} ms, GC)"
+        rows.append([label, p.tasks, _delta(p.tasks, b_tasks), f"{p.threads} / {p.os_threads}",
+                     _delta(p.threads, b_threads), p.new_tasks])
+    return rows
+
+
+def component_rows(run: RunResult) -> list[list[Any]]:
+    names: list[str] = []
+    for p in run.phases:
+        for c in p.by_component:
+            if c not in names:
+                names.append(c)
+    cols = ["baseline", "load", "close", "settle"]
+    by = {p.phase: p.by_component for p in run.phases}
+    rows = []
+    for c in names:
+        rows.append([f"`{c}`"] + [by.get(col, {}).get(c, 0) if col in by else "–" for col in cols])
+    rows.sort(key=lambda row: -max((x for x in row[1:] if isinstance(x, int)), default=0))
+    return rows
+
+
+def to_markdown(result: ScenarioResult, scenario_path: str | None = None) -> str:
+    lines = [f"# busmon report: {result.scenario}", ""]
+    lines.append(f"Verdict: **{result.verdict}** · busmon {busmon_version()}"
+                 + (f" · scenario `{scenario_path}`" if scenario_path else ""))
+    lines.append("")
+    lines += _table(
+        ["run", "backend", "verdict", "messages", "lost", "dup", "reord", "deliver/s", "p50 ms",
+         "p99 ms", "naive close Δ tasks", "settled Δ tasks", "leaked", "exited", "ignored", "settle ms"],
+        [[r.name, r.backend, r.verdict, r.delivery.get("published", 0), r.delivery.get("lost", 0),
+          r.delivery.get("duplicated", 0), r.delivery.get("reordered", 0),
+          f"{r.throughput.get('deliver_per_s', 0):,.0f}",
+          r.throughput.get("latency_ms", {}).get("p50", "–"),
+          r.throughput.get("latency_ms", {}).get("p99", "–"),
+          _naive(r), _settled(r), r.count("leaked"), r.count("exited"), r.count("ignored"),
+          f"{r.settle_ms:g}"] for r in result.runs],
+    )
+    if any(r.drift for r in result.runs):
+        lines += ["", "Drift against the first run's baseline (accumulation across runs): "
+                  + ", ".join(f"{r.name}: {r.drift.get('tasks', 0)} tasks / {r.drift.get('threads', 0)} threads"
+                              for r in result.runs if r.drift)]
+    for r in result.runs:
+        lines += ["", f"## Run `{r.name}` on {r.backend}: {r.verdict}", ""]
+        if r.error:
+            lines += [f"**Failure:** {r.error}", ""]
+        lines += ["### Tasks and threads by phase", ""]
+        lines += _table(["phase", "tasks", "Δ baseline", "threads (Python / OS)", "Δ threads",
+                         "new since baseline"], phase_rows(r))
+        lines += ["", "### Where the tasks come from", ""]
+        lines += _table(["component", "baseline", "load", "close", "settle"], component_rows(r))
+        lines += ["", "### Leftovers after close", ""]
+        if not r.leftovers:
+            lines += ["Nothing new was alive when close returned."]
+        else:
+            lines += _table(
+                ["state", "kind", "name", "component", "exited after ms", "detail"],
+                [[("**leaked**" if x.state == "leaked" else x.state), x.kind, f"`{x.name}`",
+                  f"`{x.component}`", "–" if x.exited_after_ms is None else x.exited_after_ms,
+                  x.detail.replace("|", "\\|")] for x in r.leftovers])
+            for x in r.leftovers:
+                if x.state == "leaked" and x.stack:
+                    lines += ["", f"<details><summary>stack of leaked {x.kind} <code>{x.name}</code></summary>",
+                              "", "```", *x.stack, *( [f"created at {x.created_at}"] if x.created_at else []),
+                              "```", "</details>"]
+        d = r.delivery
+        lines += ["", "### Delivery", "",
+                  f"sent {d.get('sent', 0)} · received {d.get('received', 0)} · lost {d.get('lost', 0)}"
+                  f" · duplicated {d.get('duplicated', 0)} · reordered {d.get('reordered', 0)}"]
+        t = r.throughput
+        lat = t.get("latency_ms", {})
+        lines += [f"publish {t.get('publish_per_s', 0):,.0f}/s · deliver {t.get('deliver_per_s', 0):,.0f}/s"
+                  + (f" · latency p50 {lat['p50']} ms, p90 {lat['p90']} ms, p99 {lat['p99']} ms, max {lat['max']} ms"
+                     if lat else "")]
+    return "\n".join(lines) + "\n"
+
+
+def _naive(r: RunResult) -> str:
+    b, c = r.phase("baseline"), r.phase("close")
+    return _delta(c.tasks, b.tasks) if b and c else "–"
+
+
+def _settled(r: RunResult) -> str:
+    b, s = r.phase("baseline"), r.phase("settle")
+    return _delta(s.tasks, b.tasks) if b and s else "–"
+
+
+REPORT_SUFFIXES = (".json", ".md", ".markdown")
+
+
+def write_report(result: ScenarioResult, path: Path, scenario_path: str | None = None) -> None:
+    """Write by extension: .json or .md."""
+    suffix = path.suffix.lower()
+    if suffix == ".json":
+        path.write_text(to_json(result, scenario_path))
+    elif suffix in (".md", ".markdown"):
+        path.write_text(to_markdown(result, scenario_path))
+    else:
+        raise ValueError(f"{path}: expected a report path ending in .json or .md")

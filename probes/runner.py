@@ -1,0 +1,284 @@
+"""The phase runner: drives one bus through baseline → create → subscribe → load → hold →
+close → settle on the arena loop, and measures it the right way.
+
+Each run gets a fresh bus and its own baseline. The naive count (taken the
+instant ``close()`` returns, as the post-mortem's test did) is recorded beside
+the settled one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import re
+import time
+import uuid
+import weakref
+from typing import Any, Callable
+
+from bus import Envelope, EventBus, create_bus
+from probes.audit import DeliveryAudit
+from probes.census import Census, components_of_tasks, components_of_threads, os_thread_count
+from probes.gate import AutoGate
+from probes.model import PhaseSnapshot, PhaseStarted, RunResult
+from probes.sampler import LiveState
+from probes.scenario import ProbeSpec, RunSpec, Scenario
+from probes.settle import IgnoreRules, settle
+
+from probes.tracking import TaskTracker
+
+CLOSE_TIMEOUT_S = 60.0
+CREATE_TIMEOUT_S = 60.0
+SUBSCRIBE_TIMEOUT_S = 120.0
+
+
+class PhaseDeadline(Exception):
+    """A phase did not finish within its deadline."""
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_-]+", "-", text).strip("-") or "run"
+
+
+class RunContext:
+    """Everything one run needs, and the tasks it starts itself (never the bus's leftovers)."""
+
+    def __init__(self, scenario: Scenario, spec: RunSpec, tracker: TaskTracker, state: LiveState,
+                 sink: Callable[[object], None], gate: Any = None,
+                 first_baseline: Census | None = None) -> None:
+        self.scenario = scenario
+        self.spec = spec
+        self.tracker = tracker
+        self.state = state
+        self.sink = sink
+        self.gate = gate or AutoGate()
+        self.first_baseline = first_baseline
+        self.own: weakref.WeakSet[asyncio.Task] = weakref.WeakSet()
+        self.bus: EventBus | None = None
+        self.baseline: Census | None = None
+        self.phases: list[PhaseSnapshot] = []
+        self.audit = DeliveryAudit()
+        self.published: dict[str, int] = {}
+        self.subscriptions: list[Any] = []
+        self.topics: list[str] = []
+        self.scopes_left = 0
+        self.scopes_over = asyncio.Event()
+        self.load_started = self.load_ended = self.delivered_at = 0.0
+
+
+async def run_once(ctx: RunContext) -> RunResult:
+    """Play one run; a failing bus is reported (verdict ``failed``) and still closed and settled."""
+    spec, st, probes = ctx.spec, ctx.state, ctx.scenario.probes
+    st.run, st.t0, st.published, st.audit, st.peaks = spec.name, time.monotonic(), 0, ctx.audit, {}
+    error: str | None = None
+    closed_at = time.monotonic()
+    at_close: Census | None = None
+
+    async def phase(name: str) -> None:
+        await ctx.gate.before(spec.name, name)
+        st.phase = name
+        ctx.sink(PhaseStarted(spec.name, name, st.elapsed()))
+
+    await phase("baseline")
+    gc.collect()
+    ctx.baseline = Census.take()
+    snapshot(ctx, "baseline", ctx.baseline)
+    try:
+        await phase("create")
+        await create(ctx)
+        snapshot(ctx, "create")
+        await phase("subscribe")
+        await subscribe(ctx)
+        snapshot(ctx, "subscribe")
+        await phase("load")
+        await load(ctx)
+        snapshot(ctx, "load")
+        if spec.hold_s > 0:
+            await phase("hold")
+            await asyncio.sleep(spec.hold_s)  # the idle time itself is what this phase measures
+            snapshot(ctx, "hold")
+    except Exception as exc:  # the bus or broker failed: say so, then still close and settle
+        error = f"{st.phase}: {describe_error(exc)}"
+    try:
+        await phase("close")
+        if ctx.bus is not None:
+            try:
+                async with asyncio.timeout(CLOSE_TIMEOUT_S):
+                    await ctx.bus.close()
+            except TimeoutError:
+                error = error or f"close: did not return within {CLOSE_TIMEOUT_S:g} s"
+            except Exception as exc:
+                error = error or f"close: {describe_error(exc)}"
+    finally:
+        closed_at = time.monotonic()
+        at_close = Census.take()
+        snapshot(ctx, "close", at_close)  # the naive count, right after close returned
+
+    await phase("settle")
+    outcome = await settle(
+        ctx.baseline, at_close, closed_at, timeout_s=probes.settle_timeout_s,
+        poll_ms=probes.settle_poll_ms, rules=ignore_rules(probes), exclude=set(ctx.own), sites=ctx.tracker.sites,
+    )
+    snapshot(ctx, "settle", outcome.final)
+
+    leaked = any(x.state == "leaked" for x in outcome.leftovers)
+    verdict = "failed" if error else ("leaked" if leaked else "clean")
+    drift = {}
+    if ctx.first_baseline is not None:
+        t, th, _ = outcome.final.new_since(ctx.first_baseline)
+        drift = {"tasks": len([x for x in t if x not in ctx.own]), "threads": len(th)}
+    result = RunResult(
+        name=spec.name, backend=ctx.scenario.backend, verdict=verdict, phases=tuple(ctx.phases),
+        settle_ms=round(outcome.settle_ms, 2), leftovers=outcome.leftovers,
+        delivery=ctx.audit.counts(ctx.published).as_dict() | {"published": st.published},
+        throughput=throughput(ctx), error=error, drift=drift,
+        peaks={p: dict(v) for p, v in st.peaks.items()},
+        counters=dict(getattr(getattr(ctx.bus, "counters", None), "snapshot", dict)()),
+    )
+    return result
+
+
+def describe_error(exc: BaseException) -> str:
+    text = str(exc) or type(exc).__name__
+    return text if type(exc).__name__ in text or ":" in text else f"{type(exc).__name__}: {text}"
+
+
+def snapshot(ctx: RunContext, name: str, census: Census | None = None) -> PhaseSnapshot:
+    census = census or Census.take()
+    tasks = [t for t in census.tasks if t not in ctx.own]
+    by_component = components_of_tasks(tasks, ctx.tracker.sites)
+    by_component.update(components_of_threads(census.threads))
+    new_tasks = new_threads = 0
+    if ctx.baseline is not None:
+        nt, nth, _ = census.new_since(ctx.baseline)
+        new_tasks = len([t for t in nt if t not in ctx.own])
+        new_threads = len(nth)
+    snap = PhaseSnapshot(name, ctx.state.elapsed(), len(tasks), len(census.threads),
+                         os_thread_count(), by_component, new_tasks, new_threads)
+    ctx.phases.append(snap)
+    ctx.sink(snap)
+    return snap
+
+
+def topics_for(ctx: RunContext) -> list[str]:
+    stem = f"busmon-{_slug(ctx.spec.name)}-{uuid.uuid4().hex[:6]}"
+    return [f"{stem}-{i}" for i in range(ctx.spec.topics)]
+
+
+async def create(ctx: RunContext) -> None:
+    sc = ctx.scenario
+    ctx.bus = create_bus(sc.url, **sc.bus_options)
+    try:
+        async with asyncio.timeout(CREATE_TIMEOUT_S):
+            await ctx.bus.start()
+    except TimeoutError:
+        raise PhaseDeadline(f"start() did not return within {CREATE_TIMEOUT_S:g} s") from None
+
+
+def spawn_own(ctx: RunContext, coro, name: str) -> asyncio.Task:
+    task = asyncio.create_task(coro, name=name)
+    ctx.own.add(task)
+    return task
+
+
+async def subscribe(ctx: RunContext) -> None:
+    spec, bus = ctx.spec.subscribe, ctx.bus
+    assert bus is not None
+    ctx.topics = topics_for(ctx)
+    try:
+        async with asyncio.timeout(SUBSCRIBE_TIMEOUT_S):
+            for topic in ctx.topics:
+                group_uid = ctx.audit.unit(topic) if spec.group else None
+                for _ in range(spec.count):
+                    uid = group_uid if group_uid is not None else ctx.audit.unit(topic)
+                    sub = await bus.subscribe(topic, ctx.audit.handler(uid), group=spec.group)
+                    ctx.subscriptions.append(sub)
+                    if spec.until_s:
+                        ctx.scopes_left += 1
+                        spawn_own(ctx, _scope(ctx, sub, spec.until_s), "busmon.subscribe-scope")
+    except TimeoutError:
+        raise PhaseDeadline(f"subscriptions not live within {SUBSCRIBE_TIMEOUT_S:g} s") from None
+
+
+async def _scope(ctx: RunContext, sub: Any, until_s: float) -> None:
+    """A subscription bound to a deadline, like a Go subscription inside context.WithTimeout."""
+    try:
+        await asyncio.sleep(until_s)  # the scope's lifetime, not a wait for something
+        await sub.unsubscribe()
+    finally:
+        ctx.scopes_left -= 1
+        if ctx.scopes_left == 0:
+            ctx.scopes_over.set()
+
+
+async def load(ctx: RunContext) -> None:
+    spec, bus, st = ctx.spec, ctx.bus, ctx.state
+    assert bus is not None
+    topics = ctx.topics
+    per_topic = {t: 0 for t in topics}
+    for k in range(spec.keys):  # message j goes to key j % keys, key k to topic k % topics
+        n = spec.messages // spec.keys + (1 if k < spec.messages % spec.keys else 0)
+        per_topic[topics[k % len(topics)]] += n
+    ctx.audit.expect(per_topic)
+    payload = bytes(spec.payload_bytes)
+    keys = [f"key-{k}" for k in range(spec.keys)]
+    loop = asyncio.get_running_loop()
+    ctx.load_started = loop.time()
+
+    async def publisher(index: int) -> None:
+        seqs: dict[int, int] = {}
+        interval = 1.0 / spec.rate_per_s if spec.rate_per_s else 0.0
+        for j in range(spec.messages):
+            k = j % spec.keys
+            if k % spec.publishers != index:
+                continue
+            if interval:
+                due = ctx.load_started + j * interval
+                ahead = due - loop.time()
+                if ahead > 0.001:
+                    await asyncio.sleep(ahead)  # pacing to the configured rate
+            seq = seqs.get(k, 0) + 1
+            seqs[k] = seq
+            topic = topics[k % len(topics)]
+            await bus.publish(topic, Envelope(key=keys[k], type="busmon.load", payload=payload,
+                                              seq=seq, ts_ns=time.monotonic_ns()))
+            ctx.published[topic] = ctx.published.get(topic, 0) + 1
+            st.published += 1
+
+    pubs = [spawn_own(ctx, publisher(i), f"busmon.publisher-{i}") for i in range(spec.publishers)]
+    try:
+        await asyncio.gather(*pubs)
+    except BaseException:
+        for p in pubs:
+            p.cancel()
+        await asyncio.wait(pubs)
+        raise
+    ctx.load_ended = loop.time()
+    waiters = [spawn_own(ctx, ctx.audit.wait_all(), "busmon.wait-delivered")]
+    if ctx.scopes_left:
+        waiters.append(spawn_own(ctx, ctx.scopes_over.wait(), "busmon.wait-scopes"))
+    done, pending = await asyncio.wait(waiters, timeout=spec.load_timeout_s,
+                                       return_when=asyncio.FIRST_COMPLETED)
+    for w in pending:
+        w.cancel()
+    if pending:
+        await asyncio.wait(pending)
+    ctx.delivered_at = loop.time()
+    if not done:
+        raise PhaseDeadline(f"{ctx.audit.received} of {ctx.audit.expected} deliveries "
+                            f"within {spec.load_timeout_s:g} s")
+
+
+def throughput(ctx: RunContext) -> dict[str, Any]:
+    pub_s = max(1e-9, ctx.load_ended - ctx.load_started) if ctx.load_ended else 0.0
+    del_s = max(1e-9, ctx.delivered_at - ctx.load_started) if ctx.delivered_at else 0.0
+    return {
+        "publish_per_s": round(ctx.state.published / pub_s, 1) if pub_s else 0.0,
+        "deliver_per_s": round(ctx.audit.received / del_s, 1) if del_s else 0.0,
+        "load_s": round(del_s, 4),
+        "latency_ms": ctx.audit.latency.summary_ms(),
+    }
+
+
+def ignore_rules(probes: ProbeSpec) -> IgnoreRules:
+    return IgnoreRules(tuple(probes.ignore_tasks), tuple(probes.ignore_threads))

@@ -1,0 +1,93 @@
+"""The sampler: reads every probe on the arena loop and hands out immutable Samples.
+
+It runs as one task (``busmon.sampler``) started before any baseline, so it is
+part of every baseline and never shows up as a leftover. Per tick it does only
+cheap work: incremental task counts, ``threading.active_count``, one psutil
+oneshot, two counter deltas and a histogram summary.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+from probes.audit import DeliveryAudit
+from probes.model import Sample
+from probes.process import ProcessProbe
+from probes.throughput import RateMeter
+from probes.tracking import TaskTracker
+
+
+@dataclass
+class LiveState:
+    """What the runner is doing now; written by the runner, read by the sampler (same loop)."""
+
+    run: str = ""
+    phase: str = ""
+    t0: float = field(default_factory=time.monotonic)
+    published: int = 0
+    audit: DeliveryAudit | None = None
+    peaks: dict[str, dict[str, int]] = field(default_factory=dict)
+
+    def elapsed(self) -> float:
+        return time.monotonic() - self.t0
+
+
+class Sampler:
+    def __init__(self, tracker: TaskTracker, state: LiveState, sink: Callable[[object], None],
+                 interval_ms: int = 100) -> None:
+        self.tracker = tracker
+        self.state = state
+        self.sink = sink
+        self.interval_ms = interval_ms
+        self.process = ProcessProbe()
+        self._pub = RateMeter()
+        self._del = RateMeter()
+        self.paused = False
+
+    def set_interval(self, interval_ms: int) -> None:
+        self.interval_ms = max(10, int(interval_ms))
+
+    def reset_rates(self) -> None:
+        self._pub.reset(self.state.published)
+        self._del.reset(self.state.audit.received if self.state.audit else 0)
+
+    def read(self) -> Sample:
+        st = self.state
+        now = time.monotonic()
+        by_component = self.tracker.counts()
+        tasks = sum(by_component.values())
+        threads = threading.active_count()
+        proc = self.process.read()
+        audit = st.audit
+        delivered = audit.received if audit else 0
+        sample = Sample(
+            run=st.run, phase=st.phase, t_s=round(now - st.t0, 3), tasks=tasks, threads=threads,
+            os_threads=proc.os_threads, by_component=by_component, published=st.published,
+            delivered=delivered, expected=audit.expected if audit else 0,
+            publish_per_s=round(self._pub.rate(st.published, now), 1),
+            deliver_per_s=round(self._del.rate(delivered, now), 1),
+            latency_ms=audit.latency.summary_ms() if audit and audit.latency.count else {},
+            rss_mb=proc.rss_mb, cpu_percent=proc.cpu_percent, open_fds=proc.open_fds,
+        )
+        peak = st.peaks.setdefault(st.phase, {"tasks": 0, "threads": 0, "os_threads": 0})
+        peak["tasks"] = max(peak["tasks"], tasks)
+        peak["threads"] = max(peak["threads"], threads)
+        peak["os_threads"] = max(peak["os_threads"], proc.os_threads)
+        return sample
+
+    async def run(self) -> None:
+        """Sample until cancelled: periodic by design, not a wait for something to happen."""
+        loop = asyncio.get_running_loop()
+        next_at = loop.time()
+        while True:
+            self.sink(self.read())
+            next_at += self.interval_ms / 1000
+            delay = next_at - loop.time()
+            if delay < 0:  # fell behind (a long phase step): do not burst to catch up
+                next_at = loop.time()
+                delay = 0
+            await asyncio.sleep(delay)

@@ -1,0 +1,268 @@
+"""The scenario file (TOML): what to run, checked strictly.
+
+Unknown keys, wrong types and impossible values are errors that name the file,
+the line where possible, the field and what was expected, e.g.::
+
+    ladder.toml:14: runs[2].messages: expected an integer >= 1, got -5
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Callable
+
+BUILTIN_BACKENDS = {
+    "memory": "memory://",
+    "kafka": "kafka://127.0.0.1:9092",
+    "nats": "nats://127.0.0.1:4222",
+    "nats-js": "nats+js://127.0.0.1:4222",
+}
+_SCHEME_OF = {"memory": "memory", "kafka": "kafka", "nats": "nats", "nats-js": "nats+js"}
+
+
+class ScenarioError(ValueError):
+    """A scenario that cannot be played, with a one-line reason."""
+
+
+@dataclass(frozen=True)
+class SubscribeSpec:
+    count: int = 1            # subscriptions per topic
+    group: str | None = None  # all of a topic's subscriptions share this group
+    until_s: float | None = None  # unsubscribe this long after subscribing (a deadline scope)
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    name: str
+    messages: int = 1000
+    keys: int = 100
+    topics: int = 1
+    payload_bytes: int = 256
+    rate_per_s: float = 0.0   # 0 = as fast as possible
+    publishers: int = 1
+    hold_s: float = 0.0
+    load_timeout_s: float = 60.0
+    subscribe: SubscribeSpec = field(default_factory=SubscribeSpec)
+
+
+@dataclass(frozen=True)
+class ProbeSpec:
+    interval_ms: int = 100
+    settle_timeout_s: float = 5.0
+    settle_poll_ms: int = 10
+    ignore_tasks: tuple[str, ...] = ()
+    ignore_threads: tuple[str, ...] = ()
+    trace_creation: bool = False
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    backend: str                      # memory | kafka | nats | nats-js | package.module:factory
+    url: str                          # what create_bus gets: a URL, or the import path
+    bus_options: dict[str, Any]
+    probes: ProbeSpec
+    runs: tuple[RunSpec, ...]
+    path: str = "<scenario>"
+
+    def with_target(self, backend: str | None = None, url: str | None = None,
+                    bus: str | None = None) -> Scenario:
+        """The same scenario on another backend (command-line overrides)."""
+        if bus:
+            return replace(self, backend=bus, url=bus)
+        if backend:
+            check_backend(backend, "--backend")
+            return replace(self, backend=backend, url=url or BUILTIN_BACKENDS[backend])
+        if url:
+            return replace(self, url=url)
+        return self
+
+
+def check_backend(backend: str, where: str) -> None:
+    if backend not in BUILTIN_BACKENDS and not re.fullmatch(r"[\w.]+:[\w.]+", backend):
+        raise ScenarioError(f"{where}: expected one of {', '.join(BUILTIN_BACKENDS)} "
+                            f"or 'package.module:factory', got {backend!r}")
+
+
+# -- field checks -----------------------------------------------------------------
+
+Check = tuple[str, Callable[[Any], bool]]
+
+_INT = lambda lo: (f"an integer >= {lo}", lambda v: type(v) is int and v >= lo)  # noqa: E731
+_NUM = lambda lo, strict=False: (  # noqa: E731
+    f"a number {'>' if strict else '>='} {lo}",
+    lambda v: type(v) in (int, float) and (v > lo if strict else v >= lo),
+)
+_STR = ("a non-empty string", lambda v: isinstance(v, str) and bool(v.strip()))
+_BOOL = ("true or false", lambda v: type(v) is bool)
+_STRS = ("a list of strings", lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v))
+
+RUN_FIELDS: dict[str, Check] = {
+    "messages": _INT(1), "keys": _INT(1), "topics": _INT(1), "payload_bytes": _INT(0),
+    "rate_per_s": _NUM(0), "publishers": _INT(1), "hold_s": _NUM(0),
+    "load_timeout_s": _NUM(0, strict=True),
+}
+SUBSCRIBE_FIELDS: dict[str, Check] = {
+    "count": _INT(1), "group": _STR, "until_s": _NUM(0, strict=True),
+}
+PROBE_FIELDS: dict[str, Check] = {
+    "interval_ms": _INT(10), "settle_timeout_s": _NUM(0), "settle_poll_ms": _INT(1),
+    "ignore_tasks": _STRS, "ignore_threads": _STRS, "trace_creation": _BOOL,
+}
+TOP_FIELDS = {"name", "backend", "url", "bus", "probes", "defaults", "runs"}
+
+
+class _Lines:
+    """Where each key sits in the file, so errors can name the line."""
+
+    def __init__(self, text: str) -> None:
+        self.where: dict[str, int] = {}
+        section, runs = "", -1
+        for no, raw in enumerate(text.splitlines(), 1):
+            line = raw.strip()
+            if m := re.match(r"^\[\[\s*([\w.]+)\s*\]\]", line):
+                if m.group(1) == "runs":
+                    runs += 1
+                    section = f"runs[{runs}]"
+                else:
+                    section = m.group(1)
+                self.where.setdefault(section, no)
+            elif m := re.match(r"^\[\s*([\w.]+)\s*\]", line):
+                name = m.group(1)
+                section = name.replace("runs.", f"runs[{runs}].", 1) if name.startswith("runs.") else name
+                self.where.setdefault(section, no)
+            elif m := re.match(r"^([\w-]+)\s*=", line):
+                key = f"{section}.{m.group(1)}" if section else m.group(1)
+                self.where.setdefault(key, no)
+
+    def line(self, path: str) -> int | None:
+        while path:
+            if path in self.where:
+                return self.where[path]
+            path = path.rpartition(".")[0]
+        return None
+
+
+class _Loader:
+    def __init__(self, path: str, text: str) -> None:
+        self.path = path
+        self.lines = _Lines(text)
+
+    def fail(self, field_path: str, expected: str, got: Any = None) -> None:
+        self.error(field_path, f"expected {expected}, got {got!r}")
+
+    def error(self, field_path: str, message: str) -> None:
+        line = self.lines.line(field_path)
+        where = f"{self.path}:{line}" if line else self.path
+        raise ScenarioError(f"{where}: {field_path}: {message}")
+
+    def unknown(self, field_path: str, known: set[str] | dict) -> None:
+        self.error(field_path, f"unknown key; expected one of {', '.join(sorted(known))}")
+
+    def table(self, value: Any, where: str) -> dict[str, Any]:
+        if not isinstance(value, dict):
+            self.fail(where, "a table", value)
+        return value
+
+    def fields(self, data: dict[str, Any], checks: dict[str, Check], where: str,
+               extra: set[str] = frozenset()) -> dict[str, Any]:
+        out = {}
+        for key, value in data.items():
+            path = f"{where}.{key}" if where else key
+            if key in extra:
+                continue
+            if key not in checks:
+                self.unknown(path, set(checks) | set(extra))
+            expected, ok = checks[key]
+            if not ok(value):
+                self.fail(path, expected, value)
+            out[key] = tuple(value) if isinstance(value, list) else value
+        return out
+
+    def subscribe(self, value: Any, where: str, base: SubscribeSpec) -> SubscribeSpec:
+        data = self.fields(self.table(value, where), SUBSCRIBE_FIELDS, where)
+        return replace(base, **data)
+
+    def run_fields(self, data: dict[str, Any], where: str, base: dict[str, Any]) -> dict[str, Any]:
+        out = dict(base)
+        out.update(self.fields(data, RUN_FIELDS, where, extra={"name", "subscribe"}))
+        if "subscribe" in data:
+            out["subscribe"] = self.subscribe(data["subscribe"], f"{where}.subscribe",
+                                              base.get("subscribe", SubscribeSpec()))
+        return out
+
+    def load(self, doc: dict[str, Any]) -> Scenario:
+        for key in doc:
+            if key not in TOP_FIELDS:
+                self.unknown(key, TOP_FIELDS)
+        name = doc.get("name", Path(self.path).stem)
+        if not _STR[1](name):
+            self.fail("name", _STR[0], name)
+        backend = doc.get("backend", "memory")
+        if not isinstance(backend, str):
+            self.fail("backend", "a string", backend)
+        try:
+            check_backend(backend, "backend")
+        except ScenarioError:
+            self.fail("backend", f"one of {', '.join(BUILTIN_BACKENDS)} or 'package.module:factory'", backend)
+        url = doc.get("url")
+        if url is not None and not _STR[1](url):
+            self.fail("url", _STR[0], url)
+        if backend in BUILTIN_BACKENDS:
+            url = url or BUILTIN_BACKENDS[backend]
+            scheme = url.split("://", 1)[0] if "://" in url else ""
+            if scheme != _SCHEME_OF[backend]:
+                self.fail("url", f"a {_SCHEME_OF[backend]}:// URL for backend {backend!r}", url)
+        else:
+            url = backend
+        bus_options = dict(self.table(doc.get("bus", {}), "bus"))
+        probes = ProbeSpec(**self.fields(self.table(doc.get("probes", {}), "probes"), PROBE_FIELDS, "probes"))
+        defaults = self.run_fields(self.table(doc.get("defaults", {}), "defaults"), "defaults", {})
+        runs_doc = doc.get("runs")
+        if runs_doc is None:
+            runs_doc = [{"name": "run"}]
+        if not isinstance(runs_doc, list) or not runs_doc:
+            self.fail("runs", "at least one [[runs]] table", runs_doc)
+        runs = []
+        names: set[str] = set()
+        for i, run_doc in enumerate(runs_doc):
+            where = f"runs[{i}]"
+            run_doc = self.table(run_doc, where)
+            run_name = run_doc.get("name", f"run-{i + 1}")
+            if not _STR[1](run_name):
+                self.fail(f"{where}.name", _STR[0], run_name)
+            if run_name in names:
+                self.fail(f"{where}.name", "a name no other run has", run_name)
+            names.add(run_name)
+            runs.append(RunSpec(name=run_name, **self.run_fields(run_doc, where, defaults)))
+        return Scenario(name=name, backend=backend, url=url, bus_options=bus_options,
+                        probes=probes, runs=tuple(runs), path=self.path)
+
+
+def load_scenario(path: str | Path) -> Scenario:
+    """Read and check a scenario file; raise :class:`ScenarioError` with a one-line reason."""
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ScenarioError(f"{p}: no such file") from None
+    except IsADirectoryError:
+        raise ScenarioError(f"{p}: expected a TOML file, got a directory") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ScenarioError(f"{p}: cannot read: {exc}") from None
+    return parse_scenario(text, str(p))
+
+
+def parse_scenario(text: str, path: str = "<scenario>") -> Scenario:
+    try:
+        doc = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        msg = str(exc)
+        m = re.search(r"\(at line (\d+), column (\d+)\)", msg)
+        where = f"{path}:{m.group(1)}" if m else path
+        reason = re.sub(r"\s*\(at line \d+, column \d+\)", "", msg)
+        raise ScenarioError(f"{where}: not valid TOML: {reason}") from None
+    return _Loader(path, text).load(doc)

@@ -1,0 +1,153 @@
+"""The ``busmon`` command line (typer).
+
+Textual is imported only when the dashboard is shown, so headless playback runs
+without it. Exit codes: 0 clean, 1 leaked, 2 bad input or usage, 3 bus or
+broker failure.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+
+from bus.errors import BusConfigError
+from bus.factory import check_target
+from probes.model import EXIT_BAD_INPUT, EXIT_CODES, ScenarioResult
+from probes.scenario import BUILTIN_BACKENDS, Scenario, ScenarioError, load_scenario
+
+app = typer.Typer(
+    add_completion=False,
+    help="Drive an embedded event bus through create → subscribe → load → close and see, "
+         "by identity, what it leaves behind.",
+    rich_markup_mode="rich",
+)
+err = Console(stderr=True)
+out = Console()
+
+
+class BadInput(Exception):
+    """Bad input from the user: one line, exit code 2."""
+
+
+BackendOpt = Annotated[Optional[str], typer.Option(
+    "--backend", help="memory | kafka | nats | nats-js (overrides the scenario).")]
+UrlOpt = Annotated[Optional[str], typer.Option(
+    "--url", help="Broker URL, e.g. kafka://127.0.0.1:9092 (overrides the scenario).")]
+BusOpt = Annotated[Optional[str], typer.Option(
+    "--bus", help="Your own bus: an import path package.module:factory.")]
+
+
+def _scenario(path: Path, backend: str | None, url: str | None, bus: str | None) -> Scenario:
+    try:
+        sc = load_scenario(path).with_target(backend, url, bus)
+        check_target(sc.url)
+    except (ScenarioError, BusConfigError) as exc:
+        raise BadInput(str(exc)) from None
+    return sc
+
+
+def _report_path(report: Path | None, allowed: tuple[str, ...]) -> None:
+    if report is not None and report.suffix.lower() not in allowed:
+        raise BadInput(f"--report {report}: expected a path ending in {', '.join(allowed)}")
+    if report is not None and not report.parent.exists():
+        raise BadInput(f"--report {report}: the folder {report.parent} does not exist")
+
+
+def _exit(result: ScenarioResult) -> None:
+    raise typer.Exit(EXIT_CODES[result.verdict])
+
+
+@app.command()
+def play(
+    scenario: Annotated[Path, typer.Argument(help="A scenario file (TOML); see sample_configs/.")],
+    headless: Annotated[bool, typer.Option("--headless", help="No dashboard: a progress display and a summary.")] = False,
+    report: Annotated[Optional[Path], typer.Option("--report", help="Write a report: .json or .md.")] = None,
+    backend: BackendOpt = None,
+    url: UrlOpt = None,
+    bus: BusOpt = None,
+) -> None:
+    """Play a scenario's runs and report what each left behind."""
+    from probes.headless import leak_table, play_headless, summary_table
+    from probes.report import REPORT_SUFFIXES, write_report
+
+    _report_path(report, REPORT_SUFFIXES)
+    sc = _scenario(scenario, backend, url, bus)
+    if not headless:
+        raise BadInput("the dashboard is not available yet: add --headless")
+    result = play_headless(sc, err)
+    out.print(summary_table(result))
+    leaks = leak_table(result)
+    if leaks is not None:
+        out.print(leaks)
+    if report is not None:
+        write_report(result, report, str(scenario))
+        err.print(f"report written to {report}")
+    _exit(result)
+
+
+@app.command()
+def compare(
+    scenario: Annotated[Path, typer.Argument(help="A scenario file (TOML).")],
+    backends: Annotated[str, typer.Option("--backends", help="Comma-separated, e.g. memory,kafka,nats.")] = "memory",
+    urls: Annotated[Optional[list[str]], typer.Option(
+        "--url", help="backend=URL, e.g. kafka=kafka://127.0.0.1:9092 (repeatable).")] = None,
+    report: Annotated[Optional[Path], typer.Option("--report", help="Write a report: .json or .md.")] = None,
+) -> None:
+    """Play the same runs on each backend and print one table."""
+    from probes.compare import compare_table, play_compare
+    from probes.report import REPORT_SUFFIXES, write_report
+
+    _report_path(report, REPORT_SUFFIXES)
+    names = [b.strip() for b in backends.split(",") if b.strip()]
+    if not names:
+        raise BadInput("--backends: expected a comma-separated list, e.g. memory,kafka,nats")
+    url_of: dict[str, str] = {}
+    for item in urls or []:
+        name, sep, value = item.partition("=")
+        if not sep or name not in BUILTIN_BACKENDS:
+            raise BadInput(f"--url {item!r}: expected backend=URL with backend one of {', '.join(BUILTIN_BACKENDS)}")
+        url_of[name] = value
+    base = _scenario(scenario, None, None, None)
+    scenarios = [_scenario(scenario, name, url_of.get(name), None) if name in BUILTIN_BACKENDS
+                 else _scenario(scenario, None, None, name) for name in names]
+    del base
+    result = play_compare(scenarios, err)
+    out.print(compare_table(result))
+    if report is not None:
+        write_report(result, report, str(scenario))
+        err.print(f"report written to {report}")
+    _exit(result)
+
+
+def main() -> None:
+    """Entry point: typer, plus one-line errors with exit code 2 for bad input."""
+    try:
+        code = app(standalone_mode=False)  # returns the code of typer.Exit in this mode
+    except BadInput as exc:
+        err.print(f"[bold red]busmon:[/] {exc}", highlight=False)
+        sys.exit(EXIT_BAD_INPUT)
+    except typer.Exit as exc:
+        sys.exit(exc.exit_code)
+    except SystemExit:
+        raise
+    except KeyboardInterrupt:
+        err.print("busmon: interrupted")
+        sys.exit(130)
+    except Exception as exc:  # click usage errors and the like
+        import click
+
+        if isinstance(exc, click.exceptions.ClickException):
+            exc.show()
+            sys.exit(EXIT_BAD_INPUT)
+        if isinstance(exc, click.exceptions.Abort):
+            sys.exit(130)
+        raise
+    sys.exit(code if isinstance(code, int) else 0)
+
+
+if __name__ == "__main__":
+    main()
