@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import re
 from typing import Any, Callable
 from urllib.parse import urlsplit
 
@@ -51,19 +52,16 @@ def is_import_path(target: str) -> bool:
     return "://" not in target and ":" in target
 
 
-def check_target(url: str) -> None:
-    """Raise :class:`BusConfigError` if ``url`` could not make a bus (without making one)."""
+def check_target(url: str, **options: Any) -> None:
+    """Raise :class:`BusConfigError` if ``url`` and ``options`` could not make a bus.
+
+    A built-in bus is constructed (which connects nothing) to check its options;
+    a user's factory is only imported, since calling it might do anything.
+    """
     if is_import_path(url):
         load_factory(url)
         return
-    scheme = urlsplit(url).scheme if "://" in url else ""
-    if scheme not in SCHEMES:
-        raise BusConfigError(
-            f"{url!r}: unknown bus; expected one of {', '.join(s + '://' for s in SCHEMES)} "
-            "or an import path 'package.module:factory'"
-        )
-    if scheme != "memory":
-        _hosts(url, 0)
+    create_bus(url, **options)
 
 
 def create_bus(url: str = "memory://", **options: Any) -> EventBus:
@@ -92,7 +90,11 @@ def create_bus(url: str = "memory://", **options: Any) -> EventBus:
             servers = [f"nats://{h}:{p}" for h, p in _hosts(url, 4222)]
             return (JetStreamBus if scheme == "nats+js" else NatsBus)(servers, **options)
     except TypeError as exc:  # an unknown option
-        raise BusConfigError(f"{url!r}: {exc}") from None
+        m = re.search(r"unexpected keyword argument '(\w+)'", str(exc))
+        what = f"unknown option {m.group(1)!r}" if m else str(exc)
+        raise BusConfigError(f"{url}: {what}") from None
+    except ValueError as exc:  # an impossible value
+        raise BusConfigError(f"{url}: {exc}") from None
     raise BusConfigError(
         f"{url!r}: unknown bus; expected one of {', '.join(s + '://' for s in SCHEMES)} "
         "or an import path 'package.module:factory'"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+from rich import box
 from rich.console import Console
 from rich.table import Table
 
@@ -22,21 +23,45 @@ def play_compare(scenarios: list[Scenario], console: Console) -> ScenarioResult:
 
 
 def compare_table(result: ScenarioResult) -> Table:
+    """Backends as columns, one block of rows per run: the comparison at a glance, in 80 columns."""
+    backends = list(dict.fromkeys(r.backend for r in result.runs))
+    runs = list(dict.fromkeys(r.name for r in result.runs))
+    by = {(r.name, r.backend): r for r in result.runs}
     table = Table(title=f"busmon compare: {result.scenario} — "
-                        f"[{VERDICT_STYLE[result.verdict]}]{result.verdict}[/]")
-    for col in ("run", "backend", "verdict", "publish/s", "deliver/s", "p50 ms", "p99 ms",
-                "peak tasks", "peak threads", "naive Δ tasks", "leaked", "exited", "lost"):
-        table.add_column(col, justify="left" if col in ("run", "backend", "verdict") else "right")
-    for r in sorted(result.runs, key=lambda r: (r.name, r.backend)):
-        lat = r.throughput.get("latency_ms", {})
-        peak = max((v.get("tasks", 0) for v in r.peaks.values()), default=0)
-        peak_t = max((v.get("threads", 0) for v in r.peaks.values()), default=0)
-        b, c = r.phase("baseline"), r.phase("close")
-        naive = c.tasks - b.tasks if b and c else 0
-        table.add_row(
-            r.name, r.backend, f"[{VERDICT_STYLE[r.verdict]}]{r.verdict}[/]",
-            f"{r.throughput.get('publish_per_s', 0):,.0f}", f"{r.throughput.get('deliver_per_s', 0):,.0f}",
-            f"{lat.get('p50', 0):.2f}", f"{lat.get('p99', 0):.2f}", str(peak), str(peak_t),
-            f"{naive:+d}", str(r.count("leaked")), str(r.count("exited")), str(r.delivery.get("lost", 0)),
-        )
+                        f"[{VERDICT_STYLE[result.verdict]}]{result.verdict}[/]", box=box.SIMPLE_HEAD)
+    table.add_column("", no_wrap=True)
+    for b in backends:
+        table.add_column(b, justify="right", no_wrap=True)
+
+    def cells(fn) -> list[str]:
+        return [fn(by[(name, b)]) if (name, b) in by else "–" for b in backends]
+
+    for name in runs:
+        table.add_row(f"[bold]{name}[/]", *cells(lambda r: f"[{VERDICT_STYLE[r.verdict]}]{r.verdict}[/]"))
+        table.add_row("  publish/s", *cells(lambda r: f"{r.throughput.get('publish_per_s', 0):,.0f}"))
+        table.add_row("  deliver/s", *cells(lambda r: f"{r.throughput.get('deliver_per_s', 0):,.0f}"))
+        table.add_row("  latency p50/p99 ms", *cells(_latency))
+        table.add_row("  peak tasks/threads", *cells(_peaks))
+        table.add_row("  Δ tasks close→settled", *cells(_close_settled))
+        table.add_row("  leaked/exited", *cells(lambda r: f"{r.count('leaked')}/{r.count('exited')}"))
+        table.add_row("  lost", *cells(lambda r: str(r.delivery.get("lost", 0))))
+        table.add_section()
     return table
+
+
+def _latency(r: RunResult) -> str:
+    lat = r.throughput.get("latency_ms", {})
+    return f"{lat['p50']:.1f}/{lat['p99']:.1f}" if lat else "–"
+
+
+def _peaks(r: RunResult) -> str:
+    tasks = max((v.get("tasks", 0) for v in r.peaks.values()), default=0)
+    threads = max((v.get("threads", 0) for v in r.peaks.values()), default=0)
+    return f"{tasks}/{threads}"
+
+
+def _close_settled(r: RunResult) -> str:
+    b, c, s = r.phase("baseline"), r.phase("close"), r.phase("settle")
+    if not (b and c and s):
+        return "–"
+    return f"{c.tasks - b.tasks:+d}→{s.tasks - b.tasks:+d}"

@@ -68,28 +68,36 @@ def _show(event: object, progress: Progress, bars: dict[str, int], console: Cons
 
 
 def summary_table(result: ScenarioResult) -> Table:
-    """One row per run; "close Δ" is the naive count right after close, "settled Δ" the honest one."""
+    """Runs as columns, measures as rows: fits 80 columns for the post-mortem's four-run ladder."""
     backends = ", ".join(dict.fromkeys(r.backend for r in result.runs))
     table = Table(title=f"{result.scenario} on {backends}: "
-                        f"[{VERDICT_STYLE[result.verdict]}]{result.verdict}[/]")
-    table.box = box.SIMPLE_HEAD
-    for col in ("run", "verdict", "received\n/ sent", "deliver\n/s", "p99\nms", "close\nΔ tasks",
-                "settled\nΔ tasks", "leaked\n/ exited", "settle\nms"):
-        left = col in ("run", "verdict")
-        table.add_column(col, justify="left" if left else "right", no_wrap=left,
-                         min_width=max(len(word) for word in col.split()))
+                        f"[{VERDICT_STYLE[result.verdict]}]{result.verdict}[/]", box=box.SIMPLE_HEAD)
+    table.add_column("", no_wrap=True)
     for r in result.runs:
-        lat = r.throughput.get("latency_ms", {})
-        table.add_row(
-            r.name, f"[{VERDICT_STYLE[r.verdict]}]{r.verdict}[/]",
-            f"{r.delivery.get('received', 0)}/{r.delivery.get('sent', 0)}",
-            f"{r.throughput.get('deliver_per_s', 0):,.0f}",
-            f"{lat['p99']:.2f}" if lat else "–",
-            _delta(r, "close"), _delta(r, "settle"),
-            f"{r.count('leaked')} / {r.count('exited')}", f"{r.settle_ms:g}",
-        )
-    table.caption = ("Δ: tasks against the run's baseline. close Δ is the naive count taken the "
-                     "instant close returned; settled Δ after waiting for exits and a GC.")
+        table.add_column(r.name, justify="right", no_wrap=True)
+
+    def row(label: str, cells: list[str]) -> None:
+        table.add_row(label, *cells)
+
+    runs = result.runs
+    row("verdict", [f"[{VERDICT_STYLE[r.verdict]}]{r.verdict}[/]" for r in runs])
+    row("received / sent", [f"{r.delivery.get('received', 0)}/{r.delivery.get('sent', 0)}" for r in runs])
+    row("lost · dup · reordered", [f"{r.delivery.get('lost', 0)} · {r.delivery.get('duplicated', 0)} · "
+                                   f"{r.delivery.get('reordered', 0)}" for r in runs])
+    row("deliver/s", [f"{r.throughput.get('deliver_per_s', 0):,.0f}" for r in runs])
+    row("latency p99 ms", [f"{r.throughput['latency_ms']['p99']:.1f}" if r.throughput.get("latency_ms") else "–"
+                           for r in runs])
+    row("Δ tasks right after close", [_delta(r, "close") for r in runs])
+    row("Δ tasks after settling", [_delta(r, "settle") for r in runs])
+    row("[red]leaked[/]", [str(r.count("leaked")) for r in runs])
+    row("exited while settling", [str(r.count("exited")) for r in runs])
+    row("ignored", [str(r.count("ignored")) for r in runs])
+    row("settle ms", [f"{r.settle_ms:g}" for r in runs])
+    if any(r.drift for r in runs):
+        row("drift vs first baseline", [f"{r.drift.get('tasks', 0)}t/{r.drift.get('threads', 0)}th" if r.drift
+                                        else "–" for r in runs])
+    table.caption = ("Δ against each run's own baseline. 'Right after close' is the naive count "
+                     "the post-mortem took; 'after settling' waits for exits, then GC.")
     return table
 
 
@@ -101,13 +109,26 @@ def _delta(r: RunResult, phase: str) -> str:
     return f"+{d}" if d > 0 else str(d)
 
 
-def leak_table(result: ScenarioResult) -> Table | None:
-    rows = [(r, x) for r in result.runs for x in r.leftovers if x.state == "leaked"]
-    if not rows:
-        return None
-    table = Table(title="[bold red]Still alive after settling (leaked)[/]")
-    for col in ("run", "kind", "name", "component", "where it is now"):
-        table.add_column(col)
-    for r, x in rows:
-        table.add_row(r.name, x.kind, x.name, x.component, x.stack[-1] if x.stack else x.detail)
-    return table
+def leak_lines(result: ScenarioResult) -> list[str]:
+    """Every leaked task and thread by name, with where it is now (rich markup lines)."""
+    lines = []
+    for r in result.runs:
+        for x in r.leftovers:
+            if x.state != "leaked":
+                continue
+            component = "" if x.component == x.name else f"  [dim]({x.component})[/]"
+            lines.append(f"[bold red]leaked[/] {x.kind} [bold]{x.name}[/]{component}  [dim]run {r.name}[/]")
+            where = innermost_frame(x.stack) or x.detail
+            if where:
+                lines.append(f"    now at {where}")
+            if x.created_at:
+                lines.append(f"    created at {x.created_at}")
+    return lines
+
+
+def innermost_frame(stack: tuple[str, ...]) -> str:
+    """The deepest frame that is the program's own code, not asyncio's or threading's."""
+    for line in reversed(stack):
+        if not line.startswith(("awaiting ", "asyncio/", "threading.py")):
+            return line
+    return stack[-1] if stack else ""

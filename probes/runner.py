@@ -123,10 +123,8 @@ async def run_once(ctx: RunContext) -> RunResult:
 
     leaked = any(x.state == "leaked" for x in outcome.leftovers)
     verdict = "failed" if error else ("leaked" if leaked else "clean")
-    drift = {}
-    if ctx.first_baseline is not None:
-        t, th, _ = outcome.final.new_since(ctx.first_baseline)
-        drift = {"tasks": len([x for x in t if x not in ctx.own]), "threads": len(th)}
+    t, th, _ = outcome.final.new_since(ctx.first_baseline or ctx.baseline)
+    drift = {"tasks": len([x for x in t if x not in ctx.own]), "threads": len(th)}
     result = RunResult(
         name=spec.name, backend=ctx.scenario.backend, verdict=verdict, phases=tuple(ctx.phases),
         settle_ms=round(outcome.settle_ms, 2), leftovers=outcome.leftovers,
@@ -156,6 +154,10 @@ def snapshot(ctx: RunContext, name: str, census: Census | None = None) -> PhaseS
     snap = PhaseSnapshot(name, ctx.state.elapsed(), len(tasks), len(census.threads),
                          os_thread_count(), by_component, new_tasks, new_threads)
     ctx.phases.append(snap)
+    peak = ctx.state.peaks.setdefault(name, {"tasks": 0, "threads": 0, "os_threads": 0})
+    peak["tasks"] = max(peak["tasks"], snap.tasks)  # short phases may fall between samples
+    peak["threads"] = max(peak["threads"], snap.threads)
+    peak["os_threads"] = max(peak["os_threads"], snap.os_threads)
     ctx.sink(snap)
     return snap
 
@@ -167,7 +169,7 @@ def topics_for(ctx: RunContext) -> list[str]:
 
 async def create(ctx: RunContext) -> None:
     sc = ctx.scenario
-    ctx.bus = create_bus(sc.url, **sc.bus_options)
+    ctx.bus = create_bus(sc.url, **sc.options())
     try:
         async with asyncio.timeout(CREATE_TIMEOUT_S):
             await ctx.bus.start()
@@ -255,7 +257,7 @@ async def load(ctx: RunContext) -> None:
         raise
     ctx.load_ended = loop.time()
     waiters = [spawn_own(ctx, ctx.audit.wait_all(), "busmon.wait-delivered")]
-    if ctx.scopes_left:
+    if ctx.spec.subscribe.until_s:  # once every scope has ended, nothing more can arrive
         waiters.append(spawn_own(ctx, ctx.scopes_over.wait(), "busmon.wait-scopes"))
     done, pending = await asyncio.wait(waiters, timeout=spec.load_timeout_s,
                                        return_when=asyncio.FIRST_COMPLETED)

@@ -68,6 +68,12 @@ class Scenario:
     runs: tuple[RunSpec, ...]
     path: str = "<scenario>"
 
+    def options(self) -> dict[str, Any]:
+        """The [bus] options for this scenario's backend: the shared keys, then ``[bus.<backend>]``."""
+        shared = {k: v for k, v in self.bus_options.items() if not isinstance(v, dict)}
+        specific = self.bus_options.get(self.backend, {})
+        return shared | (specific if isinstance(specific, dict) else {})
+
     def with_target(self, backend: str | None = None, url: str | None = None,
                     bus: str | None = None) -> Scenario:
         """The same scenario on another backend (command-line overrides)."""

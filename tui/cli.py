@@ -7,12 +7,14 @@ broker failure.
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from bus.errors import BusConfigError
 from bus.factory import check_target
@@ -42,11 +44,17 @@ BusOpt = Annotated[Optional[str], typer.Option(
 
 
 def _scenario(path: Path, backend: str | None, url: str | None, bus: str | None) -> Scenario:
+    if os.getcwd() not in sys.path:  # so --bus mymodule:factory finds the user's own module
+        sys.path.insert(0, os.getcwd())
     try:
         sc = load_scenario(path).with_target(backend, url, bus)
-        check_target(sc.url)
-    except (ScenarioError, BusConfigError) as exc:
+    except ScenarioError as exc:
         raise BadInput(str(exc)) from None
+    try:
+        check_target(sc.url, **sc.options())
+    except BusConfigError as exc:
+        given = "--bus" if bus else "--url" if url else "--backend" if backend else "backend/url/[bus]"
+        raise BadInput(f"{path}: {given}: {exc}") from None
     return sc
 
 
@@ -71,7 +79,7 @@ def play(
     bus: BusOpt = None,
 ) -> None:
     """Play a scenario's runs and report what each left behind."""
-    from probes.headless import leak_table, play_headless, summary_table
+    from probes.headless import leak_lines, play_headless, summary_table
     from probes.report import REPORT_SUFFIXES, write_report
 
     _report_path(report, REPORT_SUFFIXES)
@@ -80,9 +88,8 @@ def play(
         raise BadInput("the dashboard is not available yet: add --headless")
     result = play_headless(sc, err)
     out.print(summary_table(result))
-    leaks = leak_table(result)
-    if leaks is not None:
-        out.print(leaks)
+    for line in leak_lines(result):
+        out.print(line, highlight=False)
     if report is not None:
         write_report(result, report, str(scenario))
         err.print(f"report written to {report}")
@@ -128,7 +135,7 @@ def main() -> None:
     try:
         code = app(standalone_mode=False)  # returns the code of typer.Exit in this mode
     except BadInput as exc:
-        err.print(f"[bold red]busmon:[/] {exc}", highlight=False)
+        err.print(f"[bold red]busmon:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
         sys.exit(EXIT_BAD_INPUT)
     except typer.Exit as exc:
         sys.exit(exc.exit_code)

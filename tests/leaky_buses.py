@@ -1,0 +1,175 @@
+"""Buses written to misbehave, each in one way, so every verdict class is proven with real code.
+
+They wrap the real memory bus (so they carry load like any other) and add one
+fault. Timed behaviour uses ``loop.call_later`` on an event: the lingering is
+what is under test, not a way of waiting.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from typing import Any
+
+from bus import Envelope, Handler
+from bus.memory import MemoryBus
+
+# threads the tests must release afterwards, so one test's leak does not outlive it
+STUCK_THREADS: list[tuple[threading.Thread, threading.Event]] = []
+
+
+class Wrapped:
+    """Delegates the bus interface to a real MemoryBus."""
+
+    def __init__(self, **options: Any) -> None:
+        self.inner = MemoryBus(**options)
+        self.counters = self.inner.counters
+
+    async def start(self) -> None:
+        await self.inner.start()
+
+    async def publish(self, topic: str, envelope: Envelope) -> None:
+        await self.inner.publish(topic, envelope)
+
+    async def subscribe(self, topic: str, handler: Handler, *, group: str | None = None):
+        return await self.inner.subscribe(topic, handler, group=group)
+
+    async def close(self) -> None:
+        await self.inner.close()
+
+
+async def _forever() -> None:
+    await asyncio.Event().wait()
+
+
+class TaskLeaker(Wrapped):
+    """Starts a background task and never stops it."""
+
+    async def start(self) -> None:
+        await super().start()
+        self.task = asyncio.create_task(_forever(), name="bus.leaky.heartbeat")
+
+
+class ThreadLeaker(Wrapped):
+    """Starts a thread and never stops it."""
+
+    async def start(self) -> None:
+        await super().start()
+        release = threading.Event()
+        thread = threading.Thread(target=release.wait, name="leaky-poller", daemon=True)
+        thread.start()
+        STUCK_THREADS.append((thread, release))
+
+
+async def _linger(done: asyncio.Event) -> None:
+    await done.wait()
+
+
+class SlowExit(Wrapped):
+    """close() returns at once; its flusher task exits ``linger_ms`` later."""
+
+    def __init__(self, linger_ms: float = 300, **options: Any) -> None:
+        super().__init__(**options)
+        self.linger_ms = linger_ms
+
+    async def start(self) -> None:
+        await super().start()
+        self.done = asyncio.Event()
+        self.task = asyncio.create_task(_linger(self.done), name="bus.slow.flusher")
+
+    async def close(self) -> None:
+        await super().close()
+        asyncio.get_running_loop().call_later(self.linger_ms / 1000, self.done.set)
+
+
+async def _worker_with_slow_cleanup(cleanup_ms: float) -> None:
+    try:
+        await asyncio.Event().wait()
+    except asyncio.CancelledError:
+        # a cleanup that takes a while, as a real client's shutdown does
+        finished = asyncio.Event()
+        asyncio.get_running_loop().call_later(cleanup_ms / 1000, finished.set)
+        await finished.wait()
+        raise
+
+
+class CancelWithoutAwait(Wrapped):
+    """close() cancels its workers but does not await them (as many clients do)."""
+
+    def __init__(self, workers_: int = 3, cleanup_ms: float = 80, **options: Any) -> None:
+        super().__init__(**options)
+        self.n, self.cleanup_ms = workers_, cleanup_ms
+
+    async def start(self) -> None:
+        await super().start()
+        self.tasks = [asyncio.create_task(_worker_with_slow_cleanup(self.cleanup_ms),
+                                          name=f"bus.sloppy.worker-{i}") for i in range(self.n)]
+
+    async def close(self) -> None:
+        await super().close()
+        for t in self.tasks:
+            t.cancel()  # and returns without awaiting
+
+
+SHARED_NAME = "shared.heartbeat"
+
+
+def start_shared_heartbeat() -> asyncio.Task:
+    """A long-lived task that exists before the run (so it is in the baseline)."""
+    return asyncio.create_task(_forever(), name=SHARED_NAME)
+
+
+class Replacer(Wrapped):
+    """Stops the shared heartbeat on start and, on close, starts a new one in its place:
+    the count after close equals the baseline, but the task is a different object."""
+
+    async def start(self) -> None:
+        await super().start()
+        for t in asyncio.all_tasks():
+            if t.get_name() == SHARED_NAME:
+                t.cancel()
+                await asyncio.wait([t])
+
+    async def close(self) -> None:
+        await super().close()
+        start_shared_heartbeat()
+
+
+class ExecutorUser(Wrapped):
+    """Resolves a host name in start(): asyncio's default executor starts a thread that
+    lives until the loop shuts down. Runtime-owned, so ignored, and labelled."""
+
+    async def start(self) -> None:
+        await super().start()
+        await asyncio.get_running_loop().getaddrinfo("localhost", 80)
+
+
+class NatsNeverClosed:
+    """A real nats-py client used wrongly: the connection is never closed."""
+
+    def __init__(self, servers: str) -> None:
+        self.servers = servers
+        self.counters = None
+
+    async def start(self) -> None:
+        import nats
+
+        self.nc = await nats.connect(self.servers)
+
+    async def publish(self, topic: str, envelope: Envelope) -> None:
+        from bus import encode
+
+        await self.nc.publish(topic, encode(envelope))
+
+    async def subscribe(self, topic: str, handler: Handler, *, group: str | None = None):
+        from bus import decode
+
+        async def cb(msg) -> None:
+            await handler(decode(msg.data))
+
+        sub = await self.nc.subscribe(topic, queue=group or "", cb=cb)
+        await self.nc.flush()
+        return sub
+
+    async def close(self) -> None:
+        await self.nc.flush()  # ...and forgets nc.close()
