@@ -40,27 +40,44 @@ def os_thread_count() -> int:
 
 @dataclass
 class Census:
-    """Who is alive at one moment, by identity."""
+    """Who is alive at one moment, by identity.
 
-    tasks: weakref.WeakSet[asyncio.Task] = field(default_factory=weakref.WeakSet)
+    Tasks are kept as weak references (``weakref.ref`` compares and hashes by its
+    referent while that lives, and a dead one equals nothing new), so a census
+    keeps no task alive and a freed task's address being reused by a new task
+    can never pass for the old one.
+    """
+
+    task_refs: frozenset[weakref.ref] = frozenset()
     threads: set[threading.Thread] = field(default_factory=set)
     native_ids: set[int] = field(default_factory=set)
 
     @classmethod
-    def take(cls, loop: asyncio.AbstractEventLoop | None = None,
-             exclude: Iterable[asyncio.Task] = ()) -> Census:
-        skip = set(exclude)
-        tasks = weakref.WeakSet(t for t in asyncio.all_tasks(loop) if t not in skip)
+    def take(cls, loop: asyncio.AbstractEventLoop | None = None) -> Census:
+        refs = frozenset(map(weakref.ref, asyncio.all_tasks(loop)))
         threads = {t for t in threading.enumerate() if t.is_alive()}
-        return cls(tasks, threads, os_thread_ids())
+        return cls(refs, threads, os_thread_ids())
+
+    @property
+    def tasks(self) -> list[asyncio.Task]:
+        """The tasks of this census that are still alive."""
+        return [t for t in map(_deref, self.task_refs) if t is not None]
+
+    def has_task(self, task: asyncio.Task) -> bool:
+        return weakref.ref(task) in self.task_refs
 
     def new_since(self, baseline: Census) -> tuple[list[asyncio.Task], list[threading.Thread], list[int]]:
         """Tasks, Python threads and native-only thread ids here that the baseline lacked."""
-        tasks = [t for t in self.tasks if t not in baseline.tasks]
+        base = baseline.task_refs
+        tasks = [t for t in map(_deref, self.task_refs - base) if t is not None]
         threads = [t for t in self.threads if t not in baseline.threads]
         python_native = {t.native_id for t in self.threads}
         native = sorted(n for n in self.native_ids - baseline.native_ids if n not in python_native)
         return tasks, threads, native
+
+
+def _deref(ref: weakref.ref) -> asyncio.Task | None:
+    return ref()
 
 
 def components_of_tasks(tasks: Iterable[asyncio.Task], sites: weakref.WeakKeyDictionary | None = None) -> dict[str, int]:

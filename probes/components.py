@@ -6,18 +6,24 @@ import asyncio
 import re
 import threading
 
-_TRAILING_INDEX = re.compile(r"[.\-_]?[A-Za-z]*[-_]\d+$")
 _DEFAULT_TASK_NAME = re.compile(r"^Task-\d+$")
 RUNTIME_EXECUTOR_THREAD = re.compile(r"^asyncio_\d+$")
 
 
 def name_component(name: str) -> str:
-    """``bus.pool.worker-17`` → ``bus.pool``; ``bus.kafka.consumer:orders`` → ``bus.kafka.consumer``."""
+    """The component a task or thread name stands for.
+
+    ``bus.pool.worker-17`` → ``bus.pool`` (an indexed member of a three-part name is its
+    group); ``busmon.publisher-3`` → ``busmon.publisher``; ``bus.kafka.consumer:orders`` →
+    ``bus.kafka.consumer`` (what follows ':' is the instance).
+    """
     base = name.split(":", 1)[0]
-    head, sep, last = base.rpartition(".")
-    if sep and re.search(r"[-_]\d+$", last):
-        return head
-    return re.sub(r"[-_]\d+$", "", base) or base
+    parts = base.split(".")
+    if re.search(r"[-_]\d+$", parts[-1]):
+        if len(parts) >= 3:
+            return ".".join(parts[:-1])
+        parts[-1] = re.sub(r"[-_]\d+$", "", parts[-1]) or parts[-1]
+    return ".".join(parts)
 
 
 def coro_of(task: asyncio.Task) -> object:
@@ -30,8 +36,10 @@ def coro_qualname(task: asyncio.Task) -> str:
 
 
 def coro_module(task: asyncio.Task) -> str:
-    """The module of the task's outermost coroutine that is not asyncio's own."""
+    """The module of the task's outermost coroutine that is not asyncio's own
+    (asyncio's, when every coroutine in the chain is asyncio's)."""
     coro = task.get_coro()
+    first = ""
     while coro is not None:
         frame = getattr(coro, "cr_frame", None) or getattr(coro, "gi_frame", None)
         module = frame.f_globals.get("__name__", "") if frame is not None else ""
@@ -40,10 +48,11 @@ def coro_module(task: asyncio.Task) -> str:
             module = _module_from_filename(code.co_filename) if code is not None else ""
         if module and module.split(".")[0] != "asyncio":
             return module
+        first = first or module
         coro = getattr(coro, "cr_await", None)
         if coro is not None and not hasattr(coro, "cr_frame") and not hasattr(coro, "gi_frame"):
             break
-    return ""
+    return first
 
 
 def _module_from_filename(filename: str) -> str:

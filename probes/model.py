@@ -85,7 +85,7 @@ class RunResult:
     backend: str
     verdict: str                     # clean | leaked | failed
     phases: tuple[PhaseSnapshot, ...]
-    settle_ms: float
+    settle_ms: float                 # close returned → last leftover exited (or the deadline)
     leftovers: tuple[Leftover, ...]
     delivery: Mapping[str, int]
     throughput: Mapping[str, Any]
@@ -93,6 +93,7 @@ class RunResult:
     drift: Mapping[str, int] = field(default_factory=dict)
     peaks: Mapping[str, int] = field(default_factory=dict)
     counters: Mapping[str, int] = field(default_factory=dict)
+    verdict_ms: float = 0.0          # last leftover exited → verdict ready (GC + final census)
 
     def phase(self, name: str) -> PhaseSnapshot | None:
         return next((p for p in self.phases if p.phase == name), None)
@@ -106,6 +107,7 @@ class RunResult:
             "error": self.error,
             "phases": [p.as_dict() for p in self.phases],
             "settle_ms": round(self.settle_ms, 2),
+            "verdict_ms": round(self.verdict_ms, 2),
             "leftovers": [x.as_dict() for x in self.leftovers],
             "delivery": dict(self.delivery),
             "throughput": dict(self.throughput),

@@ -15,6 +15,7 @@ import fnmatch
 import gc
 import threading
 import time
+import weakref
 from dataclasses import dataclass
 
 from probes.census import Census, os_thread_ids
@@ -55,20 +56,24 @@ class SettleOutcome:
 async def settle(baseline: Census, at_close: Census, closed_at: float, *, timeout_s: float,
                  poll_ms: int, rules: IgnoreRules, exclude: set[asyncio.Task],
                  sites=None) -> SettleOutcome:
-    tasks, threads, native = at_close.new_since(baseline)
-    tasks = [t for t in tasks if t not in exclude]
+    found_tasks, threads, native = at_close.new_since(baseline)
+    # candidates are held weakly, so that the GC below can still collect an abandoned task
+    task_refs = [weakref.ref(t) for t in found_tasks if t not in exclude]
     exit_at: dict[object, float] = {}
-    # describe every candidate now, while it is still alive
     info: dict[object, tuple[str, str, str, tuple[str, ...], str | None]] = {}
-    for t in tasks:
-        site = sites.get(t) if sites is not None else None
-        info[t] = (t.get_name(), task_component(t, site), coro_qualname(t), tuple(task_stack(t)), site)
-        t.add_done_callback(lambda task: exit_at.setdefault(task, time.monotonic()))
+    for task in found_tasks:
+        if task in exclude:
+            continue
+        site = sites.get(task) if sites is not None else None
+        info[weakref.ref(task)] = (task.get_name(), task_component(task, site), coro_qualname(task),
+                                   tuple(task_stack(task)), site)
+        task.add_done_callback(lambda done: exit_at.setdefault(weakref.ref(done), time.monotonic()))
+    del found_tasks
+    task = None
     for th in threads:
         info[th] = (th.name, "thread:" + thread_component(th), f"ident {th.ident}, native {th.native_id}",
                     tuple(thread_stack(th)), None)
 
-    loop = asyncio.get_running_loop()
     deadline = closed_at + timeout_s
     poll = poll_ms / 1000
     live_native = set(native)
@@ -82,7 +87,7 @@ async def settle(baseline: Census, at_close: Census, closed_at: float, *, timeou
             for n in gone:
                 exit_at[("native", n)] = now
             live_native -= gone
-        pending = [t for t in tasks if not t.done()]
+        pending = [t for t in map(_deref, task_refs) if t is not None and not t.done()]
         threads_left = [th for th in threads if th not in exit_at]
         if not pending and not threads_left and not live_native:
             break
@@ -94,23 +99,28 @@ async def settle(baseline: Census, at_close: Census, closed_at: float, *, timeou
             await asyncio.wait(pending, timeout=min(remaining, poll) if threads_left or live_native else remaining)
         else:
             await asyncio.sleep(min(remaining, poll))
-    last_exit = max(exit_at.values(), default=closed_at)
-    settled_at = time.monotonic() if (pending or threads_left or live_native) else last_exit
-    gc.collect()
-    final = Census.take(loop)
+        del pending
+    everything_exited = not pending and not threads_left and not live_native
+    del pending
+    settled_at = max(exit_at.values(), default=closed_at) if everything_exited else time.monotonic()
+    gc.collect()  # the run's objects only: the baseline's were frozen (runner.run_once)
+    collected_at = time.monotonic()
 
     leftovers: list[Leftover] = []
-    for t in tasks:
-        name, component, qualname, stack, site = info[t]
-        reason = rules.task_reason(t)
-        if reason:
+    for ref in task_refs:
+        name, component, qualname, stack, site = info[ref]
+        t = ref()
+        after = exit_at.get(ref)
+        if t is None:  # collected by the GC without ever finishing
+            state, detail = "exited", f"{qualname} (destroyed while pending, collected by GC)"
+            after = after or collected_at
+        elif reason := rules.task_reason(t):
             state, detail = "ignored", f"{qualname} ({reason})"
-        elif t.done() or t not in final.tasks:
+        elif t.done():
             state, detail = "exited", qualname
         else:
             state, detail = "leaked", qualname
             stack = tuple(task_stack(t)) or stack
-        after = exit_at.get(t)
         leftovers.append(Leftover("task", name, component, state,
                                   round((after - closed_at) * 1000, 2) if after else None,
                                   stack, site, detail))
@@ -135,4 +145,10 @@ async def settle(baseline: Census, at_close: Census, closed_at: float, *, timeou
     order = {"leaked": 0, "ignored": 1, "exited": 2}
     leftovers.sort(key=lambda x: (order[x.state], x.kind, x.component, x.name))
     verdict_ms = (time.monotonic() - settled_at) * 1000
+    gc.unfreeze()
+    final = Census.take()  # for the settled counts and the drift; not part of the verdict
     return SettleOutcome(tuple(leftovers), (settled_at - closed_at) * 1000, verdict_ms, final)
+
+
+def _deref(ref: weakref.ref) -> asyncio.Task | None:
+    return ref()

@@ -1,0 +1,125 @@
+"""What measuring costs: load throughput with probes on vs off, and time to verdict.
+
+Run by hand from the repository root::
+
+    python -m bench.probe_overhead [--repeat 5] [--idle-tasks 10000] [--json PATH]
+
+1. Load throughput on the memory bus with the probes sampling at 10 Hz and
+   ``--idle-tasks`` extra idle tasks alive on the arena loop, against the same
+   run with the probes off (no task factory, no sampler), interleaved, in one
+   process. Target: ratio >= 0.97.
+2. Time from the last leftover's exit to the verdict (GC + final census +
+   classification), with a bus whose task exits 300 ms after close, against
+   the post-mortem's fixed 3-5 s sleeps. Target: <= 20 ms.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import statistics
+import sys
+from pathlib import Path
+
+from probes.scenario import parse_scenario
+from probes.session import Session
+
+LOAD = """
+name = "overhead"
+backend = "memory"
+[probes]
+interval_ms = 100
+settle_timeout_s = 5
+[defaults]
+keys = 100
+topics = 1
+payload_bytes = 256
+[[runs]]
+name = "load"
+messages = {messages}
+"""
+
+LINGER = """
+name = "verdict latency"
+backend = "tests.leaky_buses:SlowExit"
+[bus]
+linger_ms = 300
+[probes]
+settle_timeout_s = 5
+[[runs]]
+name = "linger"
+messages = 1000
+"""
+
+
+async def _idle(n: int, release: asyncio.Event) -> list[asyncio.Task]:
+    return [asyncio.create_task(release.wait(), name=f"bench.idle-{i}") for i in range(n)]
+
+
+def one(probes_on: bool, idle: int, messages: int) -> dict:
+    sc = parse_scenario(LOAD.format(messages=messages), "overhead.toml")
+    with Session(sc, lambda e: None, probes_on=probes_on) as session:
+        release = asyncio.Event()
+        tasks = session.arena.run(_idle(idle, release))
+        (run,) = session.play().runs
+        session.arena.call_soon(release.set)
+        session.arena.run(asyncio.wait(tasks))
+    assert run.verdict == "clean" and run.delivery["lost"] == 0
+    return {"deliver_per_s": run.throughput["deliver_per_s"], "verdict_ms": run.verdict_ms}
+
+
+def verdict_latency(idle: int) -> dict:
+    sc = parse_scenario(LINGER, "linger.toml")
+    with Session(sc, lambda e: None) as session:
+        release = asyncio.Event()
+        tasks = session.arena.run(_idle(idle, release))
+        (run,) = session.play().runs
+        session.arena.call_soon(release.set)
+        session.arena.run(asyncio.wait(tasks))
+    (left,) = [x for x in run.leftovers if x.state == "exited"]
+    return {"exited_after_ms": left.exited_after_ms, "settle_ms": run.settle_ms, "verdict_ms": run.verdict_ms}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--idle-tasks", type=int, default=10_000)
+    parser.add_argument("--messages", type=int, default=100_000)
+    parser.add_argument("--json", type=Path, default=Path("bench/results/probe_overhead.json"))
+    a = parser.parse_args()
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+    on, off = [], []
+    for i in range(a.repeat):  # interleaved so machine drift hits both alike
+        off.append(one(False, a.idle_tasks, a.messages))
+        on.append(one(True, a.idle_tasks, a.messages))
+        print(f"  {i + 1}: probes off {off[-1]['deliver_per_s']:,.0f}/s   on {on[-1]['deliver_per_s']:,.0f}/s",
+              flush=True)
+    med_on = statistics.median(r["deliver_per_s"] for r in on)
+    med_off = statistics.median(r["deliver_per_s"] for r in off)
+    # each pair ran back to back, so its ratio cancels most of the machine's drift
+    pair_ratio = statistics.median(a_["deliver_per_s"] / b_["deliver_per_s"] for a_, b_ in zip(on, off))
+    lat = [verdict_latency(a.idle_tasks) for _ in range(a.repeat)]
+    verdict_ms = statistics.median(r["verdict_ms"] for r in lat)
+    out = {
+        "machine": {"python": sys.version.split()[0], "platform": platform.platform(), "cpus": os.cpu_count()},
+        "idle_tasks": a.idle_tasks, "messages": a.messages, "repeat": a.repeat,
+        "deliver_per_s_probes_off_median": med_off, "deliver_per_s_probes_on_median": med_on,
+        "ratio": round(pair_ratio, 3), "ratio_of_medians": round(med_on / med_off, 3), "ratio_target": 0.97,
+        "verdict_ms_median": verdict_ms, "verdict_ms_max": max(r["verdict_ms"] for r in lat),
+        "verdict_ms_target": 20, "runs": {"on": on, "off": off, "verdict": lat},
+    }
+    print(f"probes on/off throughput ratio (median of pairs): {out['ratio']:.3f} (target >= 0.97); "
+          f"median {med_on:,.0f} vs {med_off:,.0f} msg/s with {a.idle_tasks:,} idle tasks")
+    print(f"last exit → verdict: median {verdict_ms:.1f} ms, max {out['verdict_ms_max']:.1f} ms "
+          f"(target <= 20 ms; the post-mortem slept 3-5 s)")
+    a.json.parent.mkdir(parents=True, exist_ok=True)
+    a.json.write_text(json.dumps(out, indent=2))
+    print(f"wrote {a.json}")
+
+
+if __name__ == "__main__":
+    main()
