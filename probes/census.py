@@ -80,10 +80,10 @@ def _deref(ref: weakref.ref) -> asyncio.Task | None:
     return ref()
 
 
-def components_of_tasks(tasks: Iterable[asyncio.Task], sites: weakref.WeakKeyDictionary | None = None) -> dict[str, int]:
+def components_of_tasks(tasks: Iterable[asyncio.Task], component_of=task_component) -> dict[str, int]:
     out: dict[str, int] = {}
     for t in tasks:
-        c = task_component(t, sites.get(t) if sites is not None else None)
+        c = component_of(t)
         out[c] = out.get(c, 0) + 1
     return dict(sorted(out.items(), key=lambda kv: (-kv[1], kv[0])))
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+from dataclasses import dataclass
+from typing import Callable
 
 
 class AutoGate:
@@ -12,16 +14,28 @@ class AutoGate:
         return None
 
 
+@dataclass(frozen=True, slots=True)
+class AwaitingStep:
+    """The runner is ready for ``phase`` of ``run`` and waits for a person to say go."""
+
+    run: str
+    phase: str
+
+
 class StepGate:
     """Interactive: each phase waits for ``release()``, which any thread may call."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop,
+                 on_wait: Callable[[object], None] | None = None) -> None:
         self._loop = loop
         self._event = asyncio.Event()
+        self._on_wait = on_wait
         self.waiting_for: str | None = None
 
     async def before(self, run: str, phase: str) -> None:
         self.waiting_for = phase
+        if self._on_wait is not None:
+            self._on_wait(AwaitingStep(run, phase))
         try:
             await self._event.wait()
         finally:

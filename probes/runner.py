@@ -23,7 +23,7 @@ from probes.gate import AutoGate
 from probes.model import PhaseSnapshot, PhaseStarted, RunResult
 from probes.sampler import LiveState
 from probes.scenario import ProbeSpec, RunSpec, Scenario
-from probes.settle import IgnoreRules, settle
+from probes.settle import IgnoreRules, SettleWatch
 
 from probes.tracking import TaskTracker
 
@@ -123,13 +123,14 @@ async def _run_once(ctx: RunContext) -> RunResult:
     finally:
         closed_at = time.monotonic()
         at_close = Census.take()
+        # watch exits from now on, even while the settle phase waits for its key press
+        watch = SettleWatch(ctx.baseline, at_close, closed_at, timeout_s=probes.settle_timeout_s,
+                            poll_ms=probes.settle_poll_ms, exclude=set(ctx.own), sites=ctx.tracker.sites)
+        ctx.own.add(watch.start())
         snapshot(ctx, "close", at_close)  # the naive count, right after close returned
 
     await phase("settle")
-    outcome = await settle(
-        ctx.baseline, at_close, closed_at, timeout_s=probes.settle_timeout_s,
-        poll_ms=probes.settle_poll_ms, rules=ignore_rules(probes), exclude=set(ctx.own), sites=ctx.tracker.sites,
-    )
+    outcome = await watch.verdict(ignore_rules(probes))
     snapshot(ctx, "settle", outcome.final)
 
     leaked = any(x.state == "leaked" for x in outcome.leftovers)
@@ -156,7 +157,9 @@ def describe_error(exc: BaseException) -> str:
 def snapshot(ctx: RunContext, name: str, census: Census | None = None) -> PhaseSnapshot:
     census = census or Census.take()
     tasks = [t for t in census.tasks if t not in ctx.own]
-    by_component = components_of_tasks(tasks, ctx.tracker.sites)
+    if ctx.tracker.installed:
+        ctx.tracker.counts()  # classify new tasks now, at the boundary, not during the next phase
+    by_component = components_of_tasks(tasks, ctx.tracker.component_of)
     by_component.update(components_of_threads(census.threads))
     new_tasks = new_threads = 0
     if ctx.baseline is not None:

@@ -53,101 +53,136 @@ class SettleOutcome:
     final: Census
 
 
-async def settle(baseline: Census, at_close: Census, closed_at: float, *, timeout_s: float,
-                 poll_ms: int, rules: IgnoreRules, exclude: set[asyncio.Task],
-                 sites=None) -> SettleOutcome:
-    found_tasks, threads, native = at_close.new_since(baseline)
-    # candidates are held weakly, so that the GC below can still collect an abandoned task
-    task_refs = [weakref.ref(t) for t in found_tasks if t not in exclude]
-    exit_at: dict[object, float] = {}
-    info: dict[object, tuple[str, str, str, tuple[str, ...], str | None]] = {}
-    for task in found_tasks:
-        if task in exclude:
-            continue
-        site = sites.get(task) if sites is not None else None
-        info[weakref.ref(task)] = (task.get_name(), task_component(task, site), coro_qualname(task),
-                                   tuple(task_stack(task)), site)
-        task.add_done_callback(lambda done: exit_at.setdefault(weakref.ref(done), time.monotonic()))
-    del found_tasks
-    task = None
-    for th in threads:
-        info[th] = (th.name, "thread:" + thread_component(th), f"ident {th.ident}, native {th.native_id}",
-                    tuple(thread_stack(th)), None)
+class SettleWatch:
+    """Watches what close left behind, from the instant close returned.
 
-    deadline = closed_at + timeout_s
-    poll = poll_ms / 1000
-    live_native = set(native)
-    while True:
-        now = time.monotonic()
-        for th in threads:
-            if th not in exit_at and not th.is_alive():
-                exit_at[th] = now
-        if live_native:
-            gone = live_native - os_thread_ids()
-            for n in gone:
-                exit_at[("native", n)] = now
-            live_native -= gone
-        pending = [t for t in map(_deref, task_refs) if t is not None and not t.done()]
-        threads_left = [th for th in threads if th not in exit_at]
-        if not pending and not threads_left and not live_native:
-            break
-        remaining = deadline - now
-        if remaining <= 0:
-            break
-        if pending:
-            # an event for tasks; the timeout doubles as the thread poll interval
-            await asyncio.wait(pending, timeout=min(remaining, poll) if threads_left or live_native else remaining)
-        else:
-            await asyncio.sleep(min(remaining, poll))
-        del pending
-    everything_exited = not pending and not threads_left and not live_native
-    del pending
-    settled_at = max(exit_at.values(), default=closed_at) if everything_exited else time.monotonic()
-    gc.collect()  # the run's objects only: the baseline's were frozen (runner.run_once)
-    collected_at = time.monotonic()
+    Started right after close, so exit times are measured from close even when
+    a person takes a while to press the key for the settle phase. Candidate
+    tasks are held weakly, so the GC before the verdict can still collect an
+    abandoned one.
+    """
 
-    leftovers: list[Leftover] = []
-    for ref in task_refs:
-        name, component, qualname, stack, site = info[ref]
-        t = ref()
-        after = exit_at.get(ref)
-        if t is None:  # collected by the GC without ever finishing
-            state, detail = "exited", f"{qualname} (destroyed while pending, collected by GC)"
-            after = after or collected_at
-        elif reason := rules.task_reason(t):
-            state, detail = "ignored", f"{qualname} ({reason})"
-        elif t.done():
-            state, detail = "exited", qualname
-        else:
-            state, detail = "leaked", qualname
-            stack = tuple(task_stack(t)) or stack
-        leftovers.append(Leftover("task", name, component, state,
-                                  round((after - closed_at) * 1000, 2) if after else None,
-                                  stack, site, detail))
-    for th in threads:
-        name, component, detail, stack, _ = info[th]
-        reason = rules.thread_reason(th)
-        alive = th.is_alive()
-        state = "ignored" if reason else ("leaked" if alive else "exited")
-        if reason:
-            detail = f"{detail} ({reason})"
-        if alive:
-            stack = tuple(thread_stack(th)) or stack
-        after = exit_at.get(th)
-        leftovers.append(Leftover("thread", name, component, state,
-                                  round((after - closed_at) * 1000, 2) if after else None,
-                                  stack, None, detail))
-    for n in native:
-        after = exit_at.get(("native", n))
-        leftovers.append(Leftover("thread", f"native-{n}", "native", "exited" if after else "leaked",
-                                  round((after - closed_at) * 1000, 2) if after else None, (), None,
-                                  "an OS thread Python did not start (seen through psutil)"))
-    order = {"leaked": 0, "ignored": 1, "exited": 2}
-    leftovers.sort(key=lambda x: (order[x.state], x.kind, x.component, x.name))
-    verdict_ms = (time.monotonic() - settled_at) * 1000
-    gc.unfreeze()
-    final = Census.take()  # for the settled counts and the drift; not part of the verdict
-    return SettleOutcome(tuple(leftovers), (settled_at - closed_at) * 1000, verdict_ms, final)
+    def __init__(self, baseline: Census, at_close: Census, closed_at: float, *, timeout_s: float,
+                 poll_ms: int, exclude: set[asyncio.Task], sites=None) -> None:
+        found_tasks, self.threads, self.native = at_close.new_since(baseline)
+        self.closed_at = closed_at
+        self.deadline = closed_at + timeout_s
+        self.poll = poll_ms / 1000
+        self.exit_at: dict[object, float] = {}
+        self.info: dict[object, tuple[str, str, str, tuple[str, ...], str | None]] = {}
+        self.task_refs: list[weakref.ref] = []
+        for task in found_tasks:
+            if task in exclude:
+                continue
+            site = sites.get(task) if sites is not None else None
+            ref = weakref.ref(task)
+            self.task_refs.append(ref)
+            # describe every candidate now, while it is still alive
+            self.info[ref] = (task.get_name(), task_component(task, site), coro_qualname(task),
+                              tuple(task_stack(task)), site)
+            task.add_done_callback(self._task_exited)
+        for th in self.threads:
+            self.info[th] = (th.name, "thread:" + thread_component(th), f"ident {th.ident}, native {th.native_id}",
+                             tuple(thread_stack(th)), None)
+        self.live_native = set(self.native)
+        self.everything_exited = False
+        self._task: asyncio.Task | None = None
+
+    def _task_exited(self, task: asyncio.Task) -> None:
+        self.exit_at.setdefault(weakref.ref(task), time.monotonic())
+
+    def start(self) -> asyncio.Task:
+        self._task = asyncio.create_task(self._watch(), name="busmon.settle-watch")
+        return self._task
+
+    def _pending_tasks(self) -> list[asyncio.Task]:
+        return [t for t in map(_deref, self.task_refs) if t is not None and not t.done()]
+
+    async def _watch(self) -> None:
+        """Until everything has exited or the deadline: tasks as events, threads polled."""
+        while True:
+            now = time.monotonic()
+            for th in self.threads:
+                if th not in self.exit_at and not th.is_alive():
+                    self.exit_at[th] = now
+            if self.live_native:
+                gone = self.live_native - os_thread_ids()
+                for n in gone:
+                    self.exit_at[("native", n)] = now
+                self.live_native -= gone
+            pending = self._pending_tasks()
+            threads_left = [th for th in self.threads if th not in self.exit_at]
+            if not pending and not threads_left and not self.live_native:
+                self.everything_exited = True
+                return
+            remaining = self.deadline - now
+            if remaining <= 0:
+                return
+            if pending:
+                # an event for tasks; the timeout doubles as the thread poll interval
+                polling = threads_left or self.live_native
+                await asyncio.wait(pending, timeout=min(remaining, self.poll) if polling else remaining)
+            else:
+                await asyncio.sleep(min(remaining, self.poll))
+            del pending
+
+    async def verdict(self, rules: IgnoreRules) -> SettleOutcome:
+        """Wait for the watch to end, GC, classify every candidate."""
+        if self._task is None:
+            self.start()
+        assert self._task is not None
+        await self._task
+        # a task can be done with its done-callbacks not yet run: let them run
+        await asyncio.sleep(0)
+        exit_at, closed_at = self.exit_at, self.closed_at
+        settled_at = max(exit_at.values(), default=closed_at) if self.everything_exited else time.monotonic()
+        if self.everything_exited:
+            settled_at = max(settled_at, closed_at)
+        gc.collect()  # the run's objects only: the baseline's were frozen (runner.run_once)
+        collected_at = time.monotonic()
+
+        leftovers: list[Leftover] = []
+        for ref in self.task_refs:
+            name, component, qualname, stack, site = self.info[ref]
+            t = ref()
+            after = exit_at.get(ref)
+            if t is None:  # collected by the GC without ever finishing
+                state, detail = "exited", f"{qualname} (destroyed while pending, collected by GC)"
+                after = after or collected_at
+            elif reason := rules.task_reason(t):
+                state, detail = "ignored", f"{qualname} ({reason})"
+            elif t.done():
+                state, detail = "exited", qualname
+            else:
+                state, detail = "leaked", qualname
+                stack = tuple(task_stack(t)) or stack
+            leftovers.append(Leftover("task", name, component, state,
+                                      round((after - closed_at) * 1000, 2) if after else None,
+                                      stack, site, detail))
+        for th in self.threads:
+            name, component, detail, stack, _ = self.info[th]
+            reason = rules.thread_reason(th)
+            alive = th.is_alive()
+            state = "ignored" if reason else ("leaked" if alive else "exited")
+            if reason:
+                detail = f"{detail} ({reason})"
+            if alive:
+                stack = tuple(thread_stack(th)) or stack
+            after = exit_at.get(th)
+            leftovers.append(Leftover("thread", name, component, state,
+                                      round((after - closed_at) * 1000, 2) if after else None,
+                                      stack, None, detail))
+        for n in self.native:
+            after = exit_at.get(("native", n))
+            leftovers.append(Leftover("thread", f"native-{n}", "native", "exited" if after else "leaked",
+                                      round((after - closed_at) * 1000, 2) if after else None, (), None,
+                                      "an OS thread Python did not start (seen through psutil)"))
+        order = {"leaked": 0, "ignored": 1, "exited": 2}
+        leftovers.sort(key=lambda x: (order[x.state], x.kind, x.component, x.name))
+        verdict_ms = (time.monotonic() - settled_at) * 1000
+        gc.unfreeze()
+        final = Census.take()  # for the settled counts and the drift; not part of the verdict
+        return SettleOutcome(tuple(leftovers), (settled_at - closed_at) * 1000, verdict_ms, final)
 
 
 def _deref(ref: weakref.ref) -> asyncio.Task | None:

@@ -10,7 +10,7 @@ import traceback
 
 def _where(code, lineno: int | None) -> str:
     short = "/".join(code.co_filename.replace("\\", "/").split("/")[-2:])
-    return f"{short}:{lineno} in {code.co_name}"
+    return f"{short}:{lineno} in {code.co_name}" if lineno else f"{short} in {code.co_name}"
 
 
 def task_stack(task: asyncio.Task, limit: int = 12) -> list[str]:

@@ -55,6 +55,10 @@ class TaskTracker:
             self._fresh.append(task)
             task.add_done_callback(self._done)
 
+    @property
+    def installed(self) -> bool:
+        return self._loop is not None
+
     def uninstall(self) -> None:
         if self._loop is not None and self._loop.get_task_factory() == self._factory:
             self._loop.set_task_factory(self._previous)
@@ -93,6 +97,11 @@ class TaskTracker:
                 self._component[task] = component
                 self._counts[component] += 1
         return dict(self._counts)
+
+    def component_of(self, task: asyncio.Task) -> str:
+        """The task's component, from the cache when the tracker has classified it."""
+        component = self._component.get(task)
+        return component if component is not None else task_component(task, self.sites.get(task))
 
     @property
     def live(self) -> int:

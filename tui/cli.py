@@ -19,10 +19,11 @@ from rich.markup import escape
 from bus.errors import BusConfigError
 from bus.factory import check_target
 from probes.model import EXIT_BAD_INPUT, EXIT_CODES, ScenarioResult
-from probes.scenario import BUILTIN_BACKENDS, Scenario, ScenarioError, load_scenario
+from probes.scenario import BUILTIN_BACKENDS, ProbeSpec, RunSpec, Scenario, ScenarioError, load_scenario
 
 app = typer.Typer(
     add_completion=False,
+    invoke_without_command=True,
     help="Drive an embedded event bus through create → subscribe → load → close and see, "
          "by identity, what it leaves behind.",
     rich_markup_mode="rich",
@@ -44,8 +45,6 @@ BusOpt = Annotated[Optional[str], typer.Option(
 
 
 def _scenario(path: Path, backend: str | None, url: str | None, bus: str | None) -> Scenario:
-    if os.getcwd() not in sys.path:  # so --bus mymodule:factory finds the user's own module
-        sys.path.insert(0, os.getcwd())
     try:
         sc = load_scenario(path).with_target(backend, url, bus)
     except ScenarioError as exc:
@@ -69,11 +68,48 @@ def _exit(result: ScenarioResult) -> None:
     raise typer.Exit(EXIT_CODES[result.verdict])
 
 
+@app.callback()
+def dashboard(
+    ctx: typer.Context,
+    backend: BackendOpt = None,
+    url: UrlOpt = None,
+    bus: BusOpt = None,
+    messages: Annotated[int, typer.Option("--messages", min=1, help="Envelopes per run.")] = 20_000,
+    rate: Annotated[float, typer.Option("--rate", min=0, help="Envelopes per second (0 = flat out).")] = 5_000,
+    settle: Annotated[float, typer.Option("--settle", min=0, help="Settle deadline in seconds.")] = 5.0,
+) -> None:
+    """With no command: the dashboard on the embedded memory bus; press n to step the phases."""
+    if ctx.invoked_subcommand is not None:
+        return
+    sc = interactive_scenario(messages=messages, rate=rate, settle=settle).with_target(backend, url, bus)
+    try:
+        check_target(sc.url, **sc.options())
+    except BusConfigError as exc:
+        raise BadInput(str(exc)) from None
+    from tui.run import run_dashboard
+
+    raise typer.Exit(run_dashboard(sc, interactive=True))
+
+
+def interactive_scenario(*, messages: int, rate: float, settle: float) -> Scenario:
+    """The run an interactive session repeats: paced, so the live panels have something to show."""
+    return Scenario(
+        name="interactive", backend="memory", url="memory://", bus_options={},
+        probes=ProbeSpec(settle_timeout_s=settle),
+        runs=(RunSpec(name="run", messages=messages, keys=100, topics=2, publishers=2, rate_per_s=rate),),
+        path="<interactive>",
+    )
+
+
 @app.command()
 def play(
     scenario: Annotated[Path, typer.Argument(help="A scenario file (TOML); see sample_configs/.")],
-    headless: Annotated[bool, typer.Option("--headless", help="No dashboard: a progress display and a summary.")] = False,
-    report: Annotated[Optional[Path], typer.Option("--report", help="Write a report: .json or .md.")] = None,
+    headless: Annotated[bool, typer.Option(
+        "--headless", help="No terminal UI: a progress display and a summary (with --screenshots or an "
+                           ".html report, the dashboard is rendered off screen).")] = False,
+    report: Annotated[Optional[Path], typer.Option("--report", help="Write a report: .json, .md or .html.")] = None,
+    screenshots: Annotated[Optional[Path], typer.Option(
+        "--screenshots", help="Save an SVG of the dashboard at every phase boundary into this folder.")] = None,
     backend: BackendOpt = None,
     url: UrlOpt = None,
     bus: BusOpt = None,
@@ -82,11 +118,27 @@ def play(
     from probes.headless import leak_lines, play_headless, summary_table
     from probes.report import REPORT_SUFFIXES, write_report
 
-    _report_path(report, REPORT_SUFFIXES)
+    _report_path(report, REPORT_SUFFIXES + (".html", ".htm"))
     sc = _scenario(scenario, backend, url, bus)
-    if not headless:
-        raise BadInput("the dashboard is not available yet: add --headless")
-    result = play_headless(sc, err)
+    if screenshots is not None:
+        if screenshots.exists() and not screenshots.is_dir():
+            raise BadInput(f"--screenshots {screenshots}: expected a folder, got a file")
+        screenshots.mkdir(parents=True, exist_ok=True)
+    wants_html = report is not None and report.suffix.lower() in (".html", ".htm")
+    if not headless or screenshots is not None or wants_html:
+        from tui.run import play_dashboard
+
+        result, shots = play_dashboard(sc, headless=headless, screenshots=screenshots)
+        if result is None:  # quit before the end
+            raise typer.Exit(EXIT_CODES["clean"])
+        if wants_html:
+            from probes.html_report import write_html
+
+            write_html(result, report, str(scenario), shots)
+            err.print(f"report written to {report}")
+            report = None
+    else:
+        result = play_headless(sc, err)
     out.print(summary_table(result))
     for line in leak_lines(result):
         out.print(line, highlight=False)
@@ -132,6 +184,8 @@ def compare(
 
 def main() -> None:
     """Entry point: typer, plus one-line errors with exit code 2 for bad input."""
+    if os.getcwd() not in sys.path:  # so --bus mymodule:factory finds the user's own module
+        sys.path.insert(0, os.getcwd())
     try:
         code = app(standalone_mode=False)  # returns the code of typer.Exit in this mode
     except BadInput as exc:

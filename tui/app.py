@@ -1,0 +1,355 @@
+"""The busmon dashboard (Textual).
+
+The bus runs on the arena thread; this app never touches it. Events arrive on a
+thread-safe queue that a timer drains (~15 Hz), so rendering can never slow the
+bus and Textual's own tasks never show up in the counts.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from pathlib import Path
+from typing import Iterable
+
+from textual import on
+from textual.app import App, ComposeResult, SystemCommand
+from textual.binding import Binding
+from textual.containers import Horizontal, Vertical
+from textual.screen import ModalScreen, Screen
+from textual.widgets import DataTable, Footer, Input, Static
+
+from probes.gate import AwaitingStep
+from probes.model import PHASES, PhaseSnapshot, PhaseStarted, RunResult, Sample
+from probes.session import RunFinished
+from tui.controller import Controller, PlaybackDone
+from tui.widgets import (ComponentsTable, LeftoversTable, PhaseBar, PhaseChart, PhaseTable, StackView,
+                         ThroughputPanel, VerdictBanner)
+from tui.widgets.charts import legend
+
+INTERVALS_MS = (50, 100, 200, 500, 1000)
+
+HELP = """\
+[b]busmon[/b] drives an embedded event bus through its phases and shows, by identity,
+what it leaves behind once it has properly settled.
+
+  [b]n[/b]        next phase: baseline → create → subscribe → load → close → settle;
+           after settle, a new run with a fresh bus (watch accumulation)
+  [b]space[/b]    pause / resume the display (the probes keep recording)
+  [b]+ / -[/b]    sample faster / slower
+  [b]/[/b]        filter the leftovers and components tables
+  [b]e[/b]        export a screenshot (SVG) now
+  [b]?[/b]        this help
+  [b]q[/b]        quit (closes the bus first if it is open)
+
+[b]close (naive)[/b] is the count taken the instant close() returned — what the
+post-mortem's test counted. [b]settled[/b] is after waiting for every exit, then GC.
+Leftovers: [red]LEAKED[/red] still alive at the settle deadline; [dim]exited[/dim] gone while
+settling (with how long it lived on); [yellow]ignored[/yellow] runtime-owned or an ignore rule.
+"""
+
+
+class HelpScreen(ModalScreen[None]):
+    BINDINGS = [Binding("escape,q,question_mark", "dismiss", "Close")]
+    DEFAULT_CSS = """
+    HelpScreen { align: center middle; }
+    HelpScreen > Static { width: auto; max-width: 90; border: round $primary; padding: 1 2; background: $panel; }
+    """
+
+    def compose(self) -> ComposeResult:
+        yield Static(HELP)
+
+
+class BusmonApp(App[int]):
+    CSS_PATH = "app.tcss"
+    TITLE = "busmon"
+    AUTO_FOCUS = "#leftovers"
+    HORIZONTAL_BREAKPOINTS = [(0, "-narrow"), (110, "-wide")]
+    BINDINGS = [
+        Binding("n", "next_phase", "Next phase"),
+        Binding("space", "toggle_pause", "Pause"),
+        Binding("plus", "faster", "Faster", key_display="+"),
+        Binding("minus", "slower", "Slower", key_display="-"),
+        Binding("slash", "filter", "Filter", key_display="/"),
+        Binding("e", "screenshot", "Screenshot"),
+        Binding("question_mark", "help", "Help", key_display="?"),
+        Binding("q", "quit_busmon", "Quit"),
+    ]
+
+    def __init__(self, controller: Controller | None = None, *, screenshots: Path | None = None,
+                 exit_when_done: bool = False, keep_screenshots: bool = False) -> None:
+        super().__init__()
+        self.controller = controller
+        self.screenshots_dir = screenshots
+        self.keep_screenshots = keep_screenshots or screenshots is not None
+        self.exit_when_done = exit_when_done
+        self.shots: list[tuple[str, str]] = []       # (file name, SVG) in phase order
+        self.results: list[RunResult] = []
+        self.paused = False
+        self.recorded: list[Sample] = []             # samples that arrived while paused
+        self.interval_ms = controller.scenario.probes.interval_ms if controller else 100
+        self._backlog: deque[object] = deque()
+        self._holding = False
+        self._run_index = 0
+        self._phase_index = 0
+        self._delivery: dict[str, int] | None = None
+        self.done: PlaybackDone | None = None
+
+    # -- layout ----------------------------------------------------------------
+
+    def compose(self) -> ComposeResult:
+        yield PhaseBar()
+        with Horizontal(id="top"):
+            with Vertical(id="left"):
+                yield PhaseTable(id="phases")
+                yield ComponentsTable(id="components")
+            with Vertical(id="right"):
+                with Vertical(id="charts"):
+                    yield PhaseChart("tasks", id="chart-tasks")
+                    yield PhaseChart("threads", id="chart-threads")
+                    yield PhaseChart("publish/s", id="chart-pub")
+                    yield PhaseChart("deliver/s", id="chart-del")
+                    yield Static(legend(), id="legend")
+                yield ThroughputPanel()
+        yield VerdictBanner("starting…")
+        with Horizontal(id="bottom"):
+            yield LeftoversTable(id="leftovers")
+            yield StackView()
+        yield Input(placeholder="filter leftovers and components (enter to apply, esc to clear)", id="filter",
+                    disabled=True)
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self.query_one(PhaseTable).border_title = "tasks & threads by phase"
+        self.query_one(ComponentsTable).border_title = "tasks by component"
+        self.query_one("#charts").border_title = "live"
+        self.query_one(ThroughputPanel).border_title = "throughput & delivery"
+        self.query_one(LeftoversTable).border_title = "leftovers after close"
+        self.query_one(StackView).border_title = "stack"
+        self.query_one(StackView).show(None)
+        if self.controller is not None:
+            self.controller.start()
+            self.set_interval(1 / 15, self.drain)
+
+    # -- events from the arena --------------------------------------------------
+
+    def drain(self) -> None:
+        if self.controller is not None:
+            self._backlog.extend(self.controller.drain())
+        while self._backlog and not self._holding:
+            self.apply(self._backlog.popleft())
+
+    def apply(self, event: object) -> None:
+        """Show one event (the tests feed recorded events straight in here)."""
+        if isinstance(event, Sample):
+            self._on_sample(event)
+        elif isinstance(event, PhaseStarted):
+            self._on_phase_started(event)
+        elif isinstance(event, PhaseSnapshot):
+            self._on_snapshot(event)
+        elif isinstance(event, AwaitingStep):
+            self._on_awaiting(event)
+        elif isinstance(event, RunFinished):
+            self._on_run_finished(event.result)
+        elif isinstance(event, PlaybackDone):
+            self._on_done(event)
+
+    def _on_awaiting(self, e: AwaitingStep) -> None:
+        self.query_one(PhaseBar).waiting_for = e.phase
+        if e.phase != "baseline":
+            return
+        if self.results:
+            self.notify(f"press n to start {e.run}: a fresh bus and its own baseline", timeout=5)
+        else:
+            self.query_one(VerdictBanner).waiting(
+                "press n to take the baseline: a GC, then every live task and thread, by identity")
+
+    def _on_phase_started(self, e: PhaseStarted) -> None:
+        bar = self.query_one(PhaseBar)
+        if e.phase == "baseline":
+            self._run_index += 1
+            self._phase_index = 0
+            self._delivery = None
+            bar.done = frozenset()
+            for chart in self.query(PhaseChart):
+                chart.clear_points()
+            self.query_one(ComponentsTable).reset_peaks()
+            self.query_one(LeftoversTable).show([])
+            self.query_one(StackView).show(None)
+            self.query_one(VerdictBanner).waiting(f"run {e.run}: measuring…")
+        elif bar.phase:
+            bar.done = bar.done | {bar.phase}
+        bar.run, bar.phase, bar.waiting_for, bar.elapsed = e.run, e.phase, "", e.t_s
+        if e.phase == "settle":
+            self.query_one(VerdictBanner).waiting("settling: waiting for everything the bus started to exit…")
+
+    def _on_snapshot(self, snap: PhaseSnapshot) -> None:
+        self.query_one(PhaseTable).add_snapshot(snap)
+        self.query_one(ComponentsTable).show(
+            {k: v for k, v in snap.by_component.items() if not k.startswith("thread:")})
+        self._phase_index += 1
+        self._screenshot_at_boundary(snap.phase)
+
+    def _on_sample(self, s: Sample) -> None:
+        if self.paused:
+            self.recorded.append(s)
+            return
+        self._render_sample(s)
+
+    def _render_sample(self, s: Sample, charts_only: bool = False) -> None:
+        self.query_one("#chart-tasks", PhaseChart).push(s.tasks, s.phase)
+        self.query_one("#chart-threads", PhaseChart).push(s.os_threads, s.phase)
+        self.query_one("#chart-pub", PhaseChart).push(s.publish_per_s, s.phase)
+        self.query_one("#chart-del", PhaseChart).push(s.deliver_per_s, s.phase)
+        if charts_only:
+            return
+        for chart in self.query(PhaseChart):
+            chart.refresh()
+        self.query_one(PhaseBar).elapsed = s.t_s
+        self.query_one(ComponentsTable).show(s.by_component)
+        self.query_one(ThroughputPanel).show(s, self._delivery)
+
+    def _on_run_finished(self, r: RunResult) -> None:
+        self.results.append(r)
+        bar = self.query_one(PhaseBar)
+        bar.done = frozenset(PHASES)
+        bar.phase = ""
+        self._delivery = dict(r.delivery)
+        self.query_one(LeftoversTable).show(r.leftovers)
+        leftovers = self.query_one(LeftoversTable)
+        self.query_one(StackView).show(leftovers.selected())
+        self.query_one(VerdictBanner).show(r)
+        self._screenshot_at_boundary("verdict")
+
+    def _on_done(self, done: PlaybackDone) -> None:
+        self.done = done
+        if self.exit_when_done:
+            self.call_after_refresh(self._exit_done)
+        elif done.result is not None:
+            self.notify("playback finished: q to quit", timeout=6)
+
+    def _exit_done(self) -> None:
+        if self._holding or self._backlog:
+            self.call_after_refresh(self._exit_done)
+            return
+        self.action_quit_busmon()
+
+    # -- screenshots ------------------------------------------------------------
+
+    def _screenshot_at_boundary(self, phase: str) -> None:
+        if not self.keep_screenshots:
+            return
+        run = self.results[-1].name if phase == "verdict" and self.results else self.query_one(PhaseBar).run
+        name = f"{self._run_index:02d}-{run}-{self._phase_index}-{phase}.svg"
+        self._holding = True  # later events wait until the picture shows this boundary
+        self.call_after_refresh(self._shoot, name)
+
+    def _shoot(self, name: str) -> None:
+        svg = self.export_screenshot()
+        self.shots.append((name, svg))
+        if self.screenshots_dir is not None:
+            (self.screenshots_dir / name).write_text(svg, encoding="utf-8")
+        self._holding = False
+        self.call_later(self.drain)
+
+    # -- actions ----------------------------------------------------------------
+
+    def action_next_phase(self) -> None:
+        if self.controller is None or not self.controller.interactive:
+            self.notify("scripted playback: phases follow the scenario", timeout=3)
+            return
+        if not self.controller.next_phase():
+            self.notify("busy: the current phase has not finished yet", timeout=2)
+
+    def action_toggle_pause(self) -> None:
+        self.paused = not self.paused
+        if self.paused:
+            self.query_one(VerdictBanner).add_class("-paused")
+            self.notify("display paused — the probes keep recording (space to resume)", timeout=3)
+            return
+        recorded, self.recorded = self.recorded, []
+        for s in recorded[:-1]:
+            self._render_sample(s, charts_only=True)
+        if recorded:
+            self._render_sample(recorded[-1])
+        self.notify(f"resumed: {len(recorded)} samples recorded while paused", timeout=3)
+
+    def _set_interval(self, step: int) -> None:
+        i = min(range(len(INTERVALS_MS)), key=lambda k: abs(INTERVALS_MS[k] - self.interval_ms))
+        i = max(0, min(len(INTERVALS_MS) - 1, i + step))
+        self.interval_ms = INTERVALS_MS[i]
+        if self.controller is not None:
+            self.controller.set_interval(self.interval_ms)
+        self.notify(f"sampling every {self.interval_ms} ms", timeout=2)
+
+    def action_faster(self) -> None:
+        self._set_interval(-1)
+
+    def action_slower(self) -> None:
+        self._set_interval(+1)
+
+    def action_filter(self) -> None:
+        box = self.query_one("#filter", Input)
+        box.disabled = False
+        box.add_class("-shown")
+        box.focus()
+
+    @on(Input.Submitted, "#filter")
+    def _apply_filter(self, event: Input.Submitted) -> None:
+        self.query_one(LeftoversTable).set_filter(event.value)
+        self.query_one(ComponentsTable).set_filter(event.value)
+        event.input.remove_class("-shown")
+        event.input.disabled = True
+        self.query_one(LeftoversTable).focus()
+
+    def on_key(self, event) -> None:
+        box = self.query_one("#filter", Input)
+        if event.key == "escape" and box.has_class("-shown"):
+            box.value = ""
+            self.query_one(LeftoversTable).set_filter("")
+            self.query_one(ComponentsTable).set_filter("")
+            box.remove_class("-shown")
+            box.disabled = True
+            self.query_one(LeftoversTable).focus()
+            event.stop()
+
+    @on(DataTable.RowHighlighted, "#leftovers")
+    def _show_stack(self, event: DataTable.RowHighlighted) -> None:
+        self.query_one(StackView).show(self.query_one(LeftoversTable).selected())
+
+    def action_screenshot(self) -> None:
+        folder = self.screenshots_dir or Path.cwd()
+        path = self.save_screenshot(path=str(folder))
+        self.notify(f"screenshot saved: {path}", timeout=4)
+
+    def action_help(self) -> None:
+        self.push_screen(HelpScreen())
+
+    def action_quit_busmon(self) -> None:
+        if self.controller is None or self.controller.stopped:
+            self.exit(self._exit_code())
+            return
+        self.query_one(VerdictBanner).waiting("closing the bus (within its drain deadline)…")
+        self.run_worker(self._close_and_exit, thread=True, exclusive=True, group="quit")
+
+    def _close_and_exit(self) -> None:
+        assert self.controller is not None
+        self.controller.shutdown()
+        self.call_from_thread(self.exit, self._exit_code())
+
+    def _exit_code(self) -> int:
+        if self.done is not None and self.done.result is not None:
+            return {"clean": 0, "leaked": 1, "failed": 3}[self.done.result.verdict]
+        if any(r.verdict == "failed" for r in self.results):
+            return 3
+        return 1 if any(r.verdict == "leaked" for r in self.results) else 0
+
+    def get_system_commands(self, screen: Screen) -> Iterable[SystemCommand]:
+        yield from super().get_system_commands(screen)
+        yield SystemCommand("Next phase", "Start the next phase (or a new run after settle)", self.action_next_phase)
+        yield SystemCommand("Pause / resume display", "The probes keep recording", self.action_toggle_pause)
+        yield SystemCommand("Sample faster", "Shorter sampling interval", self.action_faster)
+        yield SystemCommand("Sample slower", "Longer sampling interval", self.action_slower)
+        yield SystemCommand("Filter tables", "Filter leftovers and components", self.action_filter)
+        yield SystemCommand("Export screenshot", "Save an SVG of the screen now", self.action_screenshot)
+        yield SystemCommand("Help", "What the panels and keys mean", self.action_help)
+        yield SystemCommand("Quit busmon", "Close the bus if open, then quit", self.action_quit_busmon)

@@ -1,0 +1,109 @@
+"""The dashboard's controller: starts the session, steps phases, shuts down cleanly.
+
+Free of Textual, so its logic is testable on its own: the app calls it and
+drains ``events`` on a timer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import itertools
+import queue
+from dataclasses import dataclass, replace
+from typing import Iterator
+
+from probes.gate import AutoGate, StepGate
+from probes.model import ScenarioResult
+from probes.scenario import RunSpec, Scenario
+from probes.session import Session
+
+
+@dataclass(frozen=True, slots=True)
+class PlaybackDone:
+    """Every run of a scripted playback has finished (or the session stopped)."""
+
+    result: ScenarioResult | None
+    error: str | None = None
+
+
+def endless_runs(template: RunSpec) -> Iterator[RunSpec]:
+    """Interactive mode: after each settle, ``n`` starts a new run with a fresh bus."""
+    for i in itertools.count(1):
+        yield replace(template, name=f"run-{i}")
+
+
+class Controller:
+    def __init__(self, scenario: Scenario, *, interactive: bool) -> None:
+        self.scenario = scenario
+        self.interactive = interactive
+        self.events: queue.SimpleQueue[object] = queue.SimpleQueue()
+        self.session = Session(scenario, self.events.put)
+        self.gate: StepGate | AutoGate = AutoGate()
+        self._main: asyncio.Task | None = None
+        self._future: concurrent.futures.Future | None = None
+        self.stopped = False
+
+    def start(self) -> None:
+        self.session.start()
+        self._future = self.session.arena.submit(self._play(), name="busmon.session")
+
+    async def _play(self) -> None:
+        self._main = asyncio.current_task()
+        if self.interactive:
+            self.gate = StepGate(asyncio.get_running_loop(), self.events.put)
+            runs: Iterator[RunSpec] | tuple[RunSpec, ...] = endless_runs(self.scenario.runs[0])
+        else:
+            runs = self.scenario.runs
+        try:
+            result = await self.session.play_runs(runs, self.gate)
+        except asyncio.CancelledError:
+            self.events.put(PlaybackDone(None, "stopped"))
+            raise
+        self.events.put(PlaybackDone(result))
+
+    def next_phase(self) -> bool:
+        """Let the next phase start; False when nothing is waiting for a key press."""
+        if isinstance(self.gate, StepGate) and self.gate.waiting_for is not None:
+            self.gate.release()
+            return True
+        return False
+
+    @property
+    def waiting_for(self) -> str | None:
+        return self.gate.waiting_for if isinstance(self.gate, StepGate) else None
+
+    def set_interval(self, interval_ms: int) -> None:
+        self.session.arena.call_soon(self.session.sampler.set_interval, interval_ms)
+
+    def drain(self, limit: int = 10_000) -> list[object]:
+        out = []
+        try:
+            while len(out) < limit:
+                out.append(self.events.get_nowait())
+        except queue.Empty:
+            pass
+        return out
+
+    def shutdown(self, timeout: float | None = None) -> None:
+        """Stop playback; close the bus if it is open (within its own drain deadline); stop the arena."""
+        if self.stopped:
+            return
+        self.stopped = True
+        if self.session.arena.loop is not None:
+            deadline = timeout if timeout is not None else 60.0
+            self.session.arena.run(self._shutdown(), timeout=deadline + 5, name="busmon.shutdown")
+        self.session.stop()
+
+    async def _shutdown(self) -> None:
+        main = self._main
+        if main is not None and not main.done():
+            main.cancel()
+            await asyncio.wait([main])
+        ctx = self.session.current
+        if ctx is not None and ctx.bus is not None:
+            try:
+                async with asyncio.timeout(60):
+                    await ctx.bus.close()  # idempotent: a closed bus returns at once
+            except Exception:  # quitting must not hang or crash on a broken bus
+                pass

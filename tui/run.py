@@ -1,0 +1,36 @@
+"""Running the dashboard: interactive, scripted, or off screen (Textual's headless mode)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from probes.model import ScenarioResult
+from probes.scenario import Scenario
+from tui.app import BusmonApp
+from tui.controller import Controller
+
+HEADLESS_SIZE = (120, 40)
+
+
+def run_dashboard(scenario: Scenario, *, interactive: bool) -> int:
+    """The interactive dashboard; returns the exit code of the runs seen."""
+    controller = Controller(scenario, interactive=interactive)
+    app = BusmonApp(controller)
+    try:
+        code = app.run()
+    finally:
+        controller.shutdown()
+    return code or 0
+
+
+def play_dashboard(scenario: Scenario, *, headless: bool, screenshots: Path | None
+                   ) -> tuple[ScenarioResult | None, list[tuple[str, str]]]:
+    """Scripted playback in the dashboard; stays on the final screen until q, unless headless."""
+    controller = Controller(scenario, interactive=False)
+    app = BusmonApp(controller, screenshots=screenshots, exit_when_done=headless, keep_screenshots=True)
+    try:
+        app.run(headless=headless, size=HEADLESS_SIZE if headless else None)
+    finally:
+        controller.shutdown()
+    result = app.done.result if app.done is not None else None
+    return result, app.shots

@@ -1,0 +1,73 @@
+"""Leftovers after close: leaked in red, exited dimmed with their exit time, ignored labelled;
+the selected one's stack beside it."""
+
+from __future__ import annotations
+
+from rich.text import Text
+from textual.widgets import DataTable, Static
+
+from probes.model import Leftover
+
+STYLE = {"leaked": "bold red", "exited": "dim", "ignored": "italic yellow"}
+
+
+class LeftoversTable(DataTable):
+    def on_mount(self) -> None:
+        self.cursor_type = "row"
+        self.add_column("state", key="state")
+        self.add_column("kind", key="kind")
+        self.add_column("name", key="name")
+        self.add_column("component", key="component")
+        self.add_column("lived on", key="after")
+        self.items: list[Leftover] = []
+        self.filter = ""
+
+    def show(self, leftovers: tuple[Leftover, ...] | list[Leftover]) -> None:
+        self.items = list(leftovers)
+        self._render_rows()
+
+    def set_filter(self, text: str) -> None:
+        self.filter = text.lower()
+        self._render_rows()
+
+    def visible(self) -> list[Leftover]:
+        f = self.filter
+        return [x for x in self.items if not f or f in x.name.lower() or f in x.component.lower()
+                or f in x.state]
+
+    def _render_rows(self) -> None:
+        self.clear()
+        for i, x in enumerate(self.visible()):
+            style = STYLE[x.state]
+            after = "still alive" if x.exited_after_ms is None else f"{x.exited_after_ms:g} ms"
+            if x.state == "ignored":
+                after = "ignored"
+            self.add_row(Text(x.state.upper() if x.state == "leaked" else x.state, style=style),
+                         Text(x.kind, style=style), Text(x.name, style=style),
+                         Text(x.component, style=style), Text(after, style=style), key=str(i))
+
+    def selected(self) -> Leftover | None:
+        rows = self.visible()
+        if not rows or self.cursor_row is None or not 0 <= self.cursor_row < len(rows):
+            return None
+        return rows[self.cursor_row]
+
+
+class StackView(Static):
+    DEFAULT_CSS = """
+    StackView { padding: 0 1; }
+    """
+
+    def show(self, x: Leftover | None) -> None:
+        if x is None:
+            self.update(Text("select a leftover to see its stack", style="dim"))
+            return
+        text = Text()
+        text.append(f"{x.kind} {x.name}\n", style="bold " + STYLE[x.state].replace("dim", ""))
+        if x.detail:
+            text.append(f"{x.detail}\n", style="dim")
+        if x.created_at:
+            text.append(f"created at {x.created_at}\n", style="cyan")
+        for line in x.stack or ("(no stack: it had exited)",):
+            text.append(f"  {line}\n")
+        self.update(text)

@@ -1,0 +1,59 @@
+"""The post-mortem's first table: tasks and threads per phase, the delta from baseline, and
+the naive count right after close beside the settled one."""
+
+from __future__ import annotations
+
+from rich.text import Text
+from textual.widgets import DataTable
+
+from probes.model import PhaseSnapshot
+
+
+def _delta(n: int, base: int) -> Text:
+    d = n - base
+    if d > 0:
+        return Text(f"+{d}", style="yellow")
+    return Text(str(d), style="green" if d == 0 else "cyan")
+
+
+class PhaseTable(DataTable):
+    DEFAULT_CSS = """
+    PhaseTable { height: auto; max-height: 10; }
+    """
+
+    def on_mount(self) -> None:
+        self.cursor_type = "none"
+        self.zebra_stripes = True
+        self.add_column("phase", key="phase")
+        self.add_column("tasks", key="tasks")
+        self.add_column("Δ", key="delta")
+        self.add_column("threads py/os", key="threads")
+        self.add_column("new", key="new")
+        self.baseline: PhaseSnapshot | None = None
+        self.settle_ms: float | None = None
+
+    def reset(self) -> None:
+        self.clear()
+        self.baseline = None
+        self.settle_ms = None
+
+    def add_snapshot(self, snap: PhaseSnapshot) -> None:
+        if snap.phase == "baseline":
+            self.reset()
+            self.baseline = snap
+        base = self.baseline
+        label = {"close": "close (naive)", "settle": "settled"}.get(snap.phase, snap.phase)
+        style = "bold" if snap.phase in ("close", "settle") else ""
+        row = (
+            Text(label, style=style),
+            Text(str(snap.tasks), style=style, justify="right"),
+            _delta(snap.tasks, base.tasks) if base else Text("–"),
+            Text(f"{snap.threads}/{snap.os_threads}", justify="right"),
+            Text(str(snap.new_tasks + snap.new_threads),
+                 style="red" if snap.phase == "settle" and snap.new_tasks + snap.new_threads else ""),
+        )
+        if snap.phase in self.rows:
+            for col, value in zip(("phase", "tasks", "delta", "threads", "new"), row):
+                self.update_cell(snap.phase, col, value)
+        else:
+            self.add_row(*row, key=snap.phase)

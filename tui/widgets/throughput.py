@@ -1,0 +1,44 @@
+"""Throughput and delivery: rates, latency, the audit, and a progress bar during load."""
+
+from __future__ import annotations
+
+from rich.table import Table
+from rich.text import Text
+from textual.app import ComposeResult
+from textual.containers import Vertical
+from textual.widgets import ProgressBar, Static
+
+from probes.model import Sample
+
+
+class ThroughputPanel(Vertical):
+    DEFAULT_CSS = """
+    ThroughputPanel { height: auto; }
+    ThroughputPanel > ProgressBar { height: 1; }
+    """
+
+    def compose(self) -> ComposeResult:
+        yield Static(id="rates")
+        yield ProgressBar(total=None, show_eta=False, id="progress")
+
+    def show(self, s: Sample, delivery: dict[str, int] | None = None) -> None:
+        grid = Table.grid(padding=(0, 2))
+        grid.add_column(style="dim")
+        grid.add_column(justify="right")
+        grid.add_column(style="dim")
+        grid.add_column(justify="right")
+        lat = s.latency_ms or {}
+        grid.add_row("publish/s", f"{s.publish_per_s:,.0f}", "deliver/s", f"{s.deliver_per_s:,.0f}")
+        grid.add_row("latency p50", f"{lat.get('p50', 0):.2f} ms", "p99", f"{lat.get('p99', 0):.2f} ms")
+        if delivery:
+            lost = delivery.get("lost", 0)
+            grid.add_row("sent", f"{delivery.get('sent', 0):,}", "received", f"{delivery.get('received', 0):,}")
+            grid.add_row("lost", Text(f"{lost:,}", style="red" if lost else "green"),
+                         "dup / reord", f"{delivery.get('duplicated', 0)} / {delivery.get('reordered', 0)}")
+        else:
+            grid.add_row("published", f"{s.published:,}", "delivered", f"{s.delivered:,}")
+            grid.add_row("rss", f"{s.rss_mb:,.0f} MB", "cpu / fds", f"{s.cpu_percent:.0f}% / {s.open_fds}")
+        self.query_one("#rates", Static).update(grid)
+        bar = self.query_one(ProgressBar)
+        if s.expected:
+            bar.update(total=s.expected, progress=s.delivered)

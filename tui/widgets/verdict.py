@@ -1,0 +1,41 @@
+"""The verdict banner: clean / leaked / failed, impossible to miss."""
+
+from __future__ import annotations
+
+from textual.widgets import Static
+
+from probes.model import RunResult
+
+
+class VerdictBanner(Static):
+    DEFAULT_CSS = """
+    VerdictBanner { height: auto; padding: 0 1; background: $panel; color: $text-muted; }
+    VerdictBanner.-clean { background: $success; color: $text; text-style: bold; }
+    VerdictBanner.-leaked { background: $error; color: $text; text-style: bold; }
+    VerdictBanner.-failed { background: $warning; color: $text; text-style: bold; }
+    """
+
+    def waiting(self, text: str) -> None:
+        self.remove_class("-clean", "-leaked", "-failed")
+        self.update(text)
+
+    def show(self, r: RunResult) -> None:
+        self.remove_class("-clean", "-leaked", "-failed")
+        self.add_class(f"-{r.verdict}")
+        leaked = [x for x in r.leftovers if x.state == "leaked"]
+        exited, ignored = r.count("exited"), r.count("ignored")
+        if r.verdict == "leaked":
+            names = ", ".join(x.name for x in leaked[:3]) + (" …" if len(leaked) > 3 else "")
+            text = f"LEAKED  run {r.name}: {len(leaked)} still alive after settling: {names}"
+        elif r.verdict == "failed":
+            text = f"FAILED  run {r.name}: {r.error}"
+        else:
+            text = f"CLEAN  run {r.name}: nothing it started is alive"
+        extra = []
+        if exited:
+            extra.append(f"{exited} exited while settling (slowest {max(x.exited_after_ms or 0 for x in r.leftovers):g} ms)")
+        if ignored:
+            extra.append(f"{ignored} ignored")
+        if r.verdict != "failed":
+            extra.append(f"settled in {r.settle_ms:g} ms")
+        self.update(text + ("  ·  " + " · ".join(extra) if extra else ""))
