@@ -19,7 +19,7 @@ from textual.screen import ModalScreen, Screen
 from textual.widgets import DataTable, Footer, Input, Static
 
 from probes.gate import AwaitingStep
-from probes.model import PHASES, PhaseSnapshot, PhaseStarted, RunResult, Sample
+from probes.model import PhaseSnapshot, PhaseStarted, RunResult, Sample
 from probes.session import RunFinished
 from tui.controller import Controller, PlaybackDone
 from tui.widgets import (ComponentsTable, LeftoversTable, PhaseBar, PhaseChart, PhaseTable, StackView,
@@ -37,6 +37,7 @@ what it leaves behind once it has properly settled.
   [b]space[/b]    pause / resume the display (the probes keep recording)
   [b]+ / -[/b]    sample faster / slower
   [b]/[/b]        filter the leftovers and components tables
+  [b]enter[/b]    on a leftover: its full stack
   [b]e[/b]        export a screenshot (SVG) now
   [b]?[/b]        this help
   [b]q[/b]        quit (closes the bus first if it is open)
@@ -57,6 +58,24 @@ class HelpScreen(ModalScreen[None]):
 
     def compose(self) -> ComposeResult:
         yield Static(HELP)
+
+
+class StackScreen(ModalScreen[None]):
+    """A leftover's stack, full screen: what enter shows (the side panel hides at 80 columns)."""
+
+    BINDINGS = [Binding("escape,enter,q", "dismiss", "Close")]
+
+    def __init__(self, leftover) -> None:
+        super().__init__()
+        self.leftover = leftover
+
+    def compose(self) -> ComposeResult:
+        view = StackView()
+        view.border_title = "stack (esc to close)"
+        yield view
+
+    def on_mount(self) -> None:
+        self.query_one(StackView).show(self.leftover)
 
 
 class BusmonApp(App[int]):
@@ -92,6 +111,7 @@ class BusmonApp(App[int]):
         self._run_index = 0
         self._phase_index = 0
         self._delivery: dict[str, int] | None = None
+        self._last_sample: Sample | None = None
         self.done: PlaybackDone | None = None
 
     # -- layout ----------------------------------------------------------------
@@ -196,6 +216,7 @@ class BusmonApp(App[int]):
         self._render_sample(s)
 
     def _render_sample(self, s: Sample, charts_only: bool = False) -> None:
+        self._last_sample = s
         self.query_one("#chart-tasks", PhaseChart).push(s.tasks, s.phase)
         self.query_one("#chart-threads", PhaseChart).push(s.os_threads, s.phase)
         self.query_one("#chart-pub", PhaseChart).push(s.publish_per_s, s.phase)
@@ -211,13 +232,20 @@ class BusmonApp(App[int]):
     def _on_run_finished(self, r: RunResult) -> None:
         self.results.append(r)
         bar = self.query_one(PhaseBar)
-        bar.done = frozenset(PHASES)
+        bar.done = frozenset(p.phase for p in r.phases)
         bar.phase = ""
         self._delivery = dict(r.delivery)
-        self.query_one(LeftoversTable).show(r.leftovers)
+        if self._last_sample is not None:
+            self.query_one(ThroughputPanel).show(self._last_sample, self._delivery)
         leftovers = self.query_one(LeftoversTable)
-        self.query_one(StackView).show(leftovers.selected())
+        leftovers.show(r.leftovers)
+        stack = self.query_one(StackView)
+        if r.leftovers:
+            stack.show(leftovers.selected())
+        else:
+            stack.nothing_left()
         self.query_one(VerdictBanner).show(r)
+        self._phase_index += 1
         self._screenshot_at_boundary("verdict")
 
     def _on_done(self, done: PlaybackDone) -> None:
@@ -316,6 +344,12 @@ class BusmonApp(App[int]):
     def _show_stack(self, event: DataTable.RowHighlighted) -> None:
         self.query_one(StackView).show(self.query_one(LeftoversTable).selected())
 
+    @on(DataTable.RowSelected, "#leftovers")
+    def _open_stack(self, event: DataTable.RowSelected) -> None:
+        leftover = self.query_one(LeftoversTable).selected()
+        if leftover is not None:
+            self.push_screen(StackScreen(leftover))
+
     def action_screenshot(self) -> None:
         folder = self.screenshots_dir or Path.cwd()
         path = self.save_screenshot(path=str(folder))
@@ -326,7 +360,8 @@ class BusmonApp(App[int]):
 
     def action_quit_busmon(self) -> None:
         if self.controller is None or self.controller.stopped:
-            self.exit(self._exit_code())
+            code = self._exit_code()
+            self.exit(code, return_code=code)
             return
         self.query_one(VerdictBanner).waiting("closing the bus (within its drain deadline)…")
         self.run_worker(self._close_and_exit, thread=True, exclusive=True, group="quit")
@@ -334,7 +369,8 @@ class BusmonApp(App[int]):
     def _close_and_exit(self) -> None:
         assert self.controller is not None
         self.controller.shutdown()
-        self.call_from_thread(self.exit, self._exit_code())
+        code = self._exit_code()
+        self.call_from_thread(self.exit, code, code)
 
     def _exit_code(self) -> int:
         if self.done is not None and self.done.result is not None:

@@ -9,6 +9,8 @@ from textual.widgets import DataTable
 
 
 class ComponentsTable(DataTable):
+    can_focus = False  # a display; keys belong to the leftovers table
+
     def on_mount(self) -> None:
         self.cursor_type = "none"
         self.add_column("component", key="component")

@@ -58,16 +58,20 @@ class StackView(Static):
     StackView { padding: 0 1; }
     """
 
+    def nothing_left(self) -> None:
+        self.update(Text("nothing new was alive when close returned:\nevery task and thread the bus "
+                         "started had already exited", style="green"))
+
     def show(self, x: Leftover | None) -> None:
         if x is None:
             self.update(Text("select a leftover to see its stack", style="dim"))
             return
         text = Text()
-        text.append(f"{x.kind} {x.name}\n", style="bold " + STYLE[x.state].replace("dim", ""))
+        text.append(f"{x.kind} {x.name}", style="bold " + STYLE[x.state].replace("dim", ""))
         if x.detail:
-            text.append(f"{x.detail}\n", style="dim")
+            text.append(f"\n{x.detail}", style="dim")
         if x.created_at:
-            text.append(f"created at {x.created_at}\n", style="cyan")
+            text.append(f"\ncreated at {x.created_at}", style="cyan")
         for line in x.stack or ("(no stack: it had exited)",):
-            text.append(f"  {line}\n")
+            text.append(f"\n  {line}")
         self.update(text)

@@ -21,11 +21,12 @@ class PhaseBar(Widget):
     done: reactive[frozenset[str]] = reactive(frozenset())
 
     def render(self) -> Text:
-        text = Text(" busmon ", style="bold reverse")
+        wide = self.size.width >= 110
+        text = Text(" busmon ", style="bold reverse") if wide else Text()
         text.append(" ")
         for i, name in enumerate(PHASES):
             if i:
-                text.append(" › ", style="dim")
+                text.append(" › " if wide else "›", style="dim")
             if name == self.phase:
                 text.append(f" {name.upper()} ", style="bold black on yellow")
             elif name == self.waiting_for:
@@ -35,8 +36,8 @@ class PhaseBar(Widget):
             else:
                 text.append(name, style="dim")
         if self.run:
-            text.append(f"   run {self.run}", style="bold")
-            text.append(f"  {self.elapsed:6.1f}s", style="dim")
+            text.append(f"  {self.run}" if not wide else f"   run {self.run}", style="bold")
+            text.append(f" {self.elapsed:.1f}s", style="dim")
         if self.waiting_for:
-            text.append(f"   n → {self.waiting_for}", style="bold cyan")
+            text.append(f"  n → {self.waiting_for}", style="bold cyan")
         return text

@@ -17,6 +17,8 @@ def _delta(n: int, base: int) -> Text:
 
 
 class PhaseTable(DataTable):
+    can_focus = False  # a display; keys belong to the leftovers table
+
     DEFAULT_CSS = """
     PhaseTable { height: auto; max-height: 10; }
     """
@@ -27,7 +29,7 @@ class PhaseTable(DataTable):
         self.add_column("phase", key="phase")
         self.add_column("tasks", key="tasks")
         self.add_column("Δ", key="delta")
-        self.add_column("threads py/os", key="threads")
+        self.add_column("thr py/os", key="threads")
         self.add_column("new", key="new")
         self.baseline: PhaseSnapshot | None = None
         self.settle_ms: float | None = None

@@ -28,16 +28,16 @@ class ThroughputPanel(Vertical):
         grid.add_column(style="dim")
         grid.add_column(justify="right")
         lat = s.latency_ms or {}
-        grid.add_row("publish/s", f"{s.publish_per_s:,.0f}", "deliver/s", f"{s.deliver_per_s:,.0f}")
-        grid.add_row("latency p50", f"{lat.get('p50', 0):.2f} ms", "p99", f"{lat.get('p99', 0):.2f} ms")
+        grid.add_row("pub/s", f"{s.publish_per_s:,.0f}", "del/s", f"{s.deliver_per_s:,.0f}")
+        grid.add_row("p50", f"{lat.get('p50', 0):.2f}ms", "p99", f"{lat.get('p99', 0):.2f}ms")
         if delivery:
             lost = delivery.get("lost", 0)
-            grid.add_row("sent", f"{delivery.get('sent', 0):,}", "received", f"{delivery.get('received', 0):,}")
+            grid.add_row("sent", f"{delivery.get('sent', 0):,}", "recv", f"{delivery.get('received', 0):,}")
             grid.add_row("lost", Text(f"{lost:,}", style="red" if lost else "green"),
-                         "dup / reord", f"{delivery.get('duplicated', 0)} / {delivery.get('reordered', 0)}")
+                         "dup/reord", f"{delivery.get('duplicated', 0)}/{delivery.get('reordered', 0)}")
         else:
-            grid.add_row("published", f"{s.published:,}", "delivered", f"{s.delivered:,}")
-            grid.add_row("rss", f"{s.rss_mb:,.0f} MB", "cpu / fds", f"{s.cpu_percent:.0f}% / {s.open_fds}")
+            grid.add_row("sent", f"{s.published:,}", "recv", f"{s.delivered:,}")
+            grid.add_row("rss MB", f"{s.rss_mb:,.0f}", "cpu %", f"{s.cpu_percent:.0f}")
         self.query_one("#rates", Static).update(grid)
         bar = self.query_one(ProgressBar)
         if s.expected:

@@ -33,9 +33,12 @@ class VerdictBanner(Static):
             text = f"CLEAN  run {r.name}: nothing it started is alive"
         extra = []
         if exited:
-            extra.append(f"{exited} exited while settling (slowest {max(x.exited_after_ms or 0 for x in r.leftovers):g} ms)")
+            slowest = max(x.exited_after_ms or 0 for x in r.leftovers if x.state == "exited")
+            extra.append(f"{exited} exited while settling (slowest after {slowest:.1f} ms)")
         if ignored:
             extra.append(f"{ignored} ignored")
-        if r.verdict != "failed":
-            extra.append(f"settled in {r.settle_ms:g} ms")
+        if r.verdict == "leaked":
+            extra.append(f"waited the full {r.settle_ms / 1000:.1f} s settle deadline")
+        elif r.verdict == "clean":
+            extra.append(f"settled in {r.settle_ms:.1f} ms")
         self.update(text + ("  ·  " + " · ".join(extra) if extra else ""))

@@ -1,0 +1,155 @@
+"""The dashboard, driven as a person would with Pilot, and pictured with SVG snapshots."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from pathlib import Path
+
+import pytest
+
+from bus.base import State
+from tests import recorded
+from tui.app import BusmonApp
+from tui.cli import interactive_scenario
+from tui.controller import Controller
+from tui.widgets import LeftoversTable, PhaseBar, PhaseChart, PhaseTable, VerdictBanner
+
+SAMPLES = Path(__file__).resolve().parents[1] / "sample_configs"
+
+
+async def until(pilot, condition, what: str, timeout: float = 15.0) -> None:
+    """Let the app run until ``condition`` holds, failing at the deadline."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not condition():
+        assert loop.time() < deadline, f"{what} within {timeout} s"
+        await pilot.pause(0.02)
+
+
+def controller(bus: str | None = None, messages: int = 2000, rate: float = 0, settle: float = 0.5) -> Controller:
+    sc = interactive_scenario(messages=messages, rate=rate, settle=settle).with_target(bus=bus)
+    return Controller(sc, interactive=True)
+
+
+async def test_n_walks_the_phases_in_order_and_the_panels_follow():
+    c = controller()
+    app = BusmonApp(c)
+    seen: list[str] = []
+    async with app.run_test(size=(120, 40)) as pilot:
+        bar, table = app.query_one(PhaseBar), app.query_one(PhaseTable)
+        for phase in ["baseline", "create", "subscribe", "load", "close", "settle"]:
+            await until(pilot, lambda: c.waiting_for == phase, f"waiting for {phase}")
+            await until(pilot, lambda: bar.waiting_for == phase, f"the phase bar offers {phase}")
+            await pilot.press("n")
+            await until(pilot, lambda: bar.phase == phase or (phase == "settle" and app.results),
+                        f"phase bar shows {phase}")
+            seen.append(phase)
+        await until(pilot, lambda: app.results, "the verdict")
+        assert seen == ["baseline", "create", "subscribe", "load", "close", "settle"]
+        assert list(table.rows) == ["baseline", "create", "subscribe", "load", "close", "settle"]
+        assert app.results[0].verdict == "clean"
+        assert app.query_one(VerdictBanner).has_class("-clean")
+        # after settle, n starts a new run with a fresh bus
+        await until(pilot, lambda: c.waiting_for == "baseline", "the next run")
+        await pilot.press("n")
+        await until(pilot, lambda: bar.run == "run-2", "run-2 starts")
+        await pilot.press("q")
+        await until(pilot, lambda: not app.is_running, "quit")
+
+
+async def test_a_leaky_bus_ends_with_its_leftover_highlighted_and_the_banner_leaked():
+    c = controller(bus="tests.leaky_buses:TaskLeaker", settle=0.2)
+    app = BusmonApp(c)
+    async with app.run_test(size=(120, 40)) as pilot:
+        for phase in ["baseline", "create", "subscribe", "load", "close", "settle"]:
+            await until(pilot, lambda: c.waiting_for == phase, f"waiting for {phase}")
+            await pilot.press("n")
+        await until(pilot, lambda: app.results, "the verdict")
+        await pilot.pause()
+        banner = app.query_one(VerdictBanner)
+        assert banner.has_class("-leaked")
+        assert "bus.leaky.heartbeat" in str(banner.render())
+        table = app.query_one(LeftoversTable)
+        state, _, name, *_ = table.get_row_at(0)
+        assert (state.plain, name.plain) == ("LEAKED", "bus.leaky.heartbeat")
+        assert "red" in str(state.style)
+        await pilot.press("enter")  # the stack of the selected leftover
+        await until(pilot, lambda: type(app.screen).__name__ == "StackScreen", "stack screen")
+        await pilot.press("escape")
+        await pilot.press("q")
+        await until(pilot, lambda: not app.is_running, "quit")
+    assert app.return_code == 1
+
+
+async def test_pause_stops_the_display_but_not_the_recording():
+    c = controller(messages=30000, rate=10000)
+    app = BusmonApp(c)
+    async with app.run_test(size=(120, 40)) as pilot:
+        for phase in ["baseline", "create", "subscribe", "load"]:
+            await until(pilot, lambda: c.waiting_for == phase, f"waiting for {phase}")
+            await pilot.press("n")
+        chart = app.query_one("#chart-tasks", PhaseChart)
+        await until(pilot, lambda: len(chart.points) >= 3, "samples during load")
+        await pilot.press("space")
+        shown = len(chart.points)
+        await until(pilot, lambda: len(app.recorded) >= 5, "samples recorded while paused")
+        assert len(chart.points) == shown, "the display moved while paused"
+        recorded_n = len(app.recorded)
+        await pilot.press("space")
+        assert len(chart.points) >= shown + recorded_n and app.recorded == []
+        await pilot.press("q")
+        await until(pilot, lambda: not app.is_running, "quit")
+
+
+async def test_q_closes_the_open_bus_before_quitting():
+    c = controller(messages=200_000, rate=20000)
+    app = BusmonApp(c)
+    async with app.run_test(size=(120, 40)) as pilot:
+        for phase in ["baseline", "create", "subscribe", "load"]:
+            await until(pilot, lambda: c.waiting_for == phase, f"waiting for {phase}")
+            await pilot.press("n")
+        await until(pilot, lambda: app.query_one(PhaseBar).phase == "load", "load under way")
+        bus = c.session.current.bus
+        assert bus.state is State.STARTED
+        pool_tasks = bus.pool.tasks
+        await pilot.press("q")
+        await until(pilot, lambda: not app.is_running, "quit", timeout=30)
+    assert bus.state is State.CLOSED
+    assert all(t.done() for t in pool_tasks)
+
+
+def test_headless_play_with_screenshots_saves_one_svg_per_phase_boundary(tmp_path, monkeypatch, capsys):
+    from tui import cli
+
+    shots = tmp_path / "shots"
+    report = tmp_path / "r.html"
+    monkeypatch.setattr(sys, "argv", ["busmon", "play", str(SAMPLES / "quickstart.toml"), "--headless",
+                                      "--screenshots", str(shots), "--report", str(report)])
+    with pytest.raises(SystemExit) as info:
+        cli.main()
+    assert info.value.code == 0
+    names = sorted(p.name for p in shots.glob("*.svg"))
+    expected = [f"{i:02d}-{run}-{n}-{phase}.svg" for i, run in ((1, "warm-up"), (2, "main"))
+                for n, phase in enumerate(["baseline", "create", "subscribe", "load", "close", "settle",
+                                           "verdict"], 1)]
+    assert names == expected
+    assert all(p.read_text().startswith("<svg") for p in shots.glob("*.svg"))
+    html = report.read_text()
+    assert html.count("<svg") == len(expected) and "Tasks and threads by phase" in html
+
+
+def recorded_app(until_phase: str):
+    async def feed(pilot) -> None:
+        for event in recorded.events(until_phase):
+            pilot.app.apply(event)
+        await pilot.pause()
+
+    return BusmonApp(None), feed
+
+
+@pytest.mark.parametrize("size", [(80, 24), (120, 40)], ids=["80x24", "120x40"])
+@pytest.mark.parametrize("phase", ["load", "verdict"])
+def test_snapshot(snap_compare, size, phase):
+    app, feed = recorded_app(phase)
+    assert snap_compare(app, terminal_size=size, run_before=feed)
