@@ -6,23 +6,30 @@ from rich.table import Table
 from rich.text import Text
 from textual.app import ComposeResult
 from textual.containers import Vertical
-from textual.widgets import ProgressBar, Static
+from textual.widget import Widget
+from textual.widgets import ProgressBar
 
 from probes.model import Sample
 
 
-class ThroughputPanel(Vertical):
+class Rates(Widget):
+    """The numbers, redrawn in place: a fixed-height widget whose refresh never re-lays out the
+    screen (``Static.update`` would, on every sample, and cost the bus throughput)."""
+
     DEFAULT_CSS = """
-    ThroughputPanel { height: auto; }
-    ThroughputPanel > ProgressBar { height: 1; }
+    Rates { height: 4; }
     """
 
-    def compose(self) -> ComposeResult:
-        yield Static(id="rates")
-        yield ProgressBar(total=None, show_eta=False, id="progress")
+    def __init__(self, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.sample: Sample | None = None
+        self.delivery: dict[str, int] | None = None
 
-    def show(self, s: Sample, delivery: dict[str, int] | None = None) -> None:
+    def render(self) -> Table:
         grid = Table.grid(padding=(0, 2))
+        s, delivery = self.sample, self.delivery
+        if s is None:
+            return grid
         grid.add_column(style="dim")
         grid.add_column(justify="right")
         grid.add_column(style="dim")
@@ -38,7 +45,23 @@ class ThroughputPanel(Vertical):
         else:
             grid.add_row("sent", f"{s.published:,}", "recv", f"{s.delivered:,}")
             grid.add_row("rss MB", f"{s.rss_mb:,.0f}", "cpu %", f"{s.cpu_percent:.0f}")
-        self.query_one("#rates", Static).update(grid)
+        return grid
+
+
+class ThroughputPanel(Vertical):
+    DEFAULT_CSS = """
+    ThroughputPanel { height: auto; }
+    ThroughputPanel > ProgressBar { height: 1; }
+    """
+
+    def compose(self) -> ComposeResult:
+        yield Rates()
+        yield ProgressBar(total=None, show_eta=False, id="progress")
+
+    def show(self, s: Sample, delivery: dict[str, int] | None = None) -> None:
+        rates = self.query_one(Rates)
+        rates.sample, rates.delivery = s, delivery
+        rates.refresh()
         bar = self.query_one(ProgressBar)
         if s.expected:
             bar.update(total=s.expected, progress=s.delivered)

@@ -1,0 +1,95 @@
+"""Does watching slow the bus? Load throughput with the dashboard attached vs without, one run.
+
+Run by hand from the repository root::
+
+    python -m bench.dashboard_overhead [--repeat 5] [--messages 200000]
+
+Three ways to play the same single-run scenario on the memory bus, interleaved:
+  bare       the arena and probes, events dropped (no display at all)
+  dashboard  the Textual dashboard attached, rendered off screen (Textual's headless
+             driver, 120x40), no screenshots
+The ratio dashboard / bare is the cost of watching. Target: >= 0.9.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+from pathlib import Path
+
+from probes.scenario import parse_scenario
+from probes.session import Session
+
+SCENARIO = """
+name = "dashboard overhead"
+backend = "memory"
+[probes]
+interval_ms = 100
+[defaults]
+keys = 100
+topics = 2
+publishers = 2
+payload_bytes = 256
+[[runs]]
+name = "load"
+messages = {messages}
+"""
+
+
+def bare(messages: int) -> float:
+    sc = parse_scenario(SCENARIO.format(messages=messages), "bench.toml")
+    with Session(sc, lambda e: None) as session:
+        (run,) = session.play().runs
+    assert run.verdict == "clean" and run.delivery["lost"] == 0
+    return run.throughput["deliver_per_s"]
+
+
+def dashboard(messages: int) -> float:
+    from tui.app import BusmonApp
+    from tui.controller import Controller
+
+    sc = parse_scenario(SCENARIO.format(messages=messages), "bench.toml")
+    controller = Controller(sc, interactive=False)
+    app = BusmonApp(controller, exit_when_done=True)
+    try:
+        app.run(headless=True, size=(120, 40))
+    finally:
+        controller.shutdown()
+    assert app.done is not None and app.done.result is not None
+    (run,) = app.done.result.runs
+    assert run.verdict == "clean" and run.delivery["lost"] == 0
+    return run.throughput["deliver_per_s"]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--messages", type=int, default=200_000)
+    parser.add_argument("--json", type=Path, default=Path("bench/results/dashboard_overhead.json"))
+    a = parser.parse_args()
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    rows = []
+    for i in range(a.repeat):  # interleaved so machine drift hits both alike
+        b, d = bare(a.messages), dashboard(a.messages)
+        rows.append({"bare": b, "dashboard": d, "ratio": d / b})
+        print(f"  {i + 1}: bare {b:,.0f}/s   dashboard {d:,.0f}/s   ratio {d / b:.3f}", flush=True)
+    ratio = statistics.median(r["ratio"] for r in rows)
+    out = {
+        "machine": {"python": sys.version.split()[0], "platform": platform.platform(), "cpus": os.cpu_count()},
+        "messages": a.messages, "repeat": a.repeat,
+        "bare_median": statistics.median(r["bare"] for r in rows),
+        "dashboard_median": statistics.median(r["dashboard"] for r in rows),
+        "ratio": round(ratio, 3), "target": 0.9, "runs": rows,
+    }
+    print(f"dashboard / bare throughput (median of pairs): {ratio:.3f} (target >= 0.9)")
+    a.json.parent.mkdir(parents=True, exist_ok=True)
+    a.json.write_text(json.dumps(out, indent=2))
+    print(f"wrote {a.json}")
+
+
+if __name__ == "__main__":
+    main()
