@@ -10,8 +10,8 @@ from textual.widget import Widget
 LEGEND_NAMES = {"baseline": "base", "subscribe": "sub"}
 BARS = "▁▂▃▄▅▆▇█"
 PHASE_COLOURS = {
-    "baseline": "grey50", "create": "cyan", "subscribe": "blue", "load": "magenta",
-    "hold": "yellow", "close": "red", "settle": "green",
+    "baseline": "grey50", "create": "cyan", "subscribe": "blue", "load": "yellow",
+    "hold": "orange3", "close": "red", "settle": "green",
 }
 
 
