@@ -45,7 +45,7 @@ def _show(event: object, progress: Progress, bars: dict[str, int], console: Cons
         if event.run not in bars:
             bars[event.run] = progress.add_task("", total=None, run=event.run, phase=event.phase, live="")
         progress.update(bars[event.run], phase=event.phase)
-    elif isinstance(event, Sample) and event.run in bars:
+    elif isinstance(event, Sample) and event.run in bars and event.phase != "settle":
         progress.update(
             bars[event.run], completed=event.delivered, total=event.expected or None,
             live=f"tasks {event.tasks:>5}  threads {event.threads}/{event.os_threads}  "
@@ -58,7 +58,8 @@ def _show(event: object, progress: Progress, bars: dict[str, int], console: Cons
     elif isinstance(event, RunFinished):
         r = event.result
         if r.name in bars:
-            progress.update(bars[r.name], phase=r.verdict)
+            progress.update(bars[r.name], phase=r.verdict, completed=r.delivery.get("received", 0),
+                            total=r.delivery.get("sent", 0) or None, live="")
         style = VERDICT_STYLE.get(r.verdict, "")
         line = (f"[{style}]{r.verdict.upper()}[/] run {r.name}: {r.count('leaked')} leaked, "
                 f"{r.count('exited')} exited during settle, {r.count('ignored')} ignored")
