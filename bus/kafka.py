@@ -16,11 +16,12 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListen
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 
-from bus.base import BaseBus, BaseSubscription
+from bus.base import BaseBus
 from bus.confirmations import Confirmations
-from bus.codec import DecodeError, decode, encode
+from bus.codec import encode
 from bus.envelope import Envelope
 from bus.errors import BusError
+from bus.polling import PollingSubscription
 from bus.protocol import Handler
 
 log = logging.getLogger("bus.kafka")
@@ -40,53 +41,24 @@ class _AssignmentListener(ConsumerRebalanceListener):
             self.assigned.set()
 
 
-class KafkaSubscription(BaseSubscription):
-    """One consumer and one named loop task feeding the pool."""
+class KafkaSubscription(PollingSubscription):
+    """One consumer and one named loop task (``bus.kafka.consumer:<topic>``) feeding the pool."""
 
-    bus: KafkaBus
+    task_prefix = "bus.kafka.consumer"
 
     def __init__(self, bus: KafkaBus, topic: str, handler: Handler, group: str | None,
                  consumer: AIOKafkaConsumer) -> None:
-        super().__init__(bus, topic, handler, group)
         self.consumer = consumer
-        self._stopping = False
-        self._fetching = False
-        self._stopped = False
-        self.task = bus.tasks.spawn(self._run(), name=f"bus.kafka.consumer:{topic}")
+        super().__init__(bus, topic, handler, group)
 
-    async def _run(self) -> None:
-        consumer, pool, counters = self.consumer, self.bus.pool, self.bus.counters
-        while not self._stopping:
-            self._fetching = True
-            try:
-                batches = await consumer.getmany(timeout_ms=500)
-            finally:
-                self._fetching = False
-            for records in batches.values():
-                for record in records:
-                    try:
-                        envelope = decode(record.value or b"")
-                    except DecodeError as exc:
-                        counters.decode_errors += 1
-                        if counters.decode_errors == 1:
-                            log.error("undecodable record on %s: %s (logged once)", self.topic, exc)
-                        continue
-                    if not pool.offer(self, envelope):
-                        await pool.submit(self, envelope)
+    async def _fetch(self) -> list[Any]:
+        batches = await self.consumer.getmany(timeout_ms=500)
+        return [record for records in batches.values() for record in records]
 
-    async def _stop(self) -> None:
-        if self._stopped:
-            return
-        self._stopped = True
-        self._stopping = True
-        if self._fetching:
-            self.task.cancel()  # safe: getmany has not handed out records yet
-        try:
-            async with asyncio.timeout(self.bus.drain_timeout):
-                await asyncio.wait([self.task])
-        except TimeoutError:
-            self.task.cancel()
-            await asyncio.wait([self.task])
+    def _payload(self, raw: Any) -> bytes:
+        return raw.value or b""
+
+    async def _close_intake(self) -> None:
         await self.consumer.stop()
 
 

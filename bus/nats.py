@@ -20,9 +20,10 @@ from nats.js import api as js_api
 
 from bus.base import BaseBus, BaseSubscription, State
 from bus.confirmations import Confirmations
-from bus.codec import DecodeError, decode, encode
+from bus.codec import encode
 from bus.envelope import Envelope
 from bus.errors import BusConnectError
+from bus.polling import PollingSubscription, decode_or_count
 from bus.protocol import Handler
 from bus.tasks import cancel_and_wait
 
@@ -42,16 +43,6 @@ def client_tasks(nc: Client) -> list[asyncio.Task]:
     return [t for t in tasks if isinstance(t, asyncio.Task)]
 
 
-def _decode_or_count(bus: BaseBus, data: bytes, where: str) -> Envelope | None:
-    try:
-        return decode(data)
-    except DecodeError as exc:
-        bus.counters.decode_errors += 1
-        if bus.counters.decode_errors == 1:
-            log.error("undecodable message on %s: %s (logged once)", where, exc)
-        return None
-
-
 class NatsSubscription(BaseSubscription):
     """A core NATS subscription whose callback feeds the keyed pool."""
 
@@ -63,7 +54,7 @@ class NatsSubscription(BaseSubscription):
         self._stopped = False
 
     async def _on_msg(self, msg: Msg) -> None:
-        envelope = _decode_or_count(self.bus, msg.data, self.topic)
+        envelope = decode_or_count(self.bus, msg.data, self.topic)
         if envelope is not None and not self.bus.pool.offer(self, envelope):
             await self.bus.pool.submit(self, envelope)
 
@@ -179,37 +170,32 @@ def _safe_name(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_-]", "_", text)
 
 
-class JetStreamSubscription(BaseSubscription):
-    """A pull consumer and one named fetch loop feeding the pool; acks after the handler."""
+class JetStreamSubscription(PollingSubscription):
+    """A pull consumer and one named fetch loop (``bus.nats-js.consumer:<topic>``) feeding the
+    pool; each message is acked after its handler ran."""
 
+    task_prefix = "bus.nats-js.consumer"
     bus: JetStreamBus
 
     def __init__(self, bus: JetStreamBus, topic: str, handler: Handler, group: str | None,
                  psub: Any) -> None:
-        super().__init__(bus, topic, handler, group)
         self.psub = psub
-        self._stopping = False
-        self._fetching = False
-        self._stopped = False
-        self.task = bus.tasks.spawn(self._run(), name=f"bus.nats-js.consumer:{topic}")
+        super().__init__(bus, topic, handler, group)
 
-    async def _run(self) -> None:
-        bus, pool, batch = self.bus, self.bus.pool, self.bus.fetch_batch
-        while not self._stopping:
-            self._fetching = True
-            try:
-                msgs = await self.psub.fetch(batch, timeout=bus.fetch_timeout)
-            except nats.errors.TimeoutError:
-                continue
-            finally:
-                self._fetching = False
-            for msg in msgs:
-                envelope = _decode_or_count(bus, msg.data, self.topic)
-                if envelope is None:
-                    await msg.term()
-                    continue
-                if not pool.offer(self, envelope, msg):
-                    await pool.submit(self, envelope, msg)
+    async def _fetch(self) -> list[Any]:
+        try:
+            return await self.psub.fetch(self.bus.fetch_batch, timeout=self.bus.fetch_timeout)
+        except nats.errors.TimeoutError:
+            return []
+
+    def _payload(self, raw: Any) -> bytes:
+        return raw.data
+
+    def _token(self, raw: Any) -> Any:
+        return raw
+
+    async def _reject(self, raw: Any) -> None:
+        await raw.term()  # never redeliver garbage
 
     async def settle(self, token: Any, ok: bool) -> None:
         # ack even when the handler raised: the error is counted, and a nak
@@ -220,19 +206,7 @@ class JetStreamSubscription(BaseSubscription):
             self.bus.counters.publish_errors += 1
             log.debug("ack failed: %s", exc)
 
-    async def _stop(self) -> None:
-        if self._stopped:
-            return
-        self._stopped = True
-        self._stopping = True
-        if self._fetching:
-            self.task.cancel()
-        try:
-            async with asyncio.timeout(self.bus.drain_timeout):
-                await asyncio.wait([self.task])
-        except TimeoutError:
-            self.task.cancel()
-            await asyncio.wait([self.task])
+    async def _close_intake(self) -> None:
         nc = self.bus.nc
         if nc is not None and not nc.is_closed:
             try:

@@ -74,15 +74,10 @@ def nats_server_binary() -> str:
 
 
 @contextlib.contextmanager
-def tansu() -> Iterator[Broker]:
-    port = free_port()
-    listener = f"tcp://{HOST}:{port}"
-    proc = subprocess.Popen(
-        [tansu_binary(), "broker", "--listener-url", listener, "--advertised-listener-url",
-         listener, "--storage-engine", "memory://tansu/", "--silent"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
-    broker = Broker(f"kafka://{HOST}:{port}", port, proc)
+def _serve(args: list[str], port: int, url: str) -> Iterator[Broker]:
+    """Run a broker process until the block ends; yield once it listens on ``port``."""
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    broker = Broker(url, port, proc)
     try:
         wait_for_port(port, proc)
         yield broker
@@ -91,16 +86,19 @@ def tansu() -> Iterator[Broker]:
 
 
 @contextlib.contextmanager
+def tansu() -> Iterator[Broker]:
+    port = free_port()
+    listener = f"tcp://{HOST}:{port}"
+    with _serve([tansu_binary(), "broker", "--listener-url", listener, "--advertised-listener-url",
+                 listener, "--storage-engine", "memory://tansu/", "--silent"],
+                port, f"kafka://{HOST}:{port}") as broker:
+        yield broker
+
+
+@contextlib.contextmanager
 def nats_server() -> Iterator[Broker]:
     port = free_port()
     with tempfile.TemporaryDirectory(prefix="busmon-nats-") as store:
-        proc = subprocess.Popen(
-            [nats_server_binary(), "-a", HOST, "-p", str(port), "-js", "-sd", str(Path(store))],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )
-        broker = Broker(f"nats://{HOST}:{port}", port, proc)
-        try:
-            wait_for_port(port, proc)
+        with _serve([nats_server_binary(), "-a", HOST, "-p", str(port), "-js", "-sd", str(Path(store))],
+                    port, f"nats://{HOST}:{port}") as broker:
             yield broker
-        finally:
-            broker.stop()

@@ -27,6 +27,16 @@ async def until(pilot, condition, what: str, timeout: float = 15.0) -> None:
         await pilot.pause(0.02)
 
 
+async def step(pilot, c: Controller, phases: list[str]) -> None:
+    """Press n for each phase, as soon as the runner is ready for it."""
+    for phase in phases:
+        await until(pilot, lambda: c.waiting_for == phase, f"waiting for {phase}")
+        await pilot.press("n")
+
+
+ALL_PHASES = ["baseline", "create", "subscribe", "load", "close", "settle"]
+
+
 def controller(bus: str | None = None, messages: int = 2000, rate: float = 0, settle: float = 0.5) -> Controller:
     sc = interactive_scenario(messages=messages, rate=rate, settle=settle).with_target(bus=bus)
     return Controller(sc, interactive=True)
@@ -62,9 +72,7 @@ async def test_a_leaky_bus_ends_with_its_leftover_highlighted_and_the_banner_lea
     c = controller(bus="tests.leaky_buses:TaskLeaker", settle=0.2)
     app = BusmonApp(c)
     async with app.run_test(size=(120, 40)) as pilot:
-        for phase in ["baseline", "create", "subscribe", "load", "close", "settle"]:
-            await until(pilot, lambda: c.waiting_for == phase, f"waiting for {phase}")
-            await pilot.press("n")
+        await step(pilot, c, ALL_PHASES)
         await until(pilot, lambda: app.results, "the verdict")
         await pilot.pause()
         banner = app.query_one(VerdictBanner)
@@ -86,9 +94,7 @@ async def test_pause_stops_the_display_but_not_the_recording():
     c = controller(messages=30000, rate=10000)
     app = BusmonApp(c)
     async with app.run_test(size=(120, 40)) as pilot:
-        for phase in ["baseline", "create", "subscribe", "load"]:
-            await until(pilot, lambda: c.waiting_for == phase, f"waiting for {phase}")
-            await pilot.press("n")
+        await step(pilot, c, ALL_PHASES[:4])
         chart = app.query_one("#chart-tasks", PhaseChart)
         await until(pilot, lambda: len(chart.points) >= 3, "samples during load")
         await pilot.press("space")
@@ -106,9 +112,7 @@ async def test_q_closes_the_open_bus_before_quitting():
     c = controller(messages=200_000, rate=20000)
     app = BusmonApp(c)
     async with app.run_test(size=(120, 40)) as pilot:
-        for phase in ["baseline", "create", "subscribe", "load"]:
-            await until(pilot, lambda: c.waiting_for == phase, f"waiting for {phase}")
-            await pilot.press("n")
+        await step(pilot, c, ALL_PHASES[:4])
         await until(pilot, lambda: app.query_one(PhaseBar).phase == "load", "load under way")
         bus = c.session.current.bus
         assert bus.state is State.STARTED

@@ -1,0 +1,92 @@
+"""Subscriptions whose own named task pulls batches from the broker and feeds the keyed pool.
+
+Shared by the Kafka consumer and the JetStream pull consumer. Stopping cancels
+the task only while it waits in a fetch (nothing has been handed out yet);
+otherwise the batch in hand still reaches the pool, within the drain deadline.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from bus.base import BaseBus, BaseSubscription
+from bus.codec import DecodeError, decode
+from bus.envelope import Envelope
+from bus.protocol import Handler
+
+log = logging.getLogger("bus")
+
+
+def decode_or_count(bus: BaseBus, data: bytes, where: str) -> Envelope | None:
+    """Decode a frame from the wire; garbage is counted (and logged once), never raised."""
+    try:
+        return decode(data)
+    except DecodeError as exc:
+        bus.counters.decode_errors += 1
+        if bus.counters.decode_errors == 1:
+            log.error("undecodable message on %s: %s (logged once)", where, exc)
+        return None
+
+
+class PollingSubscription(BaseSubscription):
+    """Subclasses say how to fetch a batch, read a payload, and close the intake."""
+
+    task_prefix = "bus.consumer"
+
+    def __init__(self, bus: BaseBus, topic: str, handler: Handler, group: str | None) -> None:
+        super().__init__(bus, topic, handler, group)
+        self._stopping = False
+        self._fetching = False
+        self._stopped = False
+        self.task = bus.tasks.spawn(self._run(), name=f"{self.task_prefix}:{topic}")
+
+    async def _fetch(self) -> list[Any]:
+        """The next batch of raw records (may be empty)."""
+        raise NotImplementedError
+
+    def _payload(self, raw: Any) -> bytes:
+        raise NotImplementedError
+
+    def _token(self, raw: Any) -> Any:
+        """What ``settle`` gets after the handler (JetStream: the message to ack)."""
+        return None
+
+    async def _reject(self, raw: Any) -> None:
+        """A record that did not decode (already counted)."""
+
+    async def _close_intake(self) -> None:
+        """Stop the broker-side consumer once the loop has exited."""
+
+    async def _run(self) -> None:
+        pool = self.bus.pool
+        while not self._stopping:
+            self._fetching = True
+            try:
+                batch = await self._fetch()
+            finally:
+                self._fetching = False
+            for raw in batch:
+                envelope = decode_or_count(self.bus, self._payload(raw), self.topic)
+                if envelope is None:
+                    await self._reject(raw)
+                    continue
+                token = self._token(raw)
+                if not pool.offer(self, envelope, token):
+                    await pool.submit(self, envelope, token)
+
+    async def _stop(self) -> None:
+        if self._stopped:
+            return
+        self._stopped = True
+        self._stopping = True
+        if self._fetching:
+            self.task.cancel()  # safe: a fetch in progress has handed nothing out yet
+        try:
+            async with asyncio.timeout(self.bus.drain_timeout):
+                await asyncio.wait([self.task])
+        except TimeoutError:
+            self.task.cancel()
+            await asyncio.wait([self.task])
+        await self._close_intake()
