@@ -26,10 +26,6 @@ def name_component(name: str) -> str:
     return ".".join(parts)
 
 
-def coro_of(task: asyncio.Task) -> object:
-    return task.get_coro()
-
-
 def coro_qualname(task: asyncio.Task) -> str:
     coro = task.get_coro()
     return getattr(coro, "__qualname__", None) or type(coro).__name__

@@ -24,7 +24,6 @@ from probes.model import PhaseSnapshot, PhaseStarted, RunResult
 from probes.sampler import LiveState
 from probes.scenario import ProbeSpec, RunSpec, Scenario
 from probes.settle import IgnoreRules, SettleWatch
-
 from probes.tracking import TaskTracker
 
 CLOSE_TIMEOUT_S = 60.0

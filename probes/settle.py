@@ -135,9 +135,8 @@ class SettleWatch:
         # a task can be done with its done-callbacks not yet run: let them run
         await asyncio.sleep(0)
         exit_at, closed_at = self.exit_at, self.closed_at
-        settled_at = max(exit_at.values(), default=closed_at) if self.everything_exited else time.monotonic()
-        if self.everything_exited:
-            settled_at = max(settled_at, closed_at)
+        # settled: at the last exit, or (something stayed) when the watch gave up at the deadline
+        settled_at = max([closed_at, *exit_at.values()]) if self.everything_exited else time.monotonic()
         gc.collect()  # the run's objects only: the baseline's were frozen (runner.run_once)
         collected_at = time.monotonic()
 

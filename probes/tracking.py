@@ -102,8 +102,3 @@ class TaskTracker:
         """The task's component, from the cache when the tracker has classified it."""
         component = self._component.get(task)
         return component if component is not None else task_component(task, self.sites.get(task))
-
-    @property
-    def live(self) -> int:
-        """Tasks created and not yet finished (includes those not yet classified)."""
-        return len(self._component) + sum(1 for t in self._fresh if not t.done())

@@ -43,9 +43,17 @@ class PhaseChart(Widget):
         span = max(0, width - label_w)
         pts = _fit(list(self.points), span)
         top = max((v for v, _ in pts), default=0) or 1
+        # one span per run of same-phase bars, not one per bar: far fewer segments to composite
+        run_phase, run_bars = None, []
         for value, phase in pts:
             i = min(len(BARS) - 1, int(value / top * (len(BARS) - 1) + 0.5)) if value > 0 else 0
-            text.append(BARS[i], style=PHASE_COLOURS.get(phase, "white"))
+            if phase != run_phase and run_bars:
+                text.append("".join(run_bars), style=PHASE_COLOURS.get(run_phase, "white"))
+                run_bars = []
+            run_phase = phase
+            run_bars.append(BARS[i])
+        if run_bars:
+            text.append("".join(run_bars), style=PHASE_COLOURS.get(run_phase, "white"))
         return text
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from rich.table import Table
 from rich.text import Text
 from textual.app import ComposeResult
 from textual.containers import Vertical
@@ -17,7 +16,7 @@ class Rates(Widget):
     screen (``Static.update`` would, on every sample, and cost the bus throughput)."""
 
     DEFAULT_CSS = """
-    Rates { height: 4; }
+    Rates { height: 4; text-wrap: nowrap; text-overflow: ellipsis; }
     """
 
     def __init__(self, **kwargs) -> None:
@@ -25,27 +24,43 @@ class Rates(Widget):
         self.sample: Sample | None = None
         self.delivery: dict[str, int] | None = None
 
-    def render(self) -> Table:
-        grid = Table.grid(padding=(0, 2))
+    def render(self) -> Text:
+        """Four fixed-width lines of label/value pairs (plain Text: cheaper than a rich Table)."""
         s, delivery = self.sample, self.delivery
         if s is None:
-            return grid
-        grid.add_column(style="dim")
-        grid.add_column(justify="right")
-        grid.add_column(style="dim")
-        grid.add_column(justify="right")
+            return Text()
         lat = s.latency_ms or {}
-        grid.add_row("pub/s", f"{s.publish_per_s:,.0f}", "del/s", f"{s.deliver_per_s:,.0f}")
-        grid.add_row("p50", f"{lat.get('p50', 0):.2f}ms", "p99", f"{lat.get('p99', 0):.2f}ms")
+        rows: list[tuple[str, str | Text, str, str | Text]] = [
+            ("pub/s", f"{s.publish_per_s:,.0f}", "del/s", f"{s.deliver_per_s:,.0f}"),
+            ("p50", f"{lat.get('p50', 0):.2f}ms", "p99", f"{lat.get('p99', 0):.2f}ms"),
+        ]
         if delivery:
             lost = delivery.get("lost", 0)
-            grid.add_row("sent", f"{delivery.get('sent', 0):,}", "recv", f"{delivery.get('received', 0):,}")
-            grid.add_row("lost", Text(f"{lost:,}", style="red" if lost else "green"),
-                         "dup/reord", f"{delivery.get('duplicated', 0)}/{delivery.get('reordered', 0)}")
+            rows.append(("sent", f"{delivery.get('sent', 0):,}", "recv", f"{delivery.get('received', 0):,}"))
+            rows.append(("lost", Text(f"{lost:,}", style="red" if lost else "green"),
+                         "dup/ord", f"{delivery.get('duplicated', 0)}/{delivery.get('reordered', 0)}"))
         else:
-            grid.add_row("sent", f"{s.published:,}", "recv", f"{s.delivered:,}")
-            grid.add_row("rss MB", f"{s.rss_mb:,.0f}", "cpu %", f"{s.cpu_percent:.0f}")
-        return grid
+            rows.append(("sent", f"{s.published:,}", "recv", f"{s.delivered:,}"))
+            rows.append(("rss MB", f"{s.rss_mb:,.0f}", "cpu %", f"{s.cpu_percent:.0f}"))
+        cells = [(l1, _cell(v1), l2, _cell(v2)) for l1, v1, l2, v2 in rows]
+        w = [max(len(c[i]) if i in (0, 2) else len(c[i][0]) for c in cells) for i in range(4)]
+        gap = "  " if sum(w) + 5 <= self.size.width else " "  # tighter at 80 columns
+        text = Text()
+        for n, (l1, (v1, s1), l2, (v2, s2)) in enumerate(cells):
+            if n:
+                text.append("\n")
+            text.append(f"{l1:<{w[0]}} ", style="dim")
+            text.append(f"{v1:>{w[1]}}", style=s1)
+            text.append(f"{gap}{l2:<{w[2]}} ", style="dim")
+            text.append(f"{v2:>{w[3]}}", style=s2)
+        return text
+
+
+def _cell(value: str | Text) -> tuple[str, str]:
+    """A value and its style."""
+    if isinstance(value, Text):
+        return value.plain, str(value.style)
+    return value, ""
 
 
 class ThroughputPanel(Vertical):
@@ -56,7 +71,8 @@ class ThroughputPanel(Vertical):
 
     def compose(self) -> ComposeResult:
         yield Rates()
-        yield ProgressBar(total=None, show_eta=False, id="progress")
+        # a known total from the start: an indeterminate bar animates (redraws) all the time
+        yield ProgressBar(total=1, show_eta=False, id="progress")
 
     def show(self, s: Sample, delivery: dict[str, int] | None = None) -> None:
         rates = self.query_one(Rates)
