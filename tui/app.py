@@ -81,7 +81,7 @@ class StackScreen(ModalScreen[None]):
 
 
 class BusmonApp(App[int]):
-    CSS_PATH = "app.tcss"
+    CSS_PATH = Path(__file__).with_name("app.tcss")  # absolute: subclasses elsewhere still find it
     TITLE = "busmon"
     AUTO_FOCUS = "#leftovers"
     HORIZONTAL_BREAKPOINTS = [(0, "-narrow"), (110, "-wide")]
