@@ -130,3 +130,14 @@ def test_compare_prints_one_table_across_backends(nats_broker, monkeypatch, caps
                             "--url", f"nats={nats_broker.url}"], monkeypatch, capsys)
     assert code == 0
     assert "memory" in out and "nats" in out and "1k" in out
+
+
+def test_ignore_rules_from_the_command_line(tmp_path, monkeypatch, capsys):
+    scenario = tmp_path / "s.toml"
+    scenario.write_text('[probes]\nsettle_timeout_s = 0.1\n[[runs]]\nname = "r"\nmessages = 100\n')
+    report = tmp_path / "r.json"
+    code, _, _ = run_cli(["play", str(scenario), "--headless", "--bus", "tests.leaky_buses:TaskLeaker",
+                          "--ignore-task", "bus.leaky.*", "--report", str(report)], monkeypatch, capsys)
+    assert code == 0
+    (left,) = json.loads(report.read_text())["runs"][0]["leftovers"]
+    assert left["state"] == "ignored" and "bus.leaky.*" in left["detail"]

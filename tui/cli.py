@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -42,6 +43,19 @@ UrlOpt = Annotated[Optional[str], typer.Option(
     "--url", help="Broker URL, e.g. kafka://127.0.0.1:9092 (overrides the scenario).")]
 BusOpt = Annotated[Optional[str], typer.Option(
     "--bus", help="Your own bus: an import path package.module:factory.")]
+IgnoreTaskOpt = Annotated[Optional[list[str]], typer.Option(
+    "--ignore-task", help="Label tasks whose coroutine qualname or name matches (fnmatch) as ignored; repeatable.")]
+IgnoreThreadOpt = Annotated[Optional[list[str]], typer.Option(
+    "--ignore-thread", help="Label threads whose name matches (fnmatch) as ignored; repeatable.")]
+
+
+def _with_ignores(sc: Scenario, tasks: list[str] | None, threads: list[str] | None) -> Scenario:
+    """Command-line ignore rules add to the scenario's (goleak's IgnoreTopFunction, for asyncio)."""
+    if not tasks and not threads:
+        return sc
+    probes = replace(sc.probes, ignore_tasks=tuple(sc.probes.ignore_tasks) + tuple(tasks or ()),
+                     ignore_threads=tuple(sc.probes.ignore_threads) + tuple(threads or ()))
+    return replace(sc, probes=probes)
 
 
 def _scenario(path: Path, backend: str | None, url: str | None, bus: str | None) -> Scenario:
@@ -77,11 +91,14 @@ def dashboard(
     messages: Annotated[int, typer.Option("--messages", min=1, help="Envelopes per run.")] = 20_000,
     rate: Annotated[float, typer.Option("--rate", min=0, help="Envelopes per second (0 = flat out).")] = 5_000,
     settle: Annotated[float, typer.Option("--settle", min=0, help="Settle deadline in seconds.")] = 5.0,
+    ignore_task: IgnoreTaskOpt = None,
+    ignore_thread: IgnoreThreadOpt = None,
 ) -> None:
     """With no command: the dashboard on the embedded memory bus; press n to step the phases."""
     if ctx.invoked_subcommand is not None:
         return
     sc = interactive_scenario(messages=messages, rate=rate, settle=settle).with_target(backend, url, bus)
+    sc = _with_ignores(sc, ignore_task, ignore_thread)
     try:
         check_target(sc.url, **sc.options())
     except BusConfigError as exc:
@@ -113,13 +130,15 @@ def play(
     backend: BackendOpt = None,
     url: UrlOpt = None,
     bus: BusOpt = None,
+    ignore_task: IgnoreTaskOpt = None,
+    ignore_thread: IgnoreThreadOpt = None,
 ) -> None:
     """Play a scenario's runs and report what each left behind."""
     from probes.headless import leak_lines, play_headless, summary_table
     from probes.report import REPORT_SUFFIXES, write_report
 
     _report_path(report, REPORT_SUFFIXES + (".html", ".htm"))
-    sc = _scenario(scenario, backend, url, bus)
+    sc = _with_ignores(_scenario(scenario, backend, url, bus), ignore_task, ignore_thread)
     if screenshots is not None:
         if screenshots.exists() and not screenshots.is_dir():
             raise BadInput(f"--screenshots {screenshots}: expected a folder, got a file")
