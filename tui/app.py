@@ -112,7 +112,6 @@ class BusmonApp(App[int]):
         self._holding = False
         self._run_index = 0
         self._phase_index = 0
-        self._delivery: dict[str, int] | None = None
         self._last_sample: Sample | None = None
         self._pending_sample: Sample | None = None
         self.done: PlaybackDone | None = None
@@ -197,7 +196,6 @@ class BusmonApp(App[int]):
         if e.phase == "baseline":
             self._run_index += 1
             self._phase_index = 0
-            self._delivery = None
             bar.done = frozenset()
             for chart in self.query(PhaseChart):
                 chart.clear_points()
@@ -246,16 +244,14 @@ class BusmonApp(App[int]):
             chart.refresh()
         self.query_one(PhaseBar).elapsed = s.t_s
         self.query_one(ComponentsTable).show(s.by_component)
-        self.query_one(ThroughputPanel).show(s, self._delivery)
+        self.query_one(ThroughputPanel).show(s)
 
     def _on_run_finished(self, r: RunResult) -> None:
         self.results.append(r)
         bar = self.query_one(PhaseBar)
         bar.done = frozenset(p.phase for p in r.phases)
         bar.phase = ""
-        self._delivery = dict(r.delivery)
-        if self._last_sample is not None:
-            self.query_one(ThroughputPanel).show(self._last_sample, self._delivery)
+        self.query_one(ThroughputPanel).finished(r)
         leftovers = self.query_one(LeftoversTable)
         leftovers.show(r.leftovers)
         stack = self.query_one(StackView)

@@ -8,7 +8,7 @@ from textual.containers import Vertical
 from textual.widget import Widget
 from textual.widgets import ProgressBar
 
-from probes.model import Sample
+from probes.model import RunResult, Sample
 
 
 class Rates(Widget):
@@ -22,24 +22,35 @@ class Rates(Widget):
     def __init__(self, **kwargs) -> None:
         super().__init__(**kwargs)
         self.sample: Sample | None = None
-        self.delivery: dict[str, int] | None = None
+        self.final: RunResult | None = None
 
     def render(self) -> Text:
-        """Four fixed-width lines of label/value pairs (plain Text: cheaper than a rich Table)."""
-        s, delivery = self.sample, self.delivery
-        if s is None:
+        """Four fixed-width lines of label/value pairs (plain Text: cheaper than a rich Table).
+
+        Live rates while a run goes; once it has finished, its averages and its audit."""
+        s, final = self.sample, self.final
+        if s is None and final is None:
             return Text()
-        lat = s.latency_ms or {}
+        if final is not None:
+            t = final.throughput
+            lat = t.get("latency_ms") or {}
+            pub, dlv, label = t.get("publish_per_s", 0), t.get("deliver_per_s", 0), "avg "
+        else:
+            assert s is not None
+            lat = s.latency_ms or {}
+            pub, dlv, label = s.publish_per_s, s.deliver_per_s, ""
         rows: list[tuple[str, str | Text, str, str | Text]] = [
-            ("pub/s", f"{s.publish_per_s:,.0f}", "del/s", f"{s.deliver_per_s:,.0f}"),
+            (f"{label}pub/s", f"{pub:,.0f}", f"{label}del/s", f"{dlv:,.0f}"),
             ("p50", f"{lat.get('p50', 0):.2f}ms", "p99", f"{lat.get('p99', 0):.2f}ms"),
         ]
-        if delivery:
+        if final is not None:
+            delivery = final.delivery
             lost = delivery.get("lost", 0)
             rows.append(("sent", f"{delivery.get('sent', 0):,}", "recv", f"{delivery.get('received', 0):,}"))
             rows.append(("lost", Text(f"{lost:,}", style="red" if lost else "green"),
                          "dup/ord", f"{delivery.get('duplicated', 0)}/{delivery.get('reordered', 0)}"))
         else:
+            assert s is not None
             rows.append(("sent", f"{s.published:,}", "recv", f"{s.delivered:,}"))
             rows.append(("rss MB", f"{s.rss_mb:,.0f}", "cpu %", f"{s.cpu_percent:.0f}"))
         cells = [(l1, _cell(v1), l2, _cell(v2)) for l1, v1, l2, v2 in rows]
@@ -74,10 +85,20 @@ class ThroughputPanel(Vertical):
         # a known total from the start: an indeterminate bar animates (redraws) all the time
         yield ProgressBar(total=1, show_eta=False, id="progress")
 
-    def show(self, s: Sample, delivery: dict[str, int] | None = None) -> None:
+    def show(self, s: Sample) -> None:
+        """A live sample (clears a finished run's figures once the next run is under way)."""
         rates = self.query_one(Rates)
-        rates.sample, rates.delivery = s, delivery
+        rates.sample = s
+        if s.phase not in ("", "settle") and rates.final is not None and rates.final.name != s.run:
+            rates.final = None
         rates.refresh()
-        bar = self.query_one(ProgressBar)
-        if s.expected:
-            bar.update(total=s.expected, progress=s.delivered)
+        if rates.final is None and s.expected:
+            self.query_one(ProgressBar).update(total=s.expected, progress=s.delivered)
+
+    def finished(self, r: RunResult) -> None:
+        """The run's own figures: average rates, latency, the delivery audit."""
+        rates = self.query_one(Rates)
+        rates.final = r
+        rates.refresh()
+        sent = r.delivery.get("sent", 0)
+        self.query_one(ProgressBar).update(total=sent or 1, progress=r.delivery.get("received", 0))
