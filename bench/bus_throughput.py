@@ -18,7 +18,6 @@ import asyncio
 import json
 import os
 import platform
-import statistics
 import struct
 import sys
 import time

@@ -101,7 +101,7 @@ def main() -> None:
     med_on = statistics.median(r["deliver_per_s"] for r in on)
     med_off = statistics.median(r["deliver_per_s"] for r in off)
     # each pair ran back to back, so its ratio cancels most of the machine's drift
-    pair_ratio = statistics.median(a_["deliver_per_s"] / b_["deliver_per_s"] for a_, b_ in zip(on, off))
+    pair_ratio = statistics.median(a_["deliver_per_s"] / b_["deliver_per_s"] for a_, b_ in zip(on, off, strict=True))
     lat = [verdict_latency(a.idle_tasks) for _ in range(a.repeat)]
     verdict_ms = statistics.median(r["verdict_ms"] for r in lat)
     out = {

@@ -83,7 +83,7 @@ async def test_a_stuck_key_does_not_stop_keys_on_other_workers():
 
     target = Target(handler)
     await pool.submit(target, env(stuck_key, 1))
-    for i, k in enumerate(others):
+    for k in others:
         await pool.submit(target, env(k, 1))
     async with asyncio.timeout(5):
         await all_others.wait()

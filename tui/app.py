@@ -112,7 +112,6 @@ class BusmonApp(App[int]):
         self._holding = False
         self._run_index = 0
         self._phase_index = 0
-        self._last_sample: Sample | None = None
         self._pending_sample: Sample | None = None
         self.done: PlaybackDone | None = None
 
@@ -226,7 +225,6 @@ class BusmonApp(App[int]):
             self._render_latest()
 
     def _push_points(self, s: Sample) -> None:
-        self._last_sample = s
         self.query_one("#chart-tasks", PhaseChart).push(s.tasks, s.phase)
         self.query_one("#chart-threads", PhaseChart).push(s.os_threads, s.phase)
         self.query_one("#chart-pub", PhaseChart).push(s.publish_per_s, s.phase)

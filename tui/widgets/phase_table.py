@@ -55,7 +55,7 @@ class PhaseTable(DataTable):
                  style="red" if snap.phase == "settle" and snap.new_tasks + snap.new_threads else ""),
         )
         if snap.phase in self.rows:
-            for col, value in zip(("phase", "tasks", "delta", "threads", "new"), row):
+            for col, value in zip(("phase", "tasks", "delta", "threads", "new"), row, strict=True):
                 self.update_cell(snap.phase, col, value)
         else:
             self.add_row(*row, key=snap.phase)
