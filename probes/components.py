@@ -59,20 +59,25 @@ def _module_from_filename(filename: str) -> str:
     return parts[-1].removesuffix(".py")
 
 
-def task_component(task: asyncio.Task, created_at: str | None = None) -> str:
-    """The task's ``bus.`` / ``busmon.`` name if it has one, else its coroutine's top package,
-    else where it was created (with creation tracing on)."""
+def task_component(task: asyncio.Task, created_at: str | None = None,
+                   created_by: str | None = None) -> str:
+    """The task's ``bus.`` / ``busmon.`` name if it has one, else its coroutine's top package;
+    for a bare asyncio coroutine (``Event.wait``, ``sleep``), the package that created the task
+    (the task factory notes it), else where it was created (with creation tracing on)."""
     name = task.get_name()
     if name.startswith(("bus.", "busmon.")):
         return name_component(name)
     if not _DEFAULT_TASK_NAME.match(name) and "." in name:
         return name_component(name)
     module = coro_module(task)
-    if module:
-        return module.split(".")[0]
+    top = module.split(".")[0] if module else ""
+    if top and top != "asyncio":
+        return top
+    if created_by:
+        return created_by.split(".")[0]
     if created_at:
         return f"created at {created_at}"
-    return "unknown"
+    return top or "unknown"
 
 
 def thread_component(thread: threading.Thread) -> str:

@@ -20,6 +20,17 @@ from probes.components import task_component
 _SKIP_FILES = ("asyncio/", "asyncio\\", "probes/tracking.py", "probes\\tracking.py")
 
 
+def creating_module(depth: int = 2) -> str | None:
+    """The module of the first caller outside asyncio: who asked for this task."""
+    frame = sys._getframe(depth)
+    while frame is not None:
+        module = frame.f_globals.get("__name__", "")
+        if module.split(".")[0] != "asyncio" and module != __name__:
+            return module
+        frame = frame.f_back
+    return None
+
+
 def creation_site(depth: int = 2) -> str | None:
     """``file:line in function`` of the first caller outside asyncio itself."""
     frame = sys._getframe(depth)
@@ -43,6 +54,9 @@ class TaskTracker:
         self._component: dict[asyncio.Task, str] = {}
         self._counts: Counter[str] = Counter()
         self.sites: weakref.WeakKeyDictionary[asyncio.Task, str] = weakref.WeakKeyDictionary()
+        # who created each task not yet classified: cheap (one frame walk), and only needed
+        # until the task is classified, so it is dropped then
+        self._creators: dict[asyncio.Task, str | None] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._previous: Any = None
 
@@ -71,6 +85,7 @@ class TaskTracker:
             task = asyncio.Task(coro, loop=loop, **kwargs)
         self.created += 1
         self._fresh.append(task)
+        self._creators[task] = creating_module(2)
         task.add_done_callback(self._done)
         if self.trace_creation:
             site = creation_site(2)
@@ -80,6 +95,7 @@ class TaskTracker:
 
     def _done(self, task: asyncio.Task) -> None:
         self.finished += 1
+        self._creators.pop(task, None)
         component = self._component.pop(task, None)
         if component is not None:
             self._counts[component] -= 1
@@ -91,9 +107,10 @@ class TaskTracker:
         if self._fresh:
             fresh, self._fresh = self._fresh, []
             for task in fresh:
+                created_by = self._creators.pop(task, None)
                 if task.done() or task in self._component:
                     continue
-                component = task_component(task, self.sites.get(task))
+                component = task_component(task, self.sites.get(task), created_by)
                 self._component[task] = component
                 self._counts[component] += 1
         return dict(self._counts)
@@ -101,4 +118,6 @@ class TaskTracker:
     def component_of(self, task: asyncio.Task) -> str:
         """The task's component, from the cache when the tracker has classified it."""
         component = self._component.get(task)
-        return component if component is not None else task_component(task, self.sites.get(task))
+        if component is not None:
+            return component
+        return task_component(task, self.sites.get(task), self._creators.get(task))

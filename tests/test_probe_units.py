@@ -75,6 +75,20 @@ async def test_tracker_counts_live_tasks_per_component_incrementally():
     assert loop.get_task_factory() is None
 
 
+async def test_a_bare_asyncio_coroutine_is_attributed_to_the_package_that_created_it():
+    tracker = TaskTracker()
+    tracker.install(asyncio.get_running_loop())
+    try:
+        release = asyncio.Event()
+        waiter = asyncio.ensure_future(release.wait())  # asyncio's own coroutine, created here
+        assert tracker.component_of(waiter) == "tests"
+        assert tracker.counts().get("tests", 0) >= 1
+        release.set()
+        await waiter
+    finally:
+        tracker.uninstall()
+
+
 async def test_census_is_by_identity_not_count():
     release = asyncio.Event()
     old = asyncio.create_task(release.wait(), name="x")
