@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import html
+import re
 from pathlib import Path
 
 from probes.model import ScenarioResult
@@ -19,6 +20,15 @@ figure { margin: 1em 0; } figure svg { width: 100%; height: auto; border: 1px so
 figcaption { color: #555; font-size: 90%; }
 pre { background: #f6f6f6; padding: .5em; overflow-x: auto; }
 """
+
+
+_WEB_FONT = re.compile(r',\s*url\("https?://[^"]*"\)\s*format\("[^"]*"\)')
+
+
+def offline_svg(svg: str) -> str:
+    """Drop the screenshot's web-font URLs (Fira Code from a CDN): the page must not reach the
+    network; ``local()`` fonts and the monospace fallback remain."""
+    return _WEB_FONT.sub("", svg)
 
 
 def _table(headers: list[str], rows: list[list[object]]) -> str:
@@ -68,7 +78,7 @@ def to_html(result: ScenarioResult, scenario_path: str | None, shots: list[tuple
         if mine:
             parts.append("<h3>The dashboard at each phase boundary</h3>")
             for name, svg in mine:
-                parts.append(f"<figure>{svg}<figcaption>{e(name)}</figcaption></figure>")
+                parts.append(f"<figure>{offline_svg(svg)}<figcaption>{e(name)}</figcaption></figure>")
     parts.append("</body></html>")
     return "\n".join(parts)
 

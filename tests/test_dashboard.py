@@ -141,6 +141,7 @@ def test_headless_play_with_screenshots_saves_one_svg_per_phase_boundary(tmp_pat
     assert all(p.read_text().startswith("<svg") for p in shots.glob("*.svg"))
     html = report.read_text()
     assert html.count("<svg") == len(expected) and "Tasks and threads by phase" in html
+    assert 'url("http' not in html and "src=\"http" not in html, "the HTML report must not reach the network"
 
 
 def recorded_app(until_phase: str):
