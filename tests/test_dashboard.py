@@ -158,3 +158,29 @@ def recorded_app(until_phase: str):
 def test_snapshot(snap_compare, size, phase):
     app, feed = recorded_app(phase)
     assert snap_compare(app, terminal_size=size, run_before=feed)
+
+
+async def test_filter_and_screenshot_keys(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    app = BusmonApp(None)
+    async with app.run_test(size=(120, 40)) as pilot:
+        for event in recorded.events("verdict"):
+            app.apply(event)
+        await pilot.pause()
+        table = app.query_one(LeftoversTable)
+        assert table.row_count == 3
+        await pilot.press("slash")
+        await pilot.press(*"sloppy")
+        await pilot.press("enter")
+        await pilot.pause()
+        assert table.row_count == 1 and table.selected().name == "bus.sloppy.worker-0"
+        await pilot.press("slash", "escape")
+        await pilot.pause()
+        assert table.row_count == 3
+        await pilot.press("e")
+        await pilot.pause()
+        shots = list(tmp_path.glob("*.svg"))
+        assert len(shots) == 1 and shots[0].read_text().startswith("<svg")
+        await pilot.press("question_mark")
+        await pilot.pause()
+        assert type(app.screen).__name__ == "HelpScreen"
