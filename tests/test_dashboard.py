@@ -37,8 +37,9 @@ async def step(pilot, c: Controller, phases: list[str]) -> None:
 ALL_PHASES = ["baseline", "create", "subscribe", "load", "close", "settle"]
 
 
-def controller(bus: str | None = None, messages: int = 2000, rate: float = 0, settle: float = 0.5) -> Controller:
-    sc = interactive_scenario(messages=messages, rate=rate, settle=settle).with_target(bus=bus)
+def controller(bus: str | None = None, messages: int = 2000, rate: float = 0, settle: float = 0.5,
+               hold: float = 0.0) -> Controller:
+    sc = interactive_scenario(messages=messages, rate=rate, settle=settle, hold=hold).with_target(bus=bus)
     return Controller(sc, interactive=True)
 
 
@@ -184,3 +185,15 @@ async def test_filter_and_screenshot_keys(tmp_path, monkeypatch):
         await pilot.press("question_mark")
         await pilot.pause()
         assert type(app.screen).__name__ == "HelpScreen"
+
+
+async def test_hold_is_a_phase_of_its_own_when_asked_for():
+    c = controller(hold=0.1)
+    app = BusmonApp(c)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await step(pilot, c, ["baseline", "create", "subscribe", "load", "hold", "close", "settle"])
+        await until(pilot, lambda: app.results, "the verdict")
+        assert [p.phase for p in app.results[0].phases] == [
+            "baseline", "create", "subscribe", "load", "hold", "close", "settle"]
+        await pilot.press("q")
+        await until(pilot, lambda: not app.is_running, "quit")

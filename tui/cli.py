@@ -38,9 +38,9 @@ class BadInput(Exception):
 
 
 BackendOpt = Annotated[Optional[str], typer.Option(
-    "--backend", help="memory | kafka | nats | nats-js (overrides the scenario).")]
+    "--backend", help="memory | kafka | nats | nats-js (with play: overrides the scenario's).")]
 UrlOpt = Annotated[Optional[str], typer.Option(
-    "--url", help="Broker URL, e.g. kafka://127.0.0.1:9092 (overrides the scenario).")]
+    "--url", help="Broker URL, e.g. kafka://127.0.0.1:9092 (with play: overrides the scenario's).")]
 BusOpt = Annotated[Optional[str], typer.Option(
     "--bus", help="Your own bus: an import path package.module:factory.")]
 IgnoreTaskOpt = Annotated[Optional[list[str]], typer.Option(
@@ -91,13 +91,15 @@ def dashboard(
     messages: Annotated[int, typer.Option("--messages", min=1, help="Envelopes per run.")] = 20_000,
     rate: Annotated[float, typer.Option("--rate", min=0, help="Envelopes per second (0 = flat out).")] = 5_000,
     settle: Annotated[float, typer.Option("--settle", min=0, help="Settle deadline in seconds.")] = 5.0,
+    hold: Annotated[float, typer.Option("--hold", min=0, help="Idle seconds between load and close "
+                                                                "(the post-mortem's 'wait 2 s').")] = 0.0,
     ignore_task: IgnoreTaskOpt = None,
     ignore_thread: IgnoreThreadOpt = None,
 ) -> None:
     """With no command: the dashboard on the embedded memory bus; press n to step the phases."""
     if ctx.invoked_subcommand is not None:
         return
-    sc = interactive_scenario(messages=messages, rate=rate, settle=settle).with_target(backend, url, bus)
+    sc = interactive_scenario(messages=messages, rate=rate, settle=settle, hold=hold).with_target(backend, url, bus)
     sc = _with_ignores(sc, ignore_task, ignore_thread)
     try:
         check_target(sc.url, **sc.options())
@@ -108,12 +110,13 @@ def dashboard(
     raise typer.Exit(run_dashboard(sc, interactive=True))
 
 
-def interactive_scenario(*, messages: int, rate: float, settle: float) -> Scenario:
+def interactive_scenario(*, messages: int, rate: float, settle: float, hold: float = 0.0) -> Scenario:
     """The run an interactive session repeats: paced, so the live panels have something to show."""
     return Scenario(
         name="interactive", backend="memory", url="memory://", bus_options={},
         probes=ProbeSpec(settle_timeout_s=settle),
-        runs=(RunSpec(name="run", messages=messages, keys=100, topics=2, publishers=2, rate_per_s=rate),),
+        runs=(RunSpec(name="run", messages=messages, keys=100, topics=2, publishers=2, rate_per_s=rate,
+                      hold_s=hold),),
         path="<interactive>",
     )
 
