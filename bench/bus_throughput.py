@@ -15,9 +15,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
-import os
-import platform
 import struct
 import sys
 import time
@@ -26,6 +23,7 @@ import zlib
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from bench.results_file import write_results
 from bus import Envelope, create_bus
 
 KEYS = 100
@@ -276,8 +274,6 @@ async def main(args: argparse.Namespace) -> dict:
                      "ratio": round(ratio, 3), "target": target, "met": ratio >= target})
     Console().print(table)
     return {
-        "machine": {"python": sys.version.split()[0], "platform": platform.platform(),
-                    "cpus": os.cpu_count()},
         "repeat": r, "payload_bytes": len(PAYLOAD), "keys": KEYS, "results": rows,
     }
 
@@ -292,6 +288,4 @@ if __name__ == "__main__":
     base = {"memory": 200_000, "nats": 100_000, "nats+js": 50_000, "kafka": 50_000}
     a.messages = {k: int(v * a.scale) for k, v in base.items()}
     out = asyncio.run(main(a))
-    a.json.parent.mkdir(parents=True, exist_ok=True)
-    a.json.write_text(json.dumps(out, indent=2))
-    print(f"wrote {a.json}")
+    write_results(a.json, out)

@@ -17,13 +17,11 @@ what the dashboard takes from the bus through the GIL.
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
 import statistics
 import sys
 from pathlib import Path
 
+from bench.results_file import write_results
 from probes.scenario import parse_scenario
 from probes.session import Session
 
@@ -102,7 +100,6 @@ def main() -> None:
     ratio = statistics.median(r["ratio"] for r in rows)
     ui = statistics.median(r["ui_cpu_share_during_load"] for r in rows)
     out = {
-        "machine": {"python": sys.version.split()[0], "platform": platform.platform(), "cpus": os.cpu_count()},
         "messages": a.messages, "repeat": a.repeat,
         "bare_median": statistics.median(r["bare"] for r in rows),
         "dashboard_median": statistics.median(r["dashboard"] for r in rows),
@@ -111,9 +108,7 @@ def main() -> None:
     }
     print(f"dashboard / bare throughput (median of pairs): {ratio:.3f} (target >= 0.9); "
           f"the UI thread took {ui:.1%} of a CPU during load")
-    a.json.parent.mkdir(parents=True, exist_ok=True)
-    a.json.write_text(json.dumps(out, indent=2))
-    print(f"wrote {a.json}")
+    write_results(a.json, out)
 
 
 if __name__ == "__main__":

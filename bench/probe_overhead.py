@@ -17,13 +17,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
-import os
-import platform
 import statistics
 import sys
 from pathlib import Path
 
+from bench.results_file import write_results
 from probes.scenario import parse_scenario
 from probes.session import Session
 
@@ -105,7 +103,6 @@ def main() -> None:
     lat = [verdict_latency(a.idle_tasks) for _ in range(a.repeat)]
     verdict_ms = statistics.median(r["verdict_ms"] for r in lat)
     out = {
-        "machine": {"python": sys.version.split()[0], "platform": platform.platform(), "cpus": os.cpu_count()},
         "idle_tasks": a.idle_tasks, "messages": a.messages, "repeat": a.repeat,
         "deliver_per_s_probes_off_median": med_off, "deliver_per_s_probes_on_median": med_on,
         "ratio": round(pair_ratio, 3), "ratio_of_medians": round(med_on / med_off, 3), "ratio_target": 0.97,
@@ -116,9 +113,7 @@ def main() -> None:
           f"median {med_on:,.0f} vs {med_off:,.0f} msg/s with {a.idle_tasks:,} idle tasks")
     print(f"last exit → verdict: median {verdict_ms:.1f} ms, max {out['verdict_ms_max']:.1f} ms "
           f"(target <= 20 ms; the post-mortem slept 3-5 s)")
-    a.json.parent.mkdir(parents=True, exist_ok=True)
-    a.json.write_text(json.dumps(out, indent=2))
-    print(f"wrote {a.json}")
+    write_results(a.json, out)
 
 
 if __name__ == "__main__":
