@@ -18,7 +18,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from bus.errors import BusConfigError
-from bus.factory import check_target
+from bus.factory import check_target, is_import_path
 from probes.model import EXIT_BAD_INPUT, EXIT_CODES, ScenarioResult
 from probes.scenario import BUILTIN_BACKENDS, ProbeSpec, RunSpec, Scenario, ScenarioError, load_scenario
 
@@ -59,8 +59,17 @@ def _with_ignores(sc: Scenario, tasks: list[str] | None, threads: list[str] | No
 
 
 def _scenario(path: Path, backend: str | None, url: str | None, bus: str | None) -> Scenario:
+    """Load the scenario file, apply the command line's target, and check that it can make a bus."""
     try:
-        sc = load_scenario(path).with_target(backend, url, bus)
+        sc = load_scenario(path)
+    except ScenarioError as exc:
+        raise BadInput(str(exc)) from None
+    return _retarget(sc, path, backend, url, bus)
+
+
+def _retarget(sc: Scenario, path: Path, backend: str | None, url: str | None, bus: str | None) -> Scenario:
+    try:
+        sc = sc.with_target(backend, url, bus)
     except ScenarioError as exc:
         raise BadInput(str(exc)) from None
     try:
@@ -192,10 +201,13 @@ def compare(
         if not sep or name not in BUILTIN_BACKENDS:
             raise BadInput(f"--url {item!r}: expected backend=URL with backend one of {', '.join(BUILTIN_BACKENDS)}")
         url_of[name] = value
+    for name in names:
+        if name not in BUILTIN_BACKENDS and not is_import_path(name):
+            raise BadInput(f"--backends: {name!r}: expected {', '.join(BUILTIN_BACKENDS)} "
+                           "or package.module:factory")
     base = _scenario(scenario, None, None, None)
-    scenarios = [_scenario(scenario, name, url_of.get(name), None) if name in BUILTIN_BACKENDS
-                 else _scenario(scenario, None, None, name) for name in names]
-    del base
+    scenarios = [_retarget(base, scenario, name, url_of.get(name), None) if name in BUILTIN_BACKENDS
+                 else _retarget(base, scenario, None, None, name) for name in names]
     result = play_compare(scenarios, err)
     out.print(compare_table(result))
     if report is not None:
