@@ -141,7 +141,6 @@ class NatsBus(BaseBus):
         nc = self.nc
         if nc is None:
             return
-        tasks = client_tasks(nc)
         try:
             if nc.is_connected:
                 try:
@@ -149,20 +148,24 @@ class NatsBus(BaseBus):
                 except (nats.errors.Error, asyncio.TimeoutError) as exc:
                     log.warning("%s: flush at close: %s", self.describe(), exc)
         finally:
-            if not nc.is_closed:
-                await nc.close()
-            await cancel_and_wait(tasks + client_tasks(nc))
+            await self._close_client()
 
     async def _after_close(self) -> None:
-        # a failed or cancelled connect can leave the client half-open
-        if self.nc is not None:
-            tasks = client_tasks(self.nc)
-            if not self.nc.is_closed:
-                try:
-                    await self.nc.close()
-                except Exception:  # the connection never came up
-                    pass
-            await cancel_and_wait(tasks + client_tasks(self.nc))
+        # the safety net when close() did not reach _disconnect, or a connect failed half-way
+        await self._close_client()
+
+    async def _close_client(self) -> None:
+        """Close the connection and await the tasks nats-py only cancels (idempotent)."""
+        nc = self.nc
+        if nc is None:
+            return
+        tasks = client_tasks(nc)
+        if not nc.is_closed:
+            try:
+                await nc.close()
+            except Exception as exc:  # e.g. the connection never came up
+                log.debug("%s: close: %s", self.describe(), exc)
+        await cancel_and_wait(tasks + client_tasks(nc))
 
 
 def _safe_name(text: str) -> str:

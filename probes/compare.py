@@ -61,7 +61,7 @@ def _peaks(r: RunResult) -> str:
 
 
 def _close_settled(r: RunResult) -> str:
-    b, c, s = r.phase("baseline"), r.phase("close"), r.phase("settle")
-    if not (b and c and s):
+    close, settled = r.task_delta("close"), r.task_delta("settle")
+    if close is None or settled is None:
         return "–"
-    return f"{c.tasks - b.tasks:+d}→{s.tasks - b.tasks:+d}"
+    return f"{close:+d}→{settled:+d}"

@@ -10,7 +10,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from probes.model import PhaseSnapshot, PhaseStarted, RunResult, Sample, ScenarioResult
+from probes.model import PhaseSnapshot, PhaseStarted, Sample, ScenarioResult, signed
 from probes.scenario import Scenario
 from probes.session import RunFinished, Session
 
@@ -88,8 +88,8 @@ def summary_table(result: ScenarioResult) -> Table:
     row("deliver/s", [f"{r.throughput.get('deliver_per_s', 0):,.0f}" for r in runs])
     row("latency p99 ms", [f"{r.throughput['latency_ms']['p99']:.1f}" if r.throughput.get("latency_ms") else "–"
                            for r in runs])
-    row("Δ tasks right after close", [_delta(r, "close") for r in runs])
-    row("Δ tasks after settling", [_delta(r, "settle") for r in runs])
+    row("Δ tasks right after close", [signed(r.task_delta("close")) for r in runs])
+    row("Δ tasks after settling", [signed(r.task_delta("settle")) for r in runs])
     row("[red]leaked[/]", [str(r.count("leaked")) for r in runs])
     row("exited while settling", [str(r.count("exited")) for r in runs])
     row("ignored", [str(r.count("ignored")) for r in runs])
@@ -100,14 +100,6 @@ def summary_table(result: ScenarioResult) -> Table:
     table.caption = ("Δ against each run's own baseline. 'Right after close' is the naive count "
                      "the post-mortem took; 'after settling' waits for exits, then GC.")
     return table
-
-
-def _delta(r: RunResult, phase: str) -> str:
-    b, p = r.phase("baseline"), r.phase(phase)
-    if not b or not p:
-        return "–"
-    d = p.tasks - b.tasks
-    return f"+{d}" if d > 0 else str(d)
 
 
 def leak_lines(result: ScenarioResult) -> list[str]:

@@ -98,6 +98,11 @@ class RunResult:
     def phase(self, name: str) -> PhaseSnapshot | None:
         return next((p for p in self.phases if p.phase == name), None)
 
+    def task_delta(self, phase: str) -> int | None:
+        """Tasks at ``phase`` minus tasks at this run's baseline (None if either is missing)."""
+        base, at = self.phase("baseline"), self.phase(phase)
+        return at.tasks - base.tasks if base and at else None
+
     def count(self, state: str) -> int:
         return sum(1 for x in self.leftovers if x.state == state)
 
@@ -129,6 +134,13 @@ class ScenarioResult:
             if v in verdicts:
                 return v
         return "clean"
+
+
+def signed(n: int | None) -> str:
+    """``+3``, ``0``, ``-1``; ``–`` when there is nothing to compare."""
+    if n is None:
+        return "–"
+    return f"+{n}" if n > 0 else str(n)
 
 
 EXIT_CODES = {"clean": 0, "leaked": 1, "failed": 3}

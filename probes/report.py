@@ -8,7 +8,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from probes.model import RunResult, ScenarioResult
+from probes.model import RunResult, ScenarioResult, signed
 
 SCHEMA = 1
 
@@ -36,8 +36,7 @@ def to_json(result: ScenarioResult, scenario_path: str | None = None) -> str:
 
 
 def _delta(n: int, base: int) -> str:
-    d = n - base
-    return f"+{d}" if d > 0 else str(d)
+    return signed(n - base)
 
 
 def _table(headers: list[str], rows: list[list[Any]]) -> list[str]:
@@ -90,7 +89,7 @@ def to_markdown(result: ScenarioResult, scenario_path: str | None = None) -> str
           f"{r.throughput.get('deliver_per_s', 0):,.0f}",
           r.throughput.get("latency_ms", {}).get("p50", "–"),
           r.throughput.get("latency_ms", {}).get("p99", "–"),
-          _naive(r), _settled(r), r.count("leaked"), r.count("exited"), r.count("ignored"),
+          signed(r.task_delta("close")), signed(r.task_delta("settle")), r.count("leaked"), r.count("exited"), r.count("ignored"),
           f"{r.settle_ms:g}"] for r in result.runs],
     )
     if any(r.drift for r in result.runs):
@@ -130,16 +129,6 @@ def to_markdown(result: ScenarioResult, scenario_path: str | None = None) -> str
                   + (f" · latency p50 {lat['p50']} ms, p90 {lat['p90']} ms, p99 {lat['p99']} ms, max {lat['max']} ms"
                      if lat else "")]
     return "\n".join(lines) + "\n"
-
-
-def _naive(r: RunResult) -> str:
-    b, c = r.phase("baseline"), r.phase("close")
-    return _delta(c.tasks, b.tasks) if b and c else "–"
-
-
-def _settled(r: RunResult) -> str:
-    b, s = r.phase("baseline"), r.phase("settle")
-    return _delta(s.tasks, b.tasks) if b and s else "–"
 
 
 REPORT_SUFFIXES = (".json", ".md", ".markdown")

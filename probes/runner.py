@@ -168,10 +168,8 @@ def snapshot(ctx: RunContext, name: str, census: Census | None = None) -> PhaseS
     snap = PhaseSnapshot(name, ctx.state.elapsed(), len(tasks), len(census.threads),
                          os_thread_count(), by_component, new_tasks, new_threads)
     ctx.phases.append(snap)
-    peak = ctx.state.peaks.setdefault(name, {"tasks": 0, "threads": 0, "os_threads": 0})
-    peak["tasks"] = max(peak["tasks"], snap.tasks)  # short phases may fall between samples
-    peak["threads"] = max(peak["threads"], snap.threads)
-    peak["os_threads"] = max(peak["os_threads"], snap.os_threads)
+    # short phases may fall between samples
+    ctx.state.note_peak(name, snap.tasks, snap.threads, snap.os_threads)
     ctx.sink(snap)
     return snap
 

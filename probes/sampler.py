@@ -35,6 +35,13 @@ class LiveState:
     def elapsed(self) -> float:
         return time.monotonic() - self.t0
 
+    def note_peak(self, phase: str, tasks: int, threads: int, os_threads: int) -> None:
+        """Keep the highest counts seen in ``phase``, from samples and from phase snapshots."""
+        peak = self.peaks.setdefault(phase, {"tasks": 0, "threads": 0, "os_threads": 0})
+        peak["tasks"] = max(peak["tasks"], tasks)
+        peak["threads"] = max(peak["threads"], threads)
+        peak["os_threads"] = max(peak["os_threads"], os_threads)
+
 
 class Sampler:
     def __init__(self, tracker: TaskTracker, state: LiveState, sink: Callable[[object], None],
@@ -73,10 +80,7 @@ class Sampler:
             latency_ms=audit.latency.summary_ms() if audit and audit.latency.count else {},
             rss_mb=proc.rss_mb, cpu_percent=proc.cpu_percent, open_fds=proc.open_fds,
         )
-        peak = st.peaks.setdefault(st.phase, {"tasks": 0, "threads": 0, "os_threads": 0})
-        peak["tasks"] = max(peak["tasks"], tasks)
-        peak["threads"] = max(peak["threads"], threads)
-        peak["os_threads"] = max(peak["os_threads"], proc.os_threads)
+        st.note_peak(st.phase, tasks, threads, proc.os_threads)
         return sample
 
     async def run(self) -> None:

@@ -58,15 +58,3 @@ async def publish_many(bus, topic: str, n: int, keys: int, payload: bytes = b"x"
     for i in range(n):
         await bus.publish(topic, Envelope(key=f"k{i % keys}", type="test", payload=payload))
 
-
-async def wait_until(predicate, timeout: float = 10.0, what: str = "condition") -> None:
-    """Poll ``predicate`` on a short interval until true, failing at the deadline.
-
-    For state that offers no event to wait on (counters kept by the code under test).
-    """
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not predicate():
-        if loop.time() > deadline:
-            raise AssertionError(f"{what} not reached within {timeout} s")
-        await asyncio.sleep(0.005)

@@ -19,7 +19,7 @@ from textual.screen import ModalScreen, Screen
 from textual.widgets import DataTable, Footer, Input, Static
 
 from probes.gate import AwaitingStep
-from probes.model import PhaseSnapshot, PhaseStarted, RunResult, Sample
+from probes.model import EXIT_CODES, PhaseSnapshot, PhaseStarted, RunResult, Sample, ScenarioResult
 from probes.session import RunFinished
 from tui.controller import Controller, PlaybackDone
 from tui.widgets import (ComponentsTable, LeftoversTable, PhaseBar, PhaseChart, PhaseTable, StackView,
@@ -387,11 +387,10 @@ class BusmonApp(App[int]):
         self.call_from_thread(self.exit, code, code)
 
     def _exit_code(self) -> int:
+        """The verdict of every run seen, as an exit code (the same rule as playback's)."""
         if self.done is not None and self.done.result is not None:
-            return {"clean": 0, "leaked": 1, "failed": 3}[self.done.result.verdict]
-        if any(r.verdict == "failed" for r in self.results):
-            return 3
-        return 1 if any(r.verdict == "leaked" for r in self.results) else 0
+            return EXIT_CODES[self.done.result.verdict]
+        return EXIT_CODES[ScenarioResult("", tuple(self.results)).verdict]
 
     def get_system_commands(self, screen: Screen) -> Iterable[SystemCommand]:
         yield from super().get_system_commands(screen)
