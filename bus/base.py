@@ -16,7 +16,8 @@ from typing import Any
 
 from bus.counters import BusCounters
 from bus.envelope import Envelope
-from bus.errors import BusClosedError, BusConnectError
+from bus.deadline import CallTimeout, LibraryCancelled, bounded, innermost
+from bus.errors import BusCloseError, BusClosedError, BusConnectError, BusError, BusFault
 from bus.pool import DEFAULT_QUEUE_SIZE, DEFAULT_WORKERS, KeyedWorkerPool
 from bus.protocol import Handler
 from bus.tasks import OwnedTasks
@@ -25,6 +26,11 @@ log = logging.getLogger("bus")
 
 DEFAULT_DRAIN_TIMEOUT_S = 5.0
 DEFAULT_CONNECT_TIMEOUT_S = 5.0
+DEFAULT_CLOSE_TIMEOUT_S = 10.0
+DEFAULT_SUBSCRIBE_TIMEOUT_S = 60.0
+#: the least time a shutdown call gets even when the close deadline is used up, so
+#: every connection is still asked to close
+MIN_SHUTDOWN_CALL_S = 0.25
 
 
 class State(enum.Enum):
@@ -52,15 +58,19 @@ class BaseSubscription:
         """Backend hook after the handler ran (JetStream acks here)."""
 
     async def unsubscribe(self) -> None:
-        """Stop delivery: after this returns the handler is not called again."""
+        """Stop delivery: after this returns the handler is not called again.
+
+        Bounded by the bus's ``drain_timeout`` (plus each client call's own bound).
+        """
         if not self.active:
             return
         self.active = False
         self.bus._subscriptions.discard(self)
-        await self._stop()
+        await self._stop(asyncio.get_running_loop().time() + self.bus.drain_timeout)
 
-    async def _stop(self) -> None:
-        """Backend hook: stop the intake (consumer loop, broker subscription)."""
+    async def _stop(self, deadline: float) -> None:
+        """Backend hook: stop the intake (consumer loop, broker subscription) by ``deadline``
+        (the loop's clock)."""
 
 
 class BaseBus:
@@ -75,18 +85,30 @@ class BaseBus:
         queue_size: int = DEFAULT_QUEUE_SIZE,
         drain_timeout: float = DEFAULT_DRAIN_TIMEOUT_S,
         connect_timeout: float = DEFAULT_CONNECT_TIMEOUT_S,
+        close_timeout: float = DEFAULT_CLOSE_TIMEOUT_S,
+        subscribe_timeout: float = DEFAULT_SUBSCRIBE_TIMEOUT_S,
     ) -> None:
-        if drain_timeout < 0 or connect_timeout <= 0:
-            raise ValueError("drain_timeout must be >= 0 and connect_timeout > 0")
+        if drain_timeout < 0 or connect_timeout <= 0 or close_timeout <= 0 or subscribe_timeout <= 0:
+            raise ValueError("drain_timeout must be >= 0; connect_timeout, close_timeout and "
+                             "subscribe_timeout > 0")
         self.counters = BusCounters()
         self.drain_timeout = drain_timeout
         self.connect_timeout = connect_timeout
-        self.pool = KeyedWorkerPool(self.counters, workers=workers, queue_size=queue_size)
+        self.close_timeout = close_timeout
+        self.subscribe_timeout = subscribe_timeout
+        self.pool = KeyedWorkerPool(self.counters, workers=workers, queue_size=queue_size,
+                                    on_death=self._worker_died)
         self.tasks = OwnedTasks()
         self.state = State.NEW
         self._subscriptions: set[BaseSubscription] = set()
         self._seq: dict[str, int] = {}
-        self._closed = asyncio.Event()
+        self._close_task: asyncio.Task | None = None
+        #: the first failure noticed outside any call (a consumer loop or worker that died, a
+        #: connection lost); ``faulted`` is set with it so a caller can wait on it
+        self.fault: BusFault | None = None
+        self.faulted = asyncio.Event()
+        #: tasks the bus started that ignored cancellation at close (reported, never waited on)
+        self.refused: list[asyncio.Task] = []
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.describe()} {self.state.value}>"
@@ -103,13 +125,16 @@ class BaseBus:
         self.state = State.STARTING
         self.pool.start()
         try:
-            async with asyncio.timeout(self.connect_timeout):
-                await self._connect()
+            await bounded(self._connect(), self.connect_timeout, "connect")
         except Exception as exc:
-            await self.close()
-            if isinstance(exc, TimeoutError):
+            try:
+                await self.close()
+            except BusCloseError as close_exc:
+                log.debug("%s: closing after a failed start: %s", self.describe(), close_exc)
+            if isinstance(exc, CallTimeout):
+                where = f" (stuck at {innermost(exc.stack)})" if exc.stack else ""
                 raise BusConnectError(
-                    f"{self.describe()}: no connection within {self.connect_timeout:g} s"
+                    f"{self.describe()}: no connection within {self.connect_timeout:g} s{where}"
                 ) from None
             if isinstance(exc, BusConnectError):
                 raise
@@ -117,36 +142,90 @@ class BaseBus:
             raise BusConnectError(f"{self.describe()}: {reason}") from exc
         self.state = State.STARTED
 
+    def _fail(self, fault: BusFault) -> None:
+        """Record the first fault noticed outside a call; later ones are only logged."""
+        if self.state in (State.CLOSING, State.CLOSED):
+            return  # what breaks while closing is close's business
+        if self.fault is None:
+            self.fault = fault
+            self.faulted.set()
+            log.error("%s", fault)
+        else:
+            log.debug("after the first fault: %s", fault)
+
+    def _worker_died(self, task: asyncio.Task, exc: BaseException | None) -> None:
+        what = "was cancelled by someone else" if exc is None else f"died: {type(exc).__name__}: {exc}"
+        self._fail(BusFault(f"{self.describe()}: worker {task.get_name()} {what}"))
+
     async def close(self) -> None:
         """Stop subscriptions, drain in-flight envelopes, cancel and await the rest.
 
-        Idempotent; safe after a failed ``start()``; a second concurrent call
-        waits for the first.
+        Bounded: intake and drain by ``drain_timeout``, everything by ``close_timeout``
+        (each client call gets at least a short moment even when that is used up), and
+        tasks that ignore cancellation are given a short grace, then named in the
+        :class:`BusCloseError` raised once everything else is closed. Idempotent; safe
+        after a failed ``start()``; a concurrent or retried call (say after the first
+        was cancelled) waits for the same close.
         """
-        if self.state in (State.CLOSING, State.CLOSED):
-            await self._closed.wait()
-            return
+        if self._close_task is None:
+            self._close_task = asyncio.create_task(self._close(), name="bus.close")
+        await asyncio.shield(self._close_task)
+
+    async def _close(self) -> None:
         self.state = State.CLOSING
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.drain_timeout
+        now = loop.time()
+        close_deadline = now + self.close_timeout
+        drain_deadline = min(now + self.drain_timeout, close_deadline)
+        problems: list[str] = []
         try:
-            await self._stop_intake(deadline)
-            if not await self.pool.drain(max(0.0, deadline - loop.time())):
+            await self._stop_intake(drain_deadline, problems)
+            if not await self.pool.drain(max(0.0, drain_deadline - loop.time())):
                 log.warning("%s: drain deadline passed with %d envelopes queued; cancelling",
                             self.describe(), self.pool.pending())
             for sub in list(self._subscriptions):
                 sub.active = False
             self._subscriptions.clear()
             try:
-                await self._disconnect(max(0.1, deadline - loop.time()))
+                await self._disconnect(close_deadline, problems)
+            except BusError as exc:
+                problems.append(str(exc))
             except Exception as exc:  # close must finish even if the broker is gone
                 log.warning("%s: error while disconnecting: %s", self.describe(), exc)
         finally:
-            await self.pool.stop()
-            await self.tasks.cancel_and_wait()
-            await self._after_close()
+            refused = await self.pool.stop()
+            refused += await self.tasks.cancel_and_wait()
+            try:
+                refused += await self._after_close(close_deadline)
+            except BusError as exc:
+                problems.append(str(exc))
+            self.refused = refused
             self.state = State.CLOSED
-            self._closed.set()
+        if refused:
+            problems.append("tasks ignored cancellation and are still running: "
+                            + ", ".join(sorted(t.get_name() for t in refused)))
+        if problems:
+            raise BusCloseError(f"{self.describe()}: close: " + "; ".join(problems))
+
+    def remaining(self, deadline: float) -> float:
+        """Seconds until ``deadline`` (the loop's clock), never less than a shutdown call's minimum."""
+        return max(MIN_SHUTDOWN_CALL_S, deadline - asyncio.get_running_loop().time())
+
+    async def shutdown_call(self, call: Any, deadline: float, what: str, problems: list[str]) -> bool:
+        """Run one client shutdown call within ``deadline``; a failure is noted, never raised.
+
+        True if it returned in time. A library's own ``CancelledError`` (aiokafka #647)
+        counts as a failure here, not as the caller being cancelled.
+        """
+        try:
+            await bounded(call, self.remaining(deadline), what)
+            return True
+        except (CallTimeout, LibraryCancelled) as exc:
+            problems.append(str(exc))
+        except Exception as exc:
+            log.debug("%s: %s: %s", self.describe(), what, exc)
+            problems.append(f"{what}: {type(exc).__name__}: {exc}")
+        return False
 
     # -- data path -----------------------------------------------------------
 
@@ -178,7 +257,13 @@ class BaseBus:
             raise ValueError("topic must be a non-empty string")
         if not callable(handler):
             raise TypeError("handler must be an async callable taking an Envelope")
-        sub = await self._subscribe(topic, handler, group)
+        try:
+            sub = await bounded(self._subscribe(topic, handler, group), self.subscribe_timeout,
+                                f"subscribe({topic!r})")
+        except CallTimeout as exc:
+            raise BusError(f"{self.describe()}: subscription to {topic!r} (group {group!r}) not live "
+                           f"within {self.subscribe_timeout:g} s" + (f", stuck at {innermost(exc.stack)}"
+                                                                    if exc.stack else "")) from None
         self._subscriptions.add(sub)
         return sub
 
@@ -197,16 +282,23 @@ class BaseBus:
     async def _subscribe(self, topic: str, handler: Handler, group: str | None) -> BaseSubscription:
         raise NotImplementedError
 
-    async def _stop_intake(self, deadline: float) -> None:
-        """Stop every subscription's intake so the pool can drain."""
-        for sub in list(self._subscriptions):
-            try:
-                await sub._stop()
-            except Exception as exc:
-                log.warning("%s: stopping %s: %s", self.describe(), sub.topic, exc)
+    async def _stop_intake(self, deadline: float, problems: list[str]) -> None:
+        """Stop every subscription's intake so the pool can drain, all by one ``deadline``."""
+        subs = list(self._subscriptions)
+        if not subs:
+            return
+        results = await asyncio.gather(*(sub._stop(deadline) for sub in subs), return_exceptions=True)
+        for sub, result in zip(subs, results, strict=True):
+            if isinstance(result, asyncio.CancelledError):
+                raise result
+            if isinstance(result, BusError):
+                problems.append(str(result))
+            elif isinstance(result, BaseException):
+                log.warning("%s: stopping %s: %s", self.describe(), sub.topic, result)
 
-    async def _disconnect(self, timeout: float) -> None:
-        """Flush and close broker connections (bounded by ``timeout``)."""
+    async def _disconnect(self, deadline: float, problems: list[str]) -> None:
+        """Flush and close broker connections by ``deadline`` (the loop's clock); note what failed."""
 
-    async def _after_close(self) -> None:
-        """Await any task the client library started and only cancelled."""
+    async def _after_close(self, deadline: float) -> list[asyncio.Task]:
+        """Await any task the client library started and only cancelled; return those that refused."""
+        return []

@@ -39,20 +39,23 @@ class Confirmations:
                 self._log.error("%s publish failed: %r (logged once)", self._what,
                                 None if future.cancelled() else future.exception())
 
-    async def wait(self, timeout: float) -> bool:
-        """Wait for every outstanding confirmation; False if ``timeout`` passed first."""
+    async def wait(self, timeout: float) -> int:
+        """Wait for every outstanding confirmation; return how many were still unconfirmed when
+        ``timeout`` passed (0: all confirmed). Those count as failed publishes."""
         pending = self._pending
         if pending:
-            done, _ = await asyncio.wait(list(pending), timeout=max(0.0, timeout))
-            if len(done) < len(pending):
-                self._log.warning("%s: %d publishes unconfirmed at close", self._what,
-                                  len(pending) - len(done))
+            await asyncio.wait(list(pending), timeout=max(0.0, timeout))
         while pending and pending[0].done():
             self._check(pending.popleft())
-        ok = not pending
-        for future in pending:  # unconfirmed at the deadline count as failed
-            if not future.done():
-                future.cancel()
+        unconfirmed = 0
+        for future in pending:
+            if future.done():
+                self._check(future)
+                continue
+            future.cancel()
+            unconfirmed += 1
             self._counters.publish_errors += 1
         pending.clear()
-        return ok
+        if unconfirmed:
+            self._log.warning("%s: %d publishes unconfirmed at close", self._what, unconfirmed)
+        return unconfirmed

@@ -15,3 +15,13 @@ class BusClosedError(BusError):
 
 class BusConfigError(BusError, ValueError):
     """A bus URL, option or factory path is wrong."""
+
+
+class BusCloseError(BusError):
+    """``close()`` finished, but not cleanly: a shutdown call timed out or failed, or a task
+    ignored cancellation. Everything that could be closed was closed first."""
+
+
+class BusFault(BusError):
+    """A failure noticed outside any call: a consumer loop or worker died, a connection was
+    lost. Recorded on the bus (``bus.fault``, ``bus.faulted``) so a caller can react at once."""

@@ -59,7 +59,22 @@ class KafkaSubscription(PollingSubscription):
         return raw.value or b""
 
     async def _close_intake(self) -> None:
-        await self.consumer.stop()
+        problems: list[str] = []
+        loop = asyncio.get_running_loop()
+        await stop_consumer(self.bus, self.consumer, loop.time() + self.bus.close_timeout, problems)
+        if problems:
+            raise BusError("; ".join(problems))
+
+
+async def stop_consumer(bus: BaseBus, consumer: AIOKafkaConsumer, deadline: float,
+                        problems: list[str]) -> None:
+    """``consumer.stop()`` within ``deadline``; if it hangs or raises (aiokafka #647, #1101),
+    close its client directly so its connections and tasks still go."""
+    if await bus.shutdown_call(consumer.stop(), deadline, "kafka consumer.stop()", problems):
+        return
+    client = getattr(consumer, "_client", None)
+    if client is not None:
+        await bus.shutdown_call(client.close(), deadline, "kafka consumer client close()", problems)
 
 
 class KafkaBus(BaseBus):
@@ -77,7 +92,6 @@ class KafkaBus(BaseBus):
         fetch_max_wait_ms: int = 20,
         max_batch_size: int = 65536,
         client_id: str = "busmon",
-        subscribe_timeout: float = 60.0,
         **options: Any,
     ) -> None:
         super().__init__(**options)
@@ -90,7 +104,6 @@ class KafkaBus(BaseBus):
         self.fetch_max_wait_ms = fetch_max_wait_ms
         self.max_batch_size = max_batch_size
         self.client_id = client_id
-        self.subscribe_timeout = subscribe_timeout
         self._producer: AIOKafkaProducer | None = None
         self._admin: AIOKafkaAdminClient | None = None
         self._topics: set[str] = set()
@@ -155,14 +168,9 @@ class KafkaBus(BaseBus):
             request_timeout_ms=max(self._timeout_ms(), 40000),
         )
         try:
-            async with asyncio.timeout(self.subscribe_timeout):
-                await self._make_live(consumer, topic, group)
-        except TimeoutError:
-            await consumer.stop()
-            raise BusError(f"{self.describe()}: subscription to {topic!r} "
-                           f"(group {group!r}) not live within {self.subscribe_timeout:g} s") from None
-        except BaseException:
-            await consumer.stop()
+            await self._make_live(consumer, topic, group)
+        except BaseException:  # not live in time (cancelled by subscribe's deadline) or failed
+            await stop_consumer(self, consumer, asyncio.get_running_loop().time() + self.connect_timeout, [])
             raise
         return KafkaSubscription(self, topic, handler, group, consumer)
 
@@ -196,12 +204,19 @@ class KafkaBus(BaseBus):
             if loop.time() > deadline:
                 raise TimeoutError(f"topic {topic!r} has no partitions after {self.connect_timeout} s")
 
-    async def _disconnect(self, timeout: float) -> None:
-        try:
-            if self._producer is not None:
-                await self._confirmations.wait(timeout)
-        finally:
-            if self._producer is not None:
-                await self._producer.stop()
-            if self._admin is not None:
-                await self._admin.close()
+    async def _disconnect(self, deadline: float, problems: list[str]) -> None:
+        producer = self._producer
+        if producer is not None:
+            if unconfirmed := await self._confirmations.wait(self.remaining(deadline)):
+                problems.append(f"{unconfirmed} publishes unconfirmed at close")
+            if not await self.shutdown_call(producer.stop(), deadline, "kafka producer.stop()", problems):
+                # stop() hangs while the broker is gone (aiokafka #1101): stop the sender and
+                # the connections directly, so no aiokafka task outlives close
+                sender = getattr(producer, "_sender", None)
+                if sender is not None:
+                    await self.shutdown_call(sender.close(), deadline, "kafka producer sender close()",
+                                             problems)
+                await self.shutdown_call(producer.client.close(), deadline,
+                                         "kafka producer client close()", problems)
+        if self._admin is not None:
+            await self.shutdown_call(self._admin.close(), deadline, "kafka admin.close()", problems)

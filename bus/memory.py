@@ -9,7 +9,7 @@ from bus.protocol import Handler
 
 
 class MemorySubscription(BaseSubscription):
-    async def _stop(self) -> None:
+    async def _stop(self, deadline: float) -> None:
         self.bus._remove(self)
 
 

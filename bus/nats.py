@@ -22,10 +22,10 @@ from bus.base import BaseBus, BaseSubscription, State
 from bus.confirmations import Confirmations
 from bus.codec import encode
 from bus.envelope import Envelope
-from bus.errors import BusConnectError
+from bus.deadline import cancel_and_wait
+from bus.errors import BusConnectError, BusError, BusFault
 from bus.polling import PollingSubscription, decode_or_count
 from bus.protocol import Handler
-from bus.tasks import cancel_and_wait
 
 log = logging.getLogger("bus.nats")
 
@@ -58,18 +58,20 @@ class NatsSubscription(BaseSubscription):
         if envelope is not None and not self.bus.pool.offer(self, envelope):
             await self.bus.pool.submit(self, envelope)
 
-    async def _stop(self) -> None:
+    async def _stop(self, deadline: float) -> None:
         if self._stopped or self.sub is None:
             return
         self._stopped = True
         task = getattr(self.sub, "_wait_for_msgs_task", None)
         nc = self.bus.nc
+        problems: list[str] = []
         if nc is not None and not nc.is_closed:
-            try:
-                await self.sub.unsubscribe()
-            except nats.errors.Error as exc:
-                log.warning("nats: unsubscribe %s: %s", self.topic, exc)
-        await cancel_and_wait([task])
+            await self.bus.shutdown_call(self.sub.unsubscribe(), deadline, f"nats unsubscribe {self.topic!r}",
+                                         problems)
+        if await cancel_and_wait([task]):
+            problems.append(f"nats-py's task for {self.topic!r} ignored cancellation")
+        if problems:
+            raise BusError("; ".join(problems))
 
 
 class NatsBus(BaseBus):
@@ -89,6 +91,14 @@ class NatsBus(BaseBus):
 
     def describe(self) -> str:
         return f"{self.scheme}://" + ",".join(s.split("://", 1)[-1] for s in self.servers)
+
+    async def _on_closed(self) -> None:
+        """nats-py closed the connection by itself (reconnects are off): the broker is gone."""
+        if self.state is State.STARTED:
+            nc = self.nc
+            last = getattr(nc, "last_error", None) if nc is not None else None
+            why = f": {type(last).__name__}: {last}" if last is not None else ""
+            self._fail(BusFault(f"{self.describe()}: connection lost{why}"))
 
     async def _on_error(self, exc: Exception) -> None:
         if self.state is State.STARTING:
@@ -119,6 +129,7 @@ class NatsBus(BaseBus):
             reconnect_time_wait=0.05,
             pending_size=self.pending_size,
             error_cb=self._on_error,
+            closed_cb=self._on_closed,
         )
 
     async def _publish(self, topic: str, envelope: Envelope) -> None:
@@ -137,35 +148,37 @@ class NatsBus(BaseBus):
         await self.nc.flush(timeout=self.connect_timeout)  # the server has the SUB: live
         return sub
 
-    async def _disconnect(self, timeout: float) -> None:
+    async def _disconnect(self, deadline: float, problems: list[str]) -> None:
         nc = self.nc
         if nc is None:
             return
         try:
             if nc.is_connected:
                 try:
-                    await nc.flush(timeout=max(0.1, timeout))
+                    await nc.flush(timeout=self.remaining(deadline))
                 except (nats.errors.Error, asyncio.TimeoutError) as exc:
-                    log.warning("%s: flush at close: %s", self.describe(), exc)
+                    problems.append(f"flush at close: {type(exc).__name__}: {exc}".rstrip(": "))
         finally:
-            await self._close_client()
+            await self._close_client(deadline, problems)
 
-    async def _after_close(self) -> None:
+    async def _after_close(self, deadline: float) -> list[asyncio.Task]:
         # the safety net when close() did not reach _disconnect, or a connect failed half-way
-        await self._close_client()
+        problems: list[str] = []
+        refused = await self._close_client(deadline, problems)
+        if problems:
+            raise BusError("; ".join(problems))
+        return refused
 
-    async def _close_client(self) -> None:
-        """Close the connection and await the tasks nats-py only cancels (idempotent)."""
+    async def _close_client(self, deadline: float, problems: list[str]) -> list[asyncio.Task]:
+        """Close the connection (bounded) and await the tasks nats-py only cancels (idempotent);
+        return those that refused to exit."""
         nc = self.nc
         if nc is None:
-            return
+            return []
         tasks = client_tasks(nc)
         if not nc.is_closed:
-            try:
-                await nc.close()
-            except Exception as exc:  # e.g. the connection never came up
-                log.debug("%s: close: %s", self.describe(), exc)
-        await cancel_and_wait(tasks + client_tasks(nc))
+            await self.shutdown_call(nc.close(), deadline, "nats close()", problems)
+        return await cancel_and_wait(tasks + client_tasks(nc))
 
 
 def _safe_name(text: str) -> str:
@@ -225,11 +238,14 @@ class JetStreamBus(NatsBus):
 
     def __init__(self, servers: list[str], *, max_pending_acks: int = 4000,
                  fetch_batch: int = 256, fetch_timeout: float = 0.5, ack_wait: float = 60.0,
-                 storage: str = "file", **options: Any) -> None:
+                 storage: str = "file", publish_stall_timeout: float = 5.0, **options: Any) -> None:
         super().__init__(servers, **options)
         if storage not in ("file", "memory"):
             raise ValueError(f"storage must be 'file' or 'memory', got {storage!r}")
+        if publish_stall_timeout <= 0:
+            raise ValueError(f"publish_stall_timeout must be > 0, got {publish_stall_timeout}")
         self.max_pending_acks = max_pending_acks
+        self.publish_stall_timeout = publish_stall_timeout
         self.fetch_batch = fetch_batch
         self.fetch_timeout = fetch_timeout
         self.ack_wait = ack_wait
@@ -264,7 +280,20 @@ class JetStreamBus(NatsBus):
     async def _publish(self, topic: str, envelope: Envelope) -> None:
         if topic not in self._streams:
             await self.ensure_stream(topic)
-        self._confirmations.add(await self.js.publish_async(topic, encode(envelope)))
+        # at the pending-ack limit publish_async waits for acks: bounded, so a broker that stops
+        # acknowledging is an error after publish_stall_timeout, not a hang (the bound costs a
+        # timer, so it is only paid when the limit may be reached)
+        stall = self.publish_stall_timeout if len(self._confirmations) >= self.max_pending_acks else None
+        try:
+            future = await self.js.publish_async(topic, encode(envelope), wait_stall=stall)
+        except nats.js.errors.TooManyStalledMsgsError:
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise asyncio.CancelledError from None  # nats-py turns our cancellation into this
+            raise BusError(f"{self.describe()}: publishing stalled: no acknowledgement for "
+                           f"{self.publish_stall_timeout:g} s with {len(self._confirmations)} "
+                           "pending") from None
+        self._confirmations.add(future)
 
     async def _subscribe(self, topic: str, handler: Handler, group: str | None) -> JetStreamSubscription:
         stream = await self.ensure_stream(topic)
@@ -279,6 +308,7 @@ class JetStreamBus(NatsBus):
         )
         return JetStreamSubscription(self, topic, handler, group, psub)
 
-    async def _disconnect(self, timeout: float) -> None:
-        await self._confirmations.wait(timeout)
-        await super()._disconnect(timeout)
+    async def _disconnect(self, deadline: float, problems: list[str]) -> None:
+        if unconfirmed := await self._confirmations.wait(self.remaining(deadline)):
+            problems.append(f"{unconfirmed} publishes unconfirmed at close")
+        await super()._disconnect(deadline, problems)

@@ -14,6 +14,7 @@ from typing import Any
 from bus.base import BaseBus, BaseSubscription
 from bus.codec import DecodeError, decode
 from bus.envelope import Envelope
+from bus.errors import BusError, BusFault
 from bus.protocol import Handler
 
 log = logging.getLogger("bus")
@@ -60,6 +61,22 @@ class PollingSubscription(BaseSubscription):
         """Stop the broker-side consumer once the loop has exited."""
 
     async def _run(self) -> None:
+        """Fetch and hand out until stopped; an unexpected error ends the loop as a bus fault,
+        said at once (not discovered when the load deadline expires)."""
+        try:
+            await self._loop()
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if self._stopping or (task is not None and task.cancelling()):
+                raise
+            # nobody cancelled us: the library raised it (aiokafka #647)
+            self.bus._fail(BusFault(f"{self.bus.describe()}: consumer {self.topic!r}: the client "
+                                    "raised CancelledError"))
+        except Exception as exc:
+            self.bus._fail(BusFault(f"{self.bus.describe()}: consumer {self.topic!r} died: "
+                                    f"{type(exc).__name__}: {exc}"))
+
+    async def _loop(self) -> None:
         pool = self.bus.pool
         while not self._stopping:
             self._fetching = True
@@ -76,17 +93,20 @@ class PollingSubscription(BaseSubscription):
                 if not pool.offer(self, envelope, token):
                     await pool.submit(self, envelope, token)
 
-    async def _stop(self) -> None:
+    async def _stop(self, deadline: float) -> None:
         if self._stopped:
             return
         self._stopped = True
         self._stopping = True
         if self._fetching:
             self.task.cancel()  # safe: a fetch in progress has handed nothing out yet
-        try:
-            async with asyncio.timeout(self.bus.drain_timeout):
-                await asyncio.wait([self.task])
-        except TimeoutError:
+        loop = asyncio.get_running_loop()
+        await asyncio.wait([self.task], timeout=max(0.0, deadline - loop.time()))
+        if not self.task.done():  # a batch in hand that the pool would not take in time
             self.task.cancel()
-            await asyncio.wait([self.task])
-        await self._close_intake()
+            await asyncio.wait([self.task], timeout=self.bus.remaining(deadline))
+        problems: list[str] = []
+        await self.bus.shutdown_call(self._close_intake(), deadline, f"stopping consumer {self.topic!r}",
+                                     problems)
+        if problems:
+            raise BusError("; ".join(problems))

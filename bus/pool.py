@@ -11,9 +11,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import zlib
-from typing import Any, Protocol
+from typing import Any, Callable, Protocol
 
 from bus.counters import BusCounters
+from bus.deadline import CANCEL_GRACE_S, cancel_and_wait
 from bus.envelope import Envelope
 from bus.protocol import Handler
 
@@ -56,6 +57,7 @@ class KeyedWorkerPool:
         workers: int = DEFAULT_WORKERS,
         queue_size: int = DEFAULT_QUEUE_SIZE,
         name: str = "bus.pool",
+        on_death: Callable[[asyncio.Task, BaseException | None], None] | None = None,
     ) -> None:
         if workers < 1:
             raise ValueError(f"workers must be >= 1, got {workers}")
@@ -68,6 +70,8 @@ class KeyedWorkerPool:
         self._queues: list[asyncio.Queue[tuple[Target, Envelope, Any]]] = []
         self._tasks: list[asyncio.Task[None]] = []
         self._seen_errors: set[type[BaseException]] = set()
+        self._on_death = on_death
+        self._stopping = False
 
     @property
     def workers(self) -> int:
@@ -86,6 +90,14 @@ class KeyedWorkerPool:
             asyncio.create_task(self._work(q), name=f"{self._name}.worker-{i}")
             for i, q in enumerate(self._queues)
         ]
+        for t in self._tasks:
+            t.add_done_callback(self._worker_done)
+
+    def _worker_done(self, task: asyncio.Task) -> None:
+        """A worker only ends when the pool stops it; any other end is a fault, said at once."""
+        exc = None if task.cancelled() else task.exception()
+        if not self._stopping and self._on_death is not None:
+            self._on_death(task, exc)
 
     def worker_for(self, key: str) -> int:
         """The index of the worker that owns ``key`` (stable across runs)."""
@@ -133,7 +145,11 @@ class KeyedWorkerPool:
                         log.error("handler raised %s (logged once per kind)", type(exc).__name__,
                                   exc_info=exc)
                 if token is not None:
-                    await target.settle(token, ok)
+                    try:
+                        await target.settle(token, ok)
+                    except Exception as exc:  # an ack that fails must not kill the worker either
+                        counters.handler_errors += 1
+                        log.debug("settling a delivery failed: %r", exc)
             finally:
                 queue.task_done()
 
@@ -149,10 +165,10 @@ class KeyedWorkerPool:
             return False
         return True
 
-    async def stop(self) -> None:
-        """Cancel the workers and wait until every one has exited."""
-        for t in self._tasks:
-            t.cancel()
-        if self._tasks:
-            await asyncio.gather(*self._tasks, return_exceptions=True)
+    async def stop(self, grace: float = CANCEL_GRACE_S) -> list[asyncio.Task]:
+        """Cancel the workers and wait until every one has exited; return those that did not
+        within ``grace`` (a handler that ignores cancellation)."""
+        self._stopping = True
+        refused = await cancel_and_wait(self._tasks, grace)
         self._tasks = []
+        return refused

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Coroutine, Iterable
+from typing import Coroutine
+
+from bus.deadline import CANCEL_GRACE_S, cancel_and_wait
 
 
 class OwnedTasks:
-    """Named tasks started by the bus; ``cancel_and_wait`` leaves none alive."""
+    """Named tasks started by the bus; ``cancel_and_wait`` leaves none alive, or names them."""
 
     def __init__(self) -> None:
         self._tasks: set[asyncio.Task] = set()
@@ -23,18 +25,9 @@ class OwnedTasks:
     def __len__(self) -> int:
         return len(self._tasks)
 
-    async def cancel_and_wait(self) -> None:
-        await cancel_and_wait(list(self._tasks))
+    async def cancel_and_wait(self, grace: float = CANCEL_GRACE_S) -> list[asyncio.Task]:
+        """Cancel every owned task and await its exit; returns those that refused within ``grace``."""
+        return await cancel_and_wait(list(self._tasks), grace)
 
 
-async def cancel_and_wait(tasks: Iterable[asyncio.Task | None]) -> None:
-    """Cancel ``tasks`` and await their exit: cancelling alone leaves them running a while.
-
-    The caller's own task is skipped (it cannot await itself).
-    """
-    current = asyncio.current_task()
-    pending = [t for t in tasks if t is not None and t is not current and not t.done()]
-    for t in pending:
-        t.cancel()
-    if pending:
-        await asyncio.wait(pending)
+__all__ = ["OwnedTasks", "cancel_and_wait"]

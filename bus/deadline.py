@@ -1,0 +1,165 @@
+"""Deadlines on calls into client libraries and user code, with the stack of whatever got stuck.
+
+``asyncio.timeout`` alone is not enough here: when it fires, the coroutine that was
+stuck has already been unwound, so nobody can say *where* it was stuck, and a
+coroutine that swallows ``CancelledError`` keeps the caller waiting forever. So a
+bounded call runs in its own task; at the deadline its await chain is read, it is
+cancelled, and it gets a short grace period to exit. If it still has not, it is
+abandoned (and reported), never waited on forever.
+
+A ``CancelledError`` raised *by the library* (aiokafka #647: ``consumer.stop()``)
+is turned into :class:`LibraryCancelled`, a failure; only the caller's own
+cancellation propagates as cancellation.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any, Awaitable, Iterable, TypeVar
+
+from bus.errors import BusError
+
+T = TypeVar("T")
+
+#: how long a cancelled call may take to exit before it is abandoned
+CANCEL_GRACE_S = 1.0
+
+
+class CallTimeout(BusError):
+    """A bounded call did not finish within its deadline."""
+
+    def __init__(self, what: str, timeout: float, stack: list[str],
+                 abandoned: asyncio.Task | None = None) -> None:
+        self.what = what
+        self.timeout = timeout
+        self.stack = stack
+        #: the task still running the call: it ignored cancellation for CANCEL_GRACE_S
+        self.abandoned = abandoned
+        where = f" (stuck at {innermost(stack)})" if stack else ""
+        refused = "; it ignored cancellation and was abandoned" if abandoned is not None else ""
+        super().__init__(f"{what} did not return within {timeout:g} s{where}{refused}")
+
+
+class LibraryCancelled(BusError):
+    """A call raised ``CancelledError`` although nobody cancelled the caller."""
+
+    def __init__(self, what: str) -> None:
+        self.what = what
+        super().__init__(f"{what} raised CancelledError without being cancelled")
+
+
+def coroutine_stack(coro: Any, limit: int = 16) -> list[str]:
+    """The chain of awaits a suspended coroutine is in, outermost first (``file:line in fn``)."""
+    out: list[str] = []
+    while coro is not None and len(out) < limit:
+        frame = getattr(coro, "cr_frame", None) or getattr(coro, "gi_frame", None)
+        code = getattr(coro, "cr_code", None) or getattr(coro, "gi_code", None)
+        if code is None:
+            out.append(f"awaiting {type(coro).__name__}")
+            break
+        out.append(short_where(code.co_filename, frame.f_lineno if frame is not None else None,
+                               code.co_name))
+        nxt = getattr(coro, "cr_await", None) or getattr(coro, "gi_yieldfrom", None)
+        if nxt is not None and not (hasattr(nxt, "cr_code") or hasattr(nxt, "gi_code")):
+            out.append(f"awaiting {type(nxt).__name__}")
+            break
+        coro = nxt
+    return out
+
+
+def task_stack(task: asyncio.Task, limit: int = 16) -> list[str]:
+    """A task's await chain, or its frames when the coroutine cannot be walked."""
+    out = coroutine_stack(task.get_coro(), limit)
+    if not out:
+        out = [short_where(f.f_code.co_filename, f.f_lineno, f.f_code.co_name)
+               for f in task.get_stack(limit=limit)]
+    return out
+
+
+def short_where(filename: str, lineno: int | None, function: str) -> str:
+    """``package/module.py:12 in fn``: the path from the top package, not the whole disk path."""
+    parts = filename.replace("\\", "/").split("/")
+    for marker in ("site-packages", "dist-packages"):
+        if marker in parts:
+            parts = parts[parts.index(marker) + 1:]
+            break
+    else:
+        parts = parts[-2:]
+    short = "/".join(parts)
+    return f"{short}:{lineno} in {function}" if lineno else f"{short} in {function}"
+
+
+def innermost(stack: list[str]) -> str:
+    """The deepest frame that is not asyncio's own machinery."""
+    for line in reversed(stack):
+        if not line.startswith(("awaiting ", "asyncio/")):
+            return line
+    return stack[-1] if stack else ""
+
+
+async def bounded(call: Awaitable[T], timeout: float, what: str, *, name: str = "bus.call") -> T:
+    """Await ``call`` for at most ``timeout`` seconds (plus a bounded cancel grace).
+
+    Raises :class:`CallTimeout` (with the stuck stack) at the deadline and
+    :class:`LibraryCancelled` when the call raised ``CancelledError`` on its own.
+    The caller's own cancellation is passed on to the call and re-raised.
+    """
+    task = asyncio.create_task(_run(call), name=f"{name}:{what}")
+    try:
+        done, _ = await asyncio.wait([task], timeout=max(0.0, timeout))
+    except asyncio.CancelledError:
+        await _cancel(task)
+        raise
+    if not done:
+        stack = task_stack(task)
+        abandoned = None if await _cancel(task) else task
+        raise CallTimeout(what, timeout, stack, abandoned)
+    if task.cancelled():
+        raise LibraryCancelled(what)
+    return task.result()
+
+
+async def _run(call: Awaitable[T]) -> T:
+    return await call
+
+
+async def _cancel(task: asyncio.Future, grace: float = CANCEL_GRACE_S) -> bool:
+    """Cancel ``task`` and wait up to ``grace`` for it to exit; True if it did.
+
+    Its outcome is retrieved either way, so no 'exception was never retrieved'
+    reaches the log.
+    """
+    task.cancel()
+    done, _ = await asyncio.wait([task], timeout=grace)
+    if not done:
+        task.add_done_callback(_consume)
+        return False
+    _consume(task)
+    return True
+
+
+def _consume(task: asyncio.Future) -> None:
+    if not task.cancelled():
+        task.exception()
+
+
+async def cancel_and_wait(tasks: Iterable[asyncio.Task | None], grace: float = CANCEL_GRACE_S
+                          ) -> list[asyncio.Task]:
+    """Cancel ``tasks`` and await their exit for at most ``grace`` seconds.
+
+    Returns the tasks that refused to exit (they ignored cancellation). The
+    caller's own task is skipped (it cannot await itself).
+    """
+    current = asyncio.current_task()
+    pending = [t for t in tasks if t is not None and t is not current and not t.done()]
+    for t in pending:
+        t.cancel()
+    if not pending:
+        return []
+    done, refused = await asyncio.wait(pending, timeout=grace)
+    for t in done:
+        _consume(t)
+    for t in refused:
+        t.add_done_callback(_consume)
+    return list(refused)
+
