@@ -42,8 +42,8 @@ def coro_module(task: asyncio.Task) -> str:
         if not module:
             code = getattr(coro, "cr_code", None) or getattr(coro, "gi_code", None)
             module = _module_from_filename(code.co_filename) if code is not None else ""
-        if module and module.split(".")[0] != "asyncio":
-            return module
+        if module and module.split(".")[0] != "asyncio" and module != "bus.deadline":
+            return module  # bus.deadline only wraps a call: the call's code is the owner
         first = first or module
         coro = getattr(coro, "cr_await", None)
         if coro is not None and not hasattr(coro, "cr_frame") and not hasattr(coro, "gi_frame"):

@@ -94,6 +94,9 @@ class RunResult:
     peaks: Mapping[str, int] = field(default_factory=dict)
     counters: Mapping[str, int] = field(default_factory=dict)
     verdict_ms: float = 0.0          # last leftover exited → verdict ready (GC + final census)
+    # why the run failed: phase, kind (deadline | error | fault | interrupted), message,
+    # deadline_s, the stuck stack and its component, and the broker's state when it was looked at
+    failure: Mapping[str, Any] | None = None
 
     def phase(self, name: str) -> PhaseSnapshot | None:
         return next((p for p in self.phases if p.phase == name), None)
@@ -119,6 +122,7 @@ class RunResult:
             "drift": dict(self.drift),
             "peaks": dict(self.peaks),
             "counters": dict(self.counters),
+            "failure": dict(self.failure) if self.failure else None,
         }
 
 

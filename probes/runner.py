@@ -17,6 +17,8 @@ import weakref
 from typing import Any, Callable
 
 from bus import Envelope, EventBus, create_bus
+from bus.deadline import CallTimeout, LibraryCancelled, bounded, cancel_and_wait, innermost, task_stack
+from bus.health import check_broker
 from probes.audit import DeliveryAudit
 from probes.census import Census, components_of_tasks, components_of_threads, os_thread_count
 from probes.gate import AutoGate
@@ -24,15 +26,22 @@ from probes.model import PhaseSnapshot, PhaseStarted, RunResult
 from probes.sampler import LiveState
 from probes.scenario import ProbeSpec, RunSpec, Scenario
 from probes.settle import IgnoreRules, SettleWatch
+from probes.stacks import stack_component
 from probes.tracking import TaskTracker
 
-CLOSE_TIMEOUT_S = 60.0
-CREATE_TIMEOUT_S = 60.0
-SUBSCRIBE_TIMEOUT_S = 120.0
+#: how long the broker check after a failure may take, per address
+BROKER_CHECK_S = 1.0
 
 
-class PhaseDeadline(Exception):
-    """A phase did not finish within its deadline."""
+class PhaseFailed(Exception):
+    """A phase failed: its deadline passed, the bus raised, or the bus reported a fault."""
+
+    def __init__(self, message: str, *, kind: str = "error", deadline_s: float | None = None,
+                 stack: list[str] | None = None) -> None:
+        super().__init__(message)
+        self.kind = kind                  # deadline | error | fault | interrupted
+        self.deadline_s = deadline_s
+        self.stack = list(stack or [])
 
 
 def _slug(text: str) -> str:
@@ -63,6 +72,16 @@ class RunContext:
         self.scopes_left = 0
         self.scopes_over = asyncio.Event()
         self.load_started = self.load_ended = self.delivered_at = 0.0
+        #: tasks running a bus call that ignored cancellation: judged, not excluded as busmon's own
+        self.stuck: dict[asyncio.Task, str] = {}
+        self.broker_status: str | None = None
+        self.failure: PhaseFailed | None = None
+        self.interrupted = False
+
+    def abandon(self, task: asyncio.Task, what: str) -> None:
+        """A task running the bus's code would not stop: it is the bus's leftover now."""
+        self.stuck[task] = what
+        self.own.discard(task)
 
 
 async def run_once(ctx: RunContext) -> RunResult:
@@ -93,6 +112,7 @@ async def _run_once(ctx: RunContext) -> RunResult:
     gc.freeze()
     ctx.baseline = Census.take()
     snapshot(ctx, "baseline", ctx.baseline)
+    deadlines = ctx.scenario.deadlines
     try:
         await phase("create")
         await create(ctx)
@@ -105,28 +125,35 @@ async def _run_once(ctx: RunContext) -> RunResult:
         snapshot(ctx, "load")
         if spec.hold_s > 0:
             await phase("hold")
-            await asyncio.sleep(spec.hold_s)  # the idle time itself is what this phase measures
+            await hold(ctx)
             snapshot(ctx, "hold")
+    except asyncio.CancelledError:
+        if not ctx.interrupted:
+            raise
+        _uncancel()
+        ctx.failure = PhaseFailed("interrupted (Ctrl-C)", kind="interrupted")
     except Exception as exc:  # the bus or broker failed: say so, then still close and settle
-        error = f"{st.phase}: {describe_error(exc)}"
+        ctx.failure = exc if isinstance(exc, PhaseFailed) else PhaseFailed(describe_error(exc))
+    failed_in = st.phase
+    if ctx.failure is not None:
+        error = await failure_line(ctx, failed_in, ctx.failure)
+    close_failure: PhaseFailed | None = None
     try:
         await phase("close")
         if ctx.bus is not None:
-            try:
-                async with asyncio.timeout(CLOSE_TIMEOUT_S):
-                    await ctx.bus.close()
-            except TimeoutError:
-                error = error or f"close: did not return within {CLOSE_TIMEOUT_S:g} s"
-            except Exception as exc:
-                error = error or f"close: {describe_error(exc)}"
+            close_failure = await close(ctx, deadlines.close_s)
     finally:
         closed_at = time.monotonic()
         at_close = Census.take()
         # watch exits from now on, even while the settle phase waits for its key press
         watch = SettleWatch(ctx.baseline, at_close, closed_at, timeout_s=probes.settle_timeout_s,
-                            poll_ms=probes.settle_poll_ms, exclude=set(ctx.own), sites=ctx.tracker.sites)
+                            poll_ms=probes.settle_poll_ms, exclude=set(ctx.own), sites=ctx.tracker.sites,
+                            stuck=dict(ctx.stuck))
         ctx.own.add(watch.start())
         snapshot(ctx, "close", at_close)  # the naive count, right after close returned
+    if close_failure is not None and ctx.failure is None:
+        ctx.failure, failed_in = close_failure, "close"
+        error = await failure_line(ctx, "close", close_failure)
 
     await phase("settle")
     outcome = await watch.verdict(ignore_rules(probes))
@@ -136,6 +163,12 @@ async def _run_once(ctx: RunContext) -> RunResult:
     verdict = "failed" if error else ("leaked" if leaked else "clean")
     t, th, _ = outcome.final.new_since(ctx.first_baseline or ctx.baseline)
     drift = {"tasks": len([x for x in t if x not in ctx.own]), "threads": len(th)}
+    failure = None
+    if ctx.failure is not None:
+        f = ctx.failure
+        failure = {"phase": failed_in, "kind": f.kind, "message": str(f), "deadline_s": f.deadline_s,
+                   "stack": list(f.stack), "component": stack_component(f.stack) if f.stack else None,
+                   "broker": ctx.broker_status}
     result = RunResult(
         name=spec.name, backend=ctx.scenario.backend, verdict=verdict, phases=tuple(ctx.phases),
         settle_ms=round(outcome.settle_ms, 2), leftovers=outcome.leftovers,
@@ -143,9 +176,40 @@ async def _run_once(ctx: RunContext) -> RunResult:
         throughput=throughput(ctx), error=error, drift=drift,
         peaks={p: dict(v) for p, v in st.peaks.items()},
         counters=dict(getattr(getattr(ctx.bus, "counters", None), "snapshot", dict)()),
-        verdict_ms=round(outcome.verdict_ms, 2),
+        verdict_ms=round(outcome.verdict_ms, 2), failure=failure,
     )
     return result
+
+
+def _uncancel() -> None:
+    task = asyncio.current_task()
+    if task is not None:
+        while task.cancelling():
+            task.uncancel()
+
+
+async def failure_line(ctx: RunContext, phase: str, failure: PhaseFailed) -> str:
+    """One line: the broker and what happened to it, where in the run, and the error.
+
+    ``kafka 127.0.0.1:9092 unreachable (connection refused) during load at 41 %: …``;
+    when the broker answers (or there is none) only where and what.
+    """
+    where = phase
+    if phase == "load" and ctx.audit.expected:
+        where = f"load at {100 * ctx.state.published // max(1, ctx.spec.messages)} %"
+    ctx.broker_status = None
+    if failure.kind != "interrupted":
+        try:
+            health = await check_broker(ctx.scenario.url, BROKER_CHECK_S)
+        except Exception:  # the look is a courtesy; the failure is what matters
+            health = []
+        down = [h for h in health if h.down]
+        if down:
+            ctx.broker_status = "; ".join(h.describe() for h in down)
+            return f"{ctx.broker_status} during {where}: {failure}"
+        if health:
+            ctx.broker_status = "; ".join(h.describe() for h in health)
+    return f"{where}: {failure}"
 
 
 def describe_error(exc: BaseException) -> str:
@@ -179,14 +243,48 @@ def topics_for(ctx: RunContext) -> list[str]:
     return [f"{stem}-{i}" for i in range(ctx.spec.topics)]
 
 
+async def call(ctx: RunContext, awaitable: Any, deadline_s: float, what: str) -> Any:
+    """One call into the bus under a deadline: on expiry the run fails with the stuck stack, and
+    a call that ignores its cancellation is left behind as the bus's leftover."""
+    try:
+        return await bounded(awaitable, deadline_s, what, name="busmon.call")
+    except CallTimeout as exc:
+        if exc.abandoned is not None:
+            ctx.abandon(exc.abandoned, what)
+        raise PhaseFailed(str(exc), kind="deadline", deadline_s=deadline_s, stack=exc.stack) from None
+    except LibraryCancelled as exc:
+        raise PhaseFailed(str(exc)) from None
+
+
 async def create(ctx: RunContext) -> None:
     sc = ctx.scenario
     ctx.bus = create_bus(sc.url, **sc.options())
+    await call(ctx, ctx.bus.start(), sc.deadlines.start_s, "start()")
+
+
+async def close(ctx: RunContext, deadline_s: float) -> PhaseFailed | None:
+    """``bus.close()`` under its deadline; the failure, if any, is returned (close always ends)."""
+    assert ctx.bus is not None
     try:
-        async with asyncio.timeout(CREATE_TIMEOUT_S):
-            await ctx.bus.start()
-    except TimeoutError:
-        raise PhaseDeadline(f"start() did not return within {CREATE_TIMEOUT_S:g} s") from None
+        await call(ctx, ctx.bus.close(), deadline_s, "close()")
+    except PhaseFailed as exc:
+        return exc
+    except Exception as exc:
+        return PhaseFailed(describe_error(exc))
+    return None
+
+
+async def hold(ctx: RunContext) -> None:
+    """The idle time itself is what this phase measures; a bus fault ends it early."""
+    faulted = getattr(ctx.bus, "faulted", None)
+    if isinstance(faulted, asyncio.Event):
+        try:
+            async with asyncio.timeout(ctx.spec.hold_s):
+                await faulted.wait()
+        except TimeoutError:
+            return
+        raise PhaseFailed(str(getattr(ctx.bus, "fault", "the bus reported a fault")), kind="fault")
+    await asyncio.sleep(ctx.spec.hold_s)
 
 
 def spawn_own(ctx: RunContext, coro, name: str) -> asyncio.Task:
@@ -199,19 +297,26 @@ async def subscribe(ctx: RunContext) -> None:
     spec, bus = ctx.spec.subscribe, ctx.bus
     assert bus is not None
     ctx.topics = topics_for(ctx)
-    try:
-        async with asyncio.timeout(SUBSCRIBE_TIMEOUT_S):
-            for topic in ctx.topics:
-                group_uid = ctx.audit.unit(topic) if spec.group else None
-                for _ in range(spec.count):
-                    uid = group_uid if group_uid is not None else ctx.audit.unit(topic)
-                    sub = await bus.subscribe(topic, ctx.audit.handler(uid), group=spec.group)
-                    ctx.subscriptions.append(sub)
-                    if spec.until_s:
-                        ctx.scopes_left += 1
-                        spawn_own(ctx, _scope(ctx, sub, spec.until_s), "busmon.subscribe-scope")
-    except TimeoutError:
-        raise PhaseDeadline(f"subscriptions not live within {SUBSCRIBE_TIMEOUT_S:g} s") from None
+    loop = asyncio.get_running_loop()
+    budget = ctx.scenario.deadlines.subscribe_s
+    deadline = loop.time() + budget
+    for topic in ctx.topics:
+        group_uid = ctx.audit.unit(topic) if spec.group else None
+        for _ in range(spec.count):
+            uid = group_uid if group_uid is not None else ctx.audit.unit(topic)
+            left = deadline - loop.time()
+            try:
+                sub = await call(ctx, bus.subscribe(topic, ctx.audit.handler(uid), group=spec.group),
+                                 max(0.0, left), f"subscribe({topic!r})")
+            except PhaseFailed as exc:
+                if exc.kind == "deadline":
+                    exc.deadline_s = budget
+                    exc.args = (f"subscriptions not live within {budget:g} s: {exc}",)
+                raise
+            ctx.subscriptions.append(sub)
+            if spec.until_s:
+                ctx.scopes_left += 1
+                spawn_own(ctx, _scope(ctx, sub, spec.until_s), "busmon.subscribe-scope")
 
 
 async def _scope(ctx: RunContext, sub: Any, until_s: float) -> None:
@@ -259,28 +364,76 @@ async def load(ctx: RunContext) -> None:
             ctx.published[topic] = ctx.published.get(topic, 0) + 1
             st.published += 1
 
+    deadline = ctx.load_started + spec.load_timeout_s
+    fault = _fault_watch(ctx)
     pubs = [spawn_own(ctx, publisher(i), f"busmon.publisher-{i}") for i in range(spec.publishers)]
     try:
-        await asyncio.gather(*pubs)
-    except BaseException:
+        await _publishing(ctx, pubs, fault, deadline)
+        ctx.load_ended = loop.time()
+        waiters = [spawn_own(ctx, ctx.audit.wait_all(), "busmon.wait-delivered")]
+        if ctx.spec.subscribe.until_s:  # once every scope has ended, nothing more can arrive
+            waiters.append(spawn_own(ctx, ctx.scopes_over.wait(), "busmon.wait-scopes"))
+        done, pending = await asyncio.wait(waiters + ([fault] if fault else []),
+                                           timeout=max(0.0, deadline - loop.time()),
+                                           return_when=asyncio.FIRST_COMPLETED)
+        await cancel_and_wait(pending)
+        ctx.delivered_at = loop.time()
+        if fault is not None and fault in done:
+            raise PhaseFailed(str(fault.result()), kind="fault")
+        if not done:
+            raise PhaseFailed(f"{ctx.audit.received:,} of {ctx.audit.expected:,} deliveries within "
+                              f"{spec.load_timeout_s:g} s", kind="deadline", deadline_s=spec.load_timeout_s)
+    finally:
+        if fault is not None:
+            await cancel_and_wait([fault])
+        if not ctx.load_ended:
+            ctx.load_ended = ctx.delivered_at = loop.time()
+
+
+def _fault_watch(ctx: RunContext) -> asyncio.Task | None:
+    """A task that ends with the bus's fault when the bus reports one (built-in buses do)."""
+    faulted = getattr(ctx.bus, "faulted", None)
+    if not isinstance(faulted, asyncio.Event):
+        return None
+
+    async def watch() -> object:
+        await faulted.wait()
+        return getattr(ctx.bus, "fault", None) or "the bus reported a fault"
+
+    return spawn_own(ctx, watch(), "busmon.fault-watch")
+
+
+async def _publishing(ctx: RunContext, pubs: list[asyncio.Task], fault: asyncio.Task | None,
+                      deadline: float) -> None:
+    """Wait for every publisher, the first error, the bus's fault, or the load deadline."""
+    loop = asyncio.get_running_loop()
+    waiting = set(pubs) | ({fault} if fault else set())
+    try:
+        while any(not p.done() for p in pubs):
+            done, _ = await asyncio.wait(waiting, timeout=max(0.0, deadline - loop.time()),
+                                         return_when=asyncio.FIRST_COMPLETED)
+            if not done:
+                stuck = next(p for p in pubs if not p.done())
+                stack = task_stack(stuck)
+                where = f"; stuck at {innermost(stack)}" if stack else ""
+                raise PhaseFailed(f"publishing did not finish within {ctx.spec.load_timeout_s:g} s "
+                                  f"({ctx.state.published:,} of {ctx.spec.messages:,} published{where})",
+                                  kind="deadline", deadline_s=ctx.spec.load_timeout_s, stack=stack)
+            waiting -= done
+            if fault is not None and fault in done:
+                raise PhaseFailed(str(fault.result()), kind="fault")
+            for p in done:
+                if not p.cancelled() and p.exception() is not None:
+                    exc = p.exception()
+                    if isinstance(exc, PhaseFailed):
+                        raise exc
+                    raise PhaseFailed(f"publish(): {describe_error(exc)}") from exc
+    finally:
+        for p in await cancel_and_wait(pubs):
+            ctx.abandon(p, "publish()")
         for p in pubs:
-            p.cancel()
-        await asyncio.wait(pubs)
-        raise
-    ctx.load_ended = loop.time()
-    waiters = [spawn_own(ctx, ctx.audit.wait_all(), "busmon.wait-delivered")]
-    if ctx.spec.subscribe.until_s:  # once every scope has ended, nothing more can arrive
-        waiters.append(spawn_own(ctx, ctx.scopes_over.wait(), "busmon.wait-scopes"))
-    done, pending = await asyncio.wait(waiters, timeout=spec.load_timeout_s,
-                                       return_when=asyncio.FIRST_COMPLETED)
-    for w in pending:
-        w.cancel()
-    if pending:
-        await asyncio.wait(pending)
-    ctx.delivered_at = loop.time()
-    if not done:
-        raise PhaseDeadline(f"{ctx.audit.received} of {ctx.audit.expected} deliveries "
-                            f"within {spec.load_timeout_s:g} s")
+            if p.done() and not p.cancelled():
+                p.exception()  # retrieved: reported through PhaseFailed, not by asyncio's logger
 
 
 def throughput(ctx: RunContext) -> dict[str, Any]:

@@ -59,6 +59,19 @@ class ProbeSpec:
 
 
 @dataclass(frozen=True)
+class DeadlineSpec:
+    """How long busmon waits on each call into the bus before it fails the run (seconds).
+
+    The load deadline is per run (``load_timeout_s``, publishing and delivery together)
+    and the settle deadline is ``probes.settle_timeout_s``.
+    """
+
+    start_s: float = 30.0       # bus.start(): connect (a bus's own connect timeout is usually shorter)
+    subscribe_s: float = 120.0  # every subscription of the run together (a Kafka group join is ~5 s)
+    close_s: float = 30.0       # bus.close(), including its drain
+
+
+@dataclass(frozen=True)
 class Scenario:
     name: str
     backend: str                      # memory | kafka | nats | nats-js | package.module:factory
@@ -67,6 +80,7 @@ class Scenario:
     probes: ProbeSpec
     runs: tuple[RunSpec, ...]
     path: str = "<scenario>"
+    deadlines: DeadlineSpec = field(default_factory=DeadlineSpec)
 
     def options(self) -> dict[str, Any]:
         """The [bus] options for this scenario's backend: the shared keys, then ``[bus.<backend>]``."""
@@ -118,7 +132,10 @@ PROBE_FIELDS: dict[str, Check] = {
     "interval_ms": _INT(10), "settle_timeout_s": _NUM(0), "settle_poll_ms": _INT(1),
     "ignore_tasks": _STRS, "ignore_threads": _STRS, "trace_creation": _BOOL,
 }
-TOP_FIELDS = {"name", "backend", "url", "bus", "probes", "defaults", "runs"}
+DEADLINE_FIELDS: dict[str, Check] = {
+    "start_s": _NUM(0, strict=True), "subscribe_s": _NUM(0, strict=True), "close_s": _NUM(0, strict=True),
+}
+TOP_FIELDS = {"name", "backend", "url", "bus", "probes", "deadlines", "defaults", "runs"}
 
 
 class _Lines:
@@ -226,6 +243,8 @@ class _Loader:
             url = backend
         bus_options = dict(self.table(doc.get("bus", {}), "bus"))
         probes = ProbeSpec(**self.fields(self.table(doc.get("probes", {}), "probes"), PROBE_FIELDS, "probes"))
+        deadlines = DeadlineSpec(**self.fields(self.table(doc.get("deadlines", {}), "deadlines"),
+                                               DEADLINE_FIELDS, "deadlines"))
         defaults = self.run_fields(self.table(doc.get("defaults", {}), "defaults"), "defaults", {})
         runs_doc = doc.get("runs")
         if runs_doc is None:
@@ -245,7 +264,7 @@ class _Loader:
             names.add(run_name)
             runs.append(RunSpec(name=run_name, **self.run_fields(run_doc, where, defaults)))
         return Scenario(name=name, backend=backend, url=url, bus_options=bus_options,
-                        probes=probes, runs=tuple(runs), path=self.path)
+                        probes=probes, runs=tuple(runs), path=self.path, deadlines=deadlines)
 
 
 def load_scenario(path: str | Path) -> Scenario:

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from probes.census import Census, os_thread_ids
 from probes.components import RUNTIME_EXECUTOR_THREAD, coro_qualname, task_component, thread_component
 from probes.model import Leftover
-from probes.stacks import task_stack, thread_stack
+from probes.stacks import stack_component, task_stack, thread_stack
 
 
 @dataclass(frozen=True)
@@ -63,7 +63,8 @@ class SettleWatch:
     """
 
     def __init__(self, baseline: Census, at_close: Census, closed_at: float, *, timeout_s: float,
-                 poll_ms: int, exclude: set[asyncio.Task], sites=None) -> None:
+                 poll_ms: int, exclude: set[asyncio.Task], sites=None,
+                 stuck: dict[asyncio.Task, str] | None = None) -> None:
         found_tasks, self.threads, self.native = at_close.new_since(baseline)
         self.closed_at = closed_at
         self.deadline = closed_at + timeout_s
@@ -78,8 +79,12 @@ class SettleWatch:
             ref = weakref.ref(task)
             self.task_refs.append(ref)
             # describe every candidate now, while it is still alive
-            self.info[ref] = (task.get_name(), task_component(task, site), coro_qualname(task),
-                              tuple(task_stack(task)), site)
+            name, component, qualname = task.get_name(), task_component(task, site), coro_qualname(task)
+            stack = tuple(task_stack(task))
+            if stuck and task in stuck:  # busmon's wrapper around a bus call that ignored cancellation
+                name = f"{stuck[task]} (ignored cancellation)"
+                component = stack_component(stack)
+            self.info[ref] = (name, component, qualname, stack, site)
             task.add_done_callback(self._task_exited)
         for th in self.threads:
             self.info[th] = (th.name, "thread:" + thread_component(th), f"ident {th.ident}, native {th.native_id}",
