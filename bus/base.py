@@ -31,6 +31,8 @@ DEFAULT_SUBSCRIBE_TIMEOUT_S = 60.0
 #: the least time a shutdown call gets even when the close deadline is used up, so
 #: every connection is still asked to close
 MIN_SHUTDOWN_CALL_S = 0.25
+#: how long a timed-out shutdown call may take to exit once cancelled
+SHUTDOWN_CANCEL_GRACE_S = 0.25
 
 
 class State(enum.Enum):
@@ -103,6 +105,7 @@ class BaseBus:
         self._subscriptions: set[BaseSubscription] = set()
         self._seq: dict[str, int] = {}
         self._close_task: asyncio.Task | None = None
+        self._closing_at = 0.0  # the loop's clock when close began
         #: the first failure noticed outside any call (a consumer loop or worker that died, a
         #: connection lost); ``faulted`` is set with it so a caller can wait on it
         self.fault: BusFault | None = None
@@ -174,7 +177,7 @@ class BaseBus:
     async def _close(self) -> None:
         self.state = State.CLOSING
         loop = asyncio.get_running_loop()
-        now = loop.time()
+        now = self._closing_at = loop.time()
         close_deadline = now + self.close_timeout
         drain_deadline = min(now + self.drain_timeout, close_deadline)
         problems: list[str] = []
@@ -218,7 +221,7 @@ class BaseBus:
         counts as a failure here, not as the caller being cancelled.
         """
         try:
-            await bounded(call, self.remaining(deadline), what)
+            await bounded(call, self.remaining(deadline), what, grace=SHUTDOWN_CANCEL_GRACE_S)
             return True
         except (CallTimeout, LibraryCancelled) as exc:
             problems.append(str(exc))

@@ -97,7 +97,8 @@ def innermost(stack: list[str]) -> str:
     return stack[-1] if stack else ""
 
 
-async def bounded(call: Awaitable[T], timeout: float, what: str, *, name: str = "bus.call") -> T:
+async def bounded(call: Awaitable[T], timeout: float, what: str, *, name: str = "bus.call",
+                  grace: float = CANCEL_GRACE_S) -> T:
     """Await ``call`` for at most ``timeout`` seconds (plus a bounded cancel grace).
 
     Raises :class:`CallTimeout` (with the stuck stack) at the deadline and
@@ -108,11 +109,11 @@ async def bounded(call: Awaitable[T], timeout: float, what: str, *, name: str = 
     try:
         done, _ = await asyncio.wait([task], timeout=max(0.0, timeout))
     except asyncio.CancelledError:
-        await _cancel(task)
+        await _cancel(task, grace)
         raise
     if not done:
         stack = task_stack(task)
-        abandoned = None if await _cancel(task) else task
+        abandoned = None if await _cancel(task, grace) else task
         raise CallTimeout(what, timeout, stack, abandoned)
     if task.cancelled():
         raise LibraryCancelled(what)

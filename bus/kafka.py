@@ -14,7 +14,7 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import TopicAlreadyExistsError
+from aiokafka.errors import KafkaConnectionError, TopicAlreadyExistsError
 
 from bus.base import BaseBus
 from bus.confirmations import Confirmations
@@ -207,11 +207,17 @@ class KafkaBus(BaseBus):
     async def _disconnect(self, deadline: float, problems: list[str]) -> None:
         producer = self._producer
         if producer is not None:
-            if unconfirmed := await self._confirmations.wait(self.remaining(deadline)):
+            # unconfirmed publishes are waited for within the drain deadline, like queued envelopes
+            drain_deadline = min(deadline, self._closing_at + self.drain_timeout)
+            if unconfirmed := await self._confirmations.wait(drain_deadline - asyncio.get_running_loop().time()):
                 problems.append(f"{unconfirmed} publishes unconfirmed at close")
             if not await self.shutdown_call(producer.stop(), deadline, "kafka producer.stop()", problems):
-                # stop() hangs while the broker is gone (aiokafka #1101): stop the sender and
-                # the connections directly, so no aiokafka task outlives close
+                # stop() hangs while the broker is gone (aiokafka #1101), and leaves its flush
+                # task waiting for batches that will never be sent: fail those batches, stop
+                # the sender and the connections directly, so no aiokafka task outlives close
+                accumulator = getattr(producer, "_message_accumulator", None)
+                if accumulator is not None:
+                    accumulator.fail_all(KafkaConnectionError("producer closed with the broker unreachable"))
                 sender = getattr(producer, "_sender", None)
                 if sender is not None:
                     await self.shutdown_call(sender.close(), deadline, "kafka producer sender close()",

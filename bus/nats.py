@@ -309,6 +309,7 @@ class JetStreamBus(NatsBus):
         return JetStreamSubscription(self, topic, handler, group, psub)
 
     async def _disconnect(self, deadline: float, problems: list[str]) -> None:
-        if unconfirmed := await self._confirmations.wait(self.remaining(deadline)):
+        drain_deadline = min(deadline, self._closing_at + self.drain_timeout)
+        if unconfirmed := await self._confirmations.wait(drain_deadline - asyncio.get_running_loop().time()):
             problems.append(f"{unconfirmed} publishes unconfirmed at close")
         await super()._disconnect(deadline, problems)

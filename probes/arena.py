@@ -12,9 +12,13 @@ import concurrent.futures
 import threading
 from typing import Any, Coroutine, TypeVar
 
+from bus.deadline import task_stack
+
 T = TypeVar("T")
 
 ARENA_THREAD_NAME = "busmon-arena"
+#: how long the arena's teardown waits for cancelled tasks, async generators and its thread
+TEARDOWN_GRACE_S = 1.0
 
 
 class Arena:
@@ -25,6 +29,10 @@ class Arena:
         self.loop: asyncio.AbstractEventLoop | None = None
         self.thread: threading.Thread | None = None
         self._ready = threading.Event()
+        #: what would not stop at teardown: ``name: innermost frame`` of each task that ignored
+        #: cancellation, and the arena thread itself if it did not end in time
+        self.refused: list[str] = []
+        self._executor: concurrent.futures.ThreadPoolExecutor | None = None
 
     def __enter__(self) -> Arena:
         self.start()
@@ -43,21 +51,40 @@ class Arena:
     def _main(self) -> None:
         loop = asyncio.new_event_loop()
         asyncio.set_event_loop(loop)
+        # our own handle on the default executor (same thread names as asyncio's), so teardown
+        # can shut it down without waiting: asyncio's shutdown_default_executor joins a stuck
+        # worker forever on 3.11
+        self._executor = concurrent.futures.ThreadPoolExecutor(thread_name_prefix="asyncio")
+        loop.set_default_executor(self._executor)
         self.loop = loop
         loop.call_soon(self._ready.set)
         try:
             loop.run_forever()
         finally:
             try:
-                pending = [t for t in asyncio.all_tasks(loop) if not t.done()]
-                for t in pending:
-                    t.cancel()
-                if pending:
-                    loop.run_until_complete(asyncio.wait(pending))
-                loop.run_until_complete(loop.shutdown_asyncgens())
-                loop.run_until_complete(loop.shutdown_default_executor())
+                self._teardown(loop)
             finally:
                 loop.close()
+
+    def _teardown(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Cancel what is left and wait a bounded while; name whatever refuses."""
+        pending = [t for t in asyncio.all_tasks(loop) if not t.done()]
+        for t in pending:
+            t.cancel()
+        if pending:
+            done, refused = loop.run_until_complete(asyncio.wait(pending, timeout=TEARDOWN_GRACE_S))
+            for t in done:
+                if not t.cancelled():
+                    t.exception()  # retrieved: nothing for asyncio to complain about later
+            for t in refused:
+                stack = task_stack(t)
+                self.refused.append(f"task {t.get_name()}" + (f" at {stack[-1]}" if stack else ""))
+        try:
+            loop.run_until_complete(asyncio.wait_for(loop.shutdown_asyncgens(), TEARDOWN_GRACE_S))
+        except (TimeoutError, RuntimeError):
+            self.refused.append("async generators that would not close")
+        if self._executor is not None:
+            self._executor.shutdown(wait=False, cancel_futures=True)
 
     def submit(self, coro: Coroutine[Any, Any, T], name: str = "busmon.session"
                ) -> concurrent.futures.Future[T]:
@@ -74,14 +101,22 @@ class Arena:
         assert self.loop is not None
         self.loop.call_soon_threadsafe(fn, *args)
 
-    def stop(self) -> None:
-        """Stop the loop (cancelling and awaiting what is left) and join the thread."""
+    def stop(self, timeout: float = 2 * TEARDOWN_GRACE_S + 1) -> bool:
+        """Stop the loop (cancelling and awaiting what is left, bounded) and join the thread.
+
+        False if the thread did not end within ``timeout`` (something blocks the loop);
+        it is a daemon thread, so it cannot keep the process alive.
+        """
         if self.thread is None or self.loop is None:
-            return
+            return True
         if self.loop.is_running():
             self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join()
+        self.thread.join(timeout)
+        if self.thread.is_alive():
+            self.refused.append(f"thread {self.name} (its event loop is blocked)")
+            return False
         self.thread = None
+        return True
 
 
 async def _named(coro: Coroutine[Any, Any, T], name: str) -> T:

@@ -32,7 +32,20 @@ def play_headless(scenario: Scenario, console: Console | None = None,
     with Session(scenario, events.put) as session, progress:
         future = session.arena.submit(session.play_runs(scenario.runs))
         future.add_done_callback(lambda _: events.put(_DONE))
-        while (event := events.get()) is not _DONE:
+        interrupted = False
+        while True:
+            try:
+                event = events.get()
+            except KeyboardInterrupt:
+                if interrupted:  # a second Ctrl-C: the person wants out now
+                    raise
+                interrupted = True
+                session.interrupt()
+                progress.console.print("[bold yellow]interrupted[/]: closing the bus and settling, then "
+                                       "writing what was measured (Ctrl-C again to quit at once)")
+                continue
+            if event is _DONE:
+                break
             if on_event is not None:
                 on_event(event)
             _show(event, progress, bars, console)

@@ -130,6 +130,12 @@ class RunResult:
 class ScenarioResult:
     scenario: str
     runs: tuple[RunResult, ...]
+    interrupted: bool = False        # stopped early (Ctrl-C): the runs are those played so far
+    logs: tuple[Any, ...] = ()       # the libraries' log lines, counted (probes.logs.LogLine)
+
+    @property
+    def exit_code(self) -> int:
+        return EXIT_INTERRUPTED if self.interrupted else EXIT_CODES[self.verdict]
 
     @property
     def verdict(self) -> str:
@@ -149,3 +155,4 @@ def signed(n: int | None) -> str:
 
 EXIT_CODES = {"clean": 0, "leaked": 1, "failed": 3}
 EXIT_BAD_INPUT = 2
+EXIT_INTERRUPTED = 130

@@ -27,7 +27,9 @@ def to_dict(result: ScenarioResult, scenario_path: str | None = None) -> dict[st
         "scenario": result.scenario,
         "scenario_path": scenario_path,
         "verdict": result.verdict,
+        "interrupted": result.interrupted,
         "runs": [r.as_dict() for r in result.runs],
+        "logs": [line.as_dict() for line in result.logs],
     }
 
 
@@ -100,6 +102,7 @@ def to_markdown(result: ScenarioResult, scenario_path: str | None = None) -> str
         lines += ["", f"## Run `{r.name}` on {r.backend}: {r.verdict}", ""]
         if r.error:
             lines += [f"**Failure:** {r.error}", ""]
+            lines += failure_lines(r)
         lines += ["### Tasks and threads by phase", ""]
         lines += _table(["phase", "tasks", "Δ baseline", "threads (Python / OS)", "Δ threads",
                          "new since baseline"], phase_rows(r))
@@ -128,7 +131,30 @@ def to_markdown(result: ScenarioResult, scenario_path: str | None = None) -> str
         lines += [f"publish {t.get('publish_per_s', 0):,.0f}/s · deliver {t.get('deliver_per_s', 0):,.0f}/s"
                   + (f" · latency p50 {lat['p50']} ms, p90 {lat['p90']} ms, p99 {lat['p99']} ms, max {lat['max']} ms"
                      if lat else "")]
+    if result.interrupted:
+        lines += ["", "_Interrupted (Ctrl-C): the runs above are those played until then._"]
+    if result.logs:
+        lines += ["", "## Library log lines (counted, each kind once)", ""]
+        lines += _table(["logger", "level", "count", "first message"],
+                        [[f"`{x.logger}`", x.level, f"{x.count:,}", x.message.replace("|", "\\|")[:300]]
+                         for x in result.logs])
     return "\n".join(lines) + "\n"
+
+
+def failure_lines(run: RunResult) -> list[str]:
+    """Where the run was stuck when its deadline passed, and the broker's state (Markdown)."""
+    f = run.failure or {}
+    out = []
+    facts = [f"phase `{f['phase']}`" if f.get("phase") else "", f"{f['kind']}" if f.get("kind") else "",
+             f"deadline {f['deadline_s']:g} s" if f.get("deadline_s") else "",
+             f"broker: {f['broker']}" if f.get("broker") else "",
+             f"then close: {f['close']}" if f.get("close") else ""]
+    facts = [x for x in facts if x]
+    if facts:
+        out += [" · ".join(facts), ""]
+    if f.get("stack"):
+        out += [f"Stuck in `{f.get('component') or 'unknown'}`:", "", "```", *f["stack"], "```", ""]
+    return out
 
 
 REPORT_SUFFIXES = (".json", ".md", ".markdown")

@@ -75,6 +75,7 @@ class RunContext:
         #: tasks running a bus call that ignored cancellation: judged, not excluded as busmon's own
         self.stuck: dict[asyncio.Task, str] = {}
         self.broker_status: str | None = None
+        self.close_problem: str | None = None
         self.failure: PhaseFailed | None = None
         self.interrupted = False
 
@@ -154,6 +155,8 @@ async def _run_once(ctx: RunContext) -> RunResult:
     if close_failure is not None and ctx.failure is None:
         ctx.failure, failed_in = close_failure, "close"
         error = await failure_line(ctx, "close", close_failure)
+    elif close_failure is not None:
+        ctx.close_problem = str(close_failure)  # after an earlier failure: reported beside it
 
     await phase("settle")
     outcome = await watch.verdict(ignore_rules(probes))
@@ -168,7 +171,7 @@ async def _run_once(ctx: RunContext) -> RunResult:
         f = ctx.failure
         failure = {"phase": failed_in, "kind": f.kind, "message": str(f), "deadline_s": f.deadline_s,
                    "stack": list(f.stack), "component": stack_component(f.stack) if f.stack else None,
-                   "broker": ctx.broker_status}
+                   "broker": ctx.broker_status, "close": ctx.close_problem}
     result = RunResult(
         name=spec.name, backend=ctx.scenario.backend, verdict=verdict, phases=tuple(ctx.phases),
         settle_ms=round(outcome.settle_ms, 2), leftovers=outcome.leftovers,
@@ -182,6 +185,7 @@ async def _run_once(ctx: RunContext) -> RunResult:
 
 
 def _uncancel() -> None:
+    """Forget a cancellation that was handled (an interruption turned into a failed run)."""
     task = asyncio.current_task()
     if task is not None:
         while task.cancelling():

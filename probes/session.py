@@ -9,13 +9,14 @@ Textual's ``call_from_thread``).
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable
 
 from probes.arena import Arena
 from probes.census import Census
 from probes.model import RunResult, ScenarioResult
-from probes.runner import RunContext, run_once
+from probes.runner import RunContext, _uncancel, run_once
 from probes.sampler import LiveState, Sampler
 from probes.scenario import RunSpec, Scenario
 from probes.tracking import TaskTracker
@@ -40,6 +41,8 @@ class Session:
         self.first_baseline: Census | None = None
         self.results: list[RunResult] = []
         self.current: RunContext | None = None
+        self.interrupted = False
+        self._play_task: asyncio.Task | None = None
 
     def __enter__(self) -> Session:
         self.start()
@@ -58,9 +61,28 @@ class Session:
             self._sampler_task = asyncio.create_task(self.sampler.run(), name="busmon.sampler")
 
     def stop(self) -> None:
+        """Tear down the probes and the arena, bounded: a wedged loop is named, never waited on."""
         if self.arena.loop is not None and self.arena.thread is not None:
-            self.arena.run(self._teardown())
+            try:
+                self.arena.run(self._teardown(), timeout=2.0, name="busmon.teardown")
+            except (TimeoutError, concurrent.futures.TimeoutError):
+                self.arena.refused.append("the probes' teardown (the event loop is blocked)")
         self.arena.stop()
+
+    def interrupt(self) -> None:
+        """Stop playing (thread-safe), as Ctrl-C does: a run in create…hold fails as
+        'interrupted', is still closed, settled and judged; no further run starts."""
+        self.arena.call_soon(self._interrupt)
+
+    def _interrupt(self) -> None:
+        self.interrupted = True
+        ctx = self.current
+        if ctx is not None:
+            ctx.interrupted = True
+        # close and settle are bounded and are what makes the partial report worth having:
+        # let them finish; anywhere else, stop now
+        if self._play_task is not None and (ctx is None or ctx.state.phase not in ("close", "settle")):
+            self._play_task.cancel()
 
     async def _teardown(self) -> None:
         if self._sampler_task is not None:
@@ -70,18 +92,30 @@ class Session:
         self.tracker.uninstall()
 
     async def play_runs(self, runs: Iterable[RunSpec], gate: Any = None) -> ScenarioResult:
-        """Play ``runs`` one after another on the arena loop."""
-        for spec in runs:
-            ctx = RunContext(self.scenario, spec, self.tracker, self.state, self.sink, gate,
-                             self.first_baseline)
-            self.current = ctx
-            self.sampler.reset_rates()
-            result = await run_once(ctx)
-            if self.first_baseline is None:
-                self.first_baseline = ctx.baseline
-            self.results.append(result)
-            self.sink(RunFinished(result))
-        return ScenarioResult(self.scenario.name, tuple(self.results))
+        """Play ``runs`` one after another on the arena loop (until interrupted)."""
+        self._play_task = asyncio.current_task()
+        try:
+            for spec in runs:
+                if self.interrupted:
+                    break
+                ctx = RunContext(self.scenario, spec, self.tracker, self.state, self.sink, gate,
+                                 self.first_baseline)
+                self.current = ctx
+                self.sampler.reset_rates()
+                try:
+                    result = await run_once(ctx)
+                except asyncio.CancelledError:
+                    if not self.interrupted:
+                        raise
+                    _uncancel()
+                    break  # interrupted before the run had a bus: nothing to close or judge
+                if self.first_baseline is None:
+                    self.first_baseline = ctx.baseline
+                self.results.append(result)
+                self.sink(RunFinished(result))
+        finally:
+            self._play_task = None
+        return ScenarioResult(self.scenario.name, tuple(self.results), interrupted=self.interrupted)
 
     def play(self, gate: Any = None) -> ScenarioResult:
         """Play the scenario's runs, blocking the calling thread."""
