@@ -315,7 +315,10 @@ async def subscribe(ctx: RunContext) -> None:
             except PhaseFailed as exc:
                 if exc.kind == "deadline":
                     exc.deadline_s = budget
-                    exc.args = (f"subscriptions not live within {budget:g} s: {exc}",)
+                    where = f", stuck at {innermost(exc.stack)}" if exc.stack else ""
+                    exc.args = (f"subscriptions did not return within {budget:g} s "
+                                f"({len(ctx.subscriptions)} of {len(ctx.topics) * spec.count} live; "
+                                f"subscribe({topic!r}){where})",)
                 raise
             ctx.subscriptions.append(sub)
             if spec.until_s:

@@ -173,3 +173,110 @@ class NatsNeverClosed:
 
     async def close(self) -> None:
         await self.nc.flush()  # ...and forgets nc.close()
+
+
+# -- buses that get stuck: each call into them must be bounded by busmon's deadlines ------------
+
+class StuckStart(Wrapped):
+    """start() never returns (a connect that hangs)."""
+
+    async def start(self) -> None:
+        await super().start()
+        await _forever()
+
+
+class StuckSubscribe(Wrapped):
+    """subscribe() never returns (a group join that never completes)."""
+
+    async def subscribe(self, topic: str, handler: Handler, *, group: str | None = None):
+        await _forever()
+
+
+class StuckPublish(Wrapped):
+    """publish() blocks forever after ``after`` envelopes (a broker that stopped taking them)."""
+
+    def __init__(self, after: int = 100, **options: Any) -> None:
+        super().__init__(**options)
+        self.after, self.sent = after, 0
+
+    async def publish(self, topic: str, envelope: Envelope) -> None:
+        self.sent += 1
+        if self.sent > self.after:
+            await _forever()
+        await super().publish(topic, envelope)
+
+
+class StuckClose(Wrapped):
+    """close() closes the real bus, then waits forever on something that never happens."""
+
+    async def close(self) -> None:
+        await super().close()
+        await _flush_that_never_ends()
+
+
+async def _flush_that_never_ends() -> None:
+    await asyncio.Event().wait()
+
+
+async def _refuse_cancellation() -> None:
+    """Swallows every cancellation: only the process ending stops it."""
+    while True:
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            continue
+
+
+class StubbornClose(Wrapped):
+    """close() that ignores its cancellation: busmon must abandon it, say so, and still exit."""
+
+    async def close(self) -> None:
+        await super().close()
+        await _refuse_cancellation()
+
+
+class StubbornLeak(Wrapped):
+    """Leaves a task that ignores cancellation: leaked, and busmon must still exit."""
+
+    async def start(self) -> None:
+        await super().start()
+        self.task = asyncio.create_task(_refuse_cancellation(), name="bus.stubborn.pinger")
+
+
+class NonDaemonThreadLeak(Wrapped):
+    """Leaves a non-daemon thread blocked forever: it would keep the interpreter from exiting."""
+
+    async def start(self) -> None:
+        await super().start()
+        threading.Thread(target=threading.Event().wait, name="stubborn-poller", daemon=False).start()
+
+
+class StuckExecutorJob(Wrapped):
+    """Submits a blocking job to the loop's default executor that never finishes."""
+
+    async def start(self) -> None:
+        await super().start()
+        asyncio.get_running_loop().run_in_executor(None, threading.Event().wait)
+
+
+class DyingWorker(Wrapped):
+    """One of the pool's workers is cancelled by someone else mid-load: a bus fault, which must
+    end the load phase at once rather than when its deadline passes."""
+
+    def __init__(self, after: int = 50, **options: Any) -> None:
+        super().__init__(**options)
+        self.after, self.seen = after, 0
+        self.faulted = self.inner.faulted
+
+    @property
+    def fault(self):
+        return self.inner.fault
+
+    async def subscribe(self, topic: str, handler: Handler, *, group: str | None = None):
+        async def counting(envelope: Envelope) -> None:
+            self.seen += 1
+            if self.seen == self.after:
+                self.inner.pool.tasks[-1].cancel()
+            await handler(envelope)
+
+        return await super().subscribe(topic, counting, group=group)
