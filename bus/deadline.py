@@ -152,7 +152,11 @@ async def cancel_and_wait(tasks: Iterable[asyncio.Task | None], grace: float = C
     caller's own task is skipped (it cannot await itself).
     """
     current = asyncio.current_task()
-    pending = [t for t in tasks if t is not None and t is not current and not t.done()]
+    tasks = [t for t in tasks if t is not None and t is not current]
+    for t in tasks:
+        if t.done():
+            _consume(t)  # it already ended (perhaps of an error): ours to retrieve, not asyncio's to log
+    pending = [t for t in tasks if not t.done()]
     for t in pending:
         t.cancel()
     if not pending:
