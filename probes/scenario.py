@@ -8,7 +8,10 @@ the line where possible, the field and what was expected, e.g.::
 
 from __future__ import annotations
 
+import math
 import re
+import reprlib
+import sys
 import tomllib
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -95,6 +98,8 @@ class Scenario:
             return replace(self, backend=bus, url=bus)
         if backend:
             check_backend(backend, "--backend")
+            if backend not in BUILTIN_BACKENDS:  # package.module:factory, as a file's backend = may be
+                return replace(self, backend=backend, url=backend)
             return replace(self, backend=backend, url=url or BUILTIN_BACKENDS[backend])
         if url:
             return replace(self, url=url)
@@ -111,7 +116,11 @@ def check_backend(backend: str, where: str) -> None:
 
 Check = tuple[str, Callable[[Any], bool]]
 
-_INT = lambda lo: (f"an integer >= {lo}", lambda v: type(v) is int and v >= lo)  # noqa: E731
+# lo..hi: what a run can allocate up front (keys, payload, tasks, subscriptions), or it dies of memory
+_INT = lambda lo, hi=None: (  # noqa: E731
+    f"an integer >= {lo}" if hi is None else f"an integer from {lo} to {hi}",
+    lambda v: type(v) is int and v >= lo and (hi is None or v <= hi),
+)
 _NUM = lambda lo, strict=False: (  # noqa: E731
     f"a number {'>' if strict else '>='} {lo}",
     lambda v: type(v) in (int, float) and (v > lo if strict else v >= lo),
@@ -121,12 +130,13 @@ _BOOL = ("true or false", lambda v: type(v) is bool)
 _STRS = ("a list of strings", lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v))
 
 RUN_FIELDS: dict[str, Check] = {
-    "messages": _INT(1), "keys": _INT(1), "topics": _INT(1), "payload_bytes": _INT(0),
-    "rate_per_s": _NUM(0), "publishers": _INT(1), "hold_s": _NUM(0),
+    "messages": _INT(1), "keys": _INT(1, 1_000_000), "topics": _INT(1, 10_000),
+    "payload_bytes": _INT(0, 64 * 1024 * 1024), "rate_per_s": _NUM(0), "publishers": _INT(1, 10_000),
+    "hold_s": _NUM(0),
     "load_timeout_s": _NUM(0, strict=True),
 }
 SUBSCRIBE_FIELDS: dict[str, Check] = {
-    "count": _INT(1), "group": _STR, "until_s": _NUM(0, strict=True),
+    "count": _INT(1, 10_000), "group": _STR, "until_s": _NUM(0, strict=True),
 }
 PROBE_FIELDS: dict[str, Check] = {
     "interval_ms": _INT(10), "settle_timeout_s": _NUM(0), "settle_poll_ms": _INT(1),
@@ -144,7 +154,8 @@ class _Lines:
     def __init__(self, text: str) -> None:
         self.where: dict[str, int] = {}
         section, runs = "", -1
-        for no, raw in enumerate(text.splitlines(), 1):
+        # split on \n only, as TOML counts lines: splitlines() would also break at U+2028, \x85, ...
+        for no, raw in enumerate(text.split("\n"), 1):
             line = raw.strip()
             if m := re.match(r"^\[\[\s*([\w.]+)\s*\]\]", line):
                 if m.group(1) == "runs":
@@ -169,13 +180,33 @@ class _Lines:
         return None
 
 
+_INT64 = range(-2**63, 2**63)  # TOML's integers; tomllib reads any size
+MAX_DEPTH = 32                # tables and arrays nested deeper than this are refused
+
+
+class _Shown(reprlib.Repr):
+    """repr, kept short: a bad value can be a 10,000-character string or a 5,000-digit integer
+    (whose plain repr raises ValueError past Python's 4,300-digit limit)."""
+
+    def repr_int(self, x: int, level: int) -> str:
+        return repr(x) if -10**30 < x < 10**30 else f"<{x.bit_length()}-bit integer>"
+
+
+_shown = _Shown().repr
+
+
+def _key(key: str) -> str:
+    """A key as it can be shown in a one-line field path: bare if it is a word, else quoted."""
+    return key if re.fullmatch(r"[\w-]{1,40}", key) else _shown(key)
+
+
 class _Loader:
     def __init__(self, path: str, text: str) -> None:
         self.path = path
         self.lines = _Lines(text)
 
     def fail(self, field_path: str, expected: str, got: Any = None) -> None:
-        self.error(field_path, f"expected {expected}, got {got!r}")
+        self.error(field_path, f"expected {expected}, got {_shown(got)}")
 
     def error(self, field_path: str, message: str) -> None:
         line = self.lines.line(field_path)
@@ -194,7 +225,7 @@ class _Loader:
                extra: set[str] = frozenset()) -> dict[str, Any]:
         out = {}
         for key, value in data.items():
-            path = f"{where}.{key}" if where else key
+            path = f"{where}.{_key(key)}" if where else _key(key)
             if key in extra:
                 continue
             if key not in checks:
@@ -220,7 +251,7 @@ class _Loader:
     def load(self, doc: dict[str, Any]) -> Scenario:
         for key in doc:
             if key not in TOP_FIELDS:
-                self.unknown(key, TOP_FIELDS)
+                self.unknown(_key(key), TOP_FIELDS)
         name = doc.get("name", Path(self.path).stem)
         if not _STR[1](name):
             self.fail("name", _STR[0], name)
@@ -263,8 +294,31 @@ class _Loader:
                 self.fail(f"{where}.name", "a name no other run has", run_name)
             names.add(run_name)
             runs.append(RunSpec(name=run_name, **self.run_fields(run_doc, where, defaults)))
+        self.numbers(doc)
         return Scenario(name=name, backend=backend, url=url, bus_options=bus_options,
                         probes=probes, runs=tuple(runs), path=self.path, deadlines=deadlines)
+
+    def numbers(self, doc: dict[str, Any]) -> None:
+        """Refuse nan, inf, integers beyond 64 bits and deep nesting anywhere, [bus] included.
+
+        They parse, and pass the field checks (inf >= 0), but would break a run much later:
+        a sleep that never ends, an OverflowError mid-run, a RecursionError in a report.
+        Runs after the field checks, so a string field given nan says "expected a string".
+        """
+        # a stack, not recursion (tomllib reads ~900 levels); pushed reversed, so file order
+        stack: list[tuple[str, Any, int]] = [(_key(k), v, 1) for k, v in reversed(doc.items())]
+        while stack:
+            where, value, depth = stack.pop()
+            if depth > MAX_DEPTH:
+                self.error(where, f"nested more than {MAX_DEPTH} tables or arrays deep")
+            if isinstance(value, dict):
+                stack.extend((f"{where}.{_key(k)}", v, depth + 1) for k, v in reversed(value.items()))
+            elif isinstance(value, list):
+                stack.extend((f"{where}[{i}]", v, depth + 1) for i, v in reversed(list(enumerate(value))))
+            elif type(value) is float and not math.isfinite(value):
+                self.fail(where, "a finite number", value)
+            elif type(value) is int and value not in _INT64:
+                self.fail(where, "an integer that fits in 64 bits", value)
 
 
 def load_scenario(path: str | Path) -> Scenario:
@@ -290,4 +344,9 @@ def parse_scenario(text: str, path: str = "<scenario>") -> Scenario:
         where = f"{path}:{m.group(1)}" if m else path
         reason = re.sub(r"\s*\(at line \d+, column \d+\)", "", msg)
         raise ScenarioError(f"{where}: not valid TOML: {reason}") from None
+    except ValueError:  # tomllib's only other ValueError: Python's limit on int(str) digits
+        raise ScenarioError(f"{path}: not valid TOML: an integer with more than "
+                            f"{sys.get_int_max_str_digits()} digits") from None
+    except RecursionError:
+        raise ScenarioError(f"{path}: not valid TOML: arrays or tables nested too deeply to read") from None
     return _Loader(path, text).load(doc)

@@ -7,15 +7,17 @@ broker failure.
 
 from __future__ import annotations
 
+import importlib.metadata
 import os
 import sys
+import tomllib
 from dataclasses import replace
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Callable, Optional
 
 import typer
 from rich.console import Console
-from rich.markup import escape
+from rich.text import Text
 
 from bus.errors import BusConfigError
 from bus.factory import check_target, is_import_path
@@ -67,7 +69,10 @@ def _scenario(path: Path, backend: str | None, url: str | None, bus: str | None)
     return _retarget(sc, path, backend, url, bus)
 
 
-def _retarget(sc: Scenario, path: Path, backend: str | None, url: str | None, bus: str | None) -> Scenario:
+def _retarget(sc: Scenario, path: Path | None, backend: str | None, url: str | None,
+              bus: str | None) -> Scenario:
+    """Apply --backend/--url/--bus and build the bus once (connecting nothing), so a bad target
+    is a one-line error before any run starts. ``path`` is None for the dashboard (no file)."""
     try:
         sc = sc.with_target(backend, url, bus)
     except ScenarioError as exc:
@@ -76,19 +81,56 @@ def _retarget(sc: Scenario, path: Path, backend: str | None, url: str | None, bu
         check_target(sc.url, **sc.options())
     except BusConfigError as exc:
         given = "--bus" if bus else "--url" if url else "--backend" if backend else "backend/url/[bus]"
-        raise BadInput(f"{path}: {given}: {exc}") from None
+        raise BadInput(f"{path}: {given}: {exc}" if path is not None else f"{given}: {exc}") from None
     return sc
 
 
 def _report_path(report: Path | None, allowed: tuple[str, ...]) -> None:
-    if report is not None and report.suffix.lower() not in allowed:
+    """Refuse a report path that cannot be written before the run, not after it."""
+    if report is None:
+        return
+    if report.suffix.lower() not in allowed:
         raise BadInput(f"--report {report}: expected a path ending in {', '.join(allowed)}")
-    if report is not None and not report.parent.exists():
-        raise BadInput(f"--report {report}: the folder {report.parent} does not exist")
+    if report.is_dir():
+        raise BadInput(f"--report {report}: expected a file, got a folder")
+    if not report.parent.is_dir():
+        what = "is not a folder" if report.parent.exists() else "does not exist"
+        raise BadInput(f"--report {report}: the folder {report.parent} {what}")
+    if not os.access(report.parent, os.W_OK) or (report.exists() and not os.access(report, os.W_OK)):
+        raise BadInput(f"--report {report}: not writable")
+
+
+def _write(report: Path, write: Callable[[Path], None]) -> None:
+    """Write a report; a disk that refuses (full, read-only) is the user's to fix, not a traceback."""
+    try:
+        write(report)
+    except OSError as exc:
+        raise BadInput(f"--report {report}: cannot write: {exc.strerror or exc}") from None
+    err.print(Text(f"report written to {report}"))
 
 
 def _exit(result: ScenarioResult) -> None:
     raise typer.Exit(EXIT_CODES[result.verdict])
+
+
+def _version() -> str:
+    """The installed distribution's version; in an uninstalled checkout, pyproject.toml's."""
+    try:
+        return importlib.metadata.version("busmon")
+    except importlib.metadata.PackageNotFoundError:
+        pass
+    try:
+        with open(Path(__file__).resolve().parents[1] / "pyproject.toml", "rb") as f:
+            return str(tomllib.load(f)["project"]["version"])
+    except (OSError, tomllib.TOMLDecodeError, KeyError, TypeError):
+        return "unknown"
+
+
+def _show_version(value: bool) -> None:
+    """Eager, so ``busmon --version`` answers before any other option is checked."""
+    if value:
+        out.print(f"busmon {_version()}", markup=False, highlight=False, emoji=False)
+        raise typer.Exit(0)
 
 
 @app.callback()
@@ -104,16 +146,14 @@ def dashboard(
                                                                 "(the post-mortem's 'wait 2 s').")] = 0.0,
     ignore_task: IgnoreTaskOpt = None,
     ignore_thread: IgnoreThreadOpt = None,
+    version: Annotated[bool, typer.Option(
+        "--version", is_eager=True, callback=_show_version, help="Print busmon's version and exit.")] = False,
 ) -> None:
     """With no command: the dashboard on the embedded memory bus; press n to step the phases."""
     if ctx.invoked_subcommand is not None:
         return
-    sc = interactive_scenario(messages=messages, rate=rate, settle=settle, hold=hold).with_target(backend, url, bus)
-    sc = _with_ignores(sc, ignore_task, ignore_thread)
-    try:
-        check_target(sc.url, **sc.options())
-    except BusConfigError as exc:
-        raise BadInput(str(exc)) from None
+    sc = interactive_scenario(messages=messages, rate=rate, settle=settle, hold=hold)
+    sc = _with_ignores(_retarget(sc, None, backend, url, bus), ignore_task, ignore_thread)
     from tui.run import run_dashboard
 
     raise typer.Exit(run_dashboard(sc, interactive=True))
@@ -154,7 +194,10 @@ def play(
     if screenshots is not None:
         if screenshots.exists() and not screenshots.is_dir():
             raise BadInput(f"--screenshots {screenshots}: expected a folder, got a file")
-        screenshots.mkdir(parents=True, exist_ok=True)
+        try:
+            screenshots.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise BadInput(f"--screenshots {screenshots}: cannot make the folder: {exc.strerror or exc}") from None
     wants_html = report is not None and report.suffix.lower() in (".html", ".htm")
     if not headless or screenshots is not None or wants_html:
         from tui.run import play_dashboard
@@ -165,8 +208,7 @@ def play(
         if wants_html:
             from probes.html_report import write_html
 
-            write_html(result, report, str(scenario), shots)
-            err.print(f"report written to {report}")
+            _write(report, lambda path: write_html(result, path, str(scenario), shots))
             report = None
     else:
         result = play_headless(sc, err)
@@ -174,8 +216,7 @@ def play(
     for line in leak_lines(result):
         out.print(line, highlight=False)
     if report is not None:
-        write_report(result, report, str(scenario))
-        err.print(f"report written to {report}")
+        _write(report, lambda path: write_report(result, path, str(scenario)))
     _exit(result)
 
 
@@ -211,20 +252,57 @@ def compare(
     result = play_compare(scenarios, err)
     out.print(compare_table(result))
     if report is not None:
-        write_report(result, report, str(scenario))
-        err.print(f"report written to {report}")
+        _write(report, lambda path: write_report(result, path, str(scenario)))
     _exit(result)
 
 
+def _one_line(message: str) -> str:
+    """Whatever the user typed (newlines, escape codes, U+2028) stays on one line of stderr."""
+    text = " ".join(part.strip() for part in message.splitlines() if part.strip())
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
+def _fail(message: str) -> None:
+    """Bad input or usage: exactly one line on stderr, exit code 2.
+
+    A Text, not markup, so brackets and :emoji: codes in the user's values print as typed."""
+    err.print(Text.assemble(("busmon:", "bold red"), " ", _one_line(message)),
+              soft_wrap=True, highlight=False)
+    sys.exit(EXIT_BAD_INPUT)
+
+
+def _usage_message(exc: BaseException) -> str | None:
+    """The message of a click usage error, or None if ``exc`` is not one.
+
+    Duck-typed, not ``isinstance``: typer >= 0.20 vendors click in a private module and older
+    typer depends on click itself, and both errors have ``format_message()`` and an int ``exit_code``.
+    """
+    format_message = getattr(exc, "format_message", None)
+    if not callable(format_message) or not isinstance(getattr(exc, "exit_code", None), int):
+        return None
+    ctx = getattr(exc, "ctx", None)
+    command = getattr(ctx, "command_path", None) or "busmon"
+    return f"{format_message()} (see {command} --help)"
+
+
+def _is_abort(exc: BaseException) -> bool:
+    """click's Abort (Ctrl-C or end of input at a prompt), found by name for the same reason."""
+    return any(cls.__name__ == "Abort" for cls in type(exc).__mro__)
+
+
 def main() -> None:
-    """Entry point: typer, plus one-line errors with exit code 2 for bad input."""
-    if os.getcwd() not in sys.path:  # so --bus mymodule:factory finds the user's own module
-        sys.path.insert(0, os.getcwd())
+    """Entry point: typer, plus one-line errors with exit code 2 for bad input and usage."""
     try:
-        code = app(standalone_mode=False)  # returns the code of typer.Exit in this mode
-    except BadInput as exc:
-        err.print(f"[bold red]busmon:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
-        sys.exit(EXIT_BAD_INPUT)
+        cwd = os.getcwd()
+    except OSError:  # the folder we were started in is gone; nothing to import from it
+        cwd = None
+    if cwd is not None and cwd not in sys.path:  # so --bus mymodule:factory finds the user's own module
+        sys.path.insert(0, cwd)
+    try:
+        # prog_name: usage hints say "busmon play", also under python -m tui.cli
+        code = app(prog_name="busmon", standalone_mode=False)  # returns typer.Exit's code in this mode
+    except (BadInput, ScenarioError) as exc:
+        _fail(str(exc))
     except typer.Exit as exc:
         sys.exit(exc.exit_code)
     except SystemExit:
@@ -233,12 +311,10 @@ def main() -> None:
         err.print("busmon: interrupted")
         sys.exit(130)
     except Exception as exc:  # click usage errors and the like
-        import click
-
-        if isinstance(exc, click.exceptions.ClickException):
-            exc.show()
-            sys.exit(EXIT_BAD_INPUT)
-        if isinstance(exc, click.exceptions.Abort):
+        message = _usage_message(exc)
+        if message is not None:
+            _fail(message)
+        if _is_abort(exc):
             sys.exit(130)
         raise
     sys.exit(code if isinstance(code, int) else 0)
