@@ -61,6 +61,16 @@ class PhaseStarted:
 
 
 @dataclass(frozen=True, slots=True)
+class FailureNoted:
+    """The run failed in ``phase`` (said at once; the bus is closed and settled next, without
+    waiting for a key press)."""
+
+    run: str
+    phase: str
+    error: str
+
+
+@dataclass(frozen=True, slots=True)
 class Leftover:
     """Something alive right after close that the baseline did not have."""
 

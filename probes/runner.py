@@ -22,7 +22,7 @@ from bus.health import check_broker
 from probes.audit import DeliveryAudit
 from probes.census import Census, components_of_tasks, components_of_threads, os_thread_count
 from probes.gate import AutoGate
-from probes.model import PhaseSnapshot, PhaseStarted, RunResult
+from probes.model import FailureNoted, PhaseSnapshot, PhaseStarted, RunResult
 from probes.sampler import LiveState
 from probes.scenario import ProbeSpec, RunSpec, Scenario
 from probes.settle import IgnoreRules, SettleWatch
@@ -78,6 +78,7 @@ class RunContext:
         self.close_problem: str | None = None
         self.failure: PhaseFailed | None = None
         self.interrupted = False
+        self.closing = False  # close and settle have begun: an interruption lets them finish
 
     def abandon(self, task: asyncio.Task, what: str) -> None:
         """A task running the bus's code would not stop: it is the bus's leftover now."""
@@ -101,7 +102,8 @@ async def _run_once(ctx: RunContext) -> RunResult:
     at_close: Census | None = None
 
     async def phase(name: str) -> None:
-        await ctx.gate.before(spec.name, name)
+        if ctx.failure is None and not ctx.interrupted:  # after a failure, close and settle at once
+            await ctx.gate.before(spec.name, name)
         st.phase = name
         ctx.sink(PhaseStarted(spec.name, name, st.elapsed()))
 
@@ -138,7 +140,9 @@ async def _run_once(ctx: RunContext) -> RunResult:
     failed_in = st.phase
     if ctx.failure is not None:
         error = await failure_line(ctx, failed_in, ctx.failure)
+        ctx.sink(FailureNoted(spec.name, failed_in, error))
     close_failure: PhaseFailed | None = None
+    ctx.closing = True
     try:
         await phase("close")
         if ctx.bus is not None:
@@ -155,6 +159,7 @@ async def _run_once(ctx: RunContext) -> RunResult:
     if close_failure is not None and ctx.failure is None:
         ctx.failure, failed_in = close_failure, "close"
         error = await failure_line(ctx, "close", close_failure)
+        ctx.sink(FailureNoted(spec.name, "close", error))
     elif close_failure is not None:
         ctx.close_problem = str(close_failure)  # after an earlier failure: reported beside it
 

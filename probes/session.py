@@ -80,8 +80,10 @@ class Session:
         if ctx is not None:
             ctx.interrupted = True
         # close and settle are bounded and are what makes the partial report worth having:
-        # let them finish; anywhere else, stop now
-        if self._play_task is not None and (ctx is None or ctx.state.phase not in ("close", "settle")):
+        # let them finish (a gate waiting for a key press lets them go on); anywhere else, stop now
+        if ctx is not None and getattr(ctx.gate, "waiting_for", None) is not None:
+            ctx.gate.release()
+        if self._play_task is not None and (ctx is None or not ctx.closing):
             self._play_task.cancel()
 
     async def _teardown(self) -> None:

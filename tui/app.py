@@ -19,7 +19,7 @@ from textual.screen import ModalScreen, Screen
 from textual.widgets import DataTable, Footer, Input, Static
 
 from probes.gate import AwaitingStep
-from probes.model import EXIT_CODES, PhaseSnapshot, PhaseStarted, RunResult, Sample, ScenarioResult
+from probes.model import EXIT_CODES, FailureNoted, PhaseSnapshot, PhaseStarted, RunResult, Sample, ScenarioResult
 from probes.session import RunFinished
 from tui.controller import Controller, PlaybackDone
 from tui.widgets import (ComponentsTable, LeftoversTable, PhaseBar, PhaseChart, PhaseTable, StackView,
@@ -179,6 +179,8 @@ class BusmonApp(App[int]):
             self._on_run_finished(event.result)
         elif isinstance(event, PlaybackDone):
             self._on_done(event)
+        elif isinstance(event, FailureNoted):
+            self.query_one(VerdictBanner).failing(event.phase, event.error)
 
     def _on_awaiting(self, e: AwaitingStep) -> None:
         self.query_one(PhaseBar).waiting_for = e.phase
@@ -387,10 +389,15 @@ class BusmonApp(App[int]):
         self.call_from_thread(self.exit, code, code)
 
     def _exit_code(self) -> int:
-        """The verdict of every run seen, as an exit code (the same rule as playback's)."""
-        if self.done is not None and self.done.result is not None:
-            return EXIT_CODES[self.done.result.verdict]
-        return EXIT_CODES[ScenarioResult("", tuple(self.results)).verdict]
+        """The verdict of every run played, as an exit code (the same rule as playback's).
+
+        A run cut short by quitting counts only for what it found (a failure before the quit,
+        or a leak): quitting is not the bus failing.
+        """
+        runs = tuple(self.controller.session.results) if self.controller is not None else tuple(self.results)
+        verdicts = {("leaked" if r.count("leaked") else "clean")
+                    if r.failure and r.failure.get("kind") == "interrupted" else r.verdict for r in runs}
+        return EXIT_CODES[next((v for v in ("failed", "leaked") if v in verdicts), "clean")]
 
     def get_system_commands(self, screen: Screen) -> Iterable[SystemCommand]:
         yield from super().get_system_commands(screen)

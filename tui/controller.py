@@ -13,6 +13,7 @@ import queue
 from dataclasses import dataclass, replace
 from typing import Iterator
 
+from bus.deadline import bounded, cancel_and_wait
 from probes.gate import AutoGate, StepGate
 from probes.model import ScenarioResult
 from probes.scenario import RunSpec, Scenario
@@ -85,25 +86,39 @@ class Controller:
             pass
         return out
 
-    def shutdown(self, timeout: float | None = None) -> None:
-        """Stop playback; close the bus if it is open (within its own drain deadline); stop the arena."""
+    def shutdown(self) -> None:
+        """Stop playback as Ctrl-C does: the run under way fails as 'interrupted' and is still
+        closed, settled and judged, all within its deadlines; then stop the arena.
+
+        Bounded whatever the bus does: past the close and settle deadlines the bus is closed
+        directly (bounded again) and the arena is stopped, naming what refused.
+        """
         if self.stopped:
             return
         self.stopped = True
-        if self.session.arena.loop is not None:
-            deadline = timeout if timeout is not None else 60.0
-            self.session.arena.run(self._shutdown(), timeout=deadline + 5, name="busmon.shutdown")
+        sc = self.scenario
+        if self.session.arena.loop is not None and self._future is not None:
+            self.session.interrupt()
+            bound = sc.deadlines.close_s + sc.probes.settle_timeout_s + 5
+            try:
+                self._future.result(timeout=bound)
+            except BaseException:  # stopped, failed or still running: the bus is closed below
+                pass
+            try:
+                self.session.arena.run(self._close_bus(), timeout=sc.deadlines.close_s + 2,
+                                       name="busmon.shutdown")
+            except BaseException:
+                pass
         self.session.stop()
 
-    async def _shutdown(self) -> None:
+    async def _close_bus(self) -> None:
         main = self._main
         if main is not None and not main.done():
             main.cancel()
-            await asyncio.wait([main])
+            await cancel_and_wait([main])
         ctx = self.session.current
         if ctx is not None and ctx.bus is not None:
-            try:
-                async with asyncio.timeout(60):
-                    await ctx.bus.close()  # idempotent: a closed bus returns at once
+            try:  # idempotent: a closed bus returns at once
+                await bounded(ctx.bus.close(), self.scenario.deadlines.close_s, "close()", name="busmon.call")
             except Exception:  # quitting must not hang or crash on a broken bus
                 pass

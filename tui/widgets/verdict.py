@@ -19,6 +19,12 @@ class VerdictBanner(Static):
         self.remove_class("-clean", "-leaked", "-failed")
         self.update(text)
 
+    def failing(self, phase: str, error: str) -> None:
+        """The run just failed: say where and why at once, while busmon closes and settles."""
+        self.remove_class("-clean", "-leaked", "-failed")
+        self.add_class("-failed")
+        self.update(f"FAILED in {phase}: {error} — closing the bus and settling…")
+
     def show(self, r: RunResult) -> None:
         self.remove_class("-clean", "-leaked", "-failed")
         self.add_class(f"-{r.verdict}")
