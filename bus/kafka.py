@@ -66,6 +66,27 @@ class KafkaSubscription(PollingSubscription):
             raise BusError("; ".join(problems))
 
 
+def abandon_batches(producer: AIOKafkaProducer, exc: Exception) -> None:
+    """Fail every batch still waiting in aiokafka's accumulator, and retrieve each failure.
+
+    aiokafka has no public way to abandon unsent batches; its flush would wait for them
+    forever, and every future it fails would otherwise be logged as 'exception was never
+    retrieved' when collected.
+    """
+    accumulator = getattr(producer, "_message_accumulator", None)
+    if accumulator is None:
+        return
+    batches = [b for q in getattr(accumulator, "_batches", {}).values() for b in q]
+    batches += list(getattr(accumulator, "_pending_batches", ()))
+    accumulator.fail_all(exc)
+    for batch in batches:
+        futures = [getattr(batch, "future", None), getattr(batch, "_drain_waiter", None)]
+        futures += [f for f, _ in getattr(batch, "_msg_futures", ())]
+        for future in futures:
+            if isinstance(future, asyncio.Future) and future.done() and not future.cancelled():
+                future.exception()
+
+
 async def stop_consumer(bus: BaseBus, consumer: AIOKafkaConsumer, deadline: float,
                         problems: list[str]) -> None:
     """``consumer.stop()`` within ``deadline``; if it hangs or raises (aiokafka #647, #1101),
@@ -215,9 +236,7 @@ class KafkaBus(BaseBus):
                 # stop() hangs while the broker is gone (aiokafka #1101), and leaves its flush
                 # task waiting for batches that will never be sent: fail those batches, stop
                 # the sender and the connections directly, so no aiokafka task outlives close
-                accumulator = getattr(producer, "_message_accumulator", None)
-                if accumulator is not None:
-                    accumulator.fail_all(KafkaConnectionError("producer closed with the broker unreachable"))
+                abandon_batches(producer, KafkaConnectionError("producer closed with the broker unreachable"))
                 sender = getattr(producer, "_sender", None)
                 if sender is not None:
                     await self.shutdown_call(sender.close(), deadline, "kafka producer sender close()",

@@ -12,11 +12,13 @@ import concurrent.futures
 import threading
 from typing import Any, Coroutine, TypeVar
 
-from bus.deadline import task_stack
+from bus.deadline import innermost, task_stack
 
 T = TypeVar("T")
 
 ARENA_THREAD_NAME = "busmon-arena"
+#: what refused to stop in any arena of this process (the command line names it before exiting)
+REFUSED: list[str] = []
 #: how long the arena's teardown waits for cancelled tasks, async generators and its thread
 TEARDOWN_GRACE_S = 1.0
 
@@ -78,7 +80,7 @@ class Arena:
                     t.exception()  # retrieved: nothing for asyncio to complain about later
             for t in refused:
                 stack = task_stack(t)
-                self.refused.append(f"task {t.get_name()}" + (f" at {stack[-1]}" if stack else ""))
+                self.refused.append(f"task {t.get_name()}" + (f" at {innermost(stack)}" if stack else ""))
         try:
             loop.run_until_complete(asyncio.wait_for(loop.shutdown_asyncgens(), TEARDOWN_GRACE_S))
         except (TimeoutError, RuntimeError):
@@ -112,11 +114,13 @@ class Arena:
         if self.loop.is_running():
             self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(timeout)
-        if self.thread.is_alive():
+        alive = self.thread.is_alive()
+        if alive:
             self.refused.append(f"thread {self.name} (its event loop is blocked)")
-            return False
-        self.thread = None
-        return True
+        else:
+            self.thread = None
+        REFUSED.extend(self.refused)
+        return not alive
 
 
 async def _named(coro: Coroutine[Any, Any, T], name: str) -> T:

@@ -74,17 +74,23 @@ class LogCapture(logging.Handler):
             return self
         root = logging.getLogger()
         if self.path is not None:
-            self._file = logging.FileHandler(self.path, encoding="utf-8")
-            self._file.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-            for name in LIBRARY_LOGGERS:
-                lg = logging.getLogger(name)
-                self._saved_levels[name] = lg.level
-                if lg.getEffectiveLevel() > logging.INFO:
-                    lg.setLevel(logging.INFO)
+            self.write_to(self.path)
         root.addHandler(self)
         logging.captureWarnings(True)
         self._installed = True
         return self
+
+    def write_to(self, path: Path) -> None:
+        """Also write every line in full (INFO and up from the client libraries) to ``path``."""
+        self.path = path
+        self.setLevel(logging.INFO)
+        self._file = logging.FileHandler(path, encoding="utf-8")
+        self._file.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        for name in LIBRARY_LOGGERS:
+            lg = logging.getLogger(name)
+            self._saved_levels.setdefault(name, lg.level)
+            if lg.getEffectiveLevel() > logging.INFO:
+                lg.setLevel(logging.INFO)
 
     def uninstall(self) -> None:
         if not self._installed:
@@ -104,14 +110,23 @@ class LogCapture(logging.Handler):
     def __exit__(self, *exc: object) -> None:
         self.uninstall()
 
+    def reset(self) -> None:
+        """Forget what was counted (a new command in the same process)."""
+        with self._lock_counts:
+            self._counts.clear()
+            self._first.clear()
+            self._order.clear()
+
     @property
     def total(self) -> int:
         return sum(self._counts.values())
 
-    def summary(self) -> tuple[LogLine, ...]:
-        """Each kind of line once, most frequent first (ties: first seen first)."""
+    def summary(self, min_level: int = logging.WARNING) -> tuple[LogLine, ...]:
+        """Each kind of line once (WARNING and up unless asked), most frequent first
+        (ties: first seen first)."""
         with self._lock_counts:
-            keys = sorted(self._order, key=lambda k: -self._counts[k])
+            keys = [k for k in self._order if logging.getLevelName(k[1]) >= min_level]
+            keys.sort(key=lambda k: -self._counts[k])
             return tuple(LogLine(k[0], k[1], self._counts[k], self._first[k]) for k in keys)
 
 

@@ -10,10 +10,12 @@ from __future__ import annotations
 import importlib.metadata
 import os
 import sys
+import threading
+import time
 import tomllib
 from dataclasses import replace
 from pathlib import Path
-from typing import Annotated, Callable, Optional
+from typing import Annotated, Callable, NoReturn, Optional
 
 import typer
 from rich.console import Console
@@ -21,7 +23,8 @@ from rich.text import Text
 
 from bus.errors import BusConfigError
 from bus.factory import check_target, is_import_path
-from probes.model import EXIT_BAD_INPUT, EXIT_CODES, ScenarioResult
+from probes.logs import LogCapture
+from probes.model import EXIT_BAD_INPUT, EXIT_CODES, EXIT_INTERRUPTED, ScenarioResult
 from probes.scenario import BUILTIN_BACKENDS, ProbeSpec, RunSpec, Scenario, ScenarioError, load_scenario
 
 app = typer.Typer(
@@ -85,6 +88,13 @@ def _retarget(sc: Scenario, path: Path | None, backend: str | None, url: str | N
     return sc
 
 
+def _report_paths(reports: list[Path] | None, allowed: tuple[str, ...]) -> list[Path]:
+    """Every --report path, each checked before the run, not after it."""
+    for report in reports or []:
+        _report_path(report, allowed)
+    return list(dict.fromkeys(reports or []))
+
+
 def _report_path(report: Path | None, allowed: tuple[str, ...]) -> None:
     """Refuse a report path that cannot be written before the run, not after it."""
     if report is None:
@@ -110,7 +120,43 @@ def _write(report: Path, write: Callable[[Path], None]) -> None:
 
 
 def _exit(result: ScenarioResult) -> None:
-    raise typer.Exit(EXIT_CODES[result.verdict])
+    raise typer.Exit(result.exit_code)
+
+
+#: the libraries' log lines, counted from start to exit (installed by main)
+LOGS = LogCapture()
+LogOpt = Annotated[Optional[Path], typer.Option(
+    "--log", help="Also write the client libraries' log lines in full to this file "
+                  "(otherwise they are counted and summarised).")]
+ReportOpt = Annotated[Optional[list[Path]], typer.Option(
+    "--report", help="Write a report: .json, .md or .html (repeatable, one per format).")]
+
+
+def _start_log(log: Path | None) -> None:
+    if log is None:
+        return
+    if log.is_dir() or not log.parent.is_dir():
+        raise BadInput(f"--log {log}: expected a file in an existing folder")
+    try:
+        LOGS.write_to(log)
+    except OSError as exc:
+        raise BadInput(f"--log {log}: cannot write: {exc.strerror or exc}") from None
+
+
+def _with_logs(result: ScenarioResult) -> ScenarioResult:
+    return replace(result, logs=LOGS.summary())
+
+
+def _say_logs(result: ScenarioResult, log: Path | None, most: int = 5) -> None:
+    """The libraries' log lines, one line per kind, most frequent first (stderr)."""
+    if not result.logs:
+        return
+    for line in result.logs[:most]:
+        err.print(Text(f"  {line.describe(100)}", style="dim"))
+    more = len(result.logs) - most
+    where = f"in full in {log}" if log else "all of them with --log FILE"
+    err.print(Text(f"  {'(' + str(more) + ' more kinds) ' if more > 0 else ''}library log lines: {where}",
+                   style="dim"))
 
 
 def _version() -> str:
@@ -176,7 +222,7 @@ def play(
     headless: Annotated[bool, typer.Option(
         "--headless", help="No terminal UI: a progress display and a summary (with --screenshots or an "
                            ".html report, the dashboard is rendered off screen).")] = False,
-    report: Annotated[Optional[Path], typer.Option("--report", help="Write a report: .json, .md or .html.")] = None,
+    report: ReportOpt = None,
     screenshots: Annotated[Optional[Path], typer.Option(
         "--screenshots", help="Save an SVG of the dashboard at every phase boundary into this folder.")] = None,
     backend: BackendOpt = None,
@@ -184,13 +230,15 @@ def play(
     bus: BusOpt = None,
     ignore_task: IgnoreTaskOpt = None,
     ignore_thread: IgnoreThreadOpt = None,
+    log: LogOpt = None,
 ) -> None:
     """Play a scenario's runs and report what each left behind."""
     from probes.headless import leak_lines, play_headless, summary_table
     from probes.report import REPORT_SUFFIXES, write_report
 
-    _report_path(report, REPORT_SUFFIXES + (".html", ".htm"))
+    reports = _report_paths(report, REPORT_SUFFIXES + (".html", ".htm"))
     sc = _with_ignores(_scenario(scenario, backend, url, bus), ignore_task, ignore_thread)
+    _start_log(log)
     if screenshots is not None:
         if screenshots.exists() and not screenshots.is_dir():
             raise BadInput(f"--screenshots {screenshots}: expected a folder, got a file")
@@ -198,25 +246,35 @@ def play(
             screenshots.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise BadInput(f"--screenshots {screenshots}: cannot make the folder: {exc.strerror or exc}") from None
-    wants_html = report is not None and report.suffix.lower() in (".html", ".htm")
-    if not headless or screenshots is not None or wants_html:
+    html = [r for r in reports if r.suffix.lower() in (".html", ".htm")]
+    shots: list[tuple[str, str]] = []
+    played_headless = headless and screenshots is None and not html
+    if not played_headless:
         from tui.run import play_dashboard
 
         result, shots = play_dashboard(sc, headless=headless, screenshots=screenshots)
         if result is None:  # quit before the end
             raise typer.Exit(EXIT_CODES["clean"])
-        if wants_html:
-            from probes.html_report import write_html
-
-            _write(report, lambda path: write_html(result, path, str(scenario), shots))
-            report = None
     else:
         result = play_headless(sc, err)
+    result = _with_logs(result)
     out.print(summary_table(result))
     for line in leak_lines(result):
         out.print(line, highlight=False)
-    if report is not None:
-        _write(report, lambda path: write_report(result, path, str(scenario)))
+    if not played_headless:  # headless playback said it as it happened
+        for r in result.runs:
+            if r.error:
+                err.print(Text(f"busmon: run {r.name} failed: {r.error}"), soft_wrap=True)
+    _say_logs(result, log)
+    for path in reports:
+        if path in html:
+            from probes.html_report import write_html
+
+            _write(path, lambda p: write_html(result, p, str(scenario), shots))
+        else:
+            _write(path, lambda p: write_report(result, p, str(scenario)))
+    if result.interrupted:
+        err.print(Text("busmon: interrupted: the report holds the runs measured until then", style="yellow"))
     _exit(result)
 
 
@@ -226,13 +284,16 @@ def compare(
     backends: Annotated[str, typer.Option("--backends", help="Comma-separated, e.g. memory,kafka,nats.")] = "memory",
     urls: Annotated[Optional[list[str]], typer.Option(
         "--url", help="backend=URL, e.g. kafka=kafka://127.0.0.1:9092 (repeatable).")] = None,
-    report: Annotated[Optional[Path], typer.Option("--report", help="Write a report: .json or .md.")] = None,
+    report: Annotated[Optional[list[Path]], typer.Option(
+        "--report", help="Write a report: .json or .md (repeatable).")] = None,
+    log: LogOpt = None,
 ) -> None:
     """Play the same runs on each backend and print one table."""
     from probes.compare import compare_table, play_compare
     from probes.report import REPORT_SUFFIXES, write_report
 
-    _report_path(report, REPORT_SUFFIXES)
+    reports = _report_paths(report, REPORT_SUFFIXES)
+    _start_log(log)
     names = [b.strip() for b in backends.split(",") if b.strip()]
     if not names:
         raise BadInput("--backends: expected a comma-separated list, e.g. memory,kafka,nats")
@@ -249,10 +310,11 @@ def compare(
     base = _scenario(scenario, None, None, None)
     scenarios = [_retarget(base, scenario, name, url_of.get(name), None) if name in BUILTIN_BACKENDS
                  else _retarget(base, scenario, None, None, name) for name in names]
-    result = play_compare(scenarios, err)
+    result = _with_logs(play_compare(scenarios, err))
     out.print(compare_table(result))
-    if report is not None:
-        _write(report, lambda path: write_report(result, path, str(scenario)))
+    _say_logs(result, log)
+    for path in reports:
+        _write(path, lambda p: write_report(result, p, str(scenario)))
     _exit(result)
 
 
@@ -291,33 +353,73 @@ def _is_abort(exc: BaseException) -> bool:
 
 
 def main() -> None:
-    """Entry point: typer, plus one-line errors with exit code 2 for bad input and usage."""
+    """Entry point: typer, plus one-line errors with exit code 2 for bad input and usage.
+
+    The libraries' log lines are counted for the whole process (never sprayed on the
+    terminal), and the process always ends: see :func:`_finish`.
+    """
     try:
         cwd = os.getcwd()
     except OSError:  # the folder we were started in is gone; nothing to import from it
         cwd = None
     if cwd is not None and cwd not in sys.path:  # so --bus mymodule:factory finds the user's own module
         sys.path.insert(0, cwd)
+    LOGS.reset()
+    LOGS.install()
+    _BEFORE.update(threading.enumerate())
+    from probes.arena import REFUSED
+
+    REFUSED.clear()  # only what this command's arenas could not stop
     try:
         # prog_name: usage hints say "busmon play", also under python -m tui.cli
         code = app(prog_name="busmon", standalone_mode=False)  # returns typer.Exit's code in this mode
     except (BadInput, ScenarioError) as exc:
         _fail(str(exc))
     except typer.Exit as exc:
-        sys.exit(exc.exit_code)
+        _finish(exc.exit_code)
     except SystemExit:
         raise
     except KeyboardInterrupt:
         err.print("busmon: interrupted")
-        sys.exit(130)
+        _finish(EXIT_INTERRUPTED)
     except Exception as exc:  # click usage errors and the like
         message = _usage_message(exc)
         if message is not None:
             _fail(message)
         if _is_abort(exc):
-            sys.exit(130)
+            _finish(EXIT_INTERRUPTED)
         raise
-    sys.exit(code if isinstance(code, int) else 0)
+    _finish(code if isinstance(code, int) else 0)
+
+
+#: how long the end of the process waits for threads that would keep it alive
+EXIT_GRACE_S = 1.0
+#: threads alive before busmon began (a test runner's own): never busmon's business
+_BEFORE: set = set()
+
+
+def _finish(code: int) -> NoReturn:
+    """End the process with ``code``, whatever the bus left behind.
+
+    Python waits at exit for every non-daemon thread (a bus's thread, a stuck executor job),
+    and a task that ignores cancellation keeps its loop from closing. Give them a short
+    grace, then name what refused to stop and end without waiting for it.
+    """
+    from probes.arena import REFUSED
+
+    deadline = time.monotonic() + EXIT_GRACE_S
+    blockers = [t for t in threading.enumerate()
+                if t not in _BEFORE and t is not threading.main_thread() and not t.daemon and t.is_alive()]
+    for t in blockers:
+        t.join(max(0.0, deadline - time.monotonic()))
+    refused = list(REFUSED) + [f"thread {t.name}" for t in blockers if t.is_alive()]
+    if not refused:
+        sys.exit(code)
+    err.print(Text(f"busmon: exiting although these refused to stop: {', '.join(refused)}", style="yellow"),
+              soft_wrap=True)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 if __name__ == "__main__":
