@@ -7,6 +7,7 @@ from typing import Callable
 
 from rich import box
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -56,7 +57,7 @@ def play_headless(scenario: Scenario, console: Console | None = None,
 def _show(event: object, progress: Progress, bars: dict[str, int], console: Console) -> None:
     if isinstance(event, PhaseStarted):
         if event.run not in bars:
-            bars[event.run] = progress.add_task("", total=None, run=event.run, phase=event.phase, live="")
+            bars[event.run] = progress.add_task("", total=None, run=escape(event.run), phase=event.phase, live="")
         progress.update(bars[event.run], phase=event.phase)
     elif isinstance(event, Sample) and event.run in bars and event.phase != "settle":
         progress.update(
@@ -74,21 +75,21 @@ def _show(event: object, progress: Progress, bars: dict[str, int], console: Cons
             progress.update(bars[r.name], phase=r.verdict, completed=r.delivery.get("received", 0),
                             total=r.delivery.get("sent", 0) or None, live="")
         style = VERDICT_STYLE.get(r.verdict, "")
-        line = (f"[{style}]{r.verdict.upper()}[/] run {r.name}: {r.count('leaked')} leaked, "
+        line = (f"[{style}]{r.verdict.upper()}[/] run {escape(r.name)}: {r.count('leaked')} leaked, "
                 f"{r.count('exited')} exited during settle, {r.count('ignored')} ignored")
         if r.error:
-            line += f" — {r.error}"
+            line += f" — {escape(r.error)}"
         progress.console.print(line)
 
 
 def summary_table(result: ScenarioResult) -> Table:
     """Runs as columns, measures as rows: fits 80 columns for the post-mortem's four-run ladder."""
     backends = ", ".join(dict.fromkeys(r.backend for r in result.runs))
-    table = Table(title=f"{result.scenario} on {backends}: "
+    table = Table(title=f"{escape(result.scenario)} on {escape(backends)}: "
                         f"[{VERDICT_STYLE[result.verdict]}]{result.verdict}[/]", box=box.SIMPLE_HEAD)
     table.add_column("", no_wrap=True)
     for r in result.runs:
-        table.add_column(r.name, justify="right", no_wrap=True)
+        table.add_column(escape(r.name), justify="right", no_wrap=True)
 
     def row(label: str, cells: list[str]) -> None:
         table.add_row(label, *cells)
@@ -122,13 +123,14 @@ def leak_lines(result: ScenarioResult) -> list[str]:
         for x in r.leftovers:
             if x.state != "leaked":
                 continue
-            component = "" if x.component == x.name else f"  [dim]({x.component})[/]"
-            lines.append(f"[bold red]leaked[/] {x.kind} [bold]{x.name}[/]{component}  [dim]run {r.name}[/]")
+            component = "" if x.component == x.name else f"  [dim]({escape(x.component)})[/]"
+            lines.append(f"[bold red]leaked[/] {x.kind} [bold]{escape(x.name)}[/]{component}  "
+                         f"[dim]run {escape(r.name)}[/]")
             where = innermost_frame(x.stack) or x.detail
             if where:
-                lines.append(f"    now at {where}")
+                lines.append(f"    now at {escape(where)}")
             if x.created_at:
-                lines.append(f"    created at {x.created_at}")
+                lines.append(f"    created at {escape(x.created_at)}")
     return lines
 
 

@@ -280,3 +280,18 @@ class DyingWorker(Wrapped):
             await handler(envelope)
 
         return await super().subscribe(topic, counting, group=group)
+
+
+class Announcer(Wrapped):
+    """A well-behaved bus that says on stdout when its first envelope is published, so a test
+    can act mid-load on an event rather than after a guessed delay."""
+
+    def __init__(self, **options: Any) -> None:
+        super().__init__(**options)
+        self.announced = False
+
+    async def publish(self, topic: str, envelope: Envelope) -> None:
+        if not self.announced:
+            self.announced = True
+            print("busmon-test: publishing", flush=True)
+        await super().publish(topic, envelope)

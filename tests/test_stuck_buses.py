@@ -4,6 +4,7 @@ is still closed, settled and judged, and busmon itself always ends."""
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
 import time
@@ -111,3 +112,38 @@ def test_busmon_exits_whatever_the_bus_left_behind(bus, leftover, tmp_path):
     assert elapsed < 8, elapsed
     assert "refused to stop" in proc.stderr and leftover in proc.stderr, proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_busmon_exits_past_a_stuck_executor_job(tmp_path):
+    scenario = tmp_path / "s.toml"
+    scenario.write_text('[probes]\nsettle_timeout_s = 0.2\n[[runs]]\nname = "r"\nmessages = 100\n')
+    proc, elapsed = cli("play", str(scenario), "--headless", "--bus", "tests.leaky_buses:StuckExecutorJob")
+    assert proc.returncode in (0, 1), proc.stderr
+    assert elapsed < 8, elapsed
+    assert "refused to stop" in proc.stderr and "asyncio_" in proc.stderr, proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_ctrl_c_writes_the_partial_report_and_exits_130(tmp_path):
+    scenario = tmp_path / "s.toml"
+    scenario.write_text('[probes]\nsettle_timeout_s = 0.3\n[defaults]\nrate_per_s = 2000\n'
+                        '[[runs]]\nname = "first"\nmessages = 100000\n[[runs]]\nname = "never"\nmessages = 10\n')
+    report = tmp_path / "r.json"
+    proc = subprocess.Popen([sys.executable, "-m", "tui.cli", "play", str(scenario), "--headless", "--bus",
+                             "tests.leaky_buses:Announcer", "--report", str(report)], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert "publishing" in proc.stdout.readline()  # the load is under way
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=20)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, err
+    doc = json.loads(report.read_text())
+    assert doc["interrupted"] is True
+    (run,) = doc["runs"]  # the second run never started
+    assert run["name"] == "first" and run["verdict"] == "failed"
+    assert "interrupted" in run["error"] and run["failure"]["phase"] == "load"
+    assert [p["phase"] for p in run["phases"]][-2:] == ["close", "settle"]  # closed and settled
+    assert 0 < run["delivery"]["published"] < 100000
+    assert "interrupted" in err and "Traceback" not in err

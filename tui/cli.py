@@ -408,8 +408,13 @@ def _finish(code: int) -> NoReturn:
     from probes.arena import REFUSED
 
     deadline = time.monotonic() + EXIT_GRACE_S
+    # executor workers are joined at exit even when daemon (concurrent.futures' atexit hook)
+    import concurrent.futures.thread as cft
+
+    joined_at_exit = set(getattr(cft, "_threads_queues", {}))
     blockers = [t for t in threading.enumerate()
-                if t not in _BEFORE and t is not threading.main_thread() and not t.daemon and t.is_alive()]
+                if t not in _BEFORE and t is not threading.main_thread() and t.is_alive()
+                and (not t.daemon or t in joined_at_exit)]
     for t in blockers:
         t.join(max(0.0, deadline - time.monotonic()))
     refused = list(REFUSED) + [f"thread {t.name}" for t in blockers if t.is_alive()]
