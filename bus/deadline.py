@@ -112,7 +112,7 @@ async def bounded(call: Awaitable[T], timeout: float, what: str, *, name: str = 
         await _cancel(task, grace)
         raise
     if not done:
-        stack = task_stack(task)
+        stack = [line for line in task_stack(task) if not line.startswith("bus/deadline.py")]
         abandoned = None if await _cancel(task, grace) else task
         raise CallTimeout(what, timeout, stack, abandoned)
     if task.cancelled():

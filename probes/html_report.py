@@ -49,6 +49,12 @@ def to_html(result: ScenarioResult, scenario_path: str | None, shots: list[tuple
         parts.append(f"<h2>Run {e(r.name)} on {e(r.backend)}: <span class='{r.verdict}'>{r.verdict}</span></h2>")
         if r.error:
             parts.append(f"<p class='failed'>Failure: {e(r.error)}</p>")
+            f = r.failure or {}
+            if f.get("stack"):
+                parts.append(f"<details open><summary>stuck in {e(str(f.get('component') or 'unknown'))}"
+                             "</summary><pre>" + e("\n".join(f["stack"])) + "</pre></details>")
+            if f.get("close"):
+                parts.append(f"<p>Then close: {e(str(f['close']))}</p>")
         parts.append("<h3>Tasks and threads by phase</h3>")
         parts.append(_table(["phase", "tasks", "Δ baseline", "threads (Python / OS)", "Δ threads",
                              "new since baseline"], phase_rows(r)))
@@ -79,6 +85,12 @@ def to_html(result: ScenarioResult, scenario_path: str | None, shots: list[tuple
             parts.append("<h3>The dashboard at each phase boundary</h3>")
             for name, svg in mine:
                 parts.append(f"<figure>{offline_svg(svg)}<figcaption>{e(name)}</figcaption></figure>")
+    if result.interrupted:
+        parts.append("<p><i>Interrupted (Ctrl-C): the runs above are those played until then.</i></p>")
+    if result.logs:
+        parts.append("<h2>Library log lines (counted, each kind once)</h2>")
+        parts.append(_table(["logger", "level", "count", "first message"],
+                            [[x.logger, x.level, f"{x.count:,}", x.message[:300]] for x in result.logs]))
     parts.append("</body></html>")
     return "\n".join(parts)
 

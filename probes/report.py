@@ -145,8 +145,10 @@ def failure_lines(run: RunResult) -> list[str]:
     """Where the run was stuck when its deadline passed, and the broker's state (Markdown)."""
     f = run.failure or {}
     out = []
-    facts = [f"phase `{f['phase']}`" if f.get("phase") else "", f"{f['kind']}" if f.get("kind") else "",
-             f"deadline {f['deadline_s']:g} s" if f.get("deadline_s") else "",
+    kind = f.get("kind") or ""
+    if kind == "deadline" and f.get("deadline_s"):
+        kind = f"deadline of {f['deadline_s']:g} s passed"
+    facts = [f"phase `{f['phase']}`" if f.get("phase") else "", kind,
              f"broker: {f['broker']}" if f.get("broker") else "",
              f"then close: {f['close']}" if f.get("close") else ""]
     facts = [x for x in facts if x]
