@@ -8,6 +8,7 @@ from typing import AsyncIterator, Iterator
 import pytest
 
 from bus import EventBus, create_bus
+from tests import leaky_buses
 from tests.brokers import Broker, nats_server, tansu
 
 BACKENDS = ["memory", "kafka", "nats", "nats+js"]
@@ -62,3 +63,14 @@ async def bus(url: str, backend: str) -> AsyncIterator[EventBus]:
         yield b
     finally:
         await b.close()
+
+
+@pytest.fixture(autouse=True)
+def release_stuck_threads() -> Iterator[None]:
+    """Threads a misbehaving test bus left blocked are released after each test, so one test's
+    leak does not outlive it."""
+    yield
+    for thread, release in leaky_buses.STUCK_THREADS:
+        release.set()
+        thread.join(5)
+    leaky_buses.STUCK_THREADS.clear()

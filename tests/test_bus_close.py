@@ -12,18 +12,8 @@ from bus import Envelope, create_bus
 from bus.deadline import CallTimeout, LibraryCancelled, bounded, cancel_and_wait
 from bus.errors import BusCloseError
 from tests.conftest import backend_options
-
-
-async def _forever() -> None:
-    await asyncio.Event().wait()
-
-
-async def _refuse() -> None:
-    while True:
-        try:
-            await asyncio.Event().wait()
-        except asyncio.CancelledError:
-            continue
+from tests.leaky_buses import _forever
+from tests.leaky_buses import _refuse_cancellation as _refuse
 
 
 async def test_bounded_names_where_the_call_was_stuck():

@@ -15,7 +15,6 @@ import pytest
 from probes.model import RunResult
 from probes.scenario import parse_scenario
 from probes.session import Session
-from tests import leaky_buses
 
 ROOT = Path(__file__).resolve().parents[1]
 DEADLINES = "[deadlines]\nstart_s = 0.5\nsubscribe_s = 0.5\nclose_s = 0.5\n"
@@ -31,15 +30,6 @@ def play(bus: str, *, load_s: float = 1.0, settle_s: float = 0.3, messages: int 
     with Session(sc, lambda event: None) as session:
         (run,) = session.play().runs
     return run, time.monotonic() - t0
-
-
-@pytest.fixture(autouse=True)
-def release_stuck_threads():
-    yield
-    for thread, release in leaky_buses.STUCK_THREADS:
-        release.set()
-        thread.join(5)
-    leaky_buses.STUCK_THREADS.clear()
 
 
 @pytest.mark.parametrize("bus, phase, where", [

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import pytest
 
 from probes.model import RunResult
 from probes.scenario import parse_scenario
@@ -18,15 +17,6 @@ def play(backend: str, *, settle_s: float = 2.0, messages: int = 200, bus: str =
     sc = parse_scenario(text, "test.toml")
     with Session(sc, lambda event: None) as session:
         return list(session.play().runs)
-
-
-@pytest.fixture(autouse=True)
-def release_stuck_threads():
-    yield
-    for thread, release in leaky_buses.STUCK_THREADS:
-        release.set()
-        thread.join(5)
-    leaky_buses.STUCK_THREADS.clear()
 
 
 def states(run: RunResult) -> dict[str, str]:

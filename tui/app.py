@@ -19,7 +19,7 @@ from textual.screen import ModalScreen, Screen
 from textual.widgets import DataTable, Footer, Input, Static
 
 from probes.gate import AwaitingStep
-from probes.model import EXIT_CODES, FailureNoted, PhaseSnapshot, PhaseStarted, RunResult, Sample, ScenarioResult
+from probes.model import EXIT_CODES, FailureNoted, PhaseSnapshot, PhaseStarted, RunResult, Sample
 from probes.session import RunFinished
 from tui.controller import Controller, PlaybackDone
 from tui.widgets import (ComponentsTable, LeftoversTable, PhaseBar, PhaseChart, PhaseTable, StackView,
