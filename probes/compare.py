@@ -6,6 +6,7 @@ from dataclasses import replace
 
 from rich import box
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from probes.headless import VERDICT_STYLE, play_headless
@@ -15,11 +16,15 @@ from probes.scenario import Scenario
 
 def play_compare(scenarios: list[Scenario], console: Console) -> ScenarioResult:
     runs: list[RunResult] = []
+    interrupted = False
     for sc in scenarios:
-        console.print(f"[bold]{sc.backend}[/] ({sc.url})")
+        console.print(f"[bold]{escape(sc.backend)}[/] ({escape(sc.url)})")
         result = play_headless(sc, console)
         runs += [replace(r, backend=sc.backend) for r in result.runs]
-    return ScenarioResult(scenarios[0].name if scenarios else "compare", tuple(runs))
+        if result.interrupted:  # Ctrl-C: no further backend
+            interrupted = True
+            break
+    return ScenarioResult(scenarios[0].name if scenarios else "compare", tuple(runs), interrupted=interrupted)
 
 
 def compare_table(result: ScenarioResult) -> Table:
