@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import enum
 import logging
+import math
 import time
 from typing import Any
 
@@ -90,9 +91,14 @@ class BaseBus:
         close_timeout: float = DEFAULT_CLOSE_TIMEOUT_S,
         subscribe_timeout: float = DEFAULT_SUBSCRIBE_TIMEOUT_S,
     ) -> None:
-        if drain_timeout < 0 or connect_timeout <= 0 or close_timeout <= 0 or subscribe_timeout <= 0:
-            raise ValueError("drain_timeout must be >= 0; connect_timeout, close_timeout and "
-                             "subscribe_timeout > 0")
+        for name, value, least in (("drain_timeout", drain_timeout, 0.0), ("connect_timeout", connect_timeout, None),
+                                   ("close_timeout", close_timeout, None),
+                                   ("subscribe_timeout", subscribe_timeout, None)):
+            ok = type(value) in (int, float) and math.isfinite(value) and (
+                value >= least if least is not None else value > 0)
+            if not ok:
+                raise ValueError(f"{name} must be a number of seconds "
+                                 f"{'>= 0' if least is not None else '> 0'}, got {value!r}")
         self.counters = BusCounters()
         self.drain_timeout = drain_timeout
         self.connect_timeout = connect_timeout

@@ -14,7 +14,11 @@ class BusClosedError(BusError):
 
 
 class BusConfigError(BusError, ValueError):
-    """A bus URL, option or factory path is wrong."""
+    """A bus URL, option or factory path is wrong; ``option`` names the option at fault, if one."""
+
+    def __init__(self, message: str, option: str | None = None) -> None:
+        super().__init__(message)
+        self.option = option
 
 
 class BusCloseError(BusError):

@@ -91,10 +91,14 @@ def create_bus(url: str = "memory://", **options: Any) -> EventBus:
             return (JetStreamBus if scheme == "nats+js" else NatsBus)(servers, **options)
     except TypeError as exc:  # an unknown option
         m = re.search(r"unexpected keyword argument '(\w+)'", str(exc))
-        what = f"unknown option {m.group(1)!r}" if m else str(exc)
-        raise BusConfigError(f"{url}: {what}") from None
+        if m:
+            raise BusConfigError(f"unknown option {m.group(1)!r}", option=m.group(1)) from None
+        raise BusConfigError(f"an option of the wrong type: {exc}", option="?") from None
+    except BusConfigError:  # the URL itself
+        raise
     except ValueError as exc:  # an impossible value
-        raise BusConfigError(f"{url}: {exc}") from None
+        m = re.match(r"(\w+) must", str(exc))
+        raise BusConfigError(str(exc), option=m.group(1) if m else "?") from None
     raise BusConfigError(
         f"{url!r}: unknown bus; expected one of {', '.join(s + '://' for s in SCHEMES)} "
         "or an import path 'package.module:factory'"

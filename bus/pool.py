@@ -22,6 +22,9 @@ log = logging.getLogger("bus.pool")
 
 DEFAULT_WORKERS = 256
 DEFAULT_QUEUE_SIZE = 128
+# each worker is a task created up front: a million of them takes minutes and gigabytes
+MAX_WORKERS = 65_536
+MAX_QUEUE_SIZE = 1_000_000
 
 
 _hashes: dict[str, int] = {}
@@ -59,10 +62,9 @@ class KeyedWorkerPool:
         name: str = "bus.pool",
         on_death: Callable[[asyncio.Task, BaseException | None], None] | None = None,
     ) -> None:
-        if workers < 1:
-            raise ValueError(f"workers must be >= 1, got {workers}")
-        if queue_size < 1:
-            raise ValueError(f"queue_size must be >= 1, got {queue_size}")
+        for option, value, most in (("workers", workers, MAX_WORKERS), ("queue_size", queue_size, MAX_QUEUE_SIZE)):
+            if type(value) is not int or not 1 <= value <= most:
+                raise ValueError(f"{option} must be an integer from 1 to {most:,}, got {value!r}")
         self._counters = counters
         self._n = workers
         self._queue_size = queue_size

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import queue
+import time
 from typing import Callable
 
 from rich import box
@@ -16,6 +17,9 @@ from probes.scenario import Scenario
 from probes.session import RunFinished, Session
 
 _DONE = object()
+#: a second SIGINT sooner than this is the first one again (``timeout -s INT`` signals the
+#: process and its group), not a person pressing Ctrl-C twice
+SECOND_INTERRUPT_S = 1.0
 VERDICT_STYLE = {"clean": "bold green", "leaked": "bold red", "failed": "bold yellow"}
 
 
@@ -33,17 +37,23 @@ def play_headless(scenario: Scenario, console: Console | None = None,
     with Session(scenario, events.put) as session, progress:
         future = session.arena.submit(session.play_runs(scenario.runs))
         future.add_done_callback(lambda _: events.put(_DONE))
-        interrupted = False
+        interrupted_at: float | None = None
         while True:
             try:
                 event = events.get()
             except KeyboardInterrupt:
-                if interrupted:  # a second Ctrl-C: the person wants out now
-                    raise
-                interrupted = True
-                session.interrupt()
-                progress.console.print("[bold yellow]interrupted[/]: closing the bus and settling, then "
-                                       "writing what was measured (Ctrl-C again to quit at once)")
+                now = time.monotonic()
+                if interrupted_at is None:
+                    interrupted_at = now
+                    session.interrupt()
+                    progress.console.print("[bold yellow]interrupted[/]: closing the bus and settling, then "
+                                           "writing what was measured (Ctrl-C again to quit at once)")
+                elif now - interrupted_at > SECOND_INTERRUPT_S:
+                    # the person wants out now: the runs that finished, without the one under way
+                    progress.console.print("[bold yellow]interrupted again[/]: not waiting for the run "
+                                           "under way; reporting the runs that finished")
+                    return ScenarioResult(scenario.name, tuple(session.results), interrupted=True)
+                # else: the same Ctrl-C delivered twice (a wrapper signalling the process group)
                 continue
             if event is _DONE:
                 break
@@ -79,7 +89,7 @@ def _show(event: object, progress: Progress, bars: dict[str, int], console: Cons
                 f"{r.count('exited')} exited during settle, {r.count('ignored')} ignored")
         if r.error:
             line += f" — {escape(r.error)}"
-        progress.console.print(line)
+        progress.console.print(line, soft_wrap=True)
 
 
 def summary_table(result: ScenarioResult) -> Table:

@@ -273,6 +273,11 @@ class _Loader:
         else:
             url = backend
         bus_options = dict(self.table(doc.get("bus", {}), "bus"))
+        if backend in BUILTIN_BACKENDS:  # a sub-table is options for one backend: a typo is silent
+            for key, value in bus_options.items():
+                if isinstance(value, dict) and key not in BUILTIN_BACKENDS:
+                    self.error(f"bus.{_key(key)}", "unknown backend table; expected one of "
+                                             + ", ".join(f"[bus.{b}]" for b in BUILTIN_BACKENDS))
         probes = ProbeSpec(**self.fields(self.table(doc.get("probes", {}), "probes"), PROBE_FIELDS, "probes"))
         deadlines = DeadlineSpec(**self.fields(self.table(doc.get("deadlines", {}), "deadlines"),
                                                DEADLINE_FIELDS, "deadlines"))

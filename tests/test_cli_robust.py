@@ -392,7 +392,8 @@ def test_parse_scenario_on_any_text_returns_or_raises_scenario_error(text: str) 
                                                        "got <8000-bit integer>"),
     ("x = " + "1" * 5000 + "\n", "f.toml: not valid TOML: an integer with more than"),
     ("x = " + "[" * 2000 + "]" * 2000 + "\n", "f.toml: not valid TOML: arrays or tables nested too deeply"),
-    ("[bus" + ".a" * 40 + "]\n", "f.toml: bus.a.a"),
+    ('backend = "m:f"\n[bus' + ".a" * 40 + "]\n", "f.toml: bus.a.a"),  # deep: only a factory's options nest
+    ("[bus.a]\nx = 1\n", "f.toml:1: bus.a: unknown backend table; expected one of [bus.memory]"),
     ('"a\\nb" = 1\n', "f.toml: 'a\\nb': unknown key"),
     ("# \u2028\u2028\n[probes]\nsettle_timeout_s = -1\n", "f.toml:3: probes.settle_timeout_s"),
 ])

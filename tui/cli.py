@@ -83,9 +83,20 @@ def _retarget(sc: Scenario, path: Path | None, backend: str | None, url: str | N
     try:
         check_target(sc.url, **sc.options())
     except BusConfigError as exc:
-        given = "--bus" if bus else "--url" if url else "--backend" if backend else "backend/url/[bus]"
+        if exc.option is not None:  # an option from the scenario's [bus] tables
+            given = "[bus]" if exc.option == "?" else _bus_option_where(sc, exc.option)
+        else:
+            given = "--bus" if bus else "--url" if url else "--backend" if backend else "backend/url"
         raise BadInput(f"{path}: {given}: {exc}" if path is not None else f"{given}: {exc}") from None
     return sc
+
+
+def _bus_option_where(sc: Scenario, option: str) -> str:
+    """``[bus.kafka] partitions`` or ``[bus] workers``: where the scenario set the option."""
+    specific = sc.bus_options.get(sc.backend)
+    if isinstance(specific, dict) and option in specific:
+        return f"[bus.{sc.backend}] {option}"
+    return f"[bus] {option}"
 
 
 def _report_paths(reports: list[Path] | None, allowed: tuple[str, ...]) -> list[Path]:
@@ -179,6 +190,10 @@ def _show_version(value: bool) -> None:
         raise typer.Exit(0)
 
 
+#: the dashboard's own options (shaping its one repeated run; play takes them from the file)
+DASHBOARD_ONLY = ("backend", "url", "bus", "messages", "rate", "settle", "hold", "ignore_task", "ignore_thread")
+
+
 @app.callback()
 def dashboard(
     ctx: typer.Context,
@@ -197,6 +212,12 @@ def dashboard(
 ) -> None:
     """With no command: the dashboard on the embedded memory bus; press n to step the phases."""
     if ctx.invoked_subcommand is not None:
+        given = [f"--{name.replace('_', '-')}" for name in DASHBOARD_ONLY
+                 if getattr(ctx.get_parameter_source(name), "name", "DEFAULT") != "DEFAULT"]
+        if given:  # before the command they would be silently ignored
+            raise BadInput(f"{', '.join(given)}: only for the dashboard (busmon with no command); "
+                           f"give them after '{ctx.invoked_subcommand}' if it has them, or set them in "
+                           "the scenario file")
         return
     sc = interactive_scenario(messages=messages, rate=rate, settle=settle, hold=hold)
     sc = _with_ignores(_retarget(sc, None, backend, url, bus), ignore_task, ignore_thread)
@@ -261,10 +282,9 @@ def play(
     out.print(summary_table(result))
     for line in leak_lines(result):
         out.print(line, highlight=False)
-    if not played_headless:  # headless playback said it as it happened
-        for r in result.runs:
-            if r.error:
-                err.print(Text(f"busmon: run {r.name} failed: {r.error}"), soft_wrap=True)
+    for r in result.runs:  # the reason beside the table (headless also said it as it happened)
+        if r.error:
+            out.print(Text(f"failed run {r.name}: {r.error}"), soft_wrap=True)
     _say_logs(result, log)
     for path in reports:
         if path in html:

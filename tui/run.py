@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 from probes.model import ScenarioResult
@@ -27,7 +28,9 @@ def play_dashboard(scenario: Scenario, *, headless: bool, screenshots: Path | No
                    ) -> tuple[ScenarioResult | None, list[tuple[str, str]]]:
     """Scripted playback in the dashboard; stays on the final screen until q, unless headless."""
     controller = Controller(scenario, interactive=False)
-    app = BusmonApp(controller, screenshots=screenshots, exit_when_done=headless, keep_screenshots=True)
+    # with no terminal to press q in (CI, a pipe), the dashboard ends with the playback
+    exit_when_done = headless or not (sys.stdin.isatty() and sys.stdout.isatty())
+    app = BusmonApp(controller, screenshots=screenshots, exit_when_done=exit_when_done, keep_screenshots=True)
     try:
         app.run(headless=headless, size=HEADLESS_SIZE if headless else None)
     finally:
