@@ -148,6 +148,19 @@ class ScenarioResult:
         return EXIT_INTERRUPTED if self.interrupted else EXIT_CODES[self.verdict]
 
     @property
+    def exit_code_when_quit(self) -> int:
+        """A person quit the dashboard: the verdict of what was found. A run cut short counts
+        only for what it found (a leak, or a close that failed): quitting is not the bus failing."""
+        verdicts = set()
+        for r in self.runs:
+            f = r.failure or {}
+            if f.get("kind") == "interrupted":
+                verdicts.add("failed" if f.get("close") else "leaked" if r.count("leaked") else "clean")
+            else:
+                verdicts.add(r.verdict)
+        return EXIT_CODES[next((v for v in ("failed", "leaked") if v in verdicts), "clean")]
+
+    @property
     def verdict(self) -> str:
         verdicts = {r.verdict for r in self.runs}
         for v in ("failed", "leaked"):

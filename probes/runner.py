@@ -17,6 +17,8 @@ import weakref
 from typing import Any, Callable
 
 from bus import Envelope, EventBus, create_bus
+from bus.base import DEFAULT_CLOSE_TIMEOUT_S, DEFAULT_DRAIN_TIMEOUT_S
+from bus.factory import is_import_path
 from bus.deadline import CallTimeout, LibraryCancelled, bounded, cancel_and_wait, innermost, task_stack
 from bus.health import check_broker
 from probes.audit import DeliveryAudit
@@ -134,10 +136,12 @@ async def _run_once(ctx: RunContext) -> RunResult:
         if not ctx.interrupted:
             raise
         _uncancel()
-        ctx.failure = PhaseFailed("interrupted (Ctrl-C)", kind="interrupted")
+        ctx.failure = PhaseFailed("interrupted (Ctrl-C or quit)", kind="interrupted")
     except Exception as exc:  # the bus or broker failed: say so, then still close and settle
         ctx.failure = exc if isinstance(exc, PhaseFailed) else PhaseFailed(describe_error(exc))
     failed_in = st.phase
+    if ctx.failure is not None and not any(p.phase == failed_in for p in ctx.phases):
+        snapshot(ctx, failed_in)  # the phase that failed keeps its row in the tables
     if ctx.failure is not None:
         error = await failure_line(ctx, failed_in, ctx.failure)
         ctx.sink(FailureNoted(spec.name, failed_in, error))
@@ -265,9 +269,20 @@ async def call(ctx: RunContext, awaitable: Any, deadline_s: float, what: str) ->
         raise PhaseFailed(str(exc)) from None
 
 
+def bus_options(sc: Scenario) -> dict[str, Any]:
+    """The scenario's options for its bus; for a built-in bus, its own close deadlines are fitted
+    inside busmon's ``close_s`` unless set, so busmon never gives up on a close still under way."""
+    options = sc.options()
+    if is_import_path(sc.url):
+        return options
+    close = options.setdefault("close_timeout", min(DEFAULT_CLOSE_TIMEOUT_S, 0.6 * sc.deadlines.close_s))
+    options.setdefault("drain_timeout", min(DEFAULT_DRAIN_TIMEOUT_S, 0.5 * close))
+    return options
+
+
 async def create(ctx: RunContext) -> None:
     sc = ctx.scenario
-    ctx.bus = create_bus(sc.url, **sc.options())
+    ctx.bus = create_bus(sc.url, **bus_options(sc))
     await call(ctx, ctx.bus.start(), sc.deadlines.start_s, "start()")
 
 

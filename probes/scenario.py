@@ -281,6 +281,13 @@ class _Loader:
         probes = ProbeSpec(**self.fields(self.table(doc.get("probes", {}), "probes"), PROBE_FIELDS, "probes"))
         deadlines = DeadlineSpec(**self.fields(self.table(doc.get("deadlines", {}), "deadlines"),
                                                DEADLINE_FIELDS, "deadlines"))
+        if backend in BUILTIN_BACKENDS:  # busmon must not give up on a close the bus still runs
+            specific = bus_options.get(backend)
+            for where, table in (("bus", bus_options), (f"bus.{backend}", specific)):
+                value = table.get("close_timeout") if isinstance(table, dict) else None
+                if type(value) in (int, float) and value >= deadlines.close_s:
+                    self.fail(f"{where}.close_timeout",
+                              f"less than deadlines.close_s ({deadlines.close_s:g} s)", value)
         defaults = self.run_fields(self.table(doc.get("defaults", {}), "defaults"), "defaults", {})
         runs_doc = doc.get("runs")
         if runs_doc is None:

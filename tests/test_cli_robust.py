@@ -17,6 +17,7 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 import probes.scenario as scenario_mod
+from probes.model import ScenarioResult
 from probes.scenario import Scenario, ScenarioError, load_scenario, parse_scenario
 from tui import cli
 
@@ -460,7 +461,8 @@ def test_fuzzed_command_lines_exit_0_to_3_and_usage_errors_are_one_line(
 
     with pytest.MonkeyPatch.context() as mp:  # the dashboard stays shut: this is about the command line
         mp.setattr(tui.run, "run_dashboard", lambda sc, interactive: 0)
-        mp.setattr(tui.run, "play_dashboard", lambda sc, headless, screenshots: (None, []))
+        mp.setattr(tui.run, "play_dashboard",  # quit before the first run: nothing measured
+                   lambda sc, headless, screenshots: (ScenarioResult(sc.name, (), interrupted=True), []))
         code, out, err = run_main([*before, "play", "tiny.toml", "--headless", *after], cwd=cli_dir)
     event(f"exit {code}" + (" after a run" if "verdict" in out else ""))  # pytest --hypothesis-show-statistics: how much of the fuzz got past the checks
     assert code in (0, 1, 2, 3), (code, err)

@@ -53,3 +53,41 @@ async def test_broker_killed_mid_load_in_the_dashboard(backend):
             await pilot.press("q")
             await until(pilot, lambda: not app.is_running, "quit", timeout=10)
         assert app.return_code == 3
+
+
+async def test_quitting_scripted_playback_after_a_failed_run_exits_3():
+    from probes.scenario import parse_scenario
+
+    sc = parse_scenario('backend = "tests.leaky_buses:StuckPublish"\n[bus]\nafter = 50\n'
+                        '[deadlines]\nclose_s = 2\n[probes]\nsettle_timeout_s = 0.2\n'
+                        '[defaults]\nload_timeout_s = 0.5\n[[runs]]\nname = "first"\nmessages = 100\n'
+                        '[[runs]]\nname = "second"\nmessages = 10000000\nrate_per_s = 1000\n', "q.toml")
+    sc = replace(sc, runs=(sc.runs[0], replace(sc.runs[1], load_timeout_s=60)),
+                 bus_options={"after": 50})
+    c = Controller(sc, interactive=False)
+    app = BusmonApp(c)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await until(pilot, lambda: app.results and app.query_one(PhaseBar).run == "second", "the second run")
+        assert app.results[0].verdict == "failed"
+        await pilot.press("q")
+        await until(pilot, lambda: not app.is_running, "quit", timeout=10)
+    assert app.return_code == 3
+    (first, second) = c.session.results  # the second run was cut short, closed, settled, judged
+    assert second.failure["kind"] == "interrupted"
+
+
+async def test_quitting_mid_load_on_a_healthy_bus_does_not_wait_for_the_settle_deadline():
+    sc = interactive_scenario(messages=10_000_000, rate=2000, settle=5.0)
+    c = Controller(sc, interactive=True)
+    app = BusmonApp(c)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await step(pilot, c, ["baseline", "create", "subscribe", "load"])
+        await until(pilot, lambda: c.session.current.audit.received >= 100, "deliveries flowing")
+        t0 = time.monotonic()
+        await pilot.press("q")
+        await until(pilot, lambda: not app.is_running, "quit", timeout=10)
+        took = time.monotonic() - t0
+    assert app.return_code == 0
+    assert took < 3.0, took  # nothing of the UI's own is left for settling to wait on
+    (run,) = c.session.results
+    assert run.failure["kind"] == "interrupted" and not run.count("leaked")

@@ -19,7 +19,7 @@ from textual.screen import ModalScreen, Screen
 from textual.widgets import DataTable, Footer, Input, Static
 
 from probes.gate import AwaitingStep
-from probes.model import EXIT_CODES, FailureNoted, PhaseSnapshot, PhaseStarted, RunResult, Sample
+from probes.model import FailureNoted, PhaseSnapshot, PhaseStarted, RunResult, Sample, ScenarioResult
 from probes.session import RunFinished
 from tui.controller import Controller, PlaybackDone
 from tui.widgets import (ComponentsTable, LeftoversTable, PhaseBar, PhaseChart, PhaseTable, StackView,
@@ -379,25 +379,22 @@ class BusmonApp(App[int]):
             code = self._exit_code()
             self.exit(code, return_code=code)
             return
-        self.query_one(VerdictBanner).waiting("closing the bus (within its drain deadline)…")
-        self.run_worker(self._close_and_exit, thread=True, exclusive=True, group="quit")
+        self.query_one(VerdictBanner).waiting("quitting: closing the bus and settling (within their deadlines)…")
+        self.run_worker(self._close_and_exit(), exclusive=True, group="quit")
 
-    def _close_and_exit(self) -> None:
+    async def _close_and_exit(self) -> None:
+        """Interrupt the playback and wait for it on this loop: no thread of the UI's own may
+        start while the bus is being judged (it would count as the run's leftover)."""
         assert self.controller is not None
-        self.controller.shutdown()
+        await self.controller.stop_playback()
+        self.controller.shutdown()  # quick now: the run is closed and settled
         code = self._exit_code()
-        self.call_from_thread(self.exit, code, code)
+        self.exit(code, return_code=code)
 
     def _exit_code(self) -> int:
-        """The verdict of every run played, as an exit code (the same rule as playback's).
-
-        A run cut short by quitting counts only for what it found (a failure before the quit,
-        or a leak): quitting is not the bus failing.
-        """
+        """The verdict of every run played, as an exit code (:attr:`ScenarioResult.exit_code_when_quit`)."""
         runs = tuple(self.controller.session.results) if self.controller is not None else tuple(self.results)
-        verdicts = {("leaked" if r.count("leaked") else "clean")
-                    if r.failure and r.failure.get("kind") == "interrupted" else r.verdict for r in runs}
-        return EXIT_CODES[next((v for v in ("failed", "leaked") if v in verdicts), "clean")]
+        return ScenarioResult("", runs).exit_code_when_quit
 
     def get_system_commands(self, screen: Screen) -> Iterable[SystemCommand]:
         yield from super().get_system_commands(screen)

@@ -274,8 +274,6 @@ def play(
         from tui.run import play_dashboard
 
         result, shots = play_dashboard(sc, headless=headless, screenshots=screenshots)
-        if result is None:  # quit before the end
-            raise typer.Exit(EXIT_CODES["clean"])
     else:
         result = play_headless(sc, err)
     result = _with_logs(result)
@@ -294,7 +292,10 @@ def play(
         else:
             _write(path, lambda p: write_report(result, p, str(scenario)))
     if result.interrupted:
-        err.print(Text("busmon: interrupted: the report holds the runs measured until then", style="yellow"))
+        how = "interrupted" if played_headless else "quit before the end"
+        err.print(Text(f"busmon: {how}: the report holds the runs measured until then", style="yellow"))
+        if not played_headless:  # q in the dashboard: the verdict of what was found
+            raise typer.Exit(result.exit_code_when_quit)
     _exit(result)
 
 

@@ -99,9 +99,8 @@ class Controller:
         sc = self.scenario
         if self.session.arena.loop is not None and self._future is not None:
             self.session.interrupt()
-            bound = sc.deadlines.close_s + sc.probes.settle_timeout_s + 5
             try:
-                self._future.result(timeout=bound)
+                self._future.result(timeout=self.stop_bound())
             except BaseException:  # stopped, failed or still running: the bus is closed below
                 pass
             try:
@@ -110,6 +109,22 @@ class Controller:
             except BaseException:
                 pass
         self.session.stop()
+
+    def stop_bound(self) -> float:
+        """How long stopping the playback may take: the close and settle deadlines, and a margin."""
+        sc = self.scenario
+        return sc.deadlines.close_s + sc.probes.settle_timeout_s + 5
+
+    async def stop_playback(self) -> None:
+        """Interrupt the playback and wait (on the caller's loop, bounded) until it has ended."""
+        if self._future is None or self.session.arena.loop is None:
+            return
+        self.session.interrupt()
+        try:
+            await asyncio.wait_for(asyncio.wrap_future(self._future), self.stop_bound())
+        except BaseException as exc:  # ended badly or not in time: shutdown() closes the bus
+            if isinstance(exc, asyncio.CancelledError) and asyncio.current_task().cancelling():
+                raise
 
     async def _close_bus(self) -> None:
         main = self._main

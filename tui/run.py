@@ -36,4 +36,6 @@ def play_dashboard(scenario: Scenario, *, headless: bool, screenshots: Path | No
     finally:
         controller.shutdown()
     result = app.done.result if app.done is not None else None
+    if result is None:  # quit before the end: what was measured, marked as interrupted
+        result = ScenarioResult(scenario.name, tuple(controller.session.results), interrupted=True)
     return result, app.shots
