@@ -12,6 +12,7 @@ import asyncio
 import enum
 import logging
 import math
+import re
 import time
 from typing import Any
 
@@ -148,6 +149,8 @@ class BaseBus:
             if isinstance(exc, BusConnectError):
                 raise
             reason = str(exc) if str(exc).startswith(type(exc).__name__) else f"{type(exc).__name__}: {exc}"
+            # aiokafka names addresses as Python tuples: ('127.0.0.1', 9092, <AddressFamily.AF_INET: 2>)
+            reason = re.sub(r"\('([^']*)', (\d+), <AddressFamily\.\w+: \d+>\)", r"\1:\2", reason)
             raise BusConnectError(f"{self.describe()}: {reason}") from exc
         self.state = State.STARTED
 

@@ -78,6 +78,7 @@ class RunContext:
         self.stuck: dict[asyncio.Task, str] = {}
         self.broker_status: str | None = None
         self.close_problem: str | None = None
+        self.broker_down = False  # every broker address refused or stayed silent after the failure
         self.failure: PhaseFailed | None = None
         self.interrupted = False
         self.closing = False  # close and settle have begun: an interruption lets them finish
@@ -180,7 +181,7 @@ async def _run_once(ctx: RunContext) -> RunResult:
         f = ctx.failure
         failure = {"phase": failed_in, "kind": f.kind, "message": str(f), "deadline_s": f.deadline_s,
                    "stack": list(f.stack), "component": stack_component(f.stack) if f.stack else None,
-                   "broker": ctx.broker_status, "close": ctx.close_problem}
+                   "broker": ctx.broker_status, "broker_down": ctx.broker_down, "close": ctx.close_problem}
     result = RunResult(
         name=spec.name, backend=ctx.scenario.backend, verdict=verdict, phases=tuple(ctx.phases),
         settle_ms=round(outcome.settle_ms, 2), leftovers=outcome.leftovers,
@@ -217,6 +218,7 @@ async def failure_line(ctx: RunContext, phase: str, failure: PhaseFailed) -> str
         except Exception:  # the look is a courtesy; the failure is what matters
             health = []
         down = [h for h in health if h.down]
+        ctx.broker_down = bool(down) and len(down) == len(health)
         if down:
             ctx.broker_status = "; ".join(h.describe() for h in down)
             return f"{ctx.broker_status} during {where}: {failure}"

@@ -93,7 +93,8 @@ class Session:
             self._sampler_task = None
         self.tracker.uninstall()
 
-    async def play_runs(self, runs: Iterable[RunSpec], gate: Any = None) -> ScenarioResult:
+    async def play_runs(self, runs: Iterable[RunSpec], gate: Any = None, *,
+                        stop_when_broker_down: bool = True) -> ScenarioResult:
         """Play ``runs`` one after another on the arena loop (until interrupted)."""
         self._play_task = asyncio.current_task()
         try:
@@ -115,6 +116,10 @@ class Session:
                     self.first_baseline = ctx.baseline
                 self.results.append(result)
                 self.sink(RunFinished(result))
+                f = result.failure or {}
+                if stop_when_broker_down and f.get("phase") == "create" and f.get("broker_down"):
+                    break  # every further run would fail the same way: say it once
+
         finally:
             self._play_task = None
         return ScenarioResult(self.scenario.name, tuple(self.results), interrupted=self.interrupted)

@@ -161,11 +161,13 @@ def test_broker_stopped_mid_load_ends_bounded_with_exit_3(backend, tmp_path, mon
 def test_broker_down_at_start_fails_fast(backend, tmp_path, monkeypatch, capfd):
     url = {"kafka": "kafka", "nats": "nats", "nats-js": "nats+js"}[backend] + f"://127.0.0.1:{free_port()}"
     sc = scenario_file(tmp_path, backend, url)
+    sc.write_text(sc.read_text() + '[[runs]]\nname = "second"\nmessages = 10\n')
     code, out, err, elapsed = play(["play", str(sc), "--headless", *REPORTS(tmp_path)], monkeypatch, capfd)
     assert code == 3, (out, err)
     assert elapsed < 3 + CLOSE_S + SETTLE_S + 4, elapsed
-    run = assert_failed_report(tmp_path, "unreachable", delivered=False)
+    run = assert_failed_report(tmp_path, "unreachable", delivered=False)  # the one run played
     assert run["failure"]["phase"] == "create"
+    assert "1 more runs not played: the broker was down at start" in out
     assert quiet(err), err
 
 

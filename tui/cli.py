@@ -24,7 +24,7 @@ from rich.text import Text
 from bus.errors import BusConfigError
 from bus.factory import check_target, is_import_path
 from probes.logs import LogCapture
-from probes.model import EXIT_BAD_INPUT, EXIT_CODES, EXIT_INTERRUPTED, ScenarioResult
+from probes.model import EXIT_BAD_INPUT, EXIT_INTERRUPTED, ScenarioResult
 from probes.scenario import BUILTIN_BACKENDS, ProbeSpec, RunSpec, Scenario, ScenarioError, load_scenario
 
 app = typer.Typer(
@@ -283,6 +283,8 @@ def play(
     for r in result.runs:  # the reason beside the table (headless also said it as it happened)
         if r.error:
             out.print(Text(f"failed run {r.name}: {r.error}"), soft_wrap=True)
+    if not result.interrupted and len(result.runs) < len(sc.runs):
+        out.print(Text(f"{len(sc.runs) - len(result.runs)} more runs not played: the broker was down at start"))
     _say_logs(result, log)
     for path in reports:
         if path in html:

@@ -57,7 +57,8 @@ class Controller:
         else:
             runs = self.scenario.runs
         try:
-            result = await self.session.play_runs(runs, self.gate)
+            # a person stepping by hand may start the broker and press n again
+            result = await self.session.play_runs(runs, self.gate, stop_when_broker_down=not self.interactive)
         except asyncio.CancelledError:
             self.events.put(PlaybackDone(None, "stopped"))
             raise
