@@ -139,3 +139,7 @@ def _one_line(record: logging.LogRecord) -> str:
         exc = record.exc_info[1]
         text = f"{text} ({type(exc).__name__}: {exc})"
     return " ".join(text.split())
+
+
+#: the process's one capture: the command line installs it, the dashboard reads its summary
+CAPTURE = LogCapture()

@@ -19,6 +19,7 @@ from textual.screen import ModalScreen, Screen
 from textual.widgets import DataTable, Footer, Input, Static
 
 from probes.gate import AwaitingStep
+from probes.logs import CAPTURE
 from probes.model import FailureNoted, PhaseSnapshot, PhaseStarted, RunResult, Sample, ScenarioResult
 from probes.session import RunFinished
 from tui.controller import Controller, PlaybackDone
@@ -259,7 +260,7 @@ class BusmonApp(App[int]):
             stack.show(leftovers.selected())
         else:
             stack.nothing_left()
-        self.query_one(VerdictBanner).show(r)
+        self.query_one(VerdictBanner).show(r, CAPTURE.summary())
         self._phase_index += 1
         self._screenshot_at_boundary("verdict")
 

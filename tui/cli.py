@@ -23,7 +23,7 @@ from rich.text import Text
 
 from bus.errors import BusConfigError
 from bus.factory import check_target, is_import_path
-from probes.logs import LogCapture
+from probes.logs import CAPTURE
 from probes.model import EXIT_BAD_INPUT, EXIT_INTERRUPTED, ScenarioResult
 from probes.scenario import BUILTIN_BACKENDS, ProbeSpec, RunSpec, Scenario, ScenarioError, load_scenario
 
@@ -135,7 +135,7 @@ def _exit(result: ScenarioResult) -> None:
 
 
 #: the libraries' log lines, counted from start to exit (installed by main)
-LOGS = LogCapture()
+LOGS = CAPTURE
 LogOpt = Annotated[Optional[Path], typer.Option(
     "--log", help="Also write the client libraries' log lines in full to this file "
                   "(otherwise they are counted and summarised).")]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from textual.widgets import Static
 
+from probes.logs import LogLine
 from probes.model import RunResult
 
 
@@ -25,7 +26,7 @@ class VerdictBanner(Static):
         self.add_class("-failed")
         self.update(f"FAILED in {phase}: {error} — closing the bus and settling…")
 
-    def show(self, r: RunResult) -> None:
+    def show(self, r: RunResult, logs: tuple[LogLine, ...] = ()) -> None:
         self.remove_class("-clean", "-leaked", "-failed")
         self.add_class(f"-{r.verdict}")
         leaked = [x for x in r.leftovers if x.state == "leaked"]
@@ -47,4 +48,8 @@ class VerdictBanner(Static):
             extra.append(f"waited the full {r.settle_ms / 1000:.1f} s settle deadline")
         elif r.verdict == "clean":
             extra.append(f"settled in {r.settle_ms:.1f} ms")
+        if logs:  # the libraries' complaints, counted, never sprayed on the screen
+            top = logs[0]
+            more = f" (+{len(logs) - 1} more kinds)" if len(logs) > 1 else ""
+            extra.append(f"library logs: {top.describe(70)}{more}")
         self.update(text + ("  ·  " + " · ".join(extra) if extra else ""))
