@@ -19,16 +19,18 @@ from typing import Iterable
 import psutil
 
 from probes.components import task_component, thread_component
+from probes.timers import bus_timers
 
 _PROCESS = psutil.Process(os.getpid())
 
 
-def os_thread_ids() -> set[int]:
-    """Every OS thread of this process, Python's and native ones alike."""
+def os_thread_ids() -> set[int] | None:
+    """Every OS thread of this process, Python's and native ones alike; None when the OS will
+    not say (then nothing can be judged exited or alive by it)."""
     try:
         return {t.id for t in _PROCESS.threads()}
-    except psutil.Error:
-        return set()
+    except (psutil.Error, OSError):
+        return None
 
 
 def os_thread_count() -> int:
@@ -51,12 +53,14 @@ class Census:
     task_refs: frozenset[weakref.ref] = frozenset()
     threads: set[threading.Thread] = field(default_factory=set)
     native_ids: set[int] = field(default_factory=set)
+    timers: weakref.WeakSet = field(default_factory=weakref.WeakSet)  # timers a bus left scheduled
 
     @classmethod
     def take(cls, loop: asyncio.AbstractEventLoop | None = None) -> Census:
+        loop = loop or asyncio.get_running_loop()
         refs = frozenset(map(weakref.ref, asyncio.all_tasks(loop)))
         threads = {t for t in threading.enumerate() if t.is_alive()}
-        return cls(refs, threads, os_thread_ids())
+        return cls(refs, threads, os_thread_ids() or set(), weakref.WeakSet(bus_timers(loop)))
 
     @property
     def tasks(self) -> list[asyncio.Task]:

@@ -74,10 +74,10 @@ class FailureNoted:
 class Leftover:
     """Something alive right after close that the baseline did not have."""
 
-    kind: str                        # task | thread
+    kind: str                        # task | thread | timer
     name: str
     component: str
-    state: str                       # leaked | exited | ignored
+    state: str                       # leaked | destroyed | unknown | exited | ignored
     exited_after_ms: float | None
     stack: tuple[str, ...] = ()
     created_at: str | None = None
@@ -107,6 +107,7 @@ class RunResult:
     # why the run failed: phase, kind (deadline | error | fault | interrupted), message,
     # deadline_s, the stuck stack and its component, and the broker's state when it was looked at
     failure: Mapping[str, Any] | None = None
+    paused_ms: float = 0.0           # a person's wait between settling and asking for the verdict
 
     def phase(self, name: str) -> PhaseSnapshot | None:
         return next((p for p in self.phases if p.phase == name), None)
@@ -126,6 +127,7 @@ class RunResult:
             "phases": [p.as_dict() for p in self.phases],
             "settle_ms": round(self.settle_ms, 2),
             "verdict_ms": round(self.verdict_ms, 2),
+            "paused_ms": round(self.paused_ms, 2),
             "leftovers": [x.as_dict() for x in self.leftovers],
             "delivery": dict(self.delivery),
             "throughput": dict(self.throughput),

@@ -157,8 +157,8 @@ async def _run_once(ctx: RunContext) -> RunResult:
         at_close = Census.take()
         # watch exits from now on, even while the settle phase waits for its key press
         watch = SettleWatch(ctx.baseline, at_close, closed_at, timeout_s=probes.settle_timeout_s,
-                            poll_ms=probes.settle_poll_ms, exclude=set(ctx.own), sites=ctx.tracker.sites,
-                            stuck=dict(ctx.stuck))
+                            poll_ms=probes.settle_poll_ms, exclude=ctx.own, sites=ctx.tracker.sites,
+                            stuck=dict(ctx.stuck), tracker=ctx.tracker)
         ctx.own.add(watch.start())
         snapshot(ctx, "close", at_close)  # the naive count, right after close returned
     if close_failure is not None and ctx.failure is None:
@@ -172,7 +172,7 @@ async def _run_once(ctx: RunContext) -> RunResult:
     outcome = await watch.verdict(ignore_rules(probes))
     snapshot(ctx, "settle", outcome.final)
 
-    leaked = any(x.state == "leaked" for x in outcome.leftovers)
+    leaked = any(x.state in ("leaked", "destroyed") for x in outcome.leftovers)
     verdict = "failed" if error else ("leaked" if leaked else "clean")
     t, th, _ = outcome.final.new_since(ctx.first_baseline or ctx.baseline)
     drift = {"tasks": len([x for x in t if x not in ctx.own]), "threads": len(th)}
@@ -189,7 +189,7 @@ async def _run_once(ctx: RunContext) -> RunResult:
         throughput=throughput(ctx), error=error, drift=drift,
         peaks={p: dict(v) for p, v in st.peaks.items()},
         counters=dict(getattr(getattr(ctx.bus, "counters", None), "snapshot", dict)()),
-        verdict_ms=round(outcome.verdict_ms, 2), failure=failure,
+        verdict_ms=round(outcome.verdict_ms, 2), failure=failure, paused_ms=round(outcome.paused_ms, 2),
     )
     return result
 

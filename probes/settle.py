@@ -13,15 +13,18 @@ from __future__ import annotations
 import asyncio
 import fnmatch
 import gc
+import sys
 import threading
 import time
 import weakref
 from dataclasses import dataclass
+from typing import Any
 
 from probes.census import Census, os_thread_ids
 from probes.components import RUNTIME_EXECUTOR_THREAD, coro_qualname, task_component, thread_component
 from probes.model import Leftover
 from probes.stacks import stack_component, task_stack, thread_stack
+from probes.timers import bus_timers, callback_component, callback_name
 
 
 @dataclass(frozen=True)
@@ -40,8 +43,6 @@ class IgnoreRules:
         for pattern in self.threads:
             if fnmatch.fnmatchcase(thread.name, pattern):
                 return f"ignore rule {pattern!r}"
-        if RUNTIME_EXECUTOR_THREAD.match(thread.name):
-            return "runtime: asyncio default executor (lives until the loop shuts down)"
         return None
 
 
@@ -49,49 +50,106 @@ class IgnoreRules:
 class SettleOutcome:
     leftovers: tuple[Leftover, ...]
     settle_ms: float                 # from close returning to the last exit (or the deadline)
-    verdict_ms: float                # from the last exit to the verdict being ready
+    verdict_ms: float                # from judging to the verdict being ready (GC, classification)
     final: Census
+    paused_ms: float = 0.0           # a person's wait before asking for the verdict (not settle time)
 
 
 class SettleWatch:
-    """Watches what close left behind, from the instant close returned.
+    """Watches what the run left behind, from the instant close returned, until nothing the run
+    created is pending any more, or the settle deadline.
 
-    Started right after close, so exit times are measured from close even when
-    a person takes a while to press the key for the settle phase. Candidate
-    tasks are held weakly, so the GC before the verdict can still collect an
-    abandoned one.
+    goleak's semantics: candidates are everything alive or pending that the baseline lacked,
+    *whenever it appeared*: a task or thread that a timer starts after close is seen too. Kinds:
+    tasks (held weakly, exits as events), Python threads and native-only threads (polled every
+    ``poll_ms``; a foreign thread by its OS thread), timers the bus left scheduled on the loop
+    (until they fire or are cancelled), and runtime executor threads while they run a job. The
+    watch starts right after close, so exit times are measured from close even when a person
+    takes a while to press the key for the settle phase.
     """
 
     def __init__(self, baseline: Census, at_close: Census, closed_at: float, *, timeout_s: float,
-                 poll_ms: int, exclude: set[asyncio.Task], sites=None,
-                 stuck: dict[asyncio.Task, str] | None = None) -> None:
-        found_tasks, self.threads, self.native = at_close.new_since(baseline)
+                 poll_ms: int, exclude: Any, sites=None,
+                 stuck: dict[asyncio.Task, str] | None = None, tracker: Any = None) -> None:
+        self.baseline = baseline
         self.closed_at = closed_at
         self.deadline = closed_at + timeout_s
         self.poll = poll_ms / 1000
+        self.exclude = exclude          # busmon's own tasks (a live WeakSet: it may grow)
+        self.sites = sites
+        self.stuck = stuck or {}
+        self.tracker = tracker
         self.exit_at: dict[object, float] = {}
         self.info: dict[object, tuple[str, str, str, tuple[str, ...], str | None]] = {}
         self.task_refs: list[weakref.ref] = []
-        for task in found_tasks:
-            if task in exclude:
+        self.threads: list[threading.Thread] = []
+        self.native: list[int] = []
+        self.timers: list[asyncio.TimerHandle] = []
+        self.busy_executors: set[threading.Thread] = set()
+        self.os_unknown = False          # psutil could not list the OS threads
+        self._python_native: set[int] = set()   # native ids of every Python thread seen
+        self._seen_created = -1
+        self.ended_at: float | None = None     # the last exit, or the deadline
+        self.noticed_at: float | None = None   # when the watch saw that
+        self.everything_exited = False
+        self._task: asyncio.Task | None = None
+        self._loop = asyncio.get_running_loop()
+        tasks, threads, _ = at_close.new_since(baseline)
+        self._add_tasks(tasks)
+        self._add_threads(threads)
+        self._scan()
+
+    # -- candidates ------------------------------------------------------------------
+
+    def _add_tasks(self, tasks: list[asyncio.Task]) -> None:
+        for task in tasks:
+            if task in self.exclude or task is self._task:
                 continue
-            site = sites.get(task) if sites is not None else None
             ref = weakref.ref(task)
+            if ref in self.info:
+                continue
+            site = self.sites.get(task) if self.sites is not None else None
             self.task_refs.append(ref)
             # describe every candidate now, while it is still alive
             name, component, qualname = task.get_name(), task_component(task, site), coro_qualname(task)
             stack = tuple(task_stack(task))
-            if stuck and task in stuck:  # busmon's wrapper around a bus call that ignored cancellation
-                name = f"{stuck[task]} (ignored cancellation)"
+            if task in self.stuck:  # busmon's wrapper around a bus call that ignored cancellation
+                name = f"{self.stuck[task]} (ignored cancellation)"
                 component = stack_component(stack)
             self.info[ref] = (name, component, qualname, stack, site)
-            task.add_done_callback(self._task_exited)
-        for th in self.threads:
+            if task.done():
+                self.exit_at.setdefault(ref, time.monotonic())
+            else:
+                task.add_done_callback(self._task_exited)
+
+    def _add_threads(self, threads: list[threading.Thread]) -> None:
+        for th in threads:
+            if th in self.info:
+                continue
+            self.threads.append(th)
+            if th.native_id is not None:
+                self._python_native.add(th.native_id)
             self.info[th] = (th.name, "thread:" + thread_component(th), f"ident {th.ident}, native {th.native_id}",
                              tuple(thread_stack(th)), None)
-        self.live_native = set(self.native)
-        self.everything_exited = False
-        self._task: asyncio.Task | None = None
+
+    def _scan(self) -> None:
+        """Pick up what appeared since the last look: tasks, threads, timers, native threads."""
+        created = self.tracker.created if self.tracker is not None and self.tracker.installed else None
+        if created is None or created != self._seen_created:
+            self._seen_created = created if created is not None else -1
+            base = self.baseline.task_refs
+            self._add_tasks([t for t in asyncio.all_tasks(self._loop) if weakref.ref(t) not in base])
+        alive = threading.enumerate()
+        self._python_native.update(t.native_id for t in alive if t.native_id is not None)
+        self._add_threads([t for t in alive if t not in self.baseline.threads])
+        for handle in bus_timers(self._loop):
+            if handle not in self.baseline.timers and handle not in self.info:
+                self.timers.append(handle)
+                self.info[handle] = (callback_name(handle), callback_component(handle),
+                                     f"due {max(0.0, handle.when() - self._loop.time()):.3f} s after close",
+                                     (), None)
+
+    # -- exits ----------------------------------------------------------------------------
 
     def _task_exited(self, task: asyncio.Task) -> None:
         self.exit_at.setdefault(weakref.ref(task), time.monotonic())
@@ -103,30 +161,75 @@ class SettleWatch:
     def _pending_tasks(self) -> list[asyncio.Task]:
         return [t for t in map(_deref, self.task_refs) if t is not None and not t.done()]
 
+    def _thread_alive(self, th: threading.Thread, os_ids: set[int] | None) -> bool:
+        """Alive by its OS thread: a dummy (foreign) thread's is_alive() is always true on 3.11."""
+        if isinstance(th, threading._DummyThread):
+            return os_ids is None or th.native_id in os_ids
+        return th.is_alive()
+
+    def _check(self, now: float) -> bool:
+        """Note every exit; True while anything the run created is still pending."""
+        os_ids = os_thread_ids()
+        self.os_unknown = self.os_unknown or os_ids is None
+        pending = False
+        for th in self.threads:
+            if th in self.exit_at:
+                continue
+            if not self._thread_alive(th, os_ids):
+                self.exit_at[th] = now
+                self.busy_executors.discard(th)
+            elif RUNTIME_EXECUTOR_THREAD.match(th.name):
+                busy = executor_busy(th)
+                if busy:
+                    self.busy_executors.add(th)
+                    pending = True
+                else:
+                    self.busy_executors.discard(th)
+            else:
+                pending = True
+        if os_ids is not None:
+            known = self.baseline.native_ids | self._python_native
+            for n in sorted(os_ids - known):
+                if n not in self.native:
+                    self.native.append(n)
+            for n in self.native:
+                if ("native", n) not in self.exit_at:
+                    if n in os_ids:
+                        pending = True
+                    else:
+                        self.exit_at[("native", n)] = now
+            # a native id that turns out to be a Python thread's (one that ended since) is no
+            # native-only thread at all
+            self.native = [n for n in self.native if n not in self._python_native]
+        scheduled = set(bus_timers(self._loop))
+        for handle in self.timers:
+            if handle in self.exit_at:
+                continue
+            if handle.cancelled() or handle not in scheduled:
+                self.exit_at[handle] = now
+            else:
+                pending = True
+        return pending or bool(self._pending_tasks())
+
     async def _watch(self) -> None:
-        """Until everything has exited or the deadline: tasks as events, threads polled."""
+        """Until nothing the run created is pending, or the deadline: tasks as events, the rest
+        polled every ``poll_ms``."""
         while True:
             now = time.monotonic()
-            for th in self.threads:
-                if th not in self.exit_at and not th.is_alive():
-                    self.exit_at[th] = now
-            if self.live_native:
-                gone = self.live_native - os_thread_ids()
-                for n in gone:
-                    self.exit_at[("native", n)] = now
-                self.live_native -= gone
-            pending = self._pending_tasks()
-            threads_left = [th for th in self.threads if th not in self.exit_at]
-            if not pending and not threads_left and not self.live_native:
+            self._scan()
+            if not self._check(now):
                 self.everything_exited = True
+                self.ended_at = max([self.closed_at, *self.exit_at.values()])
+                self.noticed_at = time.monotonic()
                 return
             remaining = self.deadline - now
             if remaining <= 0:
+                self.ended_at = self.noticed_at = now
                 return
+            pending = self._pending_tasks()
+            # an event for tasks; the timeout doubles as the poll interval for everything else
             if pending:
-                # an event for tasks; the timeout doubles as the thread poll interval
-                polling = threads_left or self.live_native
-                await asyncio.wait(pending, timeout=min(remaining, self.poll) if polling else remaining)
+                await asyncio.wait(pending, timeout=min(remaining, self.poll))
             else:
                 await asyncio.sleep(min(remaining, self.poll))
             del pending
@@ -139,54 +242,79 @@ class SettleWatch:
         await self._task
         # a task can be done with its done-callbacks not yet run: let them run
         await asyncio.sleep(0)
+        judged_at = time.monotonic()
         exit_at, closed_at = self.exit_at, self.closed_at
-        # settled: at the last exit, or (something stayed) when the watch gave up at the deadline
-        settled_at = max([closed_at, *exit_at.values()]) if self.everything_exited else time.monotonic()
+        settled_at = self.ended_at if self.ended_at is not None else judged_at
         gc.collect()  # the run's objects only: the baseline's were frozen (runner.run_once)
-        collected_at = time.monotonic()
+
+        def ms(t: float | None) -> float | None:
+            return round((t - closed_at) * 1000, 2) if t is not None else None
 
         leftovers: list[Leftover] = []
         for ref in self.task_refs:
             name, component, qualname, stack, site = self.info[ref]
             t = ref()
             after = exit_at.get(ref)
-            if t is None:  # collected by the GC without ever finishing
-                state, detail = "exited", f"{qualname} (destroyed while pending, collected by GC)"
-                after = after or collected_at
+            if after is not None:  # it finished (and may have been collected since): exited
+                state, detail = "exited", qualname
+                if t is not None and (reason := rules.task_reason(t)):
+                    state, detail = "ignored", f"{qualname} ({reason})"
+            elif t is None:  # collected by the GC without ever finishing: the bus abandoned it
+                state, detail = "destroyed", f"{qualname} (destroyed while pending: nothing referenced it)"
             elif reason := rules.task_reason(t):
                 state, detail = "ignored", f"{qualname} ({reason})"
-            elif t.done():
-                state, detail = "exited", qualname
             else:
                 state, detail = "leaked", qualname
                 stack = tuple(task_stack(t)) or stack
-            leftovers.append(Leftover("task", name, component, state,
-                                      round((after - closed_at) * 1000, 2) if after else None,
-                                      stack, site, detail))
+            leftovers.append(Leftover("task", name, component, state, ms(after), stack, site, detail))
+        os_ids = os_thread_ids()
         for th in self.threads:
             name, component, detail, stack, _ = self.info[th]
+            alive = self._thread_alive(th, os_ids)
             reason = rules.thread_reason(th)
-            alive = th.is_alive()
+            if RUNTIME_EXECUTOR_THREAD.match(th.name) and not reason:
+                if alive and th in self.busy_executors:
+                    detail = f"{detail} (a runtime executor thread still running a job at the deadline)"
+                elif alive:
+                    reason = "runtime: asyncio's default executor, idle (lives until the loop shuts down)"
             state = "ignored" if reason else ("leaked" if alive else "exited")
             if reason:
                 detail = f"{detail} ({reason})"
             if alive:
                 stack = tuple(thread_stack(th)) or stack
-            after = exit_at.get(th)
-            leftovers.append(Leftover("thread", name, component, state,
-                                      round((after - closed_at) * 1000, 2) if after else None,
-                                      stack, None, detail))
+            leftovers.append(Leftover("thread", name, component, state, ms(exit_at.get(th)), stack, None, detail))
         for n in self.native:
             after = exit_at.get(("native", n))
-            leftovers.append(Leftover("thread", f"native-{n}", "native", "exited" if after else "leaked",
-                                      round((after - closed_at) * 1000, 2) if after else None, (), None,
+            state = "exited" if after else ("unknown" if self.os_unknown else "leaked")
+            leftovers.append(Leftover("thread", f"native-{n}", "native", state, ms(after), (), None,
                                       "an OS thread Python did not start (seen through psutil)"))
-        order = {"leaked": 0, "ignored": 1, "exited": 2}
+        for handle in self.timers:
+            name, component, detail, stack, _ = self.info[handle]
+            after = exit_at.get(handle)
+            state = "exited" if after else "leaked"
+            if after:
+                detail = f"{detail}; {'cancelled' if handle.cancelled() else 'fired'}"
+            leftovers.append(Leftover("timer", name, component, state, ms(after), stack, None, detail))
+        order = {"leaked": 0, "destroyed": 1, "unknown": 2, "ignored": 3, "exited": 4}
         leftovers.sort(key=lambda x: (order[x.state], x.kind, x.component, x.name))
-        verdict_ms = (time.monotonic() - settled_at) * 1000
+        ready = time.monotonic()
+        noticed = self.noticed_at if self.noticed_at is not None else judged_at
+        paused_ms = max(0.0, (judged_at - noticed) * 1000)  # a person's wait is not the verdict's
+        verdict_ms = ((noticed - settled_at) + (ready - judged_at)) * 1000
         gc.unfreeze()
         final = Census.take()  # for the settled counts and the drift; not part of the verdict
-        return SettleOutcome(tuple(leftovers), (settled_at - closed_at) * 1000, verdict_ms, final)
+        return SettleOutcome(tuple(leftovers), (settled_at - closed_at) * 1000, verdict_ms, final, paused_ms)
+
+
+def executor_busy(thread: threading.Thread) -> bool:
+    """Whether a ThreadPoolExecutor worker is running a job (idle ones wait in the queue's get)."""
+    frame = sys._current_frames().get(thread.ident or -1)
+    while frame is not None:
+        code = frame.f_code
+        if code.co_name == "run" and code.co_filename.replace("\\", "/").endswith("concurrent/futures/thread.py"):
+            return True
+        frame = frame.f_back
+    return False
 
 
 def _deref(ref: weakref.ref) -> asyncio.Task | None:

@@ -44,19 +44,22 @@ def creation_site(depth: int = 2) -> str | None:
 
 
 class TaskTracker:
-    """Installed as the arena loop's task factory."""
+    """Installed as the arena loop's task factory. Holds tasks only weakly: a task the bus
+    abandoned must be collectable with the probes on exactly as with them off (no observer
+    effect), so a pending task that nothing references is destroyed, and seen to be."""
 
     def __init__(self, trace_creation: bool = False) -> None:
         self.trace_creation = trace_creation
         self.created = 0
         self.finished = 0
-        self._fresh: list[asyncio.Task] = []
-        self._component: dict[asyncio.Task, str] = {}
+        self._fresh: list[weakref.ref[asyncio.Task]] = []
+        # classified live tasks: weak key → component; a collected task leaves the counts too
+        self._component: dict[weakref.ref[asyncio.Task], str] = {}
         self._counts: Counter[str] = Counter()
         self.sites: weakref.WeakKeyDictionary[asyncio.Task, str] = weakref.WeakKeyDictionary()
         # who created each task not yet classified: cheap (one frame walk), and only needed
         # until the task is classified, so it is dropped then
-        self._creators: dict[asyncio.Task, str | None] = {}
+        self._creators: weakref.WeakKeyDictionary[asyncio.Task, str | None] = weakref.WeakKeyDictionary()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._previous: Any = None
 
@@ -66,7 +69,7 @@ class TaskTracker:
         self._previous = loop.get_task_factory()
         loop.set_task_factory(self._factory)
         for task in asyncio.all_tasks(loop):
-            self._fresh.append(task)
+            self._fresh.append(weakref.ref(task))
             task.add_done_callback(self._done)
 
     @property
@@ -84,7 +87,7 @@ class TaskTracker:
         else:
             task = asyncio.Task(coro, loop=loop, **kwargs)
         self.created += 1
-        self._fresh.append(task)
+        self._fresh.append(weakref.ref(task))
         self._creators[task] = creating_module(2)
         task.add_done_callback(self._done)
         if self.trace_creation:
@@ -93,31 +96,38 @@ class TaskTracker:
                 self.sites[task] = site
         return task
 
-    def _done(self, task: asyncio.Task) -> None:
-        self.finished += 1
-        self._creators.pop(task, None)
-        component = self._component.pop(task, None)
+    def _forget(self, ref: weakref.ref) -> None:
+        component = self._component.pop(ref, None)
         if component is not None:
             self._counts[component] -= 1
             if not self._counts[component]:
                 del self._counts[component]
 
+    def _done(self, task: asyncio.Task) -> None:
+        self.finished += 1
+        self._creators.pop(task, None)
+        self._forget(weakref.ref(task))
+
     def counts(self) -> dict[str, int]:
         """Live tasks per component, classifying only the tasks created since the last call."""
         if self._fresh:
             fresh, self._fresh = self._fresh, []
-            for task in fresh:
+            for ref in fresh:
+                task = ref()
+                if task is None:
+                    continue
                 created_by = self._creators.pop(task, None)
-                if task.done() or task in self._component:
+                if task.done() or ref in self._component:
                     continue
                 component = task_component(task, self.sites.get(task), created_by)
-                self._component[task] = component
+                # the key's callback takes a collected (never finished) task off the counts
+                self._component[weakref.ref(task, self._forget)] = component
                 self._counts[component] += 1
         return dict(self._counts)
 
     def component_of(self, task: asyncio.Task) -> str:
         """The task's component, from the cache when the tracker has classified it."""
-        component = self._component.get(task)
+        component = self._component.get(weakref.ref(task))
         if component is not None:
             return component
         return task_component(task, self.sites.get(task), self._creators.get(task))

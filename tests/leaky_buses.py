@@ -42,12 +42,16 @@ async def _forever() -> None:
     await asyncio.Event().wait()
 
 
+# what a library keeps in a module-level registry outlives the bus object, as real leaks do
+REGISTRY: list[Any] = []
+
+
 class TaskLeaker(Wrapped):
-    """Starts a background task and never stops it."""
+    """Starts a background task, registers it globally, and never stops it."""
 
     async def start(self) -> None:
         await super().start()
-        self.task = asyncio.create_task(_forever(), name="bus.leaky.heartbeat")
+        REGISTRY.append(asyncio.create_task(_forever(), name="bus.leaky.heartbeat"))
 
 
 class ThreadLeaker(Wrapped):
@@ -132,7 +136,7 @@ class Replacer(Wrapped):
 
     async def close(self) -> None:
         await super().close()
-        start_shared_heartbeat()
+        self.replacement = start_shared_heartbeat()  # held: a leak, not an abandoned task
 
 
 class ExecutorUser(Wrapped):

@@ -81,8 +81,10 @@ def test_replacement_task_is_caught_by_identity_though_the_count_is_unchanged():
     sc = parse_scenario('name = "t"\nbackend = "tests.leaky_buses:Replacer"\n[probes]\n'
                         'settle_timeout_s = 0.2\n[[runs]]\nname = "r"\nmessages = 50\n', "t.toml")
     with Session(sc, lambda e: None) as session:
+        held = []
+
         async def seed():
-            leaky_buses.start_shared_heartbeat()
+            held.append(leaky_buses.start_shared_heartbeat())  # held, so it lives until replaced
 
         session.arena.run(seed())
         (run,) = session.play().runs

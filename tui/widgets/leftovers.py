@@ -8,7 +8,8 @@ from textual.widgets import DataTable, Static
 
 from probes.model import Leftover
 
-STYLE = {"leaked": "bold red", "exited": "dim", "ignored": "italic yellow"}
+STYLE = {"leaked": "bold red", "destroyed": "bold red", "unknown": "yellow", "exited": "dim",
+         "ignored": "italic yellow"}
 
 
 class LeftoversTable(DataTable):
@@ -42,7 +43,7 @@ class LeftoversTable(DataTable):
             after = "still alive" if x.exited_after_ms is None else f"{x.exited_after_ms:g} ms"
             if x.state == "ignored":
                 after = "ignored"
-            self.add_row(Text(x.state.upper() if x.state == "leaked" else x.state, style=style),
+            self.add_row(Text(x.state.upper() if x.state in ("leaked", "destroyed") else x.state, style=style),
                          Text(x.kind, style=style), Text(x.name, style=style),
                          Text(x.component, style=style), Text(after, style=style), key=str(i))
 
