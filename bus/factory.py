@@ -52,7 +52,7 @@ def is_import_path(target: str) -> bool:
     return "://" not in target and ":" in target
 
 
-def check_target(url: str, **options: Any) -> None:
+def check_target(url: str, /, **options: Any) -> None:
     """Raise :class:`BusConfigError` if ``url`` and ``options`` could not make a bus.
 
     A built-in bus is constructed (which connects nothing) to check its options;
@@ -64,9 +64,10 @@ def check_target(url: str, **options: Any) -> None:
     create_bus(url, **options)
 
 
-def create_bus(url: str = "memory://", **options: Any) -> EventBus:
+def create_bus(url: str = "memory://", /, **options: Any) -> EventBus:
     """A bus for ``memory://``, ``kafka://h:p[,h:p]``, ``nats://h:p``, ``nats+js://h:p``
-    or ``package.module:factory`` (a user's own bus, called with ``options``)."""
+    or ``package.module:factory`` (a user's own bus, called with ``options``, whatever they are
+    called: ``url`` is positional-only so an option of that name reaches the factory untouched)."""
     if is_import_path(url):
         bus = load_factory(url)(**options)
         missing = [m for m in ("start", "publish", "subscribe", "close") if not callable(getattr(bus, m, None))]

@@ -81,7 +81,8 @@ class RunContext:
         self.broker_down = False  # every broker address refused or stayed silent after the failure
         self.failure: PhaseFailed | None = None
         self.interrupted = False
-        self.closing = False  # close and settle have begun: an interruption lets them finish
+        self.closing = False
+        self.baseline_at: float | None = None  # close and settle have begun: an interruption lets them finish
 
     def abandon(self, task: asyncio.Task, what: str) -> None:
         """A task running the bus's code would not stop: it is the bus's leftover now."""
@@ -117,6 +118,7 @@ async def _run_once(ctx: RunContext) -> RunResult:
     # full collection otherwise). settle() unfreezes them.
     gc.freeze()
     ctx.baseline = Census.take()
+    ctx.baseline_at = time.monotonic()
     snapshot(ctx, "baseline", ctx.baseline)
     deadlines = ctx.scenario.deadlines
     try:
@@ -158,7 +160,7 @@ async def _run_once(ctx: RunContext) -> RunResult:
         # watch exits from now on, even while the settle phase waits for its key press
         watch = SettleWatch(ctx.baseline, at_close, closed_at, timeout_s=probes.settle_timeout_s,
                             poll_ms=probes.settle_poll_ms, exclude=ctx.own, sites=ctx.tracker.sites,
-                            stuck=dict(ctx.stuck), tracker=ctx.tracker)
+                            stuck=dict(ctx.stuck), tracker=ctx.tracker, since=ctx.baseline_at)
         ctx.own.add(watch.start())
         snapshot(ctx, "close", at_close)  # the naive count, right after close returned
     if close_failure is not None and ctx.failure is None:

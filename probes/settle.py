@@ -21,7 +21,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from probes.census import Census, os_thread_ids
-from probes.components import RUNTIME_EXECUTOR_THREAD, coro_qualname, task_component, thread_component
+from probes.components import (RUNTIME_EXECUTOR_THREAD, coro_qualname, name_component, task_component,
+                               thread_component)
 from probes.model import Leftover
 from probes.stacks import stack_component, task_stack, thread_stack
 from probes.timers import bus_timers, callback_component, callback_name
@@ -70,7 +71,8 @@ class SettleWatch:
 
     def __init__(self, baseline: Census, at_close: Census, closed_at: float, *, timeout_s: float,
                  poll_ms: int, exclude: Any, sites=None,
-                 stuck: dict[asyncio.Task, str] | None = None, tracker: Any = None) -> None:
+                 stuck: dict[asyncio.Task, str] | None = None, tracker: Any = None,
+                 since: float | None = None) -> None:
         self.baseline = baseline
         self.closed_at = closed_at
         self.deadline = closed_at + timeout_s
@@ -79,6 +81,8 @@ class SettleWatch:
         self.sites = sites
         self.stuck = stuck or {}
         self.tracker = tracker
+        self.since = since               # the run's baseline (time.monotonic()): its own findings only
+        self._candidate_ids: set[int] = set()
         self.exit_at: dict[object, float] = {}
         self.info: dict[object, tuple[str, str, str, tuple[str, ...], str | None]] = {}
         self.task_refs: list[weakref.ref] = []
@@ -110,6 +114,7 @@ class SettleWatch:
                 continue
             site = self.sites.get(task) if self.sites is not None else None
             self.task_refs.append(ref)
+            self._candidate_ids.add(id(task))
             # describe every candidate now, while it is still alive
             name, component, qualname = task.get_name(), task_component(task, site), coro_qualname(task)
             stack = tuple(task_stack(task))
@@ -234,6 +239,14 @@ class SettleWatch:
                 await asyncio.sleep(min(remaining, self.poll))
             del pending
 
+    def _destroyed_elsewhere(self) -> list[Any]:
+        """Pending tasks of this run the GC collected before they could be candidates (the
+        tracker saw them go); those that were candidates are judged with the others."""
+        if self.tracker is None or self.since is None:
+            return []
+        return [d for d in self.tracker.destroyed
+                if d.at >= self.since and d.ident not in self._candidate_ids and not d.name.startswith("busmon.")]
+
     async def verdict(self, rules: IgnoreRules) -> SettleOutcome:
         """Wait for the watch to end, GC, classify every candidate."""
         if self._task is None:
@@ -267,6 +280,10 @@ class SettleWatch:
                 state, detail = "leaked", qualname
                 stack = tuple(task_stack(t)) or stack
             leftovers.append(Leftover("task", name, component, state, ms(after), stack, site, detail))
+        for d in self._destroyed_elsewhere():
+            component = name_component(d.name) if "." in d.name else (d.creator or "unknown").split(".")[0]
+            leftovers.append(Leftover("task", d.name, component, "destroyed", None, (), d.site,
+                                      f"{d.qualname} (destroyed while pending: nothing referenced it)"))
         os_ids = os_thread_ids()
         for th in self.threads:
             name, component, detail, stack, _ = self.info[th]

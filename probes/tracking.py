@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import asyncio
 import sys
+import time
 import weakref
 from collections import Counter
-from typing import Any
+from typing import Any, NamedTuple
 
 from probes.components import task_component
 
@@ -43,23 +44,37 @@ def creation_site(depth: int = 2) -> str | None:
     return None
 
 
+class DestroyedTask(NamedTuple):
+    """A task the GC collected while it was still pending: nothing referenced it."""
+
+    at: float                 # time.monotonic() when it was collected
+    name: str
+    qualname: str
+    site: str | None          # where it was created (with creation tracing)
+    ident: int                # id() of the task object, to tell it from a settle candidate
+    creator: str | None       # the module that created it
+
+
 class TaskTracker:
     """Installed as the arena loop's task factory. Holds tasks only weakly: a task the bus
     abandoned must be collectable with the probes on exactly as with them off (no observer
-    effect), so a pending task that nothing references is destroyed, and seen to be."""
+    effect), so a pending task that nothing references is destroyed, and seen to be
+    (``destroyed``: asyncio's "Task was destroyed but it is pending!", as a finding)."""
 
     def __init__(self, trace_creation: bool = False) -> None:
         self.trace_creation = trace_creation
         self.created = 0
         self.finished = 0
+        # every live task, weakly: [name, coroutine qualname, component once classified, site]
+        self._live: dict[weakref.ref[asyncio.Task], list[Any]] = {}
         self._fresh: list[weakref.ref[asyncio.Task]] = []
-        # classified live tasks: weak key → component; a collected task leaves the counts too
-        self._component: dict[weakref.ref[asyncio.Task], str] = {}
         self._counts: Counter[str] = Counter()
         self.sites: weakref.WeakKeyDictionary[asyncio.Task, str] = weakref.WeakKeyDictionary()
         # who created each task not yet classified: cheap (one frame walk), and only needed
         # until the task is classified, so it is dropped then
         self._creators: weakref.WeakKeyDictionary[asyncio.Task, str | None] = weakref.WeakKeyDictionary()
+        #: pending tasks the GC collected, in order
+        self.destroyed: list[DestroyedTask] = []
         self._loop: asyncio.AbstractEventLoop | None = None
         self._previous: Any = None
 
@@ -69,8 +84,7 @@ class TaskTracker:
         self._previous = loop.get_task_factory()
         loop.set_task_factory(self._factory)
         for task in asyncio.all_tasks(loop):
-            self._fresh.append(weakref.ref(task))
-            task.add_done_callback(self._done)
+            self._watch(task, None)
 
     @property
     def installed(self) -> bool:
@@ -87,17 +101,23 @@ class TaskTracker:
         else:
             task = asyncio.Task(coro, loop=loop, **kwargs)
         self.created += 1
-        self._fresh.append(weakref.ref(task))
-        self._creators[task] = creating_module(2)
-        task.add_done_callback(self._done)
-        if self.trace_creation:
-            site = creation_site(2)
-            if site is not None:
-                self.sites[task] = site
+        creator = self._creators[task] = creating_module(2)
+        site = creation_site(2) if self.trace_creation else None
+        if site is not None:
+            self.sites[task] = site
+        self._watch(task, site, creator)
         return task
 
-    def _forget(self, ref: weakref.ref) -> None:
-        component = self._component.pop(ref, None)
+    def _watch(self, task: asyncio.Task, site: str | None, creator: str | None = None) -> None:
+        ref = weakref.ref(task, self._collected)
+        coro = task.get_coro()
+        self._live[ref] = [task.get_name(), getattr(coro, "__qualname__", type(coro).__name__), None, site,
+                           id(task), creator]
+        self._fresh.append(ref)
+        task.add_done_callback(self._done)
+
+    def _uncount(self, entry: list[Any]) -> None:
+        component = entry[2]
         if component is not None:
             self._counts[component] -= 1
             if not self._counts[component]:
@@ -106,28 +126,37 @@ class TaskTracker:
     def _done(self, task: asyncio.Task) -> None:
         self.finished += 1
         self._creators.pop(task, None)
-        self._forget(weakref.ref(task))
+        entry = self._live.pop(weakref.ref(task), None)
+        if entry is not None:
+            self._uncount(entry)
+
+    def _collected(self, ref: weakref.ref) -> None:
+        """The GC took a task that never finished (a finished one left ``_live`` when it did)."""
+        entry = self._live.pop(ref, None)
+        if entry is not None:
+            self._uncount(entry)
+            name, qualname, _, site, ident, creator = entry
+            self.destroyed.append(DestroyedTask(time.monotonic(), name, qualname, site, ident, creator))
 
     def counts(self) -> dict[str, int]:
         """Live tasks per component, classifying only the tasks created since the last call."""
         if self._fresh:
             fresh, self._fresh = self._fresh, []
             for ref in fresh:
-                task = ref()
-                if task is None:
+                task, entry = ref(), self._live.get(ref)
+                if task is None or entry is None:
                     continue
                 created_by = self._creators.pop(task, None)
-                if task.done() or ref in self._component:
+                entry[0] = task.get_name()  # create_task(name=…) names it after the factory returns
+                if task.done() or entry[2] is not None:
                     continue
-                component = task_component(task, self.sites.get(task), created_by)
-                # the key's callback takes a collected (never finished) task off the counts
-                self._component[weakref.ref(task, self._forget)] = component
-                self._counts[component] += 1
+                entry[2] = task_component(task, entry[3], created_by)
+                self._counts[entry[2]] += 1
         return dict(self._counts)
 
     def component_of(self, task: asyncio.Task) -> str:
         """The task's component, from the cache when the tracker has classified it."""
-        component = self._component.get(weakref.ref(task))
-        if component is not None:
-            return component
+        entry = self._live.get(weakref.ref(task))
+        if entry is not None and entry[2] is not None:
+            return entry[2]
         return task_component(task, self.sites.get(task), self._creators.get(task))

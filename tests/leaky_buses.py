@@ -299,3 +299,96 @@ class Announcer(Wrapped):
             self.announced = True
             print("busmon-test: publishing", flush=True)
         await super().publish(topic, envelope)
+
+
+# -- buses whose leftovers appear after close, or hide from a naive look ---------------------------
+
+async def _late_worker() -> None:
+    await asyncio.Event().wait()
+
+
+class LateTask(Wrapped):
+    """close() returns clean, but leaves a timer that starts a task 200 ms later (a 'reconnect')."""
+
+    async def close(self) -> None:
+        await super().close()
+        asyncio.get_running_loop().call_later(0.2, self._reconnect)
+
+    def _reconnect(self) -> None:
+        REGISTRY.append(asyncio.get_running_loop().create_task(_late_worker(), name="bus.late.reconnect"))
+
+
+class LateThread(Wrapped):
+    """close() leaves a timer that starts a thread 200 ms later."""
+
+    async def close(self) -> None:
+        await super().close()
+        asyncio.get_running_loop().call_later(0.2, self._spawn)
+
+    def _spawn(self) -> None:
+        release = threading.Event()
+        thread = threading.Thread(target=release.wait, name="late-poller", daemon=True)
+        thread.start()
+        STUCK_THREADS.append((thread, release))
+
+
+class PendingTimer(Wrapped):
+    """close() leaves a timer due in 60 s: it has not fired by the settle deadline."""
+
+    async def close(self) -> None:
+        await super().close()
+        REGISTRY.append(asyncio.get_running_loop().call_later(60, self._retry))
+
+    def _retry(self) -> None:
+        """Would reconnect, long after the bus was closed."""
+
+
+class AbandonedTask(Wrapped):
+    """start() starts a task that waits forever on a future nothing else holds: a real bug, which
+    asyncio reports as 'Task was destroyed but it is pending!' once the GC finds it."""
+
+    async def start(self) -> None:
+        await super().start()
+        asyncio.get_running_loop().create_task(_wait_for_nothing(), name="bus.abandoned.waiter")
+
+
+async def _wait_for_nothing() -> None:
+    await asyncio.get_running_loop().create_future()
+
+
+class ExitsThenCollected(Wrapped):
+    """close() leaves a task that finishes a moment later and is then collected: exited."""
+
+    async def close(self) -> None:
+        await super().close()
+        asyncio.get_running_loop().create_task(_finish_soon(), name="bus.brief.flush")
+
+
+async def _finish_soon() -> None:
+    for _ in range(3):
+        await asyncio.sleep(0)
+
+
+class ForeignThread(Wrapped):
+    """A thread started outside threading (as a C library would) that touches threading, then
+    ends: Python keeps a _DummyThread for it whose is_alive() is always true on 3.11."""
+
+    async def start(self) -> None:
+        await super().start()
+        import _thread
+
+        done = threading.Event()
+
+        def body() -> None:
+            threading.current_thread()  # registers a _DummyThread
+            done.set()
+
+        _thread.start_new_thread(body, ())
+        await asyncio.get_running_loop().run_in_executor(None, done.wait)
+
+
+def make_bus_with_url(url: str, **options: Any) -> Wrapped:
+    """A factory whose own option is called ``url``, as many are."""
+    bus = Wrapped(**options)
+    bus.url = url
+    return bus
