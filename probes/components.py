@@ -80,10 +80,27 @@ def task_component(task: asyncio.Task, created_at: str | None = None,
     return top or "unknown"
 
 
+_DEFAULT_THREAD_NAME = re.compile(r"^Thread-\d+( \(.*\))?$")
+#: the packages busmon's own front ends are made of: their threads are busmon's machinery
+_UI_PACKAGES = ("rich", "textual")
+
+
 def thread_component(thread: threading.Thread) -> str:
     name = thread.name
     if RUNTIME_EXECUTOR_THREAD.match(name):
         return "asyncio.executor"
     if name == "MainThread":
         return "main"
+    if name.startswith("busmon-"):
+        return "busmon." + name.removeprefix("busmon-")
+    if _DEFAULT_THREAD_NAME.match(name):  # unnamed: say whose code it runs
+        target = getattr(thread, "_target", None)
+        module = type(thread).__module__
+        if module == "threading" and target is not None:
+            module = getattr(target, "__module__", None) or module
+        top = (module or "threading").split(".")[0]
+        if top in _UI_PACKAGES:
+            return f"busmon.ui ({top})"
+        if top != "threading":
+            return top
     return name_component(name) if re.search(r"[-_]\d+$", name) else name

@@ -100,10 +100,21 @@ class Scenario:
             check_backend(backend, "--backend")
             if backend not in BUILTIN_BACKENDS:  # package.module:factory, as a file's backend = may be
                 return replace(self, backend=backend, url=backend)
+            if url and backend_of_url(url) not in (None, backend):
+                raise ScenarioError(f"--backend {backend} --url {url}: they disagree; a {backend} URL "
+                                    f"starts {_SCHEME_OF[backend]}://, or leave out --backend")
             return replace(self, backend=backend, url=url or BUILTIN_BACKENDS[backend])
         if url:
-            return replace(self, url=url)
+            # the URL alone decides what runs: the label follows it, so a report never says
+            # "memory" for a run on NATS
+            return replace(self, url=url, backend=backend_of_url(url) or self.backend)
         return self
+
+
+def backend_of_url(url: str) -> str | None:
+    """The backend a URL runs on (``nats+js://`` → ``nats-js``); None for anything else."""
+    scheme = url.split("://", 1)[0] if "://" in url else None
+    return next((b for b, sch in _SCHEME_OF.items() if sch == scheme), None)
 
 
 def check_backend(backend: str, where: str) -> None:

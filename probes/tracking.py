@@ -16,6 +16,7 @@ import weakref
 from collections import Counter
 from typing import Any, NamedTuple
 
+from bus.deadline import short_where
 from probes.components import task_component
 
 _SKIP_FILES = ("asyncio/", "asyncio\\", "probes/tracking.py", "probes\\tracking.py")
@@ -32,14 +33,20 @@ def creating_module(depth: int = 2) -> str | None:
     return None
 
 
+#: helpers that only wrap ``loop.create_task`` (aiokafka's ``util.create_task``, a bus's
+#: ``spawn``): the frame that decided to start the task is the one that called them
+WRAPPER_FUNCTIONS = frozenset({"create_task", "ensure_future", "spawn", "start_soon", "_create_task",
+                               "create_background_task", "run_coroutine_threadsafe"})
+
+
 def creation_site(depth: int = 2) -> str | None:
-    """``file:line in function`` of the first caller outside asyncio itself."""
+    """``package/module.py:line in function`` of the first caller outside asyncio itself and
+    outside helpers that only wrap create_task: who decided to start this task."""
     frame = sys._getframe(depth)
     while frame is not None:
         filename = frame.f_code.co_filename
-        if not any(s in filename for s in _SKIP_FILES):
-            short = "/".join(filename.replace("\\", "/").split("/")[-2:])
-            return f"{short}:{frame.f_lineno} in {frame.f_code.co_name}"
+        if not any(s in filename for s in _SKIP_FILES) and frame.f_code.co_name not in WRAPPER_FUNCTIONS:
+            return short_where(filename, frame.f_lineno, frame.f_code.co_name)
         frame = frame.f_back
     return None
 

@@ -392,3 +392,14 @@ def make_bus_with_url(url: str, **options: Any) -> Wrapped:
     bus = Wrapped(**options)
     bus.url = url
     return bus
+
+
+class WrappedCreateLeaker(Wrapped):
+    """Starts its leaked task through a library's create_task helper (aiokafka's), as client
+    libraries do: the creation site must be this bus's line, not the helper's."""
+
+    async def start(self) -> None:
+        from aiokafka.util import create_task
+
+        await super().start()
+        REGISTRY.append(create_task(_forever()))

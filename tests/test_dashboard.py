@@ -197,3 +197,21 @@ async def test_hold_is_a_phase_of_its_own_when_asked_for():
             "baseline", "create", "subscribe", "load", "hold", "close", "settle"]
         await pilot.press("q")
         await until(pilot, lambda: not app.is_running, "quit")
+
+
+async def test_a_persons_pause_before_settle_is_not_settle_time():
+    c = controller(messages=200, settle=1.0)
+    app = BusmonApp(c)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await step(pilot, c, ["baseline", "create", "subscribe", "load", "close"])
+        await until(pilot, lambda: c.waiting_for == "settle", "waiting for settle")
+        await pilot.pause(1.5)  # the person looks at the naive count a while: what is under test
+        await pilot.press("n")
+        await until(pilot, lambda: app.results, "the verdict")
+        (run,) = app.results
+        assert run.verdict == "clean"
+        assert run.settle_ms < 1000, run.settle_ms     # the bus settled at once; the deadline is 1 s
+        assert run.paused_ms >= 1000, run.paused_ms    # shown apart
+        assert "you looked" in str(app.query_one(VerdictBanner).render())
+        await pilot.press("q")
+        await until(pilot, lambda: not app.is_running, "quit")

@@ -141,3 +141,14 @@ def test_ignore_rules_from_the_command_line(tmp_path, monkeypatch, capsys):
     assert code == 0
     (left,) = json.loads(report.read_text())["runs"][0]["leftovers"]
     assert left["state"] == "ignored" and "bus.leaky.*" in left["detail"]
+
+
+def test_the_backend_reported_is_the_one_that_ran(tmp_path, monkeypatch, capsys, nats_broker):
+    report = tmp_path / "r.json"
+    code, _, _ = run_cli(["play", str(SAMPLES / "quickstart.toml"), "--headless", "--url", nats_broker.url,
+                          "--report", str(report)], monkeypatch, capsys)
+    assert code == 0
+    assert {r["backend"] for r in json.loads(report.read_text())["runs"]} == {"nats"}
+    code, _, err = run_cli(["play", str(SAMPLES / "quickstart.toml"), "--headless", "--backend", "nats-js",
+                            "--url", nats_broker.url], monkeypatch, capsys)
+    assert code == 2 and "they disagree" in err and len(err.strip().splitlines()) == 1

@@ -103,3 +103,35 @@ def test_a_foreign_thread_that_ended_is_not_leaked(trace):
 def test_a_factory_option_named_url_reaches_the_factory_untouched():
     (run,) = play("make_bus_with_url", trace=False, options='[bus]\nurl = "tcp://elsewhere:1"\nworkers = 4')
     assert run.verdict == "clean", run.error
+
+
+def test_creation_sites_skip_create_task_helpers():
+    (run,) = play("WrappedCreateLeaker", trace=True, settle_s=0.2)
+    (left,) = [x for x in run.leftovers if x.state == "leaked"]
+    assert left.created_at.startswith("tests/leaky_buses.py:") and left.created_at.endswith("in start")
+
+
+@pytest.mark.nats
+def test_creation_sites_and_stacks_keep_their_package(nats_broker):
+    (run,) = play("NatsNeverClosed", trace=True, settle_s=0.3, options=f'[bus]\nservers = "{nats_broker.url}"')
+    read_loop = next(x for x in run.leftovers if x.detail.endswith("_read_loop"))
+    assert read_loop.component == "nats"
+    assert read_loop.created_at.startswith("nats/aio/client.py:"), read_loop.created_at
+    assert any(line.startswith("nats/aio/client.py:") for line in read_loop.stack)
+
+
+def test_busmon_s_own_threads_are_named_as_busmon_s():
+    import threading
+
+    from rich.console import Console
+    from rich.live import Live
+
+    from probes.components import thread_component
+
+    live = Live(console=Console(file=open("/dev/null", "w"), force_terminal=True))
+    live.start()
+    try:
+        names = {thread_component(t) for t in threading.enumerate()}
+    finally:
+        live.stop()
+    assert "busmon.ui (rich)" in names and "thread:Thread" not in names

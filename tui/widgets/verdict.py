@@ -48,6 +48,8 @@ class VerdictBanner(Static):
             extra.append(f"waited the full {r.settle_ms / 1000:.1f} s settle deadline")
         elif r.verdict == "clean":
             extra.append(f"settled in {r.settle_ms:.1f} ms")
+        if r.paused_ms >= 1000:  # a person's wait before asking for the verdict is not the bus's
+            extra.append(f"you looked {r.paused_ms / 1000:.1f} s later")
         if logs:  # the libraries' complaints, counted, never sprayed on the screen
             top = logs[0]
             more = f" (+{len(logs) - 1} more kinds)" if len(logs) > 1 else ""
