@@ -206,6 +206,10 @@ class SettleWatch:
             # a native id that turns out to be a Python thread's (one that ended since) is no
             # native-only thread at all
             self.native = [n for n in self.native if n not in self._python_native]
+        for ref in self.task_refs:  # done, with its done-callback not run yet: it exited now
+            t = ref()
+            if t is not None and t.done() and ref not in self.exit_at:
+                self.exit_at[ref] = now
         scheduled = set(bus_timers(self._loop))
         for handle in self.timers:
             if handle in self.exit_at:
