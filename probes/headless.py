@@ -131,13 +131,14 @@ def leak_lines(result: ScenarioResult) -> list[str]:
     lines = []
     for r in result.runs:
         for x in r.leftovers:
-            if x.state != "leaked":
+            if x.state not in ("leaked", "destroyed"):
                 continue
             component = "" if x.component == x.name else f"  [dim]({escape(x.component)})[/]"
-            lines.append(f"[bold red]leaked[/] {x.kind} [bold]{escape(x.name)}[/]{component}  "
+            lines.append(f"[bold red]{x.state}[/] {x.kind} [bold]{escape(x.name)}[/]{component}  "
                          f"[dim]run {escape(r.name)}[/]")
-            where = innermost_frame(x.stack) or x.detail
-            if where:
+            if x.state == "destroyed" or x.kind == "timer":
+                lines.append(f"    {escape(x.detail)}")
+            elif where := innermost_frame(x.stack) or x.detail:
                 lines.append(f"    now at {escape(where)}")
             if x.created_at:
                 lines.append(f"    created at {escape(x.created_at)}")

@@ -118,7 +118,9 @@ class RunResult:
         return at.tasks - base.tasks if base and at else None
 
     def count(self, state: str) -> int:
-        return sum(1 for x in self.leftovers if x.state == state)
+        """Leftovers in ``state``; "leaked" counts the destroyed-while-pending too (both are bugs)."""
+        states = ("leaked", "destroyed") if state == "leaked" else (state,)
+        return sum(1 for x in self.leftovers if x.state in states)
 
     def as_dict(self) -> dict[str, Any]:
         return {

@@ -114,12 +114,12 @@ def to_markdown(result: ScenarioResult, scenario_path: str | None = None) -> str
         else:
             lines += _table(
                 ["state", "kind", "name", "component", "exited after ms", "detail"],
-                [[("**leaked**" if x.state == "leaked" else x.state), x.kind, f"`{x.name}`",
+                [[(f"**{x.state}**" if x.state in ("leaked", "destroyed") else x.state), x.kind, f"`{x.name}`",
                   f"`{x.component}`", "–" if x.exited_after_ms is None else x.exited_after_ms,
                   x.detail.replace("|", "\\|")] for x in r.leftovers])
             for x in r.leftovers:
-                if x.state == "leaked" and x.stack:
-                    lines += ["", f"<details><summary>stack of leaked {x.kind} <code>{x.name}</code></summary>",
+                if x.state in ("leaked", "destroyed") and (x.stack or x.created_at):
+                    lines += ["", f"<details><summary>stack of {x.state} {x.kind} <code>{x.name}</code></summary>",
                               "", "```", *x.stack, *( [f"created at {x.created_at}"] if x.created_at else []),
                               "```", "</details>"]
         d = r.delivery

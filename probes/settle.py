@@ -297,7 +297,7 @@ class SettleWatch:
                 if alive and th in self.busy_executors:
                     detail = f"{detail} (a runtime executor thread still running a job at the deadline)"
                 elif alive:
-                    reason = "runtime: asyncio's default executor, idle (lives until the loop shuts down)"
+                    reason = "runtime: asyncio's default executor, idle; it lives until the loop shuts down"
             state = "ignored" if reason else ("leaked" if alive else "exited")
             if reason:
                 detail = f"{detail} ({reason})"
