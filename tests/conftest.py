@@ -67,10 +67,13 @@ async def bus(url: str, backend: str) -> AsyncIterator[EventBus]:
 
 @pytest.fixture(autouse=True)
 def release_stuck_threads() -> Iterator[None]:
-    """Threads a misbehaving test bus left blocked are released after each test, so one test's
-    leak does not outlive it."""
+    """Threads and executor jobs a misbehaving test bus left blocked are released after each
+    test, so one test's leak does not outlive it (a stuck executor worker would hang exit)."""
     yield
     for thread, release in leaky_buses.STUCK_THREADS:
         release.set()
         thread.join(5)
     leaky_buses.STUCK_THREADS.clear()
+    for release in leaky_buses.STUCK_JOBS:
+        release.set()
+    leaky_buses.STUCK_JOBS.clear()

@@ -255,12 +255,18 @@ class NonDaemonThreadLeak(Wrapped):
         threading.Thread(target=threading.Event().wait, name="stubborn-poller", daemon=False).start()
 
 
+# blocking jobs the tests release afterwards: a worker stuck at exit would hang the interpreter
+STUCK_JOBS: list[threading.Event] = []
+
+
 class StuckExecutorJob(Wrapped):
-    """Submits a blocking job to the loop's default executor that never finishes."""
+    """Submits a blocking job to the loop's default executor that never finishes (on its own)."""
 
     async def start(self) -> None:
         await super().start()
-        asyncio.get_running_loop().run_in_executor(None, threading.Event().wait)
+        release = threading.Event()
+        STUCK_JOBS.append(release)
+        asyncio.get_running_loop().run_in_executor(None, release.wait)
 
 
 class DyingWorker(Wrapped):
