@@ -15,6 +15,7 @@ cancellation propagates as cancellation.
 from __future__ import annotations
 
 import asyncio
+import sysconfig
 from typing import Any, Awaitable, Iterable, TypeVar
 
 from bus.errors import BusError
@@ -76,23 +77,32 @@ def task_stack(task: asyncio.Task, limit: int = 16) -> list[str]:
     return out
 
 
+_STDLIB = sysconfig.get_paths()["stdlib"].replace("\\", "/").rstrip("/") + "/"
+
+
 def short_where(filename: str, lineno: int | None, function: str) -> str:
-    """``package/module.py:12 in fn``: the path from the top package, not the whole disk path."""
-    parts = filename.replace("\\", "/").split("/")
+    """``package/module.py:12 in fn``: the path from the top package (or from the standard
+    library, ``threading.py``), not the whole disk path."""
+    path = filename.replace("\\", "/")
+    parts = path.split("/")
     for marker in ("site-packages", "dist-packages"):
         if marker in parts:
             parts = parts[parts.index(marker) + 1:]
             break
     else:
-        parts = parts[-2:]
+        parts = [path.removeprefix(_STDLIB)] if path.startswith(_STDLIB) else parts[-2:]
     short = "/".join(parts)
     return f"{short}:{lineno} in {function}" if lineno else f"{short} in {function}"
 
 
-def innermost(stack: list[str]) -> str:
-    """The deepest frame that is not asyncio's own machinery."""
+#: frames of the runtime's own machinery: where a task or thread waits, not who made it wait
+_MACHINERY = ("awaiting ", "asyncio/", "threading.py", "concurrent/futures/")
+
+
+def innermost(stack: list[str] | tuple[str, ...]) -> str:
+    """The deepest frame that is not the runtime's own machinery (asyncio, threading, executors)."""
     for line in reversed(stack):
-        if not line.startswith(("awaiting ", "asyncio/")):
+        if not line.startswith(_MACHINERY):
             return line
     return stack[-1] if stack else ""
 

@@ -12,6 +12,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from bus.deadline import innermost
 from probes.model import PhaseSnapshot, PhaseStarted, Sample, ScenarioResult, signed
 from probes.scenario import Scenario
 from probes.session import RunFinished, Session
@@ -138,16 +139,8 @@ def leak_lines(result: ScenarioResult) -> list[str]:
                          f"[dim]run {escape(r.name)}[/]")
             if x.state == "destroyed" or x.kind == "timer":
                 lines.append(f"    {escape(x.detail)}")
-            elif where := innermost_frame(x.stack) or x.detail:
+            elif where := innermost(x.stack) or x.detail:
                 lines.append(f"    now at {escape(where)}")
             if x.created_at:
                 lines.append(f"    created at {escape(x.created_at)}")
     return lines
-
-
-def innermost_frame(stack: tuple[str, ...]) -> str:
-    """The deepest frame that is the program's own code, not asyncio's or threading's."""
-    for line in reversed(stack):
-        if not line.startswith(("awaiting ", "asyncio/", "threading.py")):
-            return line
-    return stack[-1] if stack else ""

@@ -137,8 +137,9 @@ class SettleWatch:
             self.info[th] = (th.name, "thread:" + thread_component(th), f"ident {th.ident}, native {th.native_id}",
                              tuple(thread_stack(th)), None)
 
-    def _scan(self) -> None:
-        """Pick up what appeared since the last look: tasks, threads, timers, native threads."""
+    def _scan(self) -> set[asyncio.TimerHandle]:
+        """Pick up what appeared since the last look (tasks, threads, timers); return the timers
+        scheduled now."""
         created = self.tracker.created if self.tracker is not None and self.tracker.installed else None
         if created is None or created != self._seen_created:
             self._seen_created = created if created is not None else -1
@@ -147,12 +148,14 @@ class SettleWatch:
         alive = threading.enumerate()
         self._python_native.update(t.native_id for t in alive if t.native_id is not None)
         self._add_threads([t for t in alive if t not in self.baseline.threads])
-        for handle in bus_timers(self._loop):
+        scheduled = set(bus_timers(self._loop))
+        for handle in scheduled:
             if handle not in self.baseline.timers and handle not in self.info:
                 self.timers.append(handle)
                 self.info[handle] = (callback_name(handle), callback_component(handle),
                                      f"due {max(0.0, handle.when() - self._loop.time()):.3f} s after close",
                                      (), None)
+        return scheduled
 
     # -- exits ----------------------------------------------------------------------------
 
@@ -172,8 +175,9 @@ class SettleWatch:
             return os_ids is None or th.native_id in os_ids
         return th.is_alive()
 
-    def _check(self, now: float) -> bool:
-        """Note every exit; True while anything the run created is still pending."""
+    def _check(self, now: float, scheduled: set[asyncio.TimerHandle]) -> bool:
+        """Note every exit (``scheduled``: the timers on the loop now); True while anything the
+        run created is still pending."""
         os_ids = os_thread_ids()
         self.os_unknown = self.os_unknown or os_ids is None
         pending = False
@@ -210,7 +214,6 @@ class SettleWatch:
             t = ref()
             if t is not None and t.done() and ref not in self.exit_at:
                 self.exit_at[ref] = now
-        scheduled = set(bus_timers(self._loop))
         for handle in self.timers:
             if handle in self.exit_at:
                 continue
@@ -225,8 +228,7 @@ class SettleWatch:
         polled every ``poll_ms``."""
         while True:
             now = time.monotonic()
-            self._scan()
-            if not self._check(now):
+            if not self._check(now, self._scan()):
                 self.everything_exited = True
                 self.ended_at = max([self.closed_at, *self.exit_at.values()])
                 self.noticed_at = time.monotonic()
