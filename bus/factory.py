@@ -64,6 +64,22 @@ def check_target(url: str, /, **options: Any) -> None:
     create_bus(url, **options)
 
 
+_BACKEND_MODULES = {"memory": "bus.memory", "kafka": "bus.kafka", "nats": "bus.nats", "nats+js": "bus.nats"}
+
+
+def preload(url: str) -> None:
+    """Import the code a bus for ``url`` runs (its client library too), without making one:
+    a first import takes hundreds of milliseconds, and done inside a measured phase it would
+    show as the bus blocking its event loop. Errors are left for ``create_bus`` to report."""
+    try:
+        if is_import_path(url):
+            load_factory(url)
+        elif (module := _BACKEND_MODULES.get(urlsplit(url).scheme if "://" in url else "")) is not None:
+            importlib.import_module(module)
+    except Exception:
+        return
+
+
 def create_bus(url: str = "memory://", /, **options: Any) -> EventBus:
     """A bus for ``memory://``, ``kafka://h:p[,h:p]``, ``nats://h:p``, ``nats+js://h:p``
     or ``package.module:factory`` (a user's own bus, called with ``options``, whatever they are

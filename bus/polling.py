@@ -92,6 +92,9 @@ class PollingSubscription(BaseSubscription):
                 token = self._token(raw)
                 if not pool.offer(self, envelope, token):
                     await pool.submit(self, envelope, token)
+            # handed out: a stop cancels the next fetch, and the cancelled task's traceback keeps
+            # this frame (and a whole batch of records) alive as long as the task object is
+            batch = raw = envelope = token = None
 
     async def _stop(self, deadline: float) -> None:
         if self._stopped:

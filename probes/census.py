@@ -18,6 +18,8 @@ from typing import Iterable
 
 import psutil
 
+from probes import children as _children
+from probes import fds as _fds
 from probes.components import task_component, thread_component
 from probes.timers import bus_timers
 
@@ -54,13 +56,26 @@ class Census:
     threads: set[threading.Thread] = field(default_factory=set)
     native_ids: set[int] = field(default_factory=set)
     timers: weakref.WeakSet = field(default_factory=weakref.WeakSet)  # timers a bus left scheduled
+    #: open descriptors as (fd, what it points to): a reused number pointing elsewhere is new;
+    #: None where the OS cannot list them
+    fds: frozenset[tuple[int, str]] | None = None
+    children: frozenset[tuple[int, float]] = frozenset()   # child processes: (pid, start time)
 
     @classmethod
     def take(cls, loop: asyncio.AbstractEventLoop | None = None) -> Census:
         loop = loop or asyncio.get_running_loop()
         refs = frozenset(map(weakref.ref, asyncio.all_tasks(loop)))
         threads = {t for t in threading.enumerate() if t.is_alive()}
-        return cls(refs, threads, os_thread_ids() or set(), weakref.WeakSet(bus_timers(loop)))
+        table = _fds.fd_table()
+        fds = None if table is None else frozenset(table.items())
+        return cls(refs, threads, os_thread_ids() or set(), weakref.WeakSet(bus_timers(loop)), fds,
+                   frozenset(_children.children()))
+
+    def new_sockets(self, baseline: Census) -> int:
+        """Sockets open here that the baseline did not have (by identity)."""
+        if self.fds is None or baseline.fds is None:
+            return 0
+        return sum(1 for item in self.fds - baseline.fds if item[1].startswith("socket:"))
 
     @property
     def tasks(self) -> list[asyncio.Task]:

@@ -13,7 +13,9 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from bus.deadline import innermost
+from probes.findings import leaks, rows
 from probes.model import PhaseSnapshot, PhaseStarted, Sample, ScenarioResult, signed
+from probes.report import stall_cell
 from probes.scenario import Scenario
 from probes.session import RunFinished, Session
 
@@ -86,8 +88,9 @@ def _show(event: object, progress: Progress, bars: dict[str, int], console: Cons
             progress.update(bars[r.name], phase=r.verdict, completed=r.delivery.get("received", 0),
                             total=r.delivery.get("sent", 0) or None, live="")
         style = VERDICT_STYLE.get(r.verdict, "")
-        line = (f"[{style}]{r.verdict.upper()}[/] run {escape(r.name)}: {r.count('leaked')} leaked, "
-                f"{r.count('exited')} exited during settle, {r.count('ignored')} ignored")
+        line = (f"[{style}]{r.verdict.upper()}[/] run {escape(r.name)}: {len(leaks(r))} leaked, "
+                f"{r.count('exited')} exited during settle, {r.count('ignored')} ignored"
+                + (f", {len(r.stalls)} loop stalls" if r.stalls else ""))
         if r.error:
             line += f" — {escape(r.error)}"
         progress.console.print(line, soft_wrap=True)
@@ -115,10 +118,15 @@ def summary_table(result: ScenarioResult) -> Table:
                            for r in runs])
     row("Δ tasks right after close", [signed(r.task_delta("close")) for r in runs])
     row("Δ tasks after settling", [signed(r.task_delta("settle")) for r in runs])
-    row("[red]leaked[/]", [str(r.count("leaked")) for r in runs])
+    row("[red]leaked[/]", [str(len(leaks(r))) for r in runs])
     row("exited while settling", [str(r.count("exited")) for r in runs])
     row("ignored", [str(r.count("ignored")) for r in runs])
     row("settle ms", [f"{r.settle_ms:g}" for r in runs])
+    row("sockets left open", [str(sum(1 for x in r.leftovers if x.kind == "socket" and x.state in ("leaked", "destroyed")))
+                              for r in runs])
+    row("loop stalls", [stall_cell(r) for r in runs])
+    row("rss Δ MB vs first baseline", [f"{r.memory['rss_drift_mb']:+,.1f}" if "rss_drift_mb" in r.memory else "–"
+                                       for r in runs])
     if any(r.drift for r in runs):
         row("drift vs first baseline", [f"{r.drift.get('tasks', 0)}t/{r.drift.get('threads', 0)}th" if r.drift
                                         else "–" for r in runs])
@@ -131,13 +139,14 @@ def leak_lines(result: ScenarioResult) -> list[str]:
     """Every leaked task and thread by name, with where it is now (rich markup lines)."""
     lines = []
     for r in result.runs:
-        for x in r.leftovers:
-            if x.state not in ("leaked", "destroyed"):
+        for x in rows(r):
+            if x.state not in ("leaked", "destroyed", "stalled"):
                 continue
             component = "" if x.component == x.name else f"  [dim]({escape(x.component)})[/]"
-            lines.append(f"[bold red]{x.state}[/] {x.kind} [bold]{escape(x.name)}[/]{component}  "
+            style = "bold yellow" if x.state == "stalled" else "bold red"
+            lines.append(f"[{style}]{x.state}[/] {x.kind} [bold]{escape(x.name)}[/]{component}  "
                          f"[dim]run {escape(r.name)}[/]")
-            if x.state == "destroyed" or x.kind == "timer":
+            if x.state == "destroyed" or x.kind in ("timer", "socket", "fd", "process", "memory", "stall"):
                 lines.append(f"    {escape(x.detail)}")
             elif where := innermost(x.stack) or x.detail:
                 lines.append(f"    now at {escape(where)}")

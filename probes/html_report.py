@@ -7,7 +7,7 @@ import re
 from pathlib import Path
 
 from probes.model import ScenarioResult
-from probes.report import busmon_version, component_rows, phase_rows
+from probes.report import PHASE_HEADERS, busmon_version, component_rows, memory_lines, phase_rows, stall_lines
 
 CSS = """
 body { font: 14px/1.45 system-ui, sans-serif; margin: 2em auto; max-width: 1200px; color: #222; }
@@ -38,6 +38,33 @@ def _table(headers: list[str], rows: list[list[object]]) -> str:
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
+def _markdownish(lines: list[str]) -> str:
+    """The report's Markdown section lines as HTML: tables become tables, code blocks pre,
+    the rest paragraphs (the same words in both reports, written once)."""
+    out, table, code = [], [], None
+    for line in lines + [""]:
+        if code is not None:
+            if line == "```":
+                out.append("<pre>" + html.escape("\n".join(code)) + "</pre>")
+                code = None
+            else:
+                code.append(line)
+            continue
+        if line.startswith("|"):
+            table.append([c.strip().strip("`").replace("\\|", "|") for c in line.strip("|").split(" | ")])
+            continue
+        if table:
+            out.append(_table(table[0], [row for row in table[2:]]))
+            table = []
+        if line == "```":
+            code = []
+        elif line.startswith("<details>") or line == "</details>":
+            out.append(line)
+        elif line:
+            out.append("<p>" + html.escape(line.replace("**", "").replace("`", "")) + "</p>")
+    return "".join(out)
+
+
 def to_html(result: ScenarioResult, scenario_path: str | None, shots: list[tuple[str, str]]) -> str:
     e = html.escape
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>busmon: {e(result.scenario)}</title>"
@@ -55,9 +82,8 @@ def to_html(result: ScenarioResult, scenario_path: str | None, shots: list[tuple
                              "</summary><pre>" + e("\n".join(f["stack"])) + "</pre></details>")
             if f.get("close"):
                 parts.append(f"<p>Then close: {e(str(f['close']))}</p>")
-        parts.append("<h3>Tasks and threads by phase</h3>")
-        parts.append(_table(["phase", "tasks", "Δ baseline", "threads (Python / OS)", "Δ threads",
-                             "new since baseline"], phase_rows(r)))
+        parts.append("<h3>Tasks, threads and resources by phase</h3>")
+        parts.append(_table(PHASE_HEADERS, phase_rows(r)))
         parts.append("<h3>Where the tasks come from</h3>")
         parts.append(_table(["component", "baseline", "load", "close", "settle"], component_rows(r)))
         parts.append("<h3>Leftovers after close</h3>")
@@ -74,6 +100,8 @@ def to_html(result: ScenarioResult, scenario_path: str | None, shots: list[tuple
                                  + e("\n".join(x.stack)) + "</pre></details>")
         else:
             parts.append("<p>Nothing new was alive when close returned.</p>")
+        parts.append("<h3>Memory</h3>" + _markdownish(memory_lines(r)))
+        parts.append("<h3>Event-loop stalls</h3>" + _markdownish(stall_lines(r)))
         d, t = r.delivery, r.throughput
         lat = t.get("latency_ms", {})
         parts.append(f"<p>Delivery: sent {d.get('sent', 0)} · received {d.get('received', 0)} · lost "

@@ -31,6 +31,9 @@ class Sample:
     rss_mb: float
     cpu_percent: float
     open_fds: int
+    sockets: int = 0                 # sockets opened since the run's baseline, open now
+    loop_lag_ms: Mapping[str, float] = field(default_factory=dict)  # this phase so far: p50/p99/max
+    stalls: int = 0                  # stalls of this run so far
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,12 +48,18 @@ class PhaseSnapshot:
     by_component: Mapping[str, int]
     new_tasks: int = 0               # alive now and not in this run's baseline
     new_threads: int = 0
+    sockets: int = 0                 # sockets open now that the run's baseline lacked (by identity)
+    fds: int = 0                     # every open descriptor of the process
+    processes: int = 0               # child processes alive now that the baseline lacked
+    rss_mb: float = 0.0
+    loop_lag_ms: Mapping[str, float] = field(default_factory=dict)  # over the phase just ended
 
     def as_dict(self) -> dict[str, Any]:
         return {"phase": self.phase, "t_s": round(self.t_s, 4), "tasks": self.tasks,
                 "threads": self.threads, "os_threads": self.os_threads,
                 "by_component": dict(self.by_component), "new_tasks": self.new_tasks,
-                "new_threads": self.new_threads}
+                "new_threads": self.new_threads, "sockets": self.sockets, "fds": self.fds,
+                "processes": self.processes, "rss_mb": self.rss_mb, "loop_lag_ms": dict(self.loop_lag_ms)}
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,7 +83,7 @@ class FailureNoted:
 class Leftover:
     """Something alive right after close that the baseline did not have."""
 
-    kind: str                        # task | thread | timer
+    kind: str                        # task | thread | timer | socket | fd | process
     name: str
     component: str
     state: str                       # leaked | destroyed | unknown | exited | ignored
@@ -108,6 +117,13 @@ class RunResult:
     # deadline_s, the stuck stack and its component, and the broker's state when it was looked at
     failure: Mapping[str, Any] | None = None
     paused_ms: float = 0.0           # a person's wait between settling and asking for the verdict
+    stalls: tuple[Mapping[str, Any], ...] = ()   # the loop blocked ≥ stall_ms: phase, ms, blocking call
+    # rss per phase and its drift; objects the run created still alive after settling, by type;
+    # ``retained`` findings (what grows with the envelopes sent)
+    memory: Mapping[str, Any] = field(default_factory=dict)
+
+    def retained(self) -> list[Mapping[str, Any]]:
+        return list(self.memory.get("retained", ()))
 
     def phase(self, name: str) -> PhaseSnapshot | None:
         return next((p for p in self.phases if p.phase == name), None)
@@ -137,6 +153,8 @@ class RunResult:
             "peaks": dict(self.peaks),
             "counters": dict(self.counters),
             "failure": dict(self.failure) if self.failure else None,
+            "stalls": [dict(x) for x in self.stalls],
+            "memory": dict(self.memory),
         }
 
 

@@ -32,3 +32,14 @@ class ProcessProbe:
         except psutil.Error:
             return ProcessReading(0.0, 0.0, 0, 0)
         return ProcessReading(round(rss, 1), cpu, fds, threads)
+
+
+_SELF = psutil.Process(os.getpid())
+
+
+def rss_mb() -> float:
+    """This process's resident memory now, in MiB (0.0 when the OS will not say)."""
+    try:
+        return round(_SELF.memory_info().rss / (1024 * 1024), 1)
+    except psutil.Error:
+        return 0.0

@@ -1,5 +1,12 @@
-"""Reports: JSON (``"schema": 1``, the contract other tools read) and Markdown (the
-post-mortem's tables, done right)."""
+"""Reports: JSON (``"schema": 2``, the contract other tools read) and Markdown (the
+post-mortem's tables, done right).
+
+Schema 2 (busmon 0.9): leftovers gain the kinds ``socket``, ``fd`` and ``process``; each run
+gains ``stalls`` (the event loop blocked: phase, duration, blocking call, stack) and ``memory``
+(RSS per phase and its drift, objects retained after settling by type, ``retained`` findings);
+phase snapshots gain ``sockets``, ``fds``, ``processes``, ``rss_mb`` and ``loop_lag_ms``. A run
+whose memory grows with the load is ``leaked``. Everything schema 1 had is unchanged.
+"""
 
 from __future__ import annotations
 
@@ -8,9 +15,10 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from probes.findings import kib, leaks
 from probes.model import RunResult, ScenarioResult, signed
 
-SCHEMA = 1
+SCHEMA = 2
 
 
 def busmon_version() -> str:
@@ -47,6 +55,10 @@ def _table(headers: list[str], rows: list[list[Any]]) -> list[str]:
     return out
 
 
+PHASE_HEADERS = ["phase", "tasks", "Δ baseline", "threads (Python / OS)", "Δ threads", "new since baseline",
+                 "sockets (new)", "rss MB", "loop lag p99 / max ms"]
+
+
 def phase_rows(run: RunResult) -> list[list[Any]]:
     base = run.phase("baseline")
     b_tasks = base.tasks if base else 0
@@ -58,8 +70,10 @@ def phase_rows(run: RunResult) -> list[list[Any]]:
             label = "close (naive: counted right after close returned)"
         elif p.phase == "settle":
             label = f"settle (after waiting {run.settle_ms:g} ms, GC)"
+        lag = p.loop_lag_ms
         rows.append([label, p.tasks, _delta(p.tasks, b_tasks), f"{p.threads} / {p.os_threads}",
-                     _delta(p.threads, b_threads), p.new_tasks])
+                     _delta(p.threads, b_threads), p.new_tasks, p.sockets, f"{p.rss_mb:,.1f}",
+                     f"{lag['p99_ms']:.1f} / {lag['max_ms']:.1f}" if lag else "–"])
     return rows
 
 
@@ -85,14 +99,15 @@ def to_markdown(result: ScenarioResult, scenario_path: str | None = None) -> str
     lines.append("")
     lines += _table(
         ["run", "backend", "verdict", "messages", "lost", "dup", "reord", "deliver/s", "p50 ms",
-         "p99 ms", "naive close Δ tasks", "settled Δ tasks", "leaked", "exited", "ignored", "settle ms"],
+         "p99 ms", "naive close Δ tasks", "settled Δ tasks", "leaked", "exited", "ignored", "settle ms",
+         "stalls", "rss Δ MB"],
         [[r.name, r.backend, r.verdict, r.delivery.get("published", 0), r.delivery.get("lost", 0),
           r.delivery.get("duplicated", 0), r.delivery.get("reordered", 0),
           f"{r.throughput.get('deliver_per_s', 0):,.0f}",
           r.throughput.get("latency_ms", {}).get("p50", "–"),
           r.throughput.get("latency_ms", {}).get("p99", "–"),
-          signed(r.task_delta("close")), signed(r.task_delta("settle")), r.count("leaked"), r.count("exited"), r.count("ignored"),
-          f"{r.settle_ms:g}"] for r in result.runs],
+          signed(r.task_delta("close")), signed(r.task_delta("settle")), len(leaks(r)), r.count("exited"),
+          r.count("ignored"), f"{r.settle_ms:g}", stall_cell(r), _rss_drift(r)] for r in result.runs],
     )
     if any(r.drift for r in result.runs):
         lines += ["", "Drift against the first run's baseline (accumulation across runs): "
@@ -103,9 +118,8 @@ def to_markdown(result: ScenarioResult, scenario_path: str | None = None) -> str
         if r.error:
             lines += [f"**Failure:** {r.error}", ""]
             lines += failure_lines(r)
-        lines += ["### Tasks and threads by phase", ""]
-        lines += _table(["phase", "tasks", "Δ baseline", "threads (Python / OS)", "Δ threads",
-                         "new since baseline"], phase_rows(r))
+        lines += ["### Tasks, threads and resources by phase", ""]
+        lines += _table(PHASE_HEADERS, phase_rows(r))
         lines += ["", "### Where the tasks come from", ""]
         lines += _table(["component", "baseline", "load", "close", "settle"], component_rows(r))
         lines += ["", "### Leftovers after close", ""]
@@ -122,6 +136,8 @@ def to_markdown(result: ScenarioResult, scenario_path: str | None = None) -> str
                     lines += ["", f"<details><summary>stack of {x.state} {x.kind} <code>{x.name}</code></summary>",
                               "", "```", *x.stack, *( [f"created at {x.created_at}"] if x.created_at else []),
                               "```", "</details>"]
+        lines += ["", "### Memory", ""] + memory_lines(r)
+        lines += ["", "### Event-loop stalls", ""] + stall_lines(r)
         d = r.delivery
         lines += ["", "### Delivery", "",
                   f"sent {d.get('sent', 0)} · received {d.get('received', 0)} · lost {d.get('lost', 0)}"
@@ -139,6 +155,64 @@ def to_markdown(result: ScenarioResult, scenario_path: str | None = None) -> str
                         [[f"`{x.logger}`", x.level, f"{x.count:,}", x.message.replace("|", "\\|")[:300]]
                          for x in result.logs])
     return "\n".join(lines) + "\n"
+
+
+def stall_cell(r: RunResult) -> str:
+    """``2 (worst 251 ms)``, ``0``."""
+    if not r.stalls:
+        return "0"
+    return f"{len(r.stalls)} (worst {max(s['duration_ms'] for s in r.stalls):,.0f} ms)"
+
+
+def _rss_drift(r: RunResult) -> str:
+    drift = r.memory.get("rss_drift_mb")
+    return "–" if drift is None else f"{drift:+,.1f}"
+
+
+def memory_lines(r: RunResult) -> list[str]:
+    """RSS per phase, the retained findings, and what the run left alive by type (Markdown)."""
+    m = r.memory
+    if not m:
+        return ["Not measured."]
+    out = []
+    rss = m.get("rss_mb") or {}
+    if rss:
+        out.append("RSS: " + " → ".join(f"{phase} {mb:,.1f} MB" for phase, mb in rss.items())
+                   + f" (drift against the first run's baseline {_rss_drift(r)} MB)")
+        out.append("")
+    findings = r.retained()
+    if findings:
+        out += ["**Retained, growing with the load:**", ""]
+        out += _table(["type", "count", "per envelope", "size", "held by", "allocated at"],
+                      [[f"`{f['type']}`", f"{f['count']:,}", f"{f['per_envelope']:.2f}", kib(f["size_bytes"]),
+                        (f.get("held_by") or "unknown").replace("|", "\\|"), f.get("allocated_at") or "–"]
+                       for f in findings])
+        out.append("")
+    else:
+        out += ["Nothing the run created grows with the envelopes sent.", ""]
+    types = m.get("types") or []
+    if types:
+        out += [f"Objects the run created still alive after settling (busmon's own records excluded): "
+                f"{m.get('objects', 0):,} objects, {kib(m.get('size_bytes', 0))}; largest types:", ""]
+        out += _table(["type", "count", "size", "grew during load"],
+                      [[f"`{t['type']}`", f"{t['count']:,}", kib(t["size_bytes"]), f"{t['growth']:,}"] for t in types])
+    if m.get("top_sites"):
+        out += ["", "Where the retained memory was allocated (tracemalloc):", ""]
+        out += _table(["site", "size", "count"], [[site, kib(size), f"{n:,}"] for site, size, n in m["top_sites"]])
+    return out
+
+
+def stall_lines(r: RunResult) -> list[str]:
+    if not r.stalls:
+        return ["None: the event loop never stopped answering for as long as the stall threshold."]
+    out = _table(["phase", "blocked ms", "blocking call", "component"],
+                 [[s["phase"], f"{s['duration_ms']:,.0f}", f"`{s.get('blocking') or 'unknown'}`", f"`{s.get('component')}`"]
+                  for s in r.stalls])
+    worst = max(r.stalls, key=lambda s: s["duration_ms"])
+    if worst.get("stack"):
+        out += ["", f"<details><summary>stack during the longest stall ({worst['duration_ms']:,.0f} ms)</summary>",
+                "", "```", *worst["stack"], "```", "</details>"]
+    return out
 
 
 def failure_lines(run: RunResult) -> list[str]:

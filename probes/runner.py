@@ -9,22 +9,29 @@ the settled one.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
+import ipaddress
 import re
+import socket
 import time
 import uuid
 import weakref
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from bus import Envelope, EventBus, create_bus
 from bus.base import DEFAULT_CLOSE_TIMEOUT_S, DEFAULT_DRAIN_TIMEOUT_S
-from bus.factory import is_import_path
+from bus.factory import is_import_path, preload
 from bus.deadline import CallTimeout, LibraryCancelled, bounded, cancel_and_wait, innermost, task_stack
-from bus.health import check_broker
+from bus.health import broker_addresses, check_broker
 from probes.audit import DeliveryAudit
 from probes.census import Census, components_of_tasks, components_of_threads, os_thread_count
 from probes.gate import AutoGate
 from probes.model import FailureNoted, PhaseSnapshot, PhaseStarted, RunResult
+from probes.process import rss_mb
+from probes.resources import Attribution, ResourceRules, ResourceWatch, brokers_of
+from probes.retained import RetainedProbe
 from probes.sampler import LiveState
 from probes.scenario import ProbeSpec, RunSpec, Scenario
 from probes.settle import IgnoreRules, SettleWatch
@@ -46,6 +53,22 @@ class PhaseFailed(Exception):
         self.stack = list(stack or [])
 
 
+@dataclass
+class Instruments:
+    """The session's probes beyond tasks and threads, shared by its runs (all optional: with
+    probes off, none is installed)."""
+
+    loopwatch: Any = None            # probes.loopwatch.LoopWatch on the arena loop
+    sockets: Any = None              # probes.fds.SocketOwners
+    processes: Any = None            # probes.children.ProcessOwners
+    #: busmon's own long-lived records (e.g. the dashboard app): never judged as retained memory
+    roots: list[Any] = field(default_factory=list)
+
+    def own_work(self) -> contextlib.AbstractContextManager:
+        """busmon's own blocking work (GC, full scans): a stall during it is not the bus's."""
+        return self.loopwatch.own_work() if self.loopwatch is not None else contextlib.nullcontext()
+
+
 def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_-]+", "-", text).strip("-") or "run"
 
@@ -55,7 +78,8 @@ class RunContext:
 
     def __init__(self, scenario: Scenario, spec: RunSpec, tracker: TaskTracker, state: LiveState,
                  sink: Callable[[object], None], gate: Any = None,
-                 first_baseline: Census | None = None) -> None:
+                 first_baseline: Census | None = None, instruments: Instruments | None = None,
+                 first_rss_mb: float | None = None) -> None:
         self.scenario = scenario
         self.spec = spec
         self.tracker = tracker
@@ -63,6 +87,10 @@ class RunContext:
         self.sink = sink
         self.gate = gate or AutoGate()
         self.first_baseline = first_baseline
+        self.instruments = instruments or Instruments()
+        self.first_rss_mb = first_rss_mb   # the first run's baseline RSS: drift across runs
+        self.brokers: dict[str, str] = {}  # broker ip:port → backend, to attribute sockets
+        self.retained: RetainedProbe | None = None
         self.own: weakref.WeakSet[asyncio.Task] = weakref.WeakSet()
         self.bus: EventBus | None = None
         self.baseline: Census | None = None
@@ -100,6 +128,8 @@ async def run_once(ctx: RunContext) -> RunResult:
 
 async def _run_once(ctx: RunContext) -> RunResult:
     spec, st, probes = ctx.spec, ctx.state, ctx.scenario.probes
+    inst = ctx.instruments
+    loopwatch = inst.loopwatch
     st.run, st.t0, st.published, st.audit, st.peaks = spec.name, time.monotonic(), 0, ctx.audit, {}
     error: str | None = None
     closed_at = time.monotonic()
@@ -109,16 +139,28 @@ async def _run_once(ctx: RunContext) -> RunResult:
         if ctx.failure is None and not ctx.interrupted:  # after a failure, close and settle at once
             await ctx.gate.before(spec.name, name)
         st.phase = name
+        if loopwatch is not None:
+            loopwatch.set_phase(name)
         ctx.sink(PhaseStarted(spec.name, name, st.elapsed()))
 
+    with inst.own_work():
+        preload(ctx.scenario.url)             # a first import is not the bus blocking its loop
+    ctx.brokers = await resolve_brokers(ctx)  # before the baseline: a DNS lookup is not the bus's
     await phase("baseline")
-    gc.collect()
-    # Everything alive now is the baseline: move it out of the GC's reach until settle, so the
-    # GC after close scans only what the run created (10,000 idle baseline tasks cost ~13 ms a
-    # full collection otherwise). settle() unfreezes them.
-    gc.freeze()
-    ctx.baseline = Census.take()
+    with inst.own_work():
+        gc.collect()
+        # Everything alive now is the baseline: move it out of the GC's reach until settle, so
+        # the GC after close scans only what the run created (10,000 idle baseline tasks cost
+        # ~13 ms a full collection otherwise), and what is left then is what the run created.
+        # settle() unfreezes them.
+        gc.freeze()
+        ctx.baseline = Census.take()
     ctx.baseline_at = time.monotonic()
+    st.base_fds, st.baseline_at = ctx.baseline.fds, ctx.baseline_at
+    if loopwatch is not None:
+        loopwatch.reset()
+    ctx.retained = RetainedProbe(trace=probes.trace_memory, ignore_types=tuple(probes.ignore_types))
+    ctx.retained.start()
     snapshot(ctx, "baseline", ctx.baseline)
     deadlines = ctx.scenario.deadlines
     try:
@@ -128,6 +170,8 @@ async def _run_once(ctx: RunContext) -> RunResult:
         await phase("subscribe")
         await subscribe(ctx)
         snapshot(ctx, "subscribe")
+        with inst.own_work():
+            ctx.retained.mark(exclude_roots=busmon_roots(ctx))  # the bus's fixed state, before any load
         await phase("load")
         await load(ctx)
         snapshot(ctx, "load")
@@ -157,10 +201,13 @@ async def _run_once(ctx: RunContext) -> RunResult:
     finally:
         closed_at = time.monotonic()
         at_close = Census.take()
+        resources = ResourceWatch(ctx.baseline.fds, ctx.baseline.children,
+                                  Attribution(inst.sockets, inst.processes, ctx.brokers))
         # watch exits from now on, even while the settle phase waits for its key press
         watch = SettleWatch(ctx.baseline, at_close, closed_at, timeout_s=probes.settle_timeout_s,
                             poll_ms=probes.settle_poll_ms, exclude=ctx.own, sites=ctx.tracker.sites,
-                            stuck=dict(ctx.stuck), tracker=ctx.tracker, since=ctx.baseline_at)
+                            stuck=dict(ctx.stuck), tracker=ctx.tracker, since=ctx.baseline_at,
+                            resources=resources)
         ctx.own.add(watch.start())
         snapshot(ctx, "close", at_close)  # the naive count, right after close returned
     if close_failure is not None and ctx.failure is None:
@@ -171,10 +218,26 @@ async def _run_once(ctx: RunContext) -> RunResult:
         ctx.close_problem = str(close_failure)  # after an earlier failure: reported beside it
 
     await phase("settle")
-    outcome = await watch.verdict(ignore_rules(probes))
-    snapshot(ctx, "settle", outcome.final)
+    memory: dict[str, Any] = {}
 
-    leaked = any(x.state in ("leaked", "destroyed") for x in outcome.leftovers)
+    def judge_memory() -> None:  # after settle's GC, while only what the run created is in reach
+        roots = [*busmon_roots(ctx), watch, resources, at_close]
+        memory.update(ctx.retained.judge(st.published, exclude_roots=roots, protect=[ctx.bus]).as_dict())
+
+    with inst.own_work():
+        outcome = await watch.verdict(ignore_rules(probes), judge=judge_memory)
+    ctx.retained.finish()
+    snapshot(ctx, "settle", outcome.final)
+    stalls = loopwatch.stalls_since(ctx.baseline_at) if loopwatch is not None else []
+    memory = memory_summary(ctx, memory)
+
+    leaked = any(x.state in ("leaked", "destroyed") for x in outcome.leftovers) or bool(memory.get("retained"))
+    if not error and probes.fail_on_stall_ms and (worst := max(stalls, key=lambda x: x.duration_ms, default=None)):
+        if worst.duration_ms >= probes.fail_on_stall_ms:
+            failed_in = worst.phase
+            ctx.failure = PhaseFailed(stall_line(worst, probes.fail_on_stall_ms), kind="stall",
+                                      stack=list(worst.stack))
+            error = f"{worst.phase}: {ctx.failure}"
     verdict = "failed" if error else ("leaked" if leaked else "clean")
     t, th, _ = outcome.final.new_since(ctx.first_baseline or ctx.baseline)
     drift = {"tasks": len([x for x in t if x not in ctx.own]), "threads": len(th)}
@@ -192,6 +255,7 @@ async def _run_once(ctx: RunContext) -> RunResult:
         peaks={p: dict(v) for p, v in st.peaks.items()},
         counters=dict(getattr(getattr(ctx.bus, "counters", None), "snapshot", dict)()),
         verdict_ms=round(outcome.verdict_ms, 2), failure=failure, paused_ms=round(outcome.paused_ms, 2),
+        stalls=tuple(x.as_dict() for x in stalls), memory=memory,
     )
     return result
 
@@ -246,8 +310,15 @@ def snapshot(ctx: RunContext, name: str, census: Census | None = None) -> PhaseS
         nt, nth, _ = census.new_since(ctx.baseline)
         new_tasks = len([t for t in nt if t not in ctx.own])
         new_threads = len(nth)
+    sockets = processes = 0
+    if ctx.baseline is not None:
+        sockets = census.new_sockets(ctx.baseline)
+        processes = len(census.children - ctx.baseline.children)
+    lw = ctx.instruments.loopwatch
     snap = PhaseSnapshot(name, ctx.state.elapsed(), len(tasks), len(census.threads),
-                         os_thread_count(), by_component, new_tasks, new_threads)
+                         os_thread_count(), by_component, new_tasks, new_threads, sockets,
+                         len(census.fds or ()), processes, rss_mb(),
+                         lw.lag(name) if lw is not None else {})
     ctx.phases.append(snap)
     # short phases may fall between samples
     ctx.state.note_peak(name, snap.tasks, snap.threads, snap.os_threads)
@@ -394,7 +465,11 @@ async def load(ctx: RunContext) -> None:
                                               seq=seq, ts_ns=time.monotonic_ns()))
             ctx.published[topic] = ctx.published.get(topic, 0) + 1
             st.published += 1
+            if st.published == checkpoint_at:
+                with ctx.instruments.own_work():  # so a cache that fills early and stops is no finding
+                    ctx.retained.checkpoint(st.published, exclude_roots=busmon_roots(ctx))
 
+    checkpoint_at = spec.messages // 2 if ctx.retained is not None else -1
     deadline = ctx.load_started + spec.load_timeout_s
     fault = _fault_watch(ctx)
     pubs = [spawn_own(ctx, publisher(i), f"busmon.publisher-{i}") for i in range(spec.publishers)]
@@ -479,4 +554,51 @@ def throughput(ctx: RunContext) -> dict[str, Any]:
 
 
 def ignore_rules(probes: ProbeSpec) -> IgnoreRules:
-    return IgnoreRules(tuple(probes.ignore_tasks), tuple(probes.ignore_threads))
+    return IgnoreRules(tuple(probes.ignore_tasks), tuple(probes.ignore_threads),
+                       ResourceRules(tuple(probes.ignore_sockets), tuple(probes.ignore_processes)))
+
+
+def busmon_roots(ctx: RunContext) -> list[Any]:
+    """busmon's own records of this run: what they hold is never the bus's retained memory."""
+    return [ctx.audit, ctx.phases, ctx.state, ctx.published, ctx.tracker, ctx.own, ctx.stuck, ctx.baseline,
+            ctx.instruments.loopwatch, *ctx.instruments.roots]
+
+
+def stall_line(stall: Any, limit_ms: float) -> str:
+    """``the event loop was blocked for 251 ms (fail_on_stall_ms = 200) at …: time.sleep(…)``"""
+    where = f" at {stall.blocking}" if stall.blocking else ""
+    return f"the event loop was blocked for {stall.duration_ms:,.0f} ms (fail_on_stall_ms = {limit_ms:g}){where}"
+
+
+def memory_summary(ctx: RunContext, judged: dict[str, Any]) -> dict[str, Any]:
+    """RSS per phase and its drift against the first run's baseline, beside the retained-object
+    verdict."""
+    rss = {p.phase: p.rss_mb for p in ctx.phases}
+    base = ctx.first_rss_mb if ctx.first_rss_mb is not None else rss.get("baseline", 0.0)
+    settled = rss.get("settle", 0.0)
+    return {"rss_mb": rss, "rss_drift_mb": round(settled - base, 1), **judged}
+
+
+
+async def resolve_brokers(ctx: RunContext) -> dict[str, str]:
+    """The broker's addresses as sockets show them (ip:port), to attribute sockets to it."""
+    try:
+        _, addresses = broker_addresses(ctx.scenario.url)
+    except Exception:
+        return {}
+    loop = asyncio.get_running_loop()
+    found: list[tuple[str, int]] = []
+    for host, port in addresses:
+        try:
+            ipaddress.ip_address(host)
+            found.append((host, port))
+            continue
+        except ValueError:
+            pass
+        try:
+            async with asyncio.timeout(BROKER_CHECK_S):
+                infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        except (OSError, TimeoutError):
+            continue
+        found += [(str(info[4][0]), int(info[4][1])) for info in infos]
+    return brokers_of(ctx.scenario.url, ctx.scenario.backend, found)

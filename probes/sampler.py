@@ -12,9 +12,10 @@ import asyncio
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Any, Callable
 
 from probes.audit import DeliveryAudit
+from probes.fds import fd_table
 from probes.model import Sample
 from probes.process import ProcessProbe
 from probes.throughput import RateMeter
@@ -31,6 +32,8 @@ class LiveState:
     published: int = 0
     audit: DeliveryAudit | None = None
     peaks: dict[str, dict[str, int]] = field(default_factory=dict)
+    base_fds: frozenset[tuple[int, str]] | None = None   # the run's baseline descriptors
+    baseline_at: float | None = None
 
     def elapsed(self) -> float:
         return time.monotonic() - self.t0
@@ -45,8 +48,9 @@ class LiveState:
 
 class Sampler:
     def __init__(self, tracker: TaskTracker, state: LiveState, sink: Callable[[object], None],
-                 interval_ms: int = 100) -> None:
+                 interval_ms: int = 100, loopwatch: Any = None) -> None:
         self.tracker = tracker
+        self.loopwatch = loopwatch
         self.state = state
         self.sink = sink
         self.interval_ms = interval_ms
@@ -79,9 +83,23 @@ class Sampler:
             deliver_per_s=round(self._del.rate(delivered, now), 1),
             latency_ms=audit.latency.summary_ms() if audit and audit.latency.count else {},
             rss_mb=proc.rss_mb, cpu_percent=proc.cpu_percent, open_fds=proc.open_fds,
+            sockets=self._new_sockets(), **self._loop_health(),
         )
         st.note_peak(st.phase, tasks, threads, proc.os_threads)
         return sample
+
+    def _new_sockets(self) -> int:
+        base = self.state.base_fds
+        table = fd_table() if base is not None else None
+        if table is None or base is None:
+            return 0
+        return sum(1 for item in table.items() if item[1].startswith("socket:") and item not in base)
+
+    def _loop_health(self) -> dict[str, Any]:
+        lw, since = self.loopwatch, self.state.baseline_at
+        if lw is None:
+            return {}
+        return {"loop_lag_ms": lw.lag_now(), "stalls": len(lw.stalls_since(since)) if since else 0}
 
     async def run(self) -> None:
         """Sample until cancelled: periodic by design, not a wait for something to happen."""

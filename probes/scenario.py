@@ -58,7 +58,13 @@ class ProbeSpec:
     settle_poll_ms: int = 10
     ignore_tasks: tuple[str, ...] = ()
     ignore_threads: tuple[str, ...] = ()
+    ignore_sockets: tuple[str, ...] = ()      # peer or local address, or the label (fnmatch)
+    ignore_processes: tuple[str, ...] = ()    # child command lines (fnmatch)
+    ignore_types: tuple[str, ...] = ()        # retained object types, 'module.Name' or 'Name'
     trace_creation: bool = False
+    stall_ms: int = 100                       # a loop blocked this long is a stall finding
+    fail_on_stall_ms: float = 0.0             # a stall this long fails the run (0: stalls never do)
+    trace_memory: bool = False                # tracemalloc: where retained objects were allocated
 
 
 @dataclass(frozen=True)
@@ -152,6 +158,8 @@ SUBSCRIBE_FIELDS: dict[str, Check] = {
 PROBE_FIELDS: dict[str, Check] = {
     "interval_ms": _INT(10), "settle_timeout_s": _NUM(0), "settle_poll_ms": _INT(1),
     "ignore_tasks": _STRS, "ignore_threads": _STRS, "trace_creation": _BOOL,
+    "ignore_sockets": _STRS, "ignore_processes": _STRS, "ignore_types": _STRS,
+    "stall_ms": _INT(1, 600_000), "fail_on_stall_ms": _NUM(0), "trace_memory": _BOOL,
 }
 DEADLINE_FIELDS: dict[str, Check] = {
     "start_s": _NUM(0, strict=True), "subscribe_s": _NUM(0, strict=True), "close_s": _NUM(0, strict=True),

@@ -16,7 +16,10 @@ from typing import Any, Callable, Iterable
 from probes.arena import Arena
 from probes.census import Census
 from probes.model import RunResult, ScenarioResult
-from probes.runner import RunContext, _uncancel, run_once
+from probes.children import ProcessOwners
+from probes.fds import SocketOwners
+from probes.loopwatch import LoopWatch
+from probes.runner import Instruments, RunContext, _uncancel, run_once
 from probes.sampler import LiveState, Sampler
 from probes.scenario import RunSpec, Scenario
 from probes.tracking import TaskTracker
@@ -37,6 +40,8 @@ class Session:
         self.tracker = TaskTracker(trace_creation=scenario.probes.trace_creation)
         self.state = LiveState()
         self.sampler = Sampler(self.tracker, self.state, sink, scenario.probes.interval_ms)
+        self.instruments = Instruments()
+        self.first_rss_mb: float | None = None
         self._sampler_task: asyncio.Task | None = None
         self.first_baseline: Census | None = None
         self.results: list[RunResult] = []
@@ -57,7 +62,15 @@ class Session:
 
     async def _setup(self) -> None:
         if self.probes_on:
-            self.tracker.install(asyncio.get_running_loop())
+            loop = asyncio.get_running_loop()
+            self.tracker.install(loop)
+            inst = self.instruments
+            inst.loopwatch = LoopWatch(loop, stall_ms=self.scenario.probes.stall_ms)
+            inst.loopwatch.start()
+            inst.sockets, inst.processes = SocketOwners(), ProcessOwners()
+            inst.sockets.install(loop)
+            inst.processes.install(loop)
+            self.sampler.loopwatch = inst.loopwatch
             self._sampler_task = asyncio.create_task(self.sampler.run(), name="busmon.sampler")
 
     def stop(self) -> None:
@@ -92,6 +105,12 @@ class Session:
             await asyncio.wait([self._sampler_task])
             self._sampler_task = None
         self.tracker.uninstall()
+        inst = self.instruments
+        for probe in (inst.sockets, inst.processes):
+            if probe is not None:
+                probe.uninstall()
+        if inst.loopwatch is not None:
+            inst.loopwatch.stop()
 
     async def play_runs(self, runs: Iterable[RunSpec], gate: Any = None, *,
                         stop_when_broker_down: bool = True) -> ScenarioResult:
@@ -102,7 +121,7 @@ class Session:
                 if self.interrupted:
                     break
                 ctx = RunContext(self.scenario, spec, self.tracker, self.state, self.sink, gate,
-                                 self.first_baseline)
+                                 self.first_baseline, self.instruments, self.first_rss_mb)
                 self.current = ctx
                 self.sampler.reset_rates()
                 try:
@@ -114,6 +133,8 @@ class Session:
                     break  # interrupted before the run had a bus: nothing to close or judge
                 if self.first_baseline is None:
                     self.first_baseline = ctx.baseline
+                    base = result.phase("baseline")
+                    self.first_rss_mb = base.rss_mb if base else None
                 self.results.append(result)
                 self.sink(RunFinished(result))
                 f = result.failure or {}

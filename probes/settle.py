@@ -18,12 +18,13 @@ import threading
 import time
 import weakref
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 from probes.census import Census, os_thread_ids
 from probes.components import (RUNTIME_EXECUTOR_THREAD, coro_qualname, name_component, task_component,
                                thread_component)
 from probes.model import Leftover
+from probes.resources import ResourceRules, ResourceWatch, waitpid_detail
 from probes.stacks import stack_component, task_stack, thread_stack
 from probes.timers import bus_timers, callback_component, callback_name
 
@@ -32,6 +33,7 @@ from probes.timers import bus_timers, callback_component, callback_name
 class IgnoreRules:
     tasks: tuple[str, ...] = ()      # coroutine qualname (or task name) patterns
     threads: tuple[str, ...] = ()    # thread name patterns
+    resources: ResourceRules = ResourceRules()   # sockets by address, processes by command line
 
     def task_reason(self, task: asyncio.Task) -> str | None:
         qualname, name = coro_qualname(task), task.get_name()
@@ -72,7 +74,7 @@ class SettleWatch:
     def __init__(self, baseline: Census, at_close: Census, closed_at: float, *, timeout_s: float,
                  poll_ms: int, exclude: Any, sites=None,
                  stuck: dict[asyncio.Task, str] | None = None, tracker: Any = None,
-                 since: float | None = None) -> None:
+                 since: float | None = None, resources: ResourceWatch | None = None) -> None:
         self.baseline = baseline
         self.closed_at = closed_at
         self.deadline = closed_at + timeout_s
@@ -98,6 +100,8 @@ class SettleWatch:
         self.everything_exited = False
         self._task: asyncio.Task | None = None
         self._loop = asyncio.get_running_loop()
+        #: descriptors and child processes (None: not watched)
+        self.resources = resources
         tasks, threads, _ = at_close.new_since(baseline)
         self._add_tasks(tasks)
         self._add_threads(threads)
@@ -221,6 +225,8 @@ class SettleWatch:
                 self.exit_at[handle] = now
             else:
                 pending = True
+        if self.resources is not None and self.resources.scan(now):
+            pending = True
         return pending or bool(self._pending_tasks())
 
     async def _watch(self) -> None:
@@ -253,8 +259,9 @@ class SettleWatch:
         return [d for d in self.tracker.destroyed
                 if d.at >= self.since and d.ident not in self._candidate_ids and not d.name.startswith("busmon.")]
 
-    async def verdict(self, rules: IgnoreRules) -> SettleOutcome:
-        """Wait for the watch to end, GC, classify every candidate."""
+    async def verdict(self, rules: IgnoreRules, judge: Callable[[], None] | None = None) -> SettleOutcome:
+        """Wait for the watch to end, GC, classify every candidate. ``judge`` runs after the GC,
+        while only what the run created is outside the frozen generation (the memory verdict)."""
         if self._task is None:
             self.start()
         assert self._task is not None
@@ -303,6 +310,8 @@ class SettleWatch:
             state = "ignored" if reason else ("leaked" if alive else "exited")
             if reason:
                 detail = f"{detail} ({reason})"
+            if waits := waitpid_detail(th, self.resources):
+                detail = f"{detail}; {waits}"
             if alive:
                 stack = tuple(thread_stack(th)) or stack
             leftovers.append(Leftover("thread", name, component, state, ms(exit_at.get(th)), stack, None, detail))
@@ -318,8 +327,12 @@ class SettleWatch:
             if after:
                 detail = f"{detail}; {'cancelled' if handle.cancelled() else 'fired'}"
             leftovers.append(Leftover("timer", name, component, state, ms(after), stack, None, detail))
+        if self.resources is not None:
+            leftovers.extend(self.resources.judge(rules.resources, ms))
         order = {"leaked": 0, "destroyed": 1, "unknown": 2, "ignored": 3, "exited": 4}
         leftovers.sort(key=lambda x: (order[x.state], x.kind, x.component, x.name))
+        if judge is not None:
+            judge()
         ready = time.monotonic()
         noticed = self.noticed_at if self.noticed_at is not None else judged_at
         paused_ms = max(0.0, (judged_at - noticed) * 1000)  # a person's wait is not the verdict's

@@ -19,6 +19,7 @@ from typing import Any, NamedTuple
 from bus.deadline import short_where
 from probes.components import task_component
 
+_CREATE_TASK_CODES = (asyncio.BaseEventLoop.create_task.__code__, asyncio.tasks.create_task.__code__)
 _SKIP_FILES = ("asyncio/", "asyncio\\", "probes/tracking.py", "probes\\tracking.py")
 
 
@@ -113,6 +114,16 @@ class TaskTracker:
         if site is not None:
             self.sites[task] = site
         self._watch(task, site, creator)
+        # create_task(name=…) names the task after this returns: note the name now, so a task
+        # the GC takes before the next sample is still called by its name
+        frame: Any = sys._getframe(1)
+        for _ in range(2):  # loop.create_task(name=…), or asyncio.create_task(name=…) above it
+            if frame is None or frame.f_code not in _CREATE_TASK_CODES:
+                break
+            if (name := frame.f_locals.get("name")) is not None:
+                self._live[weakref.ref(task)][0] = str(name)
+                break
+            frame = frame.f_back
         return task
 
     def _watch(self, task: asyncio.Task, site: str | None, creator: str | None = None) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import uuid
 from typing import AsyncIterator, Iterator
 
@@ -77,3 +79,9 @@ def release_stuck_threads() -> Iterator[None]:
     for release in leaky_buses.STUCK_JOBS:
         release.set()
     leaky_buses.STUCK_JOBS.clear()
+    for proc in leaky_buses.STUCK_PROCESSES:
+        try:
+            os.kill(proc.pid, signal.SIGKILL)  # asyncio's waitpid thread reaps it
+        except ProcessLookupError:
+            pass
+    leaky_buses.STUCK_PROCESSES.clear()

@@ -409,3 +409,75 @@ class WrappedCreateLeaker(Wrapped):
 
         await super().start()
         REGISTRY.append(create_task(_forever()))
+
+
+# -- resources other than tasks and threads (issue 9) ------------------------------------
+
+# child processes the tests must end afterwards (each waits on its stdin, so it also ends
+# by itself when this process exits and the pipe closes)
+STUCK_PROCESSES: list[Any] = []
+
+
+class SocketKeeper(Wrapped):
+    """Opens a TCP connection to ``peer`` (host:port) at start and keeps it open after close:
+    the transport sits in a module-level registry, so the GC cannot close it either."""
+
+    def __init__(self, peer: str = "", **options: Any) -> None:
+        super().__init__(**options)
+        self.peer = peer
+
+    async def start(self) -> None:
+        await super().start()
+        host, _, port = self.peer.rpartition(":")
+        _, writer = await asyncio.open_connection(host, int(port))
+        REGISTRY.append(writer)
+
+
+class ChildLeaker(Wrapped):
+    """Starts a helper process at start and never stops it (it waits on its stdin)."""
+
+    async def start(self) -> None:
+        import sys
+
+        await super().start()
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-c", "import sys; sys.stdin.buffer.read()", stdin=asyncio.subprocess.PIPE)
+        STUCK_PROCESSES.append(proc)
+
+
+class LoopBlocker(Wrapped):
+    """Its handler calls ``time.sleep`` (a blocking call) for ``block_ms`` every ``every``
+    envelopes, on the event loop."""
+
+    def __init__(self, block_ms: float = 250, every: int = 500, **options: Any) -> None:
+        super().__init__(**options)
+        self.block_s = block_ms / 1000
+        self.every = every
+        self.seen = 0
+
+    async def subscribe(self, topic: str, handler: Handler, *, group: str | None = None):
+        async def blocking(envelope: Envelope) -> None:
+            self.seen += 1
+            if self.seen % self.every == 0:
+                _block(self.block_s)
+            await handler(envelope)
+
+        return await super().subscribe(topic, blocking, group=group)
+
+
+def _block(seconds: float) -> None:
+    import time
+
+    time.sleep(seconds)  # the blocking call under test
+
+
+class Hoarder(Wrapped):
+    """Keeps every envelope it ever published in a list (an outbox never pruned)."""
+
+    def __init__(self, **options: Any) -> None:
+        super().__init__(**options)
+        self.sent: list[Envelope] = []
+
+    async def publish(self, topic: str, envelope: Envelope) -> None:
+        self.sent.append(envelope)
+        await super().publish(topic, envelope)

@@ -141,7 +141,7 @@ def test_headless_play_with_screenshots_saves_one_svg_per_phase_boundary(tmp_pat
     assert names == expected
     assert all(p.read_text().startswith("<svg") for p in shots.glob("*.svg"))
     html = report.read_text()
-    assert html.count("<svg") == len(expected) and "Tasks and threads by phase" in html
+    assert html.count("<svg") == len(expected) and "Tasks, threads and resources by phase" in html
     assert 'url("http' not in html and "src=\"http" not in html, "the HTML report must not reach the network"
 
 
@@ -209,7 +209,7 @@ async def test_a_persons_pause_before_settle_is_not_settle_time():
         await pilot.press("n")
         await until(pilot, lambda: app.results, "the verdict")
         (run,) = app.results
-        assert run.verdict == "clean"
+        assert run.verdict == "clean", (run.leftovers, run.memory.get("retained"), run.memory.get("types"))
         assert run.settle_ms < 1000, run.settle_ms     # the bus settled at once; the deadline is 1 s
         assert run.paused_ms >= 1000, run.paused_ms    # shown apart
         assert "you looked" in str(app.query_one(VerdictBanner).render())

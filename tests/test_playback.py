@@ -45,7 +45,7 @@ def test_play_headless_quickstart_writes_json_and_markdown(tmp_path, monkeypatch
     assert code == 0
     assert "clean" in out
     doc = json.loads(j.read_text())
-    assert doc["schema"] == 1 and doc["verdict"] == "clean"
+    assert doc["schema"] == 2 and doc["verdict"] == "clean"
     run = doc["runs"][0]
     for key in ("name", "backend", "verdict", "phases", "settle_ms", "leftovers", "delivery", "throughput"):
         assert key in run

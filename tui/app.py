@@ -20,6 +20,7 @@ from textual.widgets import DataTable, Footer, Input, Static
 
 from probes.gate import AwaitingStep
 from probes.logs import CAPTURE
+from probes import findings
 from probes.model import FailureNoted, PhaseSnapshot, PhaseStarted, RunResult, Sample, ScenarioResult
 from probes.session import RunFinished
 from tui.controller import Controller, PlaybackDone
@@ -101,6 +102,8 @@ class BusmonApp(App[int]):
                  exit_when_done: bool = False, keep_screenshots: bool = False) -> None:
         super().__init__()
         self.controller = controller
+        if controller is not None:  # the screen's own objects are busmon's, never the bus's memory
+            controller.session.instruments.roots.append(self)
         self.screenshots_dir = screenshots
         self.keep_screenshots = keep_screenshots or screenshots is not None
         self.exit_when_done = exit_when_done
@@ -254,9 +257,9 @@ class BusmonApp(App[int]):
         bar.phase = ""
         self.query_one(ThroughputPanel).finished(r)
         leftovers = self.query_one(LeftoversTable)
-        leftovers.show(r.leftovers)
+        leftovers.show(findings.rows(r))
         stack = self.query_one(StackView)
-        if r.leftovers:
+        if leftovers.items:
             stack.show(leftovers.selected())
         else:
             stack.nothing_left()

@@ -54,13 +54,23 @@ IgnoreThreadOpt = Annotated[Optional[list[str]], typer.Option(
     "--ignore-thread", help="Label threads whose name matches (fnmatch) as ignored; repeatable.")]
 
 
-def _with_ignores(sc: Scenario, tasks: list[str] | None, threads: list[str] | None) -> Scenario:
+IgnoreSocketOpt = Annotated[Optional[list[str]], typer.Option(
+    "--ignore-socket", help="Label sockets whose peer or local address matches (fnmatch, e.g. "
+                            "'127.0.0.1:9092') as ignored; repeatable.")]
+IgnoreProcessOpt = Annotated[Optional[list[str]], typer.Option(
+    "--ignore-process", help="Label child processes whose command line matches (fnmatch) as ignored; repeatable.")]
+IgnoreTypeOpt = Annotated[Optional[list[str]], typer.Option(
+    "--ignore-type", help="Do not judge retained objects of this type ('module.Name' or 'Name', fnmatch); "
+                          "repeatable.")]
+IGNORE_FIELDS = {"ignore_task": "ignore_tasks", "ignore_thread": "ignore_threads", "ignore_socket": "ignore_sockets",
+                 "ignore_process": "ignore_processes", "ignore_type": "ignore_types"}
+
+
+def _with_ignores(sc: Scenario, **given: list[str] | None) -> Scenario:
     """Command-line ignore rules add to the scenario's (goleak's IgnoreTopFunction, for asyncio)."""
-    if not tasks and not threads:
-        return sc
-    probes = replace(sc.probes, ignore_tasks=tuple(sc.probes.ignore_tasks) + tuple(tasks or ()),
-                     ignore_threads=tuple(sc.probes.ignore_threads) + tuple(threads or ()))
-    return replace(sc, probes=probes)
+    changes = {IGNORE_FIELDS[option]: tuple(getattr(sc.probes, IGNORE_FIELDS[option])) + tuple(patterns)
+               for option, patterns in given.items() if patterns}
+    return replace(sc, probes=replace(sc.probes, **changes)) if changes else sc
 
 
 def _scenario(path: Path, backend: str | None, url: str | None, bus: str | None) -> Scenario:
@@ -191,7 +201,7 @@ def _show_version(value: bool) -> None:
 
 
 #: the dashboard's own options (shaping its one repeated run; play takes them from the file)
-DASHBOARD_ONLY = ("backend", "url", "bus", "messages", "rate", "settle", "hold", "ignore_task", "ignore_thread")
+DASHBOARD_ONLY = ("backend", "url", "bus", "messages", "rate", "settle", "hold", *IGNORE_FIELDS)
 
 
 @app.callback()
@@ -207,6 +217,9 @@ def dashboard(
                                                                 "(the post-mortem's 'wait 2 s').")] = 0.0,
     ignore_task: IgnoreTaskOpt = None,
     ignore_thread: IgnoreThreadOpt = None,
+    ignore_socket: IgnoreSocketOpt = None,
+    ignore_process: IgnoreProcessOpt = None,
+    ignore_type: IgnoreTypeOpt = None,
     version: Annotated[bool, typer.Option(
         "--version", is_eager=True, callback=_show_version, help="Print busmon's version and exit.")] = False,
 ) -> None:
@@ -220,7 +233,8 @@ def dashboard(
                            "the scenario file")
         return
     sc = interactive_scenario(messages=messages, rate=rate, settle=settle, hold=hold)
-    sc = _with_ignores(_retarget(sc, None, backend, url, bus), ignore_task, ignore_thread)
+    sc = _with_ignores(_retarget(sc, None, backend, url, bus), ignore_task=ignore_task, ignore_thread=ignore_thread,
+                       ignore_socket=ignore_socket, ignore_process=ignore_process, ignore_type=ignore_type)
     from tui.run import run_dashboard
 
     raise typer.Exit(run_dashboard(sc, interactive=True))
@@ -251,6 +265,9 @@ def play(
     bus: BusOpt = None,
     ignore_task: IgnoreTaskOpt = None,
     ignore_thread: IgnoreThreadOpt = None,
+    ignore_socket: IgnoreSocketOpt = None,
+    ignore_process: IgnoreProcessOpt = None,
+    ignore_type: IgnoreTypeOpt = None,
     log: LogOpt = None,
 ) -> None:
     """Play a scenario's runs and report what each left behind."""
@@ -258,7 +275,8 @@ def play(
     from probes.report import REPORT_SUFFIXES, write_report
 
     reports = _report_paths(report, REPORT_SUFFIXES + (".html", ".htm"))
-    sc = _with_ignores(_scenario(scenario, backend, url, bus), ignore_task, ignore_thread)
+    sc = _with_ignores(_scenario(scenario, backend, url, bus), ignore_task=ignore_task, ignore_thread=ignore_thread,
+                       ignore_socket=ignore_socket, ignore_process=ignore_process, ignore_type=ignore_type)
     _start_log(log)
     if screenshots is not None:
         if screenshots.exists() and not screenshots.is_dir():

@@ -40,6 +40,7 @@ class Controller:
         self.interactive = interactive
         self.events: queue.SimpleQueue[object] = queue.SimpleQueue()
         self.session = Session(scenario, self.events.put)
+        self.session.instruments.roots.append(self.events)  # events on their way to the screen
         self.gate: StepGate | AutoGate = AutoGate()
         self._main: asyncio.Task | None = None
         self._future: concurrent.futures.Future | None = None

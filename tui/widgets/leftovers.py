@@ -9,7 +9,7 @@ from textual.widgets import DataTable, Static
 from probes.model import Leftover
 
 STYLE = {"leaked": "bold red", "destroyed": "bold red", "unknown": "yellow", "exited": "dim",
-         "ignored": "italic yellow"}
+         "ignored": "italic yellow", "stalled": "bold yellow"}
 
 
 class LeftoversTable(DataTable):
@@ -43,7 +43,11 @@ class LeftoversTable(DataTable):
             after = "still alive" if x.exited_after_ms is None else f"{x.exited_after_ms:g} ms"
             if x.state == "ignored":
                 after = "ignored"
-            self.add_row(Text(x.state.upper() if x.state in ("leaked", "destroyed") else x.state, style=style),
+            elif x.kind == "memory":
+                after = "retained"
+            elif x.kind == "stall":
+                after = "warning"
+            self.add_row(Text(x.state.upper() if x.state in ("leaked", "destroyed", "stalled") else x.state, style=style),
                          Text(x.kind, style=style), Text(x.name, style=style),
                          Text(x.component, style=style), Text(after, style=style), key=str(i))
 
@@ -52,6 +56,11 @@ class LeftoversTable(DataTable):
         if not rows or self.cursor_row is None or not 0 <= self.cursor_row < len(rows):
             return None
         return rows[self.cursor_row]
+
+
+_NO_STACK = {"socket": "(a descriptor has no stack)", "fd": "(a descriptor has no stack)",
+             "process": "(a process: see its pid and command line)", "timer": "(a timer has no stack)",
+             "memory": "(retained objects have no stack; trace_memory = true says where they were allocated)"}
 
 
 class StackView(Static):
@@ -72,7 +81,10 @@ class StackView(Static):
         if x.detail:
             text.append(f"\n{x.detail}", style="dim")
         if x.created_at:
-            text.append(f"\ncreated at {x.created_at}", style="cyan")
-        for line in x.stack or ("(no stack: it had exited)",):
+            verb = "allocated" if x.kind == "memory" else "created"
+            text.append(f"\n{verb} at {x.created_at}", style="cyan")
+        if x.kind == "stall":
+            text.append("\nthe event loop's stack during the stall:", style="dim")
+        for line in x.stack or (_NO_STACK.get(x.kind, "(no stack: it had exited)"),):
             text.append(f"\n  {line}")
         self.update(text)

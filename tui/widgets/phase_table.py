@@ -31,6 +31,7 @@ class PhaseTable(DataTable):
         self.add_column("Δ", key="delta")
         self.add_column("thr py/os", key="threads")
         self.add_column("new", key="new")
+        self.add_column("sock", key="sockets")
         self.baseline: PhaseSnapshot | None = None
         self.settle_ms: float | None = None
 
@@ -53,9 +54,10 @@ class PhaseTable(DataTable):
             Text(f"{snap.threads}/{snap.os_threads}", justify="right"),
             Text(str(snap.new_tasks + snap.new_threads),
                  style="red" if snap.phase == "settle" and snap.new_tasks + snap.new_threads else ""),
+            Text(str(snap.sockets), justify="right", style="red" if snap.phase == "settle" and snap.sockets else ""),
         )
         if snap.phase in self.rows:
-            for col, value in zip(("phase", "tasks", "delta", "threads", "new"), row, strict=True):
+            for col, value in zip(("phase", "tasks", "delta", "threads", "new", "sockets"), row, strict=True):
                 self.update_cell(snap.phase, col, value)
         else:
             self.add_row(*row, key=snap.phase)

@@ -16,7 +16,7 @@ class Rates(Widget):
     screen (``Static.update`` would, on every sample, and cost the bus throughput)."""
 
     DEFAULT_CSS = """
-    Rates { height: 4; text-wrap: nowrap; text-overflow: ellipsis; }
+    Rates { height: 5; text-wrap: nowrap; text-overflow: ellipsis; }
     """
 
     def __init__(self, **kwargs) -> None:
@@ -25,7 +25,7 @@ class Rates(Widget):
         self.final: RunResult | None = None
 
     def render(self) -> Text:
-        """Four fixed-width lines of label/value pairs (plain Text: cheaper than a rich Table).
+        """Five fixed-width lines of label/value pairs (plain Text: cheaper than a rich Table).
 
         Live rates while a run goes; once it has finished, its averages and its audit."""
         s, final = self.sample, self.final
@@ -49,10 +49,18 @@ class Rates(Widget):
             rows.append(("sent", f"{delivery.get('sent', 0):,}", "recv", f"{delivery.get('received', 0):,}"))
             rows.append(("lost", Text(f"{lost:,}", style="red" if lost else "green"),
                          "dup/ord", f"{delivery.get('duplicated', 0)}/{delivery.get('reordered', 0)}"))
+            worst = max((x["duration_ms"] for x in final.stalls), default=0.0)
+            lag_max = max((p.loop_lag_ms.get("max_ms", 0.0) for p in final.phases), default=0.0)
+            rows.append(("lag max", f"{lag_max:,.0f}ms",
+                         "stalls", Text(f"{len(final.stalls)}" + (f" ≤{worst:,.0f}ms" if worst else ""),
+                                        style="yellow" if final.stalls else "green")))
         else:
             assert s is not None
             rows.append(("sent", f"{s.published:,}", "recv", f"{s.delivered:,}"))
-            rows.append(("rss MB", f"{s.rss_mb:,.0f}", "cpu %", f"{s.cpu_percent:.0f}"))
+            rows.append(("rss MB", f"{s.rss_mb:,.0f}", "sockets", f"{s.sockets}"))
+            lag = s.loop_lag_ms or {}
+            rows.append(("lag p99", f"{lag.get('p99_ms', 0):,.1f}ms",
+                         "stalls", Text(str(s.stalls), style="yellow" if s.stalls else "")))
         cells = [(l1, _cell(v1), l2, _cell(v2)) for l1, v1, l2, v2 in rows]
         w = [max(len(c[i]) if i in (0, 2) else len(c[i][0]) for c in cells) for i in range(4)]
         gap = "  " if sum(w) + 5 <= self.size.width else " "  # tighter at 80 columns

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from textual.widgets import Static
 
+from probes import findings
 from probes.logs import LogLine
 from probes.model import RunResult
 
@@ -29,7 +30,7 @@ class VerdictBanner(Static):
     def show(self, r: RunResult, logs: tuple[LogLine, ...] = ()) -> None:
         self.remove_class("-clean", "-leaked", "-failed")
         self.add_class(f"-{r.verdict}")
-        leaked = [x for x in r.leftovers if x.state == "leaked"]
+        leaked = findings.leaks(r)
         exited, ignored = r.count("exited"), r.count("ignored")
         if r.verdict == "leaked":
             names = ", ".join(x.name for x in leaked[:3]) + (" …" if len(leaked) > 3 else "")
@@ -44,6 +45,9 @@ class VerdictBanner(Static):
             extra.append(f"{exited} exited while settling (slowest after {slowest:.1f} ms)")
         if ignored:
             extra.append(f"{ignored} ignored")
+        if r.stalls:
+            worst = max(s["duration_ms"] for s in r.stalls)
+            extra.append(f"{len(r.stalls)} loop stall{'s' if len(r.stalls) > 1 else ''} (worst {worst:,.0f} ms)")
         if r.verdict == "leaked":
             extra.append(f"waited the full {r.settle_ms / 1000:.1f} s settle deadline")
         elif r.verdict == "clean":

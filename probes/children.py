@@ -1,0 +1,167 @@
+"""Child processes: which ones the run started and left behind, by identity.
+
+A child is known by its pid *and* its start time, so a pid the kernel reused for an
+unrelated process is a new child, not the old one. On Linux the children are read from
+``/proc/<pid>/task/<tid>/children`` (a few small files), not by scanning every process on
+the machine as ``psutil.Process.children()`` does; elsewhere psutil does it.
+
+A child that has exited but was never waited for is a *zombie*: still in the process
+table, so still pending while settling, and a leftover at the deadline (its parent, the
+bus, must reap it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+import psutil
+
+from bus.deadline import short_where
+
+_PROC = "/proc"
+_FAST = sys.platform.startswith("linux") and os.path.isdir(f"{_PROC}/self/task")
+
+
+@dataclass(frozen=True, slots=True)
+class Child:
+    pid: int
+    started: float          # the process's start time: with the pid, its identity
+    cmdline: str
+    status: str             # psutil's: running, sleeping, zombie, ...
+
+    @property
+    def key(self) -> tuple[int, float]:
+        return (self.pid, self.started)
+
+    @property
+    def zombie(self) -> bool:
+        return self.status == psutil.STATUS_ZOMBIE
+
+
+def _child_pids(pid: int) -> list[int]:
+    """Direct children of ``pid`` (every thread's, as the kernel files them)."""
+    out: list[int] = []
+    try:
+        tids = os.listdir(f"{_PROC}/{pid}/task")
+    except OSError:
+        return out
+    for tid in tids:
+        try:
+            with open(f"{_PROC}/{pid}/task/{tid}/children", "rb") as f:
+                out.extend(int(x) for x in f.read().split())
+        except (OSError, ValueError):
+            continue
+    return out
+
+
+def _describe(proc: psutil.Process) -> Child | None:
+    try:
+        with proc.oneshot():
+            status = proc.status()
+            started = proc.create_time()
+            try:
+                cmd = " ".join(proc.cmdline()) or proc.name()
+            except (psutil.AccessDenied, psutil.ZombieProcess):
+                cmd = proc.name()
+    except psutil.NoSuchProcess:
+        return None
+    except psutil.Error:
+        return Child(proc.pid, 0.0, "?", "unknown")
+    return Child(proc.pid, started, cmd or "?", status)
+
+
+def children() -> dict[tuple[int, float], Child]:
+    """Every descendant of this process now, keyed by identity (pid, start time)."""
+    found: dict[tuple[int, float], Child] = {}
+    if _FAST:
+        todo, seen = _child_pids(os.getpid()), set()
+        while todo:
+            pid = todo.pop()
+            if pid in seen:
+                continue
+            seen.add(pid)
+            try:
+                child = _describe(psutil.Process(pid))
+            except psutil.Error:
+                continue
+            if child is not None:
+                found[child.key] = child
+                todo.extend(_child_pids(pid))
+        return found
+    try:
+        procs = psutil.Process().children(recursive=True)
+    except psutil.Error:
+        return found
+    for proc in procs:
+        child = _describe(proc)
+        if child is not None:
+            found[child.key] = child
+    return found
+
+
+def alive_keys() -> set[tuple[int, float]]:
+    """Identities of the children still running (zombies are not running, but not gone either:
+    see ``children``)."""
+    return {k for k, c in children().items() if not c.zombie}
+
+
+class ProcessOwners:
+    """Who started each child process through the arena loop (``loop.subprocess_exec`` /
+    ``subprocess_shell``, what ``asyncio.create_subprocess_*`` call): pid → creation site.
+
+    busmon owns the arena loop, so wrapping its instance methods is legitimate; only the pid
+    and a string are kept, never the transport.
+    """
+
+    def __init__(self) -> None:
+        self.sites: dict[int, tuple[str, str]] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._lock = threading.Lock()
+
+    def install(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        for name in ("subprocess_exec", "subprocess_shell"):
+            original = getattr(loop, name)
+            setattr(loop, name, self._wrap(original))
+
+    def uninstall(self) -> None:
+        loop, self._loop = self._loop, None
+        if loop is not None:
+            for name in ("subprocess_exec", "subprocess_shell"):
+                loop.__dict__.pop(name, None)
+
+    def _wrap(self, original: Any) -> Any:
+        async def wrapper(*args: Any, **kwargs: Any) -> Any:
+            site = _caller_site()
+            transport, protocol = await original(*args, **kwargs)
+            pid = transport.get_pid()
+            if pid is not None:
+                with self._lock:
+                    if len(self.sites) > 10_000:
+                        self.sites.clear()
+                    self.sites[pid] = site
+            return transport, protocol
+        wrapper.__wrapped__ = original  # type: ignore[attr-defined]
+        return wrapper
+
+    def owner(self, pid: int) -> tuple[str, str] | None:
+        """(component, creation site) of a child started through the loop, else None."""
+        return self.sites.get(pid)
+
+
+def _caller_site() -> tuple[str, str]:
+    """The first frame outside asyncio, this module and the standard library's subprocess."""
+    frame = sys._getframe(2)
+    while frame is not None:
+        filename = frame.f_code.co_filename.replace("\\", "/")
+        if not any(part in filename for part in ("/asyncio/", "/probes/children.py", "/subprocess.py")):
+            module = frame.f_globals.get("__name__", "") or ""
+            return (module.split(".")[0] or "unknown",
+                    short_where(frame.f_code.co_filename, frame.f_lineno, frame.f_code.co_name))
+        frame = frame.f_back
+    return ("unknown", "")

@@ -1,0 +1,207 @@
+"""Settling descriptors and child processes: what the run opened or started and left behind.
+
+The same semantics as tasks and threads in ``settle.py``: candidates are every open
+descriptor and every child process the run's baseline lacked, whenever it appeared;
+each is watched until it goes away or the settle deadline, then judged ``exited`` (with
+the milliseconds it took), ``leaked``, ``destroyed`` (a socket only the garbage collector
+closed: nothing ever called ``close()``), or ``ignored``. Descriptors are known by number
+*and* target, processes by pid *and* start time, so a reused number is a new one.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+import threading
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable
+
+from probes import children as proc_probe
+from probes import fds as fd_probe
+from probes.model import Leftover
+
+#: descriptor kinds judged as sockets (the rest are ``fd`` leftovers)
+SOCKET_KINDS = ("tcp", "udp", "unix", "socket")
+
+
+@dataclass(frozen=True)
+class ResourceRules:
+    """Ignore rules: sockets by peer address or label, processes by command line (fnmatch)."""
+
+    sockets: tuple[str, ...] = ()
+    processes: tuple[str, ...] = ()
+
+    def socket_reason(self, d: fd_probe.Descriptor) -> str | None:
+        for pattern in self.sockets:
+            if any(fnmatch.fnmatchcase(x, pattern) for x in (d.peer or "", d.local or "", d.label())):
+                return f"ignore rule {pattern!r}"
+        return None
+
+    def process_reason(self, c: proc_probe.Child) -> str | None:
+        for pattern in self.processes:
+            if fnmatch.fnmatchcase(c.cmdline, pattern):
+                return f"ignore rule {pattern!r}"
+        return None
+
+
+@dataclass
+class Attribution:
+    """What names the owner of a socket or a child process (all optional)."""
+
+    sockets: Any = None                         # fds.SocketOwners installed on the arena loop
+    processes: Any = None                       # children.ProcessOwners installed on the arena loop
+    brokers: dict[str, str] = field(default_factory=dict)   # "ip:port" → "kafka" / "nats"
+
+
+class ResourceWatch:
+    """Candidates and exits for descriptors and child processes, looked at by settle's poll."""
+
+    def __init__(self, baseline_fds: frozenset[tuple[int, str]] | None,
+                 baseline_children: frozenset[tuple[int, float]], attribution: Attribution | None = None,
+                 *, at_close: bool = True) -> None:
+        self.base_fds = baseline_fds
+        self.base_children = baseline_children
+        self.attribution = attribution or Attribution()
+        self.supported = baseline_fds is not None
+        self.fds: dict[tuple[int, str], fd_probe.Descriptor] = {}
+        self.fds_at_close: set[tuple[int, str]] = set()
+        self.procs: dict[tuple[int, float], proc_probe.Child] = {}
+        self.exit_at: dict[object, float] = {}
+        self._first = at_close
+
+    # -- candidates -------------------------------------------------------------------
+
+    def scan(self, now: float) -> bool:
+        """Pick up new candidates and note exits; True while any candidate is still there."""
+        pending = False
+        table = fd_probe.fd_table() if self.supported else None
+        if table is not None and self.base_fds is not None:
+            current = set(table.items())
+            new = [item for item in current - self.base_fds if item not in self.fds]
+            if new:
+                described = fd_probe.describe(table, [fd for fd, _ in new], owners=self.attribution.sockets,
+                                              brokers=self.attribution.brokers)
+                for item in new:
+                    d = described.get(item[0])
+                    if d is not None and d.target == item[1]:
+                        self.fds[item] = d
+                        if self._first:
+                            self.fds_at_close.add(item)
+            for item in self.fds:
+                if item in self.exit_at:
+                    continue
+                if item in current:
+                    pending = True
+                else:
+                    self.exit_at[item] = now
+        self._first = False
+        kids = proc_probe.children()
+        for key, child in kids.items():
+            if key not in self.base_children and key not in self.procs:
+                self.procs[key] = child
+        for key in self.procs:
+            if key in self.exit_at:
+                continue
+            now_child = kids.get(key)
+            if now_child is None:
+                self.exit_at[key] = now
+            else:
+                self.procs[key] = now_child  # keep the latest status (a zombie says so)
+                pending = True
+        return pending
+
+    def child_of(self, pid: int) -> proc_probe.Child | None:
+        return next((c for c in self.procs.values() if c.pid == pid), None)
+
+    # -- verdict ---------------------------------------------------------------------------
+
+    def judge(self, rules: ResourceRules, ms: Callable[[float | None], float | None],
+              after_gc: Callable[[], dict[int, str] | None] = fd_probe.fd_table) -> list[Leftover]:
+        """Classify every candidate. ``after_gc``: the descriptors open after the verdict's GC, to
+        tell a socket someone forgot from one only the garbage collector closed."""
+        out: list[Leftover] = []
+        table = after_gc() if self.supported else None
+        still = set(table.items()) if table is not None else set()
+        for item, d in self.fds.items():
+            after = self.exit_at.get(item)
+            sock = d.kind in SOCKET_KINDS
+            if after is None and table is not None and item not in still:
+                state, detail = "destroyed", "closed only by the garbage collector: nothing called close()"
+            elif after is not None:
+                if item not in self.fds_at_close and not sock and d.kind in ("file", "device"):
+                    continue  # a file someone opened and closed while we settled: never the bus's
+                state, detail = "exited", ""
+            else:
+                state, detail = "leaked", ""
+            reason = rules.socket_reason(d) if sock else None
+            if reason and state != "exited":
+                state = "ignored"
+                detail = reason
+            facts = [f"fd {d.fd}"] + ([d.status] if d.status else []) + ([detail] if detail else [])
+            component = d.component
+            if d.kind == "pipe" and (child := self._pipe_child(d)) is not None:
+                facts.append(f"shared with child pid {child.pid} ({_short(child.cmdline, 40)})")
+                component = self._process_component(child)
+            out.append(Leftover("socket" if sock else "fd", d.label(), component, state, ms(after), (),
+                                d.created_at, ", ".join(facts)))
+        for key, c in self.procs.items():
+            after = self.exit_at.get(key)
+            owner = self.attribution.processes.owner(c.pid) if self.attribution.processes else None
+            component = self._process_component(c)
+            reason = rules.process_reason(c)
+            if after is not None:
+                state, facts = "exited", []
+            elif reason:
+                state, facts = "ignored", [reason]
+            else:
+                state = "leaked"
+                facts = ["a zombie: it exited, but nothing waited for it"] if c.zombie else [f"still {c.status}"]
+            out.append(Leftover("process", f"pid {c.pid}: {_short(c.cmdline)}", component, state, ms(after), (),
+                                owner[1] if owner else None, ", ".join([f"pid {c.pid}", *facts])))
+        return out
+
+    def _process_component(self, c: proc_probe.Child) -> str:
+        owner = self.attribution.processes.owner(c.pid) if self.attribution.processes else None
+        return "process:" + (owner[0] if owner else _program(c.cmdline))
+
+    def _pipe_child(self, d: fd_probe.Descriptor) -> proc_probe.Child | None:
+        """The child process at the other end of a pipe (the usual leftover of a subprocess)."""
+        for c in self.procs.values():
+            try:
+                for fd in os.listdir(f"/proc/{c.pid}/fd"):
+                    if os.readlink(f"/proc/{c.pid}/fd/{fd}") == d.target:
+                        return c
+            except OSError:
+                continue
+        return None
+
+
+def waitpid_detail(thread: threading.Thread, watch: ResourceWatch | None) -> str | None:
+    """asyncio's ``asyncio-waitpid-N`` thread (ThreadedChildWatcher) waits for one child: name
+    the child (its pid is the thread's second argument; N is only a counter)."""
+    target = getattr(thread, "_target", None)
+    args = getattr(thread, "_args", ())
+    if getattr(target, "__name__", "") != "_do_waitpid" or len(args) < 2 or type(args[1]) is not int:
+        return None
+    pid = args[1]
+    child = watch.child_of(pid) if watch is not None else None
+    what = f"child process {pid}" + (f" ({_short(child.cmdline, 60)})" if child else "")
+    return f"asyncio waits here until {what} exits"
+
+
+def _program(cmdline: str) -> str:
+    first = cmdline.split(" ", 1)[0] if cmdline else "?"
+    return os.path.basename(first) or "?"
+
+
+def _short(text: str, n: int = 80) -> str:
+    return text if len(text) <= n else text[: n - 1] + "…"
+
+
+def brokers_of(url: str, backend: str, resolve: Iterable[tuple[str, int]] = ()) -> dict[str, str]:
+    """``ip:port`` → backend for the broker addresses (already resolved by the caller)."""
+    component = {"nats-js": "nats", "nats+js": "nats"}.get(backend, backend)
+    out = {}
+    for host, port in resolve:
+        out[f"[{host}]:{port}" if ":" in host else f"{host}:{port}"] = component
+    return out
