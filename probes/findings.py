@@ -23,10 +23,17 @@ def retained_row(f: Mapping[str, Any]) -> Leftover:
                     f.get("allocated_at"), detail)
 
 
+def callback_frames(stack: list[str] | tuple[str, ...]) -> tuple[str, ...]:
+    """A stall's stack from the callback the loop was running (what follows asyncio's
+    ``Handle._run``), without the thread and loop machinery above it."""
+    cut = max((i for i, line in enumerate(stack) if line.startswith("asyncio/events.py")), default=-1)
+    return tuple(stack[cut + 1:]) or tuple(stack)
+
+
 def stall_row(s: Mapping[str, Any]) -> Leftover:
     """A stall as a row: ``loop blocked 251 ms in load``."""
     return Leftover("stall", f"loop blocked {s['duration_ms']:,.0f} ms in {s['phase']}", s.get("component") or "unknown",
-                    "stalled", None, tuple(s.get("stack") or ()), None,
+                    "stalled", None, callback_frames(s.get("stack") or ()), None,
                     f"blocking call: {s['blocking']}" if s.get("blocking") else "blocking call not known")
 
 

@@ -94,6 +94,8 @@ def _show(event: object, progress: Progress, bars: dict[str, int], console: Cons
         if r.error:
             line += f" — {escape(r.error)}"
         progress.console.print(line, soft_wrap=True)
+        for note in r.notes:
+            progress.console.print(f"    [dim]{escape(note)}[/]", soft_wrap=True)
 
 
 def summary_table(result: ScenarioResult) -> Table:

@@ -14,13 +14,14 @@ outside event (I/O, another thread) waits for the loop.
 Definitions (all times ``time.monotonic()``, comparable across threads):
 
 * lag: from a beat's posting to its running, minus busmon's own work in between.
-* gap: time between two consecutive beats running, i.e. since the loop last provably ran.
-* stall: a gap whose part not spent in :meth:`LoopWatch.own_work` exceeds ``stall_ms``.
-  Its duration is that part: an upper bound on the block, at most about one beat too
-  long (the block may have begun up to a beat after the last beat). Any block of at
-  least ``stall_ms`` is caught; one up to a beat shorter may be too. A gap in which the
-  loop thread was only ever seen idle in its selector is not a stall (the watchdog was
-  late, or another thread held the GIL): it is counted in ``unconfirmed_stalls``.
+* free: the loop provably could run callbacks: it ran a beat, or the watchdog saw its
+  thread waiting in the selector (so a late watchdog, or another thread holding the GIL
+  while the loop idles, is not taken for a stall).
+* stall: the loop not free for longer than ``stall_ms``, not counting time inside
+  :meth:`LoopWatch.own_work`. It starts when the loop was last free and ends with the
+  next beat; its duration is an upper bound on the block, at most about one beat too
+  long (the block may have begun up to a beat later). Any block of at least ``stall_ms``
+  is caught; one up to a beat shorter may be too.
 """
 
 from __future__ import annotations
@@ -143,15 +144,16 @@ def _walk(frame: FrameType | None, limit: int = STACK_LIMIT) -> list[Frame]:
 
 
 class _Seen(NamedTuple):
-    """What the watchdog saw of the stall in progress; replaced whole, so readers need no lock."""
+    """What the watchdog saw since the latest beat; replaced whole, so readers need no lock."""
 
-    start: float  # the last_beat the stall follows: which stall this is
+    start: float      # the last_beat this follows: which gap it is about
+    since: float      # when the loop was last seen free in that gap (start if never)
+    own_since: float  # own-work seconds at ``since``
     phase: str
     blocking: str
     component: str
     stack: tuple[str, ...]
-    busy: int  # samples with the loop thread inside a callback
-    idle: int  # samples with it waiting in its selector
+    busy: int         # samples with the loop thread inside a callback since ``since``
 
 
 class _OwnWork(contextlib.AbstractContextManager):
@@ -188,7 +190,8 @@ class LoopWatch:
         #: stalls that were busmon's own work (not findings), and their total length
         self.own_stalls = 0
         self.own_stall_ms = 0.0
-        #: long gaps with the loop seen only idle (a late watchdog, another thread's GIL)
+        #: long gaps between beats in which the loop was seen free (a late watchdog, or
+        #: another thread holding the GIL): not stalls of the loop
         self.unconfirmed_stalls = 0
         self._phase = "idle"
         self._hists: dict[str, LatencyHistogram] = {}
@@ -201,7 +204,8 @@ class LoopWatch:
         self._own_lock = threading.Lock()
         #: (depth, outermost entry time, own seconds before it): swapped whole, read lock-free
         self._own: tuple[int, float, float] = (0, 0.0, 0.0)
-        self._own_mark = 0.0  # own seconds as of the latest beat
+        #: (last_beat, own seconds then): one tuple, so the watchdog reads a consistent pair
+        self._mark: tuple[float, float] | None = None
         self._seen: _Seen | None = None
         self._halt = threading.Lock()  # held while the watchdog should run (see start)
         self._thread: threading.Thread | None = None
@@ -212,7 +216,7 @@ class LoopWatch:
         """Post the first beat (from any thread; raises on a closed loop) and start the watchdog."""
         if self._on:
             return
-        self.last_beat = None
+        self.last_beat = self._mark = None
         self._gen += 1
         self._outstanding = True
         now = time.monotonic()
@@ -236,7 +240,7 @@ class LoopWatch:
             thread.join(timeout)
             if not thread.is_alive():
                 self._thread = None
-        self.last_beat = None
+        self.last_beat = self._mark = None
 
     def set_phase(self, phase: str) -> None:
         self._phase = phase
@@ -284,20 +288,21 @@ class LoopWatch:
     @property
     def ongoing(self) -> Stall | None:
         """The stall in progress right now (duration so far), for a live panel."""
-        last = self.last_beat
-        if last is None or not self._on or not self._loop.is_running() or self._own[0]:
+        mark = self._mark
+        if mark is None or not self._on or not self._loop.is_running() or self._own[0]:
             return None
+        last = mark[0]
         now = time.monotonic()
-        bus = now - last - (self._own_total(now) - self._own_mark)
+        seen = self._seen_for(last)
+        since, own_since = (seen.since, seen.own_since) if seen else mark
+        bus = now - since - (self._own_total(now) - own_since)
         if bus <= self._stall_s:
             return None
+        return _stall(seen, since, bus, self._phase)
+
+    def _seen_for(self, last: float) -> _Seen | None:
         seen = self._seen
-        if seen is None or seen.start != last:
-            return Stall(self._phase, last, round(bus * 1e3, 3), "", "unknown", ())
-        if not seen.busy:
-            return None  # only ever seen idle: the loop is not what is stuck
-        return Stall(seen.phase, last, round(bus * 1e3, 3), seen.blocking, seen.component,
-                     seen.stack, seen.busy)
+        return seen if seen is not None and seen.start == last else None
 
     # -- the loop thread -------------------------------------------------------------------
 
@@ -306,43 +311,38 @@ class LoopWatch:
         if gen != self._gen:
             return
         now = time.monotonic()
-        prev = self.last_beat
+        prev_mark = self._mark
+        own = self._own_total(now)
+        self._mark = (now, own)
         self.last_beat = now
         self.beats += 1
         if self._ident is None:
             self._ident = threading.get_ident()
-        own = self._own_total(now)
-        own_gap = own - self._own_mark
-        self._own_mark = own
         if self._paused:  # the loop was stopped meanwhile: the gap is not a stall
             self._paused = False
-        elif prev is not None:
+        elif prev_mark is not None:
             lag = now - posted - (own - own_at_post)
             hist = self._hists.get(self._phase)
             if hist is None:
                 hist = self._hists[self._phase] = LatencyHistogram()
             hist.record(int(lag * 1e9) if lag > 0 else 0)
-            gap = now - prev
-            if gap > self._stall_s:
-                self._close(prev, now, gap, own_gap)
+            if now - prev_mark[0] > self._stall_s:
+                self._close(prev_mark, now, own)
         self._outstanding = False
 
-    def _close(self, start: float, end: float, gap: float, own_gap: float) -> None:
-        bus = gap - own_gap
-        if bus <= self._stall_s:
-            self.own_stalls += 1
-            self.own_stall_ms += round(gap * 1e3, 3)
-            return
-        seen = self._seen
-        if seen is None or seen.start != start:  # never sampled: it just made the threshold
-            stall = Stall(self._phase, start, round(bus * 1e3, 3), "", "unknown", ())
-        elif not seen.busy:
-            self.unconfirmed_stalls += 1
-            return
+    def _close(self, prev_mark: tuple[float, float], now: float, own: float) -> None:
+        """A long gap ended: a stall of the bus, of busmon's own work, or no stall at all."""
+        prev, mark = prev_mark
+        seen = self._seen_for(prev)
+        since, own_since = (seen.since, seen.own_since) if seen else prev_mark
+        bus = now - since - (own - own_since)
+        if bus > self._stall_s:
+            self._stalls.append((now, _stall(seen, since, bus, self._phase)))
+        elif now - prev - (own - mark) > self._stall_s:
+            self.unconfirmed_stalls += 1  # the loop was seen free: the watchdog was late
         else:
-            stall = Stall(seen.phase, start, round(bus * 1e3, 3), seen.blocking, seen.component,
-                          seen.stack, seen.busy)
-        self._stalls.append((end, stall))
+            self.own_stalls += 1
+            self.own_stall_ms += round((now - prev) * 1e3, 3)
 
     # -- own work (any thread) -------------------------------------------------------------
 
@@ -384,29 +384,48 @@ class LoopWatch:
                 self._paused = True
                 continue
             now = time.monotonic()
-            last = self.last_beat
-            if (last is not None and not self._own[0]
-                    and now - last - (self._own_total(now) - self._own_mark) > self._stall_s):
-                self._sample(last, tally)
+            self._check(now, tally)
             if not self._outstanding:
                 self._outstanding = True
                 try:
                     loop.call_soon_threadsafe(self._beat, gen, now, self._own_total(now))
                 except RuntimeError:  # closed since the check above
                     return
+                after = time.monotonic()
+                if after - now > self._beat_s:  # the loop took the GIL while our write let go
+                    self._check(after, tally)
 
-    def _sample(self, last: float, tally: _Tally) -> None:
+    def _check(self, now: float, tally: _Tally) -> None:
+        """Sample the loop thread's stack if it has not been free for longer than the threshold."""
+        mark = self._mark
+        if mark is None or self._own[0]:
+            return
+        last = mark[0]
         if tally.start != last:
-            tally.restart(last, self._phase)
+            tally.restart(last, *mark)
+        if now - tally.since - (self._own_total(now) - tally.own_since) <= self._stall_s:
+            return
         tally.ticks += 1
         if tally.ticks > FAST_SAMPLES and tally.ticks % SLOW_EVERY:
             return  # a long stall: its name is settled, sample it less often
+        at = time.monotonic()
         frame = sys._current_frames().get(self._ident or -1)
         frames = _walk(frame)
         del frame
-        if self.last_beat != last or not frames:
+        if self._mark is not mark or not frames:
             return  # the stall ended while we looked: this stack is not its
-        self._seen = tally.add(frames)
+        if loop_is_idle(frames):  # free after all: whatever comes next starts from here
+            tally.restart(last, at, self._own_total(at))
+        else:
+            tally.add(frames, self._phase)
+        self._seen = tally.seen()
+
+
+def _stall(seen: _Seen | None, since: float, bus: float, phase: str) -> Stall:
+    duration = round(bus * 1e3, 3)
+    if seen is None or not seen.busy:  # never seen live: it only just made the threshold
+        return Stall(phase, since, duration, "", "unknown", ())
+    return Stall(seen.phase, since, duration, seen.blocking, seen.component, seen.stack, seen.busy)
 
 
 class _Tally:
@@ -414,26 +433,30 @@ class _Tally:
     (ties: the earliest), so a long stall is named by where its time went."""
 
     def __init__(self) -> None:
-        self.restart(-1.0, "")
+        self.restart(-1.0, -1.0, 0.0)
 
-    def restart(self, start: float, phase: str) -> None:
-        self.start, self.phase = start, phase
-        self.ticks = self.idle = 0
+    def restart(self, start: float, since: float, own_since: float) -> None:
+        self.start, self.since, self.own_since = start, since, own_since
+        self.phase = ""
+        self.ticks = 0
         self.counts: dict[str, int] = {}
         self.details: dict[str, tuple[str, tuple[str, ...]]] = {}
 
-    def add(self, frames: list[Frame]) -> _Seen:
-        if loop_is_idle(frames):
-            self.idle += 1
-        else:
-            blocking, component = describe(frames)
-            if blocking in self.counts or len(self.counts) < MAX_DISTINCT:
-                self.counts[blocking] = self.counts.get(blocking, 0) + 1
-                if blocking not in self.details:
-                    self.details[blocking] = (component, tuple(f.where() for f in frames))
+    def add(self, frames: list[Frame], phase: str) -> None:
+        """One stack seen busy; the first one's phase is the stall's (the one it started in)."""
+        if not self.counts:
+            self.phase = phase
+        blocking, component = describe(frames)
+        if blocking in self.counts or len(self.counts) < MAX_DISTINCT:
+            self.counts[blocking] = self.counts.get(blocking, 0) + 1
+            if blocking not in self.details:
+                self.details[blocking] = (component, tuple(f.where() for f in frames))
+
+    def seen(self) -> _Seen:
         busy = sum(self.counts.values())
         if not busy:
-            return _Seen(self.start, self.phase, "", "unknown", (), 0, self.idle)
+            return _Seen(self.start, self.since, self.own_since, self.phase, "", "unknown", (), 0)
         best = max(self.counts, key=lambda b: (b != "", self.counts[b]))
         component, stack = self.details[best]
-        return _Seen(self.start, self.phase, best, component, stack, busy, self.idle)
+        return _Seen(self.start, self.since, self.own_since, self.phase, best, component, stack,
+                     busy)

@@ -121,6 +121,7 @@ class RunResult:
     # rss per phase and its drift; objects the run created still alive after settling, by type;
     # ``retained`` findings (what grows with the envelopes sent)
     memory: Mapping[str, Any] = field(default_factory=dict)
+    notes: tuple[str, ...] = ()      # what could not be judged here, and why (e.g. no /proc)
 
     def retained(self) -> list[Mapping[str, Any]]:
         return list(self.memory.get("retained", ()))
@@ -155,6 +156,7 @@ class RunResult:
             "failure": dict(self.failure) if self.failure else None,
             "stalls": [dict(x) for x in self.stalls],
             "memory": dict(self.memory),
+            "notes": list(self.notes),
         }
 
 

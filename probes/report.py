@@ -15,7 +15,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from probes.findings import kib, leaks
+from probes.findings import callback_frames, kib, leaks
 from probes.model import RunResult, ScenarioResult, signed
 
 SCHEMA = 2
@@ -118,6 +118,7 @@ def to_markdown(result: ScenarioResult, scenario_path: str | None = None) -> str
         if r.error:
             lines += [f"**Failure:** {r.error}", ""]
             lines += failure_lines(r)
+        lines += [f"_{note}_" for note in r.notes] + ([""] if r.notes else [])
         lines += ["### Tasks, threads and resources by phase", ""]
         lines += _table(PHASE_HEADERS, phase_rows(r))
         lines += ["", "### Where the tasks come from", ""]
@@ -211,7 +212,7 @@ def stall_lines(r: RunResult) -> list[str]:
     worst = max(r.stalls, key=lambda s: s["duration_ms"])
     if worst.get("stack"):
         out += ["", f"<details><summary>stack during the longest stall ({worst['duration_ms']:,.0f} ms)</summary>",
-                "", "```", *worst["stack"], "```", "</details>"]
+                "", "```", *callback_frames(worst["stack"]), "```", "</details>"]
     return out
 
 

@@ -28,6 +28,7 @@ from bus.health import broker_addresses, check_broker
 from probes.audit import DeliveryAudit
 from probes.census import Census, components_of_tasks, components_of_threads, os_thread_count
 from probes.gate import AutoGate
+from probes.fds import UNSUPPORTED_NOTE
 from probes.model import FailureNoted, PhaseSnapshot, PhaseStarted, RunResult
 from probes.process import rss_mb
 from probes.resources import Attribution, ResourceRules, ResourceWatch, brokers_of
@@ -256,6 +257,7 @@ async def _run_once(ctx: RunContext) -> RunResult:
         counters=dict(getattr(getattr(ctx.bus, "counters", None), "snapshot", dict)()),
         verdict_ms=round(outcome.verdict_ms, 2), failure=failure, paused_ms=round(outcome.paused_ms, 2),
         stalls=tuple(x.as_dict() for x in stalls), memory=memory,
+        notes=(UNSUPPORTED_NOTE,) if ctx.baseline.fds is None else (),
     )
     return result
 

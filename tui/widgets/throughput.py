@@ -59,8 +59,9 @@ class Rates(Widget):
             rows.append(("sent", f"{s.published:,}", "recv", f"{s.delivered:,}"))
             rows.append(("rss MB", f"{s.rss_mb:,.0f}", "sockets", f"{s.sockets}"))
             lag = s.loop_lag_ms or {}
-            rows.append(("lag p99", f"{lag.get('p99_ms', 0):,.1f}ms",
-                         "stalls", Text(str(s.stalls), style="yellow" if s.stalls else "")))
+            rows.append(("lag p50/99", f"{lag.get('p50_ms', 0):.1f}/{lag.get('p99_ms', 0):.1f}ms",
+                         "max", Text(f"{lag.get('max_ms', 0):,.0f}ms" + (f" ·{s.stalls} stall{'s' if s.stalls > 1 else ''}" if s.stalls else ""),
+                                     style="yellow" if s.stalls else "")))
         cells = [(l1, _cell(v1), l2, _cell(v2)) for l1, v1, l2, v2 in rows]
         w = [max(len(c[i]) if i in (0, 2) else len(c[i][0]) for c in cells) for i in range(4)]
         gap = "  " if sum(w) + 5 <= self.size.width else " "  # tighter at 80 columns
