@@ -14,13 +14,24 @@ from probes.model import Leftover, RunResult
 
 
 def retained_row(f: Mapping[str, Any]) -> Leftover:
-    """A retained-memory finding as a row: ``Envelope ×2,000 (1.0 per envelope, 312 KiB)``."""
+    """A retained-memory finding as a row: ``Envelope ×2,000 (1.0 per envelope, 312 KiB)``;
+    ``ignored`` when a rule or a runtime cache explains it (``reason``)."""
     held = f.get("held_by") or ""
     name = f"{_short_type(f['type'])} ×{f['count']:,}"
     detail = (f"{f.get('per_envelope', 0):.2f} per envelope sent, {kib(f.get('size_bytes', 0))} retained"
               + (f"; held by {held}" if held else "; who holds it is not known"))
-    return Leftover("memory", name, _component(held) or f["type"].split(".")[0], "leaked", None, (),
-                    f.get("allocated_at"), detail)
+    if f.get("reason"):
+        detail += f" ({f['reason']})"
+    return Leftover("memory", name, _component(held) or "unknown", "ignored" if f.get("reason") else "leaked",
+                    None, (), alloc_label(f.get("allocated_at")), detail)
+
+
+def alloc_label(site: str | None) -> str | None:
+    """Where retained objects were allocated; busmon's load generator made the envelopes it
+    publishes, which says where they came from, not who kept them (``held by`` does)."""
+    if site and site.startswith("probes/"):
+        return f"{site} (busmon's load generator made them; 'held by' says who kept them)"
+    return site
 
 
 def callback_frames(stack: list[str] | tuple[str, ...]) -> tuple[str, ...]:
@@ -43,7 +54,8 @@ def rows(run: RunResult) -> list[Leftover]:
     rest = [x for x in run.leftovers if x.state not in ("leaked", "destroyed")]
     memory = [retained_row(f) for f in run.retained()]
     stalls = [stall_row(s) for s in sorted(run.stalls, key=lambda s: -s["duration_ms"])]
-    return bad + memory + stalls + rest
+    ignored = [retained_row(f) for f in run.memory.get("ignored", ())]
+    return bad + memory + stalls + rest + ignored
 
 
 def leaks(run: RunResult) -> list[Leftover]:

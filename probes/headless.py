@@ -124,8 +124,12 @@ def summary_table(result: ScenarioResult) -> Table:
     row("exited while settling", [str(r.count("exited")) for r in runs])
     row("ignored", [str(r.count("ignored")) for r in runs])
     row("settle ms", [f"{r.settle_ms:g}" for r in runs])
-    row("sockets left open", [str(sum(1 for x in r.leftovers if x.kind == "socket" and x.state in ("leaked", "destroyed")))
-                              for r in runs])
+    for label, kind in (("sockets left open", "socket"), ("other fds left open", "fd"),
+                        ("child processes left", "process")):
+        row(label, [str(sum(1 for x in r.leftovers if x.kind == kind and x.state in ("leaked", "destroyed")))
+                    for r in runs])
+    row("retained memory", [", ".join(f"{f['type'].rsplit('.', 1)[-1]} ×{f['count']:,}" for f in r.retained()) or "0"
+                            for r in runs])
     row("loop stalls", [stall_cell(r) for r in runs])
     row("rss Δ MB vs first baseline", [f"{r.memory['rss_drift_mb']:+,.1f}" if "rss_drift_mb" in r.memory else "–"
                                        for r in runs])
@@ -144,14 +148,17 @@ def leak_lines(result: ScenarioResult) -> list[str]:
         for x in rows(r):
             if x.state not in ("leaked", "destroyed", "stalled"):
                 continue
-            component = "" if x.component == x.name else f"  [dim]({escape(x.component)})[/]"
-            style = "bold yellow" if x.state == "stalled" else "bold red"
-            lines.append(f"[{style}]{x.state}[/] {x.kind} [bold]{escape(x.name)}[/]{component}  "
-                         f"[dim]run {escape(r.name)}[/]")
+            component = "" if x.component in (x.name, "unknown") else f"  [dim]({escape(x.component)})[/]"
+            what = ("[bold yellow]stall[/]" if x.kind == "stall"  # 'loop blocked 251 ms in load'
+                    else f"[bold red]{x.state}[/] {x.kind}")
+            lines.append(f"{what} [bold]{escape(x.name)}[/]{component}  [dim]run {escape(r.name)}[/]")
             if x.state == "destroyed" or x.kind in ("timer", "socket", "fd", "process", "memory", "stall"):
                 lines.append(f"    {escape(x.detail)}")
+            elif x.kind == "thread" and "waits here until" in x.detail:
+                lines.append(f"    {escape(x.detail.split('; ', 1)[-1])}")
             elif where := innermost(x.stack) or x.detail:
                 lines.append(f"    now at {escape(where)}")
             if x.created_at:
-                lines.append(f"    created at {escape(x.created_at)}")
+                verb = "allocated" if x.kind == "memory" else "created"
+                lines.append(f"    {verb} at {escape(x.created_at)}")
     return lines

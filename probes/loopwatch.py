@@ -1,27 +1,23 @@
 """How blocked the arena's event loop is, and who blocked it.
 
-A watchdog thread posts a heartbeat callback to the watched loop every beat and
-measures how long it waits to run (lag, per phase). When the heartbeat stops coming
-back, the watchdog reads the loop thread's stack *while* it is stuck: read afterwards,
-it would only show where the loop went next, not what held it.
+A heartbeat timer on the watched loop measures how late it runs (lag, per phase). A
+watchdog thread notices when the heartbeat is overdue and reads the loop thread's
+stack *while* it is stuck: read afterwards, it would only show where the loop went
+next, not what held it.
 
-Beats are posted (``call_soon_threadsafe``), not a ``call_later`` chain: a scheduled
-timer costs a loop that has no other one 1.5-3% on a busy microbenchmark
-(``_run_once`` peeks at the timer heap every iteration); a posted beat costs about
-0.5% at the default rate (GIL hand-offs and a self-pipe write). Its lag is what an
-outside event (I/O, another thread) waits for the loop.
+The heartbeat is a ``call_later`` chain on the loop itself, not beats posted by the
+watchdog: then whether the loop stalled depends only on the loop, never on whether the
+watchdog thread was scheduled on time (on a loaded machine it is not, and a late post
+looks exactly like a stall). The watchdog only names stalls.
 
-Definitions (all times ``time.monotonic()``, comparable across threads):
+Definitions (times from ``time.monotonic()``; lag from ``loop.time()``, its own clock):
 
-* lag: from a beat's posting to its running, minus busmon's own work in between.
-* free: the loop provably could run callbacks: it ran a beat, or the watchdog saw its
-  thread waiting in the selector (so a late watchdog, or another thread holding the GIL
-  while the loop idles, is not taken for a stall).
-* stall: the loop not free for longer than ``stall_ms``, not counting time inside
-  :meth:`LoopWatch.own_work`. It starts when the loop was last free and ends with the
-  next beat; its duration is an upper bound on the block, at most about one beat too
-  long (the block may have begun up to a beat later). Any block of at least ``stall_ms``
-  is caught; one up to a beat shorter may be too.
+* lag: how late a beat ran after its due time, less busmon's own work since the last beat.
+* gap: time between two consecutive beats, i.e. since the loop last provably ran.
+* stall: a gap whose part not spent in :meth:`LoopWatch.own_work` exceeds ``stall_ms``.
+  Its duration is that part: an upper bound on the block, at most one beat too long
+  (the block may have begun up to a beat after the last beat). Any block of at least
+  ``stall_ms`` is caught; one up to a beat shorter may be too.
 """
 
 from __future__ import annotations
@@ -41,7 +37,7 @@ from bus.deadline import short_where
 from probes.histogram import LatencyHistogram
 
 __all__ = ["DEFAULT_BEAT_MS", "DEFAULT_STALL_MS", "WATCHDOG_THREAD_NAME", "Frame", "LoopWatch",
-           "Stall", "blocking_frame", "describe"]
+           "Stall", "blocking_frame", "describe", "loop_is_idle"]
 
 DEFAULT_STALL_MS = 100
 DEFAULT_BEAT_MS = 20
@@ -52,8 +48,8 @@ STACK_LIMIT = 24
 MAX_STALLS = 1000
 #: distinct blocking frames counted per stall; later ones are ignored
 MAX_DISTINCT = 32
-#: stack samples per stall taken every beat; after that, one every SLOW_EVERY beats
-FAST_SAMPLES = 50
+#: samples per stall taken every watchdog tick; after that, one every SLOW_EVERY ticks
+FAST_SAMPLES = 40
 SLOW_EVERY = 10
 #: top-level modules where the loop dispatches or waits: never the one that blocked it
 MACHINERY = frozenset({"asyncio", "threading", "selectors", "concurrent"})
@@ -91,7 +87,7 @@ class Stall:
     blocking: str              # 'package/module.py:12 in fn: <source line>' or '' if unknown
     component: str             # top package of the blocking frame; 'unknown' if none
     stack: tuple[str, ...]     # innermost last
-    samples: int = 0           # stacks sampled during the stall (0: it was never seen live)
+    samples: int = 0           # stacks sampled inside a callback during it (0: never seen live)
 
     def as_dict(self) -> dict[str, Any]:
         return {"phase": self.phase, "started_at": self.started_at,
@@ -125,7 +121,9 @@ def describe(frames: Sequence[Frame]) -> tuple[str, str]:
 
 
 def loop_is_idle(frames: Sequence[Frame]) -> bool:
-    """The loop thread waits in its selector, called by the loop itself: it runs no callback."""
+    """The loop thread waits in its selector, called by the loop itself: it runs no callback
+    (a sample like this names nothing: the loop is starved of the GIL or the CPU, or is
+    just leaving the stall)."""
     return (len(frames) >= 2 and frames[-1].top == "selectors"
             and frames[-2].top == "asyncio" and frames[-2].function == "_run_once")
 
@@ -144,16 +142,14 @@ def _walk(frame: FrameType | None, limit: int = STACK_LIMIT) -> list[Frame]:
 
 
 class _Seen(NamedTuple):
-    """What the watchdog saw since the latest beat; replaced whole, so readers need no lock."""
+    """What the watchdog saw of the stall in progress; replaced whole, so readers need no lock."""
 
-    start: float      # the last_beat this follows: which gap it is about
-    since: float      # when the loop was last seen free in that gap (start if never)
-    own_since: float  # own-work seconds at ``since``
+    start: float  # the last_beat the stall follows: which stall this is
     phase: str
     blocking: str
     component: str
     stack: tuple[str, ...]
-    busy: int         # samples with the loop thread inside a callback since ``since``
+    busy: int     # samples with the loop thread inside a callback
 
 
 class _OwnWork(contextlib.AbstractContextManager):
@@ -178,27 +174,27 @@ class LoopWatch:
 
     def __init__(self, loop: asyncio.AbstractEventLoop, *, beat_ms: int = DEFAULT_BEAT_MS,
                  stall_ms: int = DEFAULT_STALL_MS) -> None:
-        if beat_ms <= 0 or stall_ms < 2 * beat_ms:
-            # an idle gap is one beat plus wake-up time: a threshold nearer than that is noise
-            raise ValueError(f"need 0 < beat_ms and stall_ms >= 2 * beat_ms, got {beat_ms}, {stall_ms}")
+        if beat_ms <= 0 or stall_ms < 2:
+            raise ValueError(f"need beat_ms > 0 and stall_ms >= 2, got {beat_ms}, {stall_ms}")
+        # an idle gap is a beat plus timer slack: the beat must be well under the threshold
+        beat_ms = min(beat_ms, stall_ms // 2)
         self._loop = loop
         self._beat_s = beat_ms / 1000
         self._stall_s = stall_ms / 1000
-        #: time.monotonic() of the latest beat (None before the first): read by the watchdog
+        self._tick_s = self._stall_s / 4  # how often a stall in progress is sampled
+        #: time.monotonic() of the latest beat (None before the first)
         self.last_beat: float | None = None
         self.beats = 0
         #: stalls that were busmon's own work (not findings), and their total length
         self.own_stalls = 0
         self.own_stall_ms = 0.0
-        #: long gaps between beats in which the loop was seen free (a late watchdog, or
-        #: another thread holding the GIL): not stalls of the loop
-        self.unconfirmed_stalls = 0
         self._phase = "idle"
         self._hists: dict[str, LatencyHistogram] = {}
         self._stalls: collections.deque[tuple[float, Stall]] = collections.deque(maxlen=MAX_STALLS)
         self._on = False
-        self._gen = 0  # a beat posted before the latest start()/stop() finds a newer one: ignored
-        self._outstanding = False  # a beat is posted and has not run: post no other
+        self._gen = 0  # a beat of an earlier start() finds a newer generation and ends its chain
+        self._due = 0.0
+        self._handle: asyncio.TimerHandle | None = None
         self._ident: int | None = None
         self._paused = False
         self._own_lock = threading.Lock()
@@ -213,28 +209,29 @@ class LoopWatch:
     # -- control ---------------------------------------------------------------------------
 
     def start(self) -> None:
-        """Post the first beat (from any thread; raises on a closed loop) and start the watchdog."""
+        """Arm the heartbeat on the loop (from any thread; raises on a closed loop) and start
+        the watchdog."""
         if self._on:
             return
         self.last_beat = self._mark = None
         self._gen += 1
-        self._outstanding = True
-        now = time.monotonic()
-        self._loop.call_soon_threadsafe(self._beat, self._gen, now, self._own_total(now))
+        self._loop.call_soon_threadsafe(self._arm, self._gen)
         self._on = True
         self._halt = threading.Lock()
         self._halt.acquire()  # released by stop(), which wakes the watchdog at once
-        self._thread = threading.Thread(target=self._watch, args=(self._halt, self._gen),
+        self._thread = threading.Thread(target=self._watch, args=(self._halt,),
                                         name=WATCHDOG_THREAD_NAME, daemon=True)
         self._thread.start()
 
     def stop(self, timeout: float = 1.0) -> None:
-        """End the heartbeat and the watchdog. Never touches the loop, so never raises:
-        a beat still queued there finds a newer generation and does nothing."""
+        """End the heartbeat and the watchdog (joined, at most ``timeout``). Never raises: on
+        a closed loop nothing runs anyway, and a beat already due finds a newer generation."""
         if self._on:
             self._on = False
             self._gen += 1
             self._halt.release()
+            with contextlib.suppress(RuntimeError):  # closed
+                self._loop.call_soon_threadsafe(self._disarm)
         thread = self._thread
         if thread is not None and thread is not threading.current_thread():
             thread.join(timeout)
@@ -263,7 +260,6 @@ class LoopWatch:
         self._stalls = collections.deque(maxlen=MAX_STALLS)
         self.own_stalls = 0
         self.own_stall_ms = 0.0
-        self.unconfirmed_stalls = 0
 
     # -- readings --------------------------------------------------------------------------
 
@@ -291,14 +287,12 @@ class LoopWatch:
         mark = self._mark
         if mark is None or not self._on or not self._loop.is_running() or self._own[0]:
             return None
-        last = mark[0]
+        last, own_then = mark
         now = time.monotonic()
-        seen = self._seen_for(last)
-        since, own_since = (seen.since, seen.own_since) if seen else mark
-        bus = now - since - (self._own_total(now) - own_since)
+        bus = now - last - (self._own_total(now) - own_then)
         if bus <= self._stall_s:
             return None
-        return _stall(seen, since, bus, self._phase)
+        return _stall(self._seen_for(last), last, bus, self._phase)
 
     def _seen_for(self, last: float) -> _Seen | None:
         seen = self._seen
@@ -306,43 +300,60 @@ class LoopWatch:
 
     # -- the loop thread -------------------------------------------------------------------
 
-    def _beat(self, gen: int, posted: float, own_at_post: float) -> None:
-        """Record how long this beat waited; close the stall it ends, if any."""
+    def _arm(self, gen: int) -> None:
         if gen != self._gen:
             return
+        self._ident = threading.get_ident()
         now = time.monotonic()
-        prev_mark = self._mark
+        self._mark = (now, self._own_total(now))
+        self.last_beat = now
+        self._paused = False
+        self._due = self._loop.time() + self._beat_s
+        self._handle = self._loop.call_at(self._due, self._beat, gen)
+
+    def _beat(self, gen: int) -> None:
+        """Record how late this beat is; close the stall it ends, if any; schedule the next.
+
+        The next beat is due a beat after this one *ran*, not after it was due: after a
+        stall, a fixed-rate chain would run a burst of late beats, each counting it again.
+        """
+        if gen != self._gen:
+            return
+        loop = self._loop
+        now_l = loop.time()
+        now = time.monotonic()
+        prev = self._mark
         own = self._own_total(now)
         self._mark = (now, own)
         self.last_beat = now
         self.beats += 1
-        if self._ident is None:
-            self._ident = threading.get_ident()
         if self._paused:  # the loop was stopped meanwhile: the gap is not a stall
             self._paused = False
-        elif prev_mark is not None:
-            lag = now - posted - (own - own_at_post)
+        elif prev is not None:
+            own_gap = own - prev[1]
+            lag = now_l - self._due - own_gap
             hist = self._hists.get(self._phase)
             if hist is None:
                 hist = self._hists[self._phase] = LatencyHistogram()
             hist.record(int(lag * 1e9) if lag > 0 else 0)
-            if now - prev_mark[0] > self._stall_s:
-                self._close(prev_mark, now, own)
-        self._outstanding = False
+            gap = now - prev[0]
+            if gap > self._stall_s:
+                self._close(prev[0], now, gap, own_gap)
+        self._due = now_l + self._beat_s
+        self._handle = loop.call_at(self._due, self._beat, gen)
 
-    def _close(self, prev_mark: tuple[float, float], now: float, own: float) -> None:
-        """A long gap ended: a stall of the bus, of busmon's own work, or no stall at all."""
-        prev, mark = prev_mark
-        seen = self._seen_for(prev)
-        since, own_since = (seen.since, seen.own_since) if seen else prev_mark
-        bus = now - since - (own - own_since)
+    def _close(self, start: float, end: float, gap: float, own_gap: float) -> None:
+        bus = gap - own_gap
         if bus > self._stall_s:
-            self._stalls.append((now, _stall(seen, since, bus, self._phase)))
-        elif now - prev - (own - mark) > self._stall_s:
-            self.unconfirmed_stalls += 1  # the loop was seen free: the watchdog was late
+            self._stalls.append((end, _stall(self._seen_for(start), start, bus, self._phase)))
         else:
             self.own_stalls += 1
-            self.own_stall_ms += round((now - prev) * 1e3, 3)
+            self.own_stall_ms += round(gap * 1e3, 3)
+
+    def _disarm(self) -> None:
+        if not self._on and self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
 
     # -- own work (any thread) -------------------------------------------------------------
 
@@ -366,66 +377,60 @@ class LoopWatch:
 
     # -- the watchdog thread ---------------------------------------------------------------
 
-    def _watch(self, halt: threading.Lock, gen: int) -> None:
-        """Every beat: if the loop is past the threshold, sample its stack; then post the next
-        beat if the last one came back.
+    def _watch(self, halt: threading.Lock) -> None:
+        """Sleep until the loop could first be past the threshold; if it is, sample its stack
+        every quarter threshold until the stall ends.
 
-        Sampling comes first: when the loop held the GIL (a long C call), this thread only
-        wakes once the call returns, and the loop thread is then still in the caller's frame.
-        Holds no lock the loop thread takes, and keeps no frame object past the copy.
+        A healthy loop so costs about one wake-up per threshold, not one per beat. Holds no
+        lock the loop thread takes, and keeps no frame object past the copy. A loop that
+        holds the GIL (a long C call) keeps this thread out until the call returns; it then
+        samples at once, while the loop thread is still in the caller's frame.
         """
         tally = _Tally()
-        # a raw lock, not an Event: one C call per wait keeps the GIL traffic per beat small
-        while not halt.acquire(timeout=self._beat_s):
+        timeout = self._tick_s
+        # a raw lock, not an Event: one C call per wait keeps the GIL traffic small
+        while not halt.acquire(timeout=timeout):
+            timeout = self._tick_s
             loop = self._loop
             if loop.is_closed():
                 return
             if not loop.is_running():
                 self._paused = True
                 continue
+            mark = self._mark
+            if mark is None:
+                continue
             now = time.monotonic()
-            self._check(now, tally)
-            if not self._outstanding:
-                self._outstanding = True
-                try:
-                    loop.call_soon_threadsafe(self._beat, gen, now, self._own_total(now))
-                except RuntimeError:  # closed since the check above
-                    return
-                after = time.monotonic()
-                if after - now > self._beat_s:  # the loop took the GIL while our write let go
-                    self._check(after, tally)
+            last, own_then = mark
+            if self._own[0]:
+                continue
+            left = self._stall_s - (now - last - (self._own_total(now) - own_then))
+            if left >= 0:
+                timeout = max(left, 0.001)
+                continue
+            self._sample(mark, tally)
 
-    def _check(self, now: float, tally: _Tally) -> None:
-        """Sample the loop thread's stack if it has not been free for longer than the threshold."""
-        mark = self._mark
-        if mark is None or self._own[0]:
-            return
+    def _sample(self, mark: tuple[float, float], tally: _Tally) -> None:
         last = mark[0]
         if tally.start != last:
-            tally.restart(last, *mark)
-        if now - tally.since - (self._own_total(now) - tally.own_since) <= self._stall_s:
-            return
+            tally.restart(last)
         tally.ticks += 1
         if tally.ticks > FAST_SAMPLES and tally.ticks % SLOW_EVERY:
             return  # a long stall: its name is settled, sample it less often
-        at = time.monotonic()
         frame = sys._current_frames().get(self._ident or -1)
         frames = _walk(frame)
         del frame
-        if self._mark is not mark or not frames:
-            return  # the stall ended while we looked: this stack is not its
-        if loop_is_idle(frames):  # free after all: whatever comes next starts from here
-            tally.restart(last, at, self._own_total(at))
-        else:
-            tally.add(frames, self._phase)
+        if self._mark is not mark or not frames or loop_is_idle(frames):
+            return  # the stall ended while we looked, or the loop is waiting, not blocked
+        tally.add(frames, self._phase)
         self._seen = tally.seen()
 
 
-def _stall(seen: _Seen | None, since: float, bus: float, phase: str) -> Stall:
+def _stall(seen: _Seen | None, start: float, bus: float, phase: str) -> Stall:
     duration = round(bus * 1e3, 3)
-    if seen is None or not seen.busy:  # never seen live: it only just made the threshold
-        return Stall(phase, since, duration, "", "unknown", ())
-    return Stall(seen.phase, since, duration, seen.blocking, seen.component, seen.stack, seen.busy)
+    if seen is None or not seen.busy:  # never seen inside a callback
+        return Stall(phase, start, duration, "", "unknown", ())
+    return Stall(seen.phase, start, duration, seen.blocking, seen.component, seen.stack, seen.busy)
 
 
 class _Tally:
@@ -433,17 +438,17 @@ class _Tally:
     (ties: the earliest), so a long stall is named by where its time went."""
 
     def __init__(self) -> None:
-        self.restart(-1.0, -1.0, 0.0)
+        self.restart(-1.0)
 
-    def restart(self, start: float, since: float, own_since: float) -> None:
-        self.start, self.since, self.own_since = start, since, own_since
+    def restart(self, start: float) -> None:
+        self.start = start
         self.phase = ""
         self.ticks = 0
         self.counts: dict[str, int] = {}
         self.details: dict[str, tuple[str, tuple[str, ...]]] = {}
 
     def add(self, frames: list[Frame], phase: str) -> None:
-        """One stack seen busy; the first one's phase is the stall's (the one it started in)."""
+        """One stack seen inside a callback; the first one's phase is the stall's."""
         if not self.counts:
             self.phase = phase
         blocking, component = describe(frames)
@@ -453,10 +458,6 @@ class _Tally:
                 self.details[blocking] = (component, tuple(f.where() for f in frames))
 
     def seen(self) -> _Seen:
-        busy = sum(self.counts.values())
-        if not busy:
-            return _Seen(self.start, self.since, self.own_since, self.phase, "", "unknown", (), 0)
         best = max(self.counts, key=lambda b: (b != "", self.counts[b]))
         component, stack = self.details[best]
-        return _Seen(self.start, self.since, self.own_since, self.phase, best, component, stack,
-                     busy)
+        return _Seen(self.start, self.phase, best, component, stack, sum(self.counts.values()))

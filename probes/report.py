@@ -15,7 +15,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from probes.findings import callback_frames, kib, leaks
+from probes.findings import alloc_label, callback_frames, kib, leaks
 from probes.model import RunResult, ScenarioResult, signed
 
 SCHEMA = 2
@@ -56,7 +56,7 @@ def _table(headers: list[str], rows: list[list[Any]]) -> list[str]:
 
 
 PHASE_HEADERS = ["phase", "tasks", "Δ baseline", "threads (Python / OS)", "Δ threads", "new since baseline",
-                 "sockets (new)", "rss MB", "loop lag p99 / max ms"]
+                 "sockets (new)", "fds", "children", "rss MB", "loop lag p99 / max ms"]
 
 
 def phase_rows(run: RunResult) -> list[list[Any]]:
@@ -72,7 +72,7 @@ def phase_rows(run: RunResult) -> list[list[Any]]:
             label = f"settle (after waiting {run.settle_ms:g} ms, GC)"
         lag = p.loop_lag_ms
         rows.append([label, p.tasks, _delta(p.tasks, b_tasks), f"{p.threads} / {p.os_threads}",
-                     _delta(p.threads, b_threads), p.new_tasks, p.sockets, f"{p.rss_mb:,.1f}",
+                     _delta(p.threads, b_threads), p.new_tasks, p.sockets, p.fds, p.processes, f"{p.rss_mb:,.1f}",
                      f"{lag['p99_ms']:.1f} / {lag['max_ms']:.1f}" if lag else "–"])
     return rows
 
@@ -186,11 +186,18 @@ def memory_lines(r: RunResult) -> list[str]:
         out += ["**Retained, growing with the load:**", ""]
         out += _table(["type", "count", "per envelope", "size", "held by", "allocated at"],
                       [[f"`{f['type']}`", f"{f['count']:,}", f"{f['per_envelope']:.2f}", kib(f["size_bytes"]),
-                        (f.get("held_by") or "unknown").replace("|", "\\|"), f.get("allocated_at") or "–"]
+                        (f.get("held_by") or "unknown").replace("|", "\\|"), alloc_label(f.get("allocated_at")) or "–"]
                        for f in findings])
         out.append("")
     else:
-        out += ["Nothing the run created grows with the envelopes sent.", ""]
+        out += ["Nothing the run created grows with the envelopes sent"
+                + (" (but see what was set aside below)." if m.get("ignored") else "."), ""]
+    if m.get("ignored"):
+        out += ["Grew with the load, set aside:", ""]
+        out += _table(["type", "count", "held by", "why"],
+                      [[f"`{f['type']}`", f"{f['count']:,}", (f.get("held_by") or "unknown").replace("|", "\\|"),
+                        f.get("reason", "")] for f in m["ignored"]])
+        out.append("")
     types = m.get("types") or []
     if types:
         out += [f"Objects the run created still alive after settling (busmon's own records excluded): "

@@ -26,14 +26,20 @@ SOCKET_KINDS = ("tcp", "udp", "unix", "socket")
 
 @dataclass(frozen=True)
 class ResourceRules:
-    """Ignore rules: sockets by peer address or label, processes by command line (fnmatch)."""
+    """Ignore rules: descriptors by address (a bare number is a port), target or label;
+    processes by command line (fnmatch). An ignored process takes its pipes and asyncio's
+    waitpid thread with it."""
 
     sockets: tuple[str, ...] = ()
     processes: tuple[str, ...] = ()
 
     def socket_reason(self, d: fd_probe.Descriptor) -> str | None:
+        names = (d.peer or "", d.local or "", d.target, d.label())
         for pattern in self.sockets:
-            if any(fnmatch.fnmatchcase(x, pattern) for x in (d.peer or "", d.local or "", d.label())):
+            if pattern.isdigit():  # a port, either end
+                if any(x.rsplit(":", 1)[-1] == pattern for x in (d.peer or "", d.local or "") if ":" in x):
+                    return f"ignore rule {pattern!r}"
+            elif any(fnmatch.fnmatchcase(x, pattern) for x in names):
                 return f"ignore rule {pattern!r}"
         return None
 
@@ -68,6 +74,7 @@ class ResourceWatch:
         self.procs: dict[tuple[int, float], proc_probe.Child] = {}
         self.exit_at: dict[object, float] = {}
         self._first = at_close
+        self.ignored_pids: dict[int, str] = {}   # child pid → the rule that ignored it
 
     # -- candidates -------------------------------------------------------------------
 
@@ -115,10 +122,18 @@ class ResourceWatch:
 
     # -- verdict ---------------------------------------------------------------------------
 
+    def note_ignored(self, rules: ResourceRules) -> None:
+        """Which children the rules ignore (before threads are judged: their waitpid threads
+        follow them)."""
+        for c in self.procs.values():
+            if reason := rules.process_reason(c):
+                self.ignored_pids[c.pid] = reason
+
     def judge(self, rules: ResourceRules, ms: Callable[[float | None], float | None],
               after_gc: Callable[[], dict[int, str] | None] = fd_probe.fd_table) -> list[Leftover]:
         """Classify every candidate. ``after_gc``: the descriptors open after the verdict's GC, to
         tell a socket someone forgot from one only the garbage collector closed."""
+        self.note_ignored(rules)
         out: list[Leftover] = []
         table = after_gc() if self.supported else None
         still = set(table.items()) if table is not None else set()
@@ -133,13 +148,18 @@ class ResourceWatch:
                 state, detail = "exited", ""
             else:
                 state, detail = "leaked", ""
-            reason = rules.socket_reason(d) if sock else None
+            child = self._pipe_child(d) if d.kind == "pipe" else None
+            reason = rules.socket_reason(d)
+            if reason is None and child is not None and child.pid in self.ignored_pids:
+                reason = f"the pipe of ignored child pid {child.pid}"
             if reason and state != "exited":
                 state = "ignored"
                 detail = reason
             facts = [f"fd {d.fd}"] + ([d.status] if d.status else []) + ([detail] if detail else [])
+            if d.status == "CLOSE_WAIT":
+                facts.append("the peer closed its end; this process never closed its own")
             component = d.component
-            if d.kind == "pipe" and (child := self._pipe_child(d)) is not None:
+            if child is not None:
                 facts.append(f"shared with child pid {child.pid} ({_short(child.cmdline, 40)})")
                 component = self._process_component(child)
             out.append(Leftover("socket" if sock else "fd", d.label(), component, state, ms(after), (),
@@ -148,7 +168,7 @@ class ResourceWatch:
             after = self.exit_at.get(key)
             owner = self.attribution.processes.owner(c.pid) if self.attribution.processes else None
             component = self._process_component(c)
-            reason = rules.process_reason(c)
+            reason = self.ignored_pids.get(c.pid)
             if after is not None:
                 state, facts = "exited", []
             elif reason:
@@ -176,14 +196,22 @@ class ResourceWatch:
         return None
 
 
-def waitpid_detail(thread: threading.Thread, watch: ResourceWatch | None) -> str | None:
-    """asyncio's ``asyncio-waitpid-N`` thread (ThreadedChildWatcher) waits for one child: name
-    the child (its pid is the thread's second argument; N is only a counter)."""
+def waitpid_pid(thread: threading.Thread) -> int | None:
+    """The child asyncio's ``asyncio-waitpid-N`` thread (ThreadedChildWatcher) waits for: its
+    second argument (N is only a counter)."""
     target = getattr(thread, "_target", None)
     args = getattr(thread, "_args", ())
     if getattr(target, "__name__", "") != "_do_waitpid" or len(args) < 2 or type(args[1]) is not int:
         return None
-    pid = args[1]
+    return args[1]
+
+
+def waitpid_detail(thread: threading.Thread, watch: ResourceWatch | None) -> str | None:
+    """asyncio's ``asyncio-waitpid-N`` thread (ThreadedChildWatcher) waits for one child: name
+    the child (its pid is the thread's second argument; N is only a counter)."""
+    pid = waitpid_pid(thread)
+    if pid is None:
+        return None
     child = watch.child_of(pid) if watch is not None else None
     what = f"child process {pid}" + (f" ({_short(child.cmdline, 60)})" if child else "")
     return f"asyncio waits here until {what} exits"

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import fnmatch
 import gc
+import sys
 import time
 import tracemalloc
 from dataclasses import dataclass, replace
@@ -60,11 +61,13 @@ class Retained:
     per_envelope: float     # growth / envelopes
     held_by: str            # 'tests.leaky_buses.Hoarder.sent (list of 2,000)', '' if unknown
     allocated_at: str | None  # 'package/module.py:12 in fn' (tracemalloc), None untraced
+    reason: str = ""        # why it is not a finding after all (an ignore rule, a runtime cache)
 
     def as_dict(self) -> dict[str, Any]:
-        return {"type": self.type, "count": self.count, "size_bytes": self.size_bytes,
-                "per_envelope": round(self.per_envelope, 4), "held_by": self.held_by,
-                "allocated_at": self.allocated_at}
+        d = {"type": self.type, "count": self.count, "size_bytes": self.size_bytes,
+             "per_envelope": round(self.per_envelope, 4), "held_by": self.held_by,
+             "allocated_at": self.allocated_at}
+        return d | ({"reason": self.reason} if self.reason else {})
 
 
 @dataclass(frozen=True)
@@ -78,13 +81,31 @@ class MemoryVerdict:
     top_sites: tuple[tuple[str, int, int], ...] = ()  # traced: (site, size_bytes, count), busmon's files left out
     excluded: int = 0                 # run-created objects left out as busmon's own (reachable from the roots)
     unresolved: int = 0               # findings whose holder is older than the run, awaiting resolve()
+    #: what grew with the load but is not a finding: an ignore rule matched, or it is held by a
+    #: cache of the runtime or of busmon (linecache, html.entities, rich's emoji table)
+    ignored: tuple[Retained, ...] = ()
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready; the findings are under ``retained`` (what ``RunResult.retained()`` reads)."""
         return {"types": [t.as_dict() for t in self.types], "retained": [f.as_dict() for f in self.findings],
+                "ignored": [f.as_dict() for f in self.ignored],
                 "objects": self.objects, "size_bytes": self.size_bytes, "traced": self.traced,
                 "judge_ms": round(self.judge_ms, 2), "top_sites": [list(s) for s in self.top_sites],
                 "excluded": self.excluded}
+
+
+#: packages whose module-level caches are busmon's own (its screens, its reports)
+BUSMON_PACKAGES = frozenset({"probes", "tui", "textual", "rich"})
+
+
+def runtime_cache(held_by: str) -> str | None:
+    """The module, when ``held_by`` names a module global of the standard library or of
+    busmon's own packages (``module linecache: cache (…)``); None otherwise."""
+    if not held_by.startswith("module "):
+        return None
+    module = held_by.removeprefix("module ").split(":", 1)[0].strip()
+    top = module.split(".", 1)[0]
+    return module if top in sys.stdlib_module_names or top in BUSMON_PACKAGES else None
 
 
 def ignored(name: str, patterns: Iterable[str]) -> bool:
@@ -170,7 +191,23 @@ class RetainedProbe:
             if gc.get_freeze_count():
                 gc.unfreeze()  # get_referrers does not search the frozen generation
             verdict = self.resolve(verdict)
+        if not self._pending:
+            verdict = self._sort_out(verdict)
         return replace(verdict, judge_ms=(time.perf_counter() - t0) * 1000)
+
+    def _sort_out(self, verdict: MemoryVerdict) -> MemoryVerdict:
+        """Move to ``ignored`` what an ignore rule names, and what a module-level cache of the
+        runtime or of busmon's own packages holds: ``linecache`` fills as anyone formats a
+        stack, ``html`` and rich's tables as a report or a screen is drawn; none is the bus."""
+        kept, ignored_ = [], []
+        for f in verdict.findings:
+            if pattern := next((p for p in self.ignore_types if ignored(f.type, (p,))), None):
+                ignored_.append(replace(f, reason=f"ignore rule {pattern!r}"))
+            elif (module := runtime_cache(f.held_by)) is not None:
+                ignored_.append(replace(f, reason=f"a cache of {module} (the runtime's or busmon's own), not the bus's"))
+            else:
+                kept.append(f)
+        return replace(verdict, findings=tuple(kept), ignored=tuple(ignored_))
 
     def _verdict(self, census: Census, envelopes: int, traced: bool,
                  snapshot: tracemalloc.Snapshot | None) -> MemoryVerdict:
@@ -228,8 +265,6 @@ class RetainedProbe:
 
     def _fires(self, row: TypeCount, envelopes: int) -> bool:
         if envelopes <= 0 or row.growth < self.min_count or row.growth < self.per_envelope * envelopes:
-            return False
-        if ignored(row.type, self.ignore_types):
             return False
         earlier = [(n, c) for n, c in self._checkpoints if n < envelopes]
         if earlier:  # still growing after the last checkpoint: not a bound that was reached

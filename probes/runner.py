@@ -229,7 +229,9 @@ async def _run_once(ctx: RunContext) -> RunResult:
         outcome = await watch.verdict(ignore_rules(probes), judge=judge_memory)
     ctx.retained.finish()
     snapshot(ctx, "settle", outcome.final)
-    stalls = loopwatch.stalls_since(ctx.baseline_at) if loopwatch is not None else []
+    # tracemalloc slows every allocation several-fold: the loop's lag is then busmon's doing
+    # as much as the bus's, so stalls are not judged while it traces
+    stalls = loopwatch.stalls_since(ctx.baseline_at) if loopwatch is not None and not probes.trace_memory else []
     memory = memory_summary(ctx, memory)
 
     leaked = any(x.state in ("leaked", "destroyed") for x in outcome.leftovers) or bool(memory.get("retained"))
@@ -257,7 +259,7 @@ async def _run_once(ctx: RunContext) -> RunResult:
         counters=dict(getattr(getattr(ctx.bus, "counters", None), "snapshot", dict)()),
         verdict_ms=round(outcome.verdict_ms, 2), failure=failure, paused_ms=round(outcome.paused_ms, 2),
         stalls=tuple(x.as_dict() for x in stalls), memory=memory,
-        notes=(UNSUPPORTED_NOTE,) if ctx.baseline.fds is None else (),
+        notes=run_notes(ctx),
     )
     return result
 
@@ -558,6 +560,17 @@ def throughput(ctx: RunContext) -> dict[str, Any]:
 def ignore_rules(probes: ProbeSpec) -> IgnoreRules:
     return IgnoreRules(tuple(probes.ignore_tasks), tuple(probes.ignore_threads),
                        ResourceRules(tuple(probes.ignore_sockets), tuple(probes.ignore_processes)))
+
+
+def run_notes(ctx: RunContext) -> tuple[str, ...]:
+    """What this run could not judge, and why."""
+    notes = []
+    if ctx.baseline is not None and ctx.baseline.fds is None:
+        notes.append(UNSUPPORTED_NOTE)
+    if ctx.scenario.probes.trace_memory:
+        notes.append("stalls are not judged with trace_memory on: tracemalloc slows every allocation, "
+                     "so the loop's lag is busmon's as much as the bus's")
+    return tuple(notes)
 
 
 def busmon_roots(ctx: RunContext) -> list[Any]:

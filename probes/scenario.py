@@ -144,7 +144,8 @@ _NUM = lambda lo, strict=False: (  # noqa: E731
 )
 _STR = ("a non-empty string", lambda v: isinstance(v, str) and bool(v.strip()))
 _BOOL = ("true or false", lambda v: type(v) is bool)
-_STRS = ("a list of strings", lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v))
+_PATTERNS = ("a list of non-empty patterns",
+             lambda v: isinstance(v, list) and all(isinstance(x, str) and x.strip() for x in v))
 
 RUN_FIELDS: dict[str, Check] = {
     "messages": _INT(1), "keys": _INT(1, 1_000_000), "topics": _INT(1, 10_000),
@@ -157,8 +158,8 @@ SUBSCRIBE_FIELDS: dict[str, Check] = {
 }
 PROBE_FIELDS: dict[str, Check] = {
     "interval_ms": _INT(10), "settle_timeout_s": _NUM(0), "settle_poll_ms": _INT(1),
-    "ignore_tasks": _STRS, "ignore_threads": _STRS, "trace_creation": _BOOL,
-    "ignore_sockets": _STRS, "ignore_processes": _STRS, "ignore_types": _STRS,
+    "ignore_tasks": _PATTERNS, "ignore_threads": _PATTERNS, "trace_creation": _BOOL,
+    "ignore_sockets": _PATTERNS, "ignore_processes": _PATTERNS, "ignore_types": _PATTERNS,
     "stall_ms": _INT(1, 600_000), "fail_on_stall_ms": _NUM(0), "trace_memory": _BOOL,
 }
 DEADLINE_FIELDS: dict[str, Check] = {

@@ -65,7 +65,10 @@ class Session:
             loop = asyncio.get_running_loop()
             self.tracker.install(loop)
             inst = self.instruments
-            inst.loopwatch = LoopWatch(loop, stall_ms=self.scenario.probes.stall_ms)
+            probes = self.scenario.probes
+            # a stall that would fail the run must be seen, however short
+            threshold = min(probes.stall_ms, probes.fail_on_stall_ms) if probes.fail_on_stall_ms else probes.stall_ms
+            inst.loopwatch = LoopWatch(loop, stall_ms=max(1, int(threshold)))
             inst.loopwatch.start()
             inst.sockets, inst.processes = SocketOwners(), ProcessOwners()
             inst.sockets.install(loop)

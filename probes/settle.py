@@ -24,7 +24,7 @@ from probes.census import Census, os_thread_ids
 from probes.components import (RUNTIME_EXECUTOR_THREAD, coro_qualname, name_component, task_component,
                                thread_component)
 from probes.model import Leftover
-from probes.resources import ResourceRules, ResourceWatch, waitpid_detail
+from probes.resources import ResourceRules, ResourceWatch, waitpid_detail, waitpid_pid
 from probes.stacks import stack_component, task_stack, thread_stack
 from probes.timers import bus_timers, callback_component, callback_name
 
@@ -298,10 +298,14 @@ class SettleWatch:
             leftovers.append(Leftover("task", d.name, component, "destroyed", None, (), d.site,
                                       f"{d.qualname} (destroyed while pending: nothing referenced it)"))
         os_ids = os_thread_ids()
+        if self.resources is not None:
+            self.resources.note_ignored(rules.resources)
         for th in self.threads:
             name, component, detail, stack, _ = self.info[th]
             alive = self._thread_alive(th, os_ids)
             reason = rules.thread_reason(th)
+            if reason is None and self.resources is not None and (pid := waitpid_pid(th)) in self.resources.ignored_pids:
+                reason = f"waits for ignored child pid {pid}"
             if RUNTIME_EXECUTOR_THREAD.match(th.name) and not reason:
                 if alive and th in self.busy_executors:
                     detail = f"{detail} (a runtime executor thread still running a job at the deadline)"

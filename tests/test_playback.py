@@ -28,6 +28,9 @@ def test_the_ladder_on_memory_kafka_and_nats_back_to_back_in_one_process(kafka_b
             assert r.delivery["received"] == r.delivery["sent"] == {"low": 500, "medium": 2000,
                                                                     "high": 5000, "extreme": 10000}[r.name]
             assert r.drift == {"tasks": 0, "threads": 0}, (backend, r.name, r.drift)
+            # the resources too, at every step: no socket, fd or child left, nothing retained, no stall
+            assert not [x for x in r.leftovers if x.state != "exited"], (backend, r.name, r.leftovers)
+            assert r.retained() == [] and r.stalls == (), (backend, r.name, r.retained(), r.stalls)
 
 
 def run_cli(args: list[str], monkeypatch, capsys) -> tuple[int, str, str]:
@@ -152,3 +155,13 @@ def test_the_backend_reported_is_the_one_that_ran(tmp_path, monkeypatch, capsys,
     code, _, err = run_cli(["play", str(SAMPLES / "quickstart.toml"), "--headless", "--backend", "nats-js",
                             "--url", nats_broker.url], monkeypatch, capsys)
     assert code == 2 and "they disagree" in err and len(err.strip().splitlines()) == 1
+
+
+def test_an_empty_ignore_pattern_is_a_usage_error(tmp_path, monkeypatch, capsys):
+    code, _, err = run_cli(["play", str(SAMPLES / "quickstart.toml"), "--headless", "--ignore-type", ""],
+                           monkeypatch, capsys)
+    assert code == 2 and "--ignore-type: expected a pattern, got an empty one" in err
+    bad = tmp_path / "s.toml"
+    bad.write_text('name = "s"\n[probes]\nignore_sockets = ["127.0.0.1:9092", " "]\n[[runs]]\nname = "r"\n')
+    code, _, err = run_cli(["play", str(bad), "--headless"], monkeypatch, capsys)
+    assert code == 2 and "probes.ignore_sockets: expected a list of non-empty patterns" in err

@@ -158,9 +158,6 @@ def test_memory_tracing_says_where_the_retained_objects_were_allocated():
     assert run.memory["traced"] is True
 
 
-def test_ignore_rule_by_type_name_silences_retained_memory():
-    (run,) = play("tests.leaky_buses:Hoarder", messages=500, extra='ignore_types = ["Envelope"]')
-    assert run.retained() == [] and run.verdict == "clean"
 
 
 # -- well-behaved buses: no resource finding at any step of the ladder ------------------------
@@ -182,3 +179,40 @@ def test_built_in_backends_leave_no_socket_fd_process_or_retained_memory(request
             assert run.phase("load").sockets >= 1  # it did talk to the broker
             exited = [x for x in run.leftovers if x.kind == "socket"]
             assert all(x.component in ("aiokafka", "nats", "kafka") for x in exited), exited
+
+
+def test_an_ignored_child_takes_its_pipe_and_its_waitpid_thread_with_it():
+    (run,) = play("tests.leaky_buses:ChildLeaker", settle_s=0.1, extra='ignore_processes = ["*sys.stdin*"]',
+                  after=_end_children)
+    assert run.verdict == "clean", [x for x in run.leftovers if x.state == "leaked"]
+    (pipe,) = [x for x in found(run, "fd") if x.name.startswith("pipe")]
+    assert pipe.state == "ignored" and "ignored child pid" in pipe.detail
+    (waiter,) = [x for x in found(run, "thread") if x.name.startswith("asyncio-waitpid-")]
+    assert waiter.state == "ignored" and "ignored child pid" in waiter.detail
+
+
+def test_a_bare_port_ignores_a_socket_by_either_end(listener):
+    port = listener.getsockname()[1]
+    (run,) = play("tests.leaky_buses:SocketKeeper", settle_s=0.1, bus=f'[bus]\npeer = "127.0.0.1:{port}"',
+                  extra=f'ignore_sockets = ["{port}"]', after=_close_registry)
+    assert [x.state for x in found(run, "socket")] == ["ignored"] and run.verdict == "clean"
+
+
+def test_fail_on_stall_ms_below_stall_ms_still_fails_the_run():
+    (run,) = play("tests.leaky_buses:LoopBlocker", messages=600, bus="[bus]\nblock_ms = 80\nevery = 500",
+                  extra="fail_on_stall_ms = 50")
+    assert run.verdict == "failed" and run.failure["kind"] == "stall"
+
+
+def test_stalls_are_not_judged_while_memory_is_traced():
+    (run,) = play("tests.leaky_buses:LoopBlocker", messages=600, bus="[bus]\nblock_ms = 250\nevery = 500",
+                  extra="trace_memory = true\nfail_on_stall_ms = 200")
+    assert run.verdict == "clean" and run.stalls == ()
+    assert any("trace_memory" in note for note in run.notes)
+
+
+def test_an_ignored_type_is_shown_set_aside_not_dropped():
+    (run,) = play("tests.leaky_buses:Hoarder", messages=500, extra='ignore_types = ["Envelope"]')
+    assert run.retained() == [] and run.verdict == "clean"
+    (aside,) = run.memory["ignored"]
+    assert aside["type"].endswith("Envelope") and aside["reason"] == "ignore rule 'Envelope'"

@@ -554,3 +554,14 @@ async def test_ten_thousand_live_tasks_made_before_the_baseline_cost_nothing():
         for t in tasks:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def test_module_caches_of_the_runtime_and_of_busmon_are_not_the_bus():
+    from probes.retained import runtime_cache
+
+    assert runtime_cache("module linecache: cache (dict of 2 → tuple of 4 → list of 1,668)") == "linecache"
+    assert runtime_cache("module html: _html5 (dict of 2,231)") == "html"
+    assert runtime_cache("module rich._emoji_codes: EMOJI (dict of 3,600)") == "rich._emoji_codes"
+    assert runtime_cache("module mylib.cache: SEEN (list of 2,000)") is None
+    assert runtime_cache("tests.leaky_buses.Hoarder.sent (list of 2,000)") is None
+    assert runtime_cache("") is None

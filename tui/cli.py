@@ -68,6 +68,9 @@ IGNORE_FIELDS = {"ignore_task": "ignore_tasks", "ignore_thread": "ignore_threads
 
 def _with_ignores(sc: Scenario, **given: list[str] | None) -> Scenario:
     """Command-line ignore rules add to the scenario's (goleak's IgnoreTopFunction, for asyncio)."""
+    for option, patterns in given.items():
+        if any(not p.strip() for p in patterns or ()):
+            raise BadInput(f"--{option.replace('_', '-')}: expected a pattern, got an empty one")
     changes = {IGNORE_FIELDS[option]: tuple(getattr(sc.probes, IGNORE_FIELDS[option])) + tuple(patterns)
                for option, patterns in given.items() if patterns}
     return replace(sc, probes=replace(sc.probes, **changes)) if changes else sc

@@ -48,7 +48,7 @@ class VerdictBanner(Static):
         if r.stalls:
             worst = max(s["duration_ms"] for s in r.stalls)
             extra.append(f"{len(r.stalls)} loop stall{'s' if len(r.stalls) > 1 else ''} (worst {worst:,.0f} ms)")
-        if r.verdict == "leaked":
+        if r.verdict == "leaked" and any(x.state == "leaked" for x in r.leftovers):
             extra.append(f"waited the full {r.settle_ms / 1000:.1f} s settle deadline")
         elif r.verdict == "clean":
             extra.append(f"settled in {r.settle_ms:.1f} ms")
