@@ -155,14 +155,17 @@ class ResourceWatch:
             if reason and state != "exited":
                 state = "ignored"
                 detail = reason
-            facts = [f"fd {d.fd}"] + ([d.status] if d.status else []) + ([detail] if detail else [])
+            facts = ([f"fd {d.fd}"] + ([f"local {d.local}"] if sock and d.local and d.peer else [])
+                     + ([d.status] if d.status else []) + ([detail] if detail else []))
             if d.status == "CLOSE_WAIT":
                 facts.append("the peer closed its end; this process never closed its own")
             component = d.component
             if child is not None:
                 facts.append(f"shared with child pid {child.pid} ({_short(child.cmdline, 40)})")
                 component = self._process_component(child)
-            out.append(Leftover("socket" if sock else "fd", d.label(), component, state, ms(after), (),
+            # a socket is named by where it goes (its local end and state are in the detail)
+            name = f"{d.kind} → {d.peer}" if sock and d.peer else d.label()
+            out.append(Leftover("socket" if sock else "fd", name, component, state, ms(after), (),
                                 d.created_at, ", ".join(facts)))
         for key, c in self.procs.items():
             after = self.exit_at.get(key)
