@@ -50,6 +50,10 @@ what it leaves behind once it has properly settled.
 post-mortem's test counted. [b]settled[/b] is after waiting for every exit, then GC.
 Leftovers: [red]LEAKED[/red] still alive at the settle deadline; [dim]exited[/dim] gone while
 settling (with how long it lived on); [yellow]ignored[/yellow] runtime-owned or an ignore rule.
+Kinds: task, thread, timer, socket and fd (open descriptors), process (child processes),
+memory (objects that grew with every envelope and are still held: a leak), and
+[yellow]STALLED[/yellow] stall (the event loop blocked ≥ stall_ms; a warning, with the blocking call).
+[b]sock[/b]: sockets opened since the baseline; [b]lag[/b]: how late the loop answers.
 """
 
 
