@@ -8,7 +8,11 @@ next, not what held it.
 The heartbeat is a ``call_later`` chain on the loop itself, not beats posted by the
 watchdog: then whether the loop stalled depends only on the loop, never on whether the
 watchdog thread was scheduled on time (on a loaded machine it is not, and a late post
-looks exactly like a stall). The watchdog only names stalls.
+looks exactly like a stall). The watchdog only names stalls, and sleeps until the loop
+could first be past the threshold, so a healthy loop wakes it about once a threshold.
+The price of a timer: asyncio peeks at its timer heap every loop iteration while one is
+scheduled. On a loop with no other timer that is 1-2% of a trivial-callback benchmark;
+the arena always has one (the sampler's sleep, the clients' own), so there it is nil.
 
 Definitions (times from ``time.monotonic()``; lag from ``loop.time()``, its own clock):
 
@@ -420,9 +424,14 @@ class LoopWatch:
         frame = sys._current_frames().get(self._ident or -1)
         frames = _walk(frame)
         del frame
-        if self._mark is not mark or not frames or loop_is_idle(frames):
-            return  # the stall ended while we looked, or the loop is waiting, not blocked
-        tally.add(frames, self._phase)
+        if not frames or loop_is_idle(frames):
+            return  # the loop is waiting, not blocked: nothing to name
+        phase = self._phase
+        blocking, component = describe(frames)  # its first read of a file lets go of the GIL
+        stack = tuple(f.where() for f in frames)
+        if self._mark is not mark:
+            return  # the stall ended while we looked: this stack is not its
+        tally.add(blocking, component, stack, phase)
         self._seen = tally.seen()
 
 
@@ -447,15 +456,13 @@ class _Tally:
         self.counts: dict[str, int] = {}
         self.details: dict[str, tuple[str, tuple[str, ...]]] = {}
 
-    def add(self, frames: list[Frame], phase: str) -> None:
+    def add(self, blocking: str, component: str, stack: tuple[str, ...], phase: str) -> None:
         """One stack seen inside a callback; the first one's phase is the stall's."""
         if not self.counts:
             self.phase = phase
-        blocking, component = describe(frames)
         if blocking in self.counts or len(self.counts) < MAX_DISTINCT:
             self.counts[blocking] = self.counts.get(blocking, 0) + 1
-            if blocking not in self.details:
-                self.details[blocking] = (component, tuple(f.where() for f in frames))
+            self.details.setdefault(blocking, (component, stack))
 
     def seen(self) -> _Seen:
         best = max(self.counts, key=lambda b: (b != "", self.counts[b]))

@@ -1,7 +1,8 @@
 """LoopWatch on a real loop in its own thread: lag, stalls caught mid-block, own work, stop.
 
-The loop is blocked on purpose with ``time.sleep`` inside callbacks on the watched loop;
-the test thread waits for results by events or by polling with a deadline, never by sleeping.
+The loop is blocked on purpose inside callbacks on the watched loop (``time.sleep``, a wait
+on an event, a C call that keeps the GIL); the test thread waits for results by events or by
+polling with a deadline, never by sleeping.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from probes.loopwatch import (WATCHDOG_THREAD_NAME, Frame, LoopWatch, Stall, _wa
 
 DEADLINE_S = 10.0
 THIS_FILE = "tests/test_loopwatch.py"
+_NO = Stall("", 0.0, 0.0, "", "unknown", ())  # ``watch.ongoing or _NO``: no stall right now
 
 
 def wait_until(predicate: Callable[[], object], timeout: float = DEADLINE_S) -> None:
@@ -64,7 +66,7 @@ def sleep_ms(ms: float) -> None:
 _LIBC = ctypes.PyDLL(None)
 
 
-def hold_gil(us: int, then_s: float = 0.0) -> None:
+def hold_gil(us: int, then_s: float) -> None:
     _LIBC.usleep(us)
     until = time.perf_counter() + then_s  # then some Python in the caller, as after most calls
     while time.perf_counter() < until:
@@ -202,14 +204,10 @@ def test_ongoing_names_the_call_while_the_loop_is_held(watch, loop):
     assert watch.ongoing is None
 
 
-_NO = Stall("", 0.0, 0.0, "", "unknown", ())
-
-
 def test_a_block_holding_the_gil_is_caught_and_named_by_its_caller(watch, loop):
     # the watchdog cannot run during the call; it gets the GIL back once the call returns,
     # while the loop thread is still in the caller, and the heartbeat is overdue by then
-    on_loop(loop, lambda: hold_gil(0))  # CPython 3.11 may not hand the GIL over right after
-    t0 = time.monotonic()               # a function's very first call
+    t0 = time.monotonic()
     on_loop(loop, lambda: hold_gil(250_000, then_s=0.02))
     beats_pass(watch)
     (stall,) = watch.stalls_since(t0)
