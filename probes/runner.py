@@ -227,8 +227,7 @@ async def _run_once(ctx: RunContext) -> RunResult:
         roots = [*busmon_roots(ctx), watch, resources]
         memory.update(ctx.retained.judge(st.published, exclude_roots=roots, protect=[ctx.bus]).as_dict())
 
-    with inst.own_work():
-        outcome = await watch.verdict(ignore_rules(probes), judge=judge_memory)
+    outcome = await watch.verdict(ignore_rules(probes), judge=judge_memory, own_work=inst.own_work)
     ctx.retained.finish()
     snapshot(ctx, "settle", outcome.final)
     # tracemalloc slows every allocation several-fold: the loop's lag is then busmon's doing

@@ -11,6 +11,7 @@ census, and every candidate becomes ``exited`` (with the milliseconds it took),
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import fnmatch
 import gc
 import sys
@@ -259,15 +260,23 @@ class SettleWatch:
         return [d for d in self.tracker.destroyed
                 if d.at >= self.since and d.ident not in self._candidate_ids and not d.name.startswith("busmon.")]
 
-    async def verdict(self, rules: IgnoreRules, judge: Callable[[], None] | None = None) -> SettleOutcome:
+    async def verdict(self, rules: IgnoreRules, judge: Callable[[], None] | None = None,
+                      own_work: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext
+                      ) -> SettleOutcome:
         """Wait for the watch to end, GC, classify every candidate. ``judge`` runs after the GC,
-        while only what the run created is outside the frozen generation (the memory verdict)."""
+        while only what the run created is outside the frozen generation (the memory verdict).
+        ``own_work`` wraps the blocking part (GC, classification, judging), which is busmon's:
+        not the waiting, during which the bus's stalls still count."""
         if self._task is None:
             self.start()
         assert self._task is not None
         await self._task
         # a task can be done with its done-callbacks not yet run: let them run
         await asyncio.sleep(0)
+        with own_work():
+            return self._classify(rules, judge)
+
+    def _classify(self, rules: IgnoreRules, judge: Callable[[], None] | None) -> SettleOutcome:
         judged_at = time.monotonic()
         exit_at, closed_at = self.exit_at, self.closed_at
         settled_at = self.ended_at if self.ended_at is not None else judged_at
