@@ -179,8 +179,9 @@ class ResourceWatch:
             else:
                 state = "leaked"
                 facts = ["a zombie: it exited, but nothing waited for it"] if c.zombie else [f"still {c.status}"]
-            out.append(Leftover("process", f"pid {c.pid}: {_short(c.cmdline)}", component, state, ms(after), (),
-                                owner[1] if owner else None, ", ".join([f"pid {c.pid}", *facts])))
+            out.append(Leftover("process", f"pid {c.pid}: {_short(_program_first(c.cmdline), 50)}", component, state,
+                                ms(after), (),
+                                owner[1] if owner else None, ", ".join([f"pid {c.pid}", *facts, f"command: {c.cmdline}"])))
         return out
 
     def _process_component(self, c: proc_probe.Child) -> str:
@@ -218,6 +219,12 @@ def waitpid_detail(thread: threading.Thread, watch: ResourceWatch | None) -> str
     child = watch.child_of(pid) if watch is not None else None
     what = f"child process {pid}" + (f" ({_short(child.cmdline, 60)})" if child else "")
     return f"asyncio waits here until {what} exits"
+
+
+def _program_first(cmdline: str) -> str:
+    """The command line with the program by its name, not its path (the detail has the pid)."""
+    program, _, rest = cmdline.partition(" ")
+    return f"{os.path.basename(program) or program} {rest}".strip()
 
 
 def _program(cmdline: str) -> str:
