@@ -67,7 +67,7 @@ class Census:
         refs = frozenset(map(weakref.ref, asyncio.all_tasks(loop)))
         threads = {t for t in threading.enumerate() if t.is_alive()}
         table = _fds.fd_table()
-        fds = None if table is None else frozenset(table.items())
+        fds = None if table is None else frozenset(_fds.identities(table))
         return cls(refs, threads, os_thread_ids() or set(), weakref.WeakSet(bus_timers(loop)), fds,
                    frozenset(_children.children()))
 
@@ -75,7 +75,7 @@ class Census:
         """Sockets open here that the baseline did not have (by identity)."""
         if self.fds is None or baseline.fds is None:
             return 0
-        return sum(1 for item in self.fds - baseline.fds if item[1].startswith("socket:"))
+        return _fds.new_sockets(self.fds, baseline.fds)
 
     @property
     def tasks(self) -> list[asyncio.Task]:

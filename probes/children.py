@@ -21,7 +21,7 @@ from typing import Any
 
 import psutil
 
-from bus.deadline import short_where
+from probes.fds import Owner, caller_owner
 
 _PROC = "/proc"
 _FAST = sys.platform.startswith("linux") and os.path.isdir(f"{_PROC}/self/task")
@@ -104,12 +104,6 @@ def children() -> dict[tuple[int, float], Child]:
     return found
 
 
-def alive_keys() -> set[tuple[int, float]]:
-    """Identities of the children still running (zombies are not running, but not gone either:
-    see ``children``)."""
-    return {k for k, c in children().items() if not c.zombie}
-
-
 class ProcessOwners:
     """Who started each child process through the arena loop (``loop.subprocess_exec`` /
     ``subprocess_shell``, what ``asyncio.create_subprocess_*`` call): pid → creation site.
@@ -119,7 +113,7 @@ class ProcessOwners:
     """
 
     def __init__(self) -> None:
-        self.sites: dict[int, tuple[str, str]] = {}
+        self.sites: dict[int, Owner] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._lock = threading.Lock()
 
@@ -137,31 +131,18 @@ class ProcessOwners:
 
     def _wrap(self, original: Any) -> Any:
         async def wrapper(*args: Any, **kwargs: Any) -> Any:
-            site = _caller_site()
+            owner = caller_owner(1)
             transport, protocol = await original(*args, **kwargs)
             pid = transport.get_pid()
-            if pid is not None:
+            if pid is not None and owner is not None:
                 with self._lock:
                     if len(self.sites) > 10_000:
                         self.sites.clear()
-                    self.sites[pid] = site
+                    self.sites[pid] = owner
             return transport, protocol
         wrapper.__wrapped__ = original  # type: ignore[attr-defined]
         return wrapper
 
-    def owner(self, pid: int) -> tuple[str, str] | None:
+    def owner(self, pid: int) -> Owner | None:
         """(component, creation site) of a child started through the loop, else None."""
         return self.sites.get(pid)
-
-
-def _caller_site() -> tuple[str, str]:
-    """The first frame outside asyncio, this module and the standard library's subprocess."""
-    frame = sys._getframe(2)
-    while frame is not None:
-        filename = frame.f_code.co_filename.replace("\\", "/")
-        if not any(part in filename for part in ("/asyncio/", "/probes/children.py", "/subprocess.py")):
-            module = frame.f_globals.get("__name__", "") or ""
-            return (module.split(".")[0] or "unknown",
-                    short_where(frame.f_code.co_filename, frame.f_lineno, frame.f_code.co_name))
-        frame = frame.f_back
-    return ("unknown", "")

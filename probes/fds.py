@@ -24,7 +24,7 @@ import sys
 import threading
 import weakref
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Mapping
+from typing import AbstractSet, Any, Callable, Iterable, Mapping
 
 import psutil
 
@@ -95,13 +95,9 @@ def identities(table: Mapping[int, str]) -> set[tuple[int, str]]:
     return {identity(fd, target) for fd, target in table.items()}
 
 
-def leftovers(baseline: Mapping[int, str], after: Mapping[int, str]) -> dict[int, str]:
-    """Descriptors open in ``after`` whose identity was not in ``baseline``."""
-    return {fd: target for fd, target in after.items() if baseline.get(fd) != target}
-
-
-def socket_count(table: Mapping[int, str]) -> int:
-    return sum(1 for target in table.values() if target.startswith("socket:"))
+def new_sockets(current: Iterable[tuple[int, str]], baseline: AbstractSet[tuple[int, str]]) -> int:
+    """Sockets among the ``current`` identities that the ``baseline`` identities lack."""
+    return sum(1 for item in current if item[1].startswith("socket:") and item not in baseline)
 
 
 def socket_inode(target: str) -> int | None:

@@ -15,7 +15,7 @@ from rich.table import Table
 from bus.deadline import innermost
 from probes.findings import leaks, rows
 from probes.model import PhaseSnapshot, PhaseStarted, Sample, ScenarioResult, signed
-from probes.report import stall_cell
+from probes.report import rss_drift_cell, stall_cell
 from probes.scenario import Scenario
 from probes.session import RunFinished, Session
 
@@ -131,8 +131,7 @@ def summary_table(result: ScenarioResult) -> Table:
     row("retained memory", [", ".join(f"{f['type'].rsplit('.', 1)[-1]} ×{f['count']:,}" for f in r.retained()) or "0"
                             for r in runs])
     row("loop stalls", [stall_cell(r) for r in runs])
-    row("rss Δ MB vs first baseline", [f"{r.memory['rss_drift_mb']:+,.1f}" if "rss_drift_mb" in r.memory else "–"
-                                       for r in runs])
+    row("rss Δ MB vs first baseline", [rss_drift_cell(r) for r in runs])
     if any(r.drift for r in runs):
         row("drift vs first baseline", [f"{r.drift.get('tasks', 0)}t/{r.drift.get('threads', 0)}th" if r.drift
                                         else "–" for r in runs])

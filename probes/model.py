@@ -126,6 +126,10 @@ class RunResult:
     def retained(self) -> list[Mapping[str, Any]]:
         return list(self.memory.get("retained", ()))
 
+    def worst_stall(self) -> Mapping[str, Any] | None:
+        """The longest stall of the run, if any."""
+        return max(self.stalls, key=lambda s: s["duration_ms"], default=None)
+
     def phase(self, name: str) -> PhaseSnapshot | None:
         return next((p for p in self.phases if p.phase == name), None)
 

@@ -107,7 +107,7 @@ def to_markdown(result: ScenarioResult, scenario_path: str | None = None) -> str
           r.throughput.get("latency_ms", {}).get("p50", "–"),
           r.throughput.get("latency_ms", {}).get("p99", "–"),
           signed(r.task_delta("close")), signed(r.task_delta("settle")), len(leaks(r)), r.count("exited"),
-          r.count("ignored"), f"{r.settle_ms:g}", stall_cell(r), _rss_drift(r)] for r in result.runs],
+          r.count("ignored"), f"{r.settle_ms:g}", stall_cell(r), rss_drift_cell(r)] for r in result.runs],
     )
     if any(r.drift for r in result.runs):
         lines += ["", "Drift against the first run's baseline (accumulation across runs): "
@@ -160,12 +160,11 @@ def to_markdown(result: ScenarioResult, scenario_path: str | None = None) -> str
 
 def stall_cell(r: RunResult) -> str:
     """``2 (worst 251 ms)``, ``0``."""
-    if not r.stalls:
-        return "0"
-    return f"{len(r.stalls)} (worst {max(s['duration_ms'] for s in r.stalls):,.0f} ms)"
+    worst = r.worst_stall()
+    return "0" if worst is None else f"{len(r.stalls)} (worst {worst['duration_ms']:,.0f} ms)"
 
 
-def _rss_drift(r: RunResult) -> str:
+def rss_drift_cell(r: RunResult) -> str:
     drift = r.memory.get("rss_drift_mb")
     return "–" if drift is None else f"{drift:+,.1f}"
 
@@ -179,7 +178,7 @@ def memory_lines(r: RunResult) -> list[str]:
     rss = m.get("rss_mb") or {}
     if rss:
         out.append("RSS: " + " → ".join(f"{phase} {mb:,.1f} MB" for phase, mb in rss.items())
-                   + f" (drift against the first run's baseline {_rss_drift(r)} MB)")
+                   + f" (drift against the first run's baseline {rss_drift_cell(r)} MB)")
         out.append("")
     findings = r.retained()
     if findings:
@@ -216,8 +215,8 @@ def stall_lines(r: RunResult) -> list[str]:
     out = _table(["phase", "blocked ms", "blocking call", "component"],
                  [[s["phase"], f"{s['duration_ms']:,.0f}", f"`{s.get('blocking') or 'unknown'}`", f"`{s.get('component')}`"]
                   for s in r.stalls])
-    worst = max(r.stalls, key=lambda s: s["duration_ms"])
-    if worst.get("stack"):
+    worst = r.worst_stall()
+    if worst and worst.get("stack"):
         out += ["", f"<details><summary>stack during the longest stall ({worst['duration_ms']:,.0f} ms)</summary>",
                 "", "```", *callback_frames(worst["stack"]), "```", "</details>"]
     return out

@@ -10,7 +10,6 @@ closed: nothing ever called ``close()``), or ``ignored``. Descriptors are known 
 
 from __future__ import annotations
 
-import fnmatch
 import os
 import threading
 from dataclasses import dataclass, field
@@ -18,36 +17,11 @@ from typing import Any, Callable, Iterable
 
 from probes import children as proc_probe
 from probes import fds as fd_probe
+from probes.ignore import IgnoreRules
 from probes.model import Leftover
 
 #: descriptor kinds judged as sockets (the rest are ``fd`` leftovers)
 SOCKET_KINDS = ("tcp", "udp", "unix", "socket")
-
-
-@dataclass(frozen=True)
-class ResourceRules:
-    """Ignore rules: descriptors by address (a bare number is a port), target or label;
-    processes by command line (fnmatch). An ignored process takes its pipes and asyncio's
-    waitpid thread with it."""
-
-    sockets: tuple[str, ...] = ()
-    processes: tuple[str, ...] = ()
-
-    def socket_reason(self, d: fd_probe.Descriptor) -> str | None:
-        names = (d.peer or "", d.local or "", d.target, d.label())
-        for pattern in self.sockets:
-            if pattern.isdigit():  # a port, either end
-                if any(x.rsplit(":", 1)[-1] == pattern for x in (d.peer or "", d.local or "") if ":" in x):
-                    return f"ignore rule {pattern!r}"
-            elif any(fnmatch.fnmatchcase(x, pattern) for x in names):
-                return f"ignore rule {pattern!r}"
-        return None
-
-    def process_reason(self, c: proc_probe.Child) -> str | None:
-        for pattern in self.processes:
-            if fnmatch.fnmatchcase(c.cmdline, pattern):
-                return f"ignore rule {pattern!r}"
-        return None
 
 
 @dataclass
@@ -83,7 +57,7 @@ class ResourceWatch:
         pending = False
         table = fd_probe.fd_table() if self.supported else None
         if table is not None and self.base_fds is not None:
-            current = set(table.items())
+            current = fd_probe.identities(table)
             new = [item for item in current - self.base_fds if item not in self.fds]
             if new:
                 described = fd_probe.describe(table, [fd for fd, _ in new], owners=self.attribution.sockets,
@@ -122,21 +96,21 @@ class ResourceWatch:
 
     # -- verdict ---------------------------------------------------------------------------
 
-    def note_ignored(self, rules: ResourceRules) -> None:
+    def note_ignored(self, rules: IgnoreRules) -> None:
         """Which children the rules ignore (before threads are judged: their waitpid threads
         follow them)."""
         for c in self.procs.values():
             if reason := rules.process_reason(c):
                 self.ignored_pids[c.pid] = reason
 
-    def judge(self, rules: ResourceRules, ms: Callable[[float | None], float | None],
+    def judge(self, rules: IgnoreRules, ms: Callable[[float | None], float | None],
               after_gc: Callable[[], dict[int, str] | None] = fd_probe.fd_table) -> list[Leftover]:
         """Classify every candidate. ``after_gc``: the descriptors open after the verdict's GC, to
         tell a socket someone forgot from one only the garbage collector closed."""
         self.note_ignored(rules)
         out: list[Leftover] = []
         table = after_gc() if self.supported else None
-        still = set(table.items()) if table is not None else set()
+        still = fd_probe.identities(table) if table is not None else set()
         for item, d in self.fds.items():
             after = self.exit_at.get(item)
             sock = d.kind in SOCKET_KINDS
@@ -236,7 +210,7 @@ def _short(text: str, n: int = 80) -> str:
     return text if len(text) <= n else text[: n - 1] + "…"
 
 
-def brokers_of(url: str, backend: str, resolve: Iterable[tuple[str, int]] = ()) -> dict[str, str]:
+def brokers_of(backend: str, resolve: Iterable[tuple[str, int]] = ()) -> dict[str, str]:
     """``ip:port`` → backend for the broker addresses (already resolved by the caller)."""
     component = {"nats-js": "nats", "nats+js": "nats"}.get(backend, backend)
     out = {}

@@ -21,7 +21,6 @@ settle's GC and before the unfreeze. Judging:
 
 from __future__ import annotations
 
-import fnmatch
 import gc
 import sys
 import time
@@ -31,10 +30,11 @@ from dataclasses import dataclass, replace
 from typing import Any, Iterable
 
 from probes.alloc_sites import TRACE_FRAMES, allocated_at, top_sites
-from probes.heap_census import Census, own_type, take_census, type_name
+from probes.heap_census import OWN_MODULES, Census, own_type, take_census, type_name
 from probes.holders import Holders, unknown_holder
+from probes.ignore import type_reason
 
-__all__ = ["MemoryVerdict", "Retained", "RetainedProbe", "TypeCount", "ignored", "own_type", "type_name"]
+__all__ = ["MemoryVerdict", "Retained", "RetainedProbe", "TypeCount", "own_type", "type_name"]
 
 TOP_TYPES = 10
 
@@ -95,10 +95,6 @@ class MemoryVerdict:
                 "excluded": self.excluded}
 
 
-#: packages whose module-level caches are busmon's own (its screens, its reports)
-BUSMON_PACKAGES = frozenset({"probes", "tui", "textual", "rich"})
-
-
 def runtime_cache(held_by: str) -> str | None:
     """The module, when ``held_by`` names a module global of the standard library or of
     busmon's own packages (``module linecache: cache (…)``); None otherwise."""
@@ -106,13 +102,7 @@ def runtime_cache(held_by: str) -> str | None:
         return None
     module = held_by.removeprefix("module ").split(":", 1)[0].strip()
     top = module.split(".", 1)[0]
-    return module if top in sys.stdlib_module_names or top in BUSMON_PACKAGES else None
-
-
-def ignored(name: str, patterns: Iterable[str]) -> bool:
-    """A type name an ``ignore_types`` pattern matches, in full or by its bare name."""
-    bare = name.rsplit(".", 1)[-1]
-    return any(fnmatch.fnmatchcase(name, p) or fnmatch.fnmatchcase(bare, p) for p in patterns)
+    return module if top in sys.stdlib_module_names or top in OWN_MODULES else None
 
 
 class RetainedProbe:
@@ -213,8 +203,8 @@ class RetainedProbe:
         stack, ``html`` and rich's tables as a report or a screen is drawn; none is the bus."""
         kept, ignored_ = [], []
         for f in verdict.findings:
-            if pattern := next((p for p in self.ignore_types if ignored(f.type, (p,))), None):
-                ignored_.append(replace(f, reason=f"ignore rule {pattern!r}"))
+            if reason := type_reason(self.ignore_types, f.type):
+                ignored_.append(replace(f, reason=reason))
             elif (module := runtime_cache(f.held_by)) is not None:
                 ignored_.append(replace(f, reason=f"a cache of {module} (the runtime's or busmon's own), not the bus's"))
             else:

@@ -31,11 +31,12 @@ from probes.gate import AutoGate
 from probes.fds import UNSUPPORTED_NOTE
 from probes.model import FailureNoted, PhaseSnapshot, PhaseStarted, RunResult
 from probes.process import rss_mb
-from probes.resources import Attribution, ResourceRules, ResourceWatch, brokers_of
+from probes.resources import Attribution, ResourceWatch, brokers_of
 from probes.retained import RetainedProbe
 from probes.sampler import LiveState
 from probes.scenario import ProbeSpec, RunSpec, Scenario
-from probes.settle import IgnoreRules, SettleWatch
+from probes.ignore import IgnoreRules
+from probes.settle import SettleWatch
 from probes.stacks import stack_component
 from probes.tracking import TaskTracker
 
@@ -559,8 +560,8 @@ def throughput(ctx: RunContext) -> dict[str, Any]:
 
 
 def ignore_rules(probes: ProbeSpec) -> IgnoreRules:
-    return IgnoreRules(tuple(probes.ignore_tasks), tuple(probes.ignore_threads),
-                       ResourceRules(tuple(probes.ignore_sockets), tuple(probes.ignore_processes)))
+    return IgnoreRules(tuple(probes.ignore_tasks), tuple(probes.ignore_threads), tuple(probes.ignore_sockets),
+                       tuple(probes.ignore_processes))
 
 
 def run_notes(ctx: RunContext) -> tuple[str, ...]:
@@ -597,7 +598,6 @@ def memory_summary(ctx: RunContext, judged: dict[str, Any]) -> dict[str, Any]:
     return {"rss_mb": rss, "rss_drift_mb": round(settled - base, 1), **judged}
 
 
-
 async def resolve_brokers(ctx: RunContext) -> dict[str, str]:
     """The broker's addresses as sockets show them (ip:port), to attribute sockets to it."""
     try:
@@ -619,4 +619,4 @@ async def resolve_brokers(ctx: RunContext) -> dict[str, str]:
         except (OSError, TimeoutError):
             continue
         found += [(str(info[4][0]), int(info[4][1])) for info in infos]
-    return brokers_of(ctx.scenario.url, ctx.scenario.backend, found)
+    return brokers_of(ctx.scenario.backend, found)

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from probes.audit import DeliveryAudit
-from probes.fds import fd_table
+from probes.fds import fd_table, identities, new_sockets
 from probes.model import Sample
 from probes.process import ProcessProbe
 from probes.throughput import RateMeter
@@ -93,7 +93,7 @@ class Sampler:
         table = fd_table() if base is not None else None
         if table is None or base is None:
             return 0
-        return sum(1 for item in table.items() if item[1].startswith("socket:") and item not in base)
+        return new_sockets(identities(table), base)
 
     def _loop_health(self) -> dict[str, Any]:
         lw, since = self.loopwatch, self.state.baseline_at

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import fnmatch
 import gc
 import sys
 import threading
@@ -25,29 +24,10 @@ from probes.census import Census, os_thread_ids
 from probes.components import (RUNTIME_EXECUTOR_THREAD, coro_qualname, name_component, task_component,
                                thread_component)
 from probes.model import Leftover
-from probes.resources import ResourceRules, ResourceWatch, waitpid_detail, waitpid_pid
+from probes.ignore import IgnoreRules
+from probes.resources import ResourceWatch, waitpid_detail, waitpid_pid
 from probes.stacks import stack_component, task_stack, thread_stack
 from probes.timers import bus_timers, callback_component, callback_name
-
-
-@dataclass(frozen=True)
-class IgnoreRules:
-    tasks: tuple[str, ...] = ()      # coroutine qualname (or task name) patterns
-    threads: tuple[str, ...] = ()    # thread name patterns
-    resources: ResourceRules = ResourceRules()   # sockets by address, processes by command line
-
-    def task_reason(self, task: asyncio.Task) -> str | None:
-        qualname, name = coro_qualname(task), task.get_name()
-        for pattern in self.tasks:
-            if fnmatch.fnmatchcase(qualname, pattern) or fnmatch.fnmatchcase(name, pattern):
-                return f"ignore rule {pattern!r}"
-        return None
-
-    def thread_reason(self, thread: threading.Thread) -> str | None:
-        for pattern in self.threads:
-            if fnmatch.fnmatchcase(thread.name, pattern):
-                return f"ignore rule {pattern!r}"
-        return None
 
 
 @dataclass(frozen=True)
@@ -308,7 +288,7 @@ class SettleWatch:
                                       f"{d.qualname} (destroyed while pending: nothing referenced it)"))
         os_ids = os_thread_ids()
         if self.resources is not None:
-            self.resources.note_ignored(rules.resources)
+            self.resources.note_ignored(rules)
         for th in self.threads:
             name, component, detail, stack, _ = self.info[th]
             alive = self._thread_alive(th, os_ids)
@@ -341,7 +321,7 @@ class SettleWatch:
                 detail = f"{detail}; {'cancelled' if handle.cancelled() else 'fired'}"
             leftovers.append(Leftover("timer", name, component, state, ms(after), stack, None, detail))
         if self.resources is not None:
-            leftovers.extend(self.resources.judge(rules.resources, ms))
+            leftovers.extend(self.resources.judge(rules, ms))
         order = {"leaked": 0, "destroyed": 1, "unknown": 2, "ignored": 3, "exited": 4}
         leftovers.sort(key=lambda x: (order[x.state], x.kind, x.component, x.name))
         if judge is not None:

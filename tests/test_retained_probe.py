@@ -144,39 +144,39 @@ def test_a_bus_keeping_every_envelope_fires_once_for_the_envelope_type_naming_th
     assert row(verdict, "list") is None and row(verdict, "bytes") is None
 
 
-def test_a_module_level_list_made_before_the_baseline_still_fires_and_names_the_global():
+@pytest.fixture
+def hoard() -> Iterator[list[Env]]:
+    """The module-level list (made before any baseline), empty before and after the test."""
+    HOARD.clear()
+    yield HOARD
+    HOARD.clear()
+
+
+def test_a_module_level_list_made_before_the_baseline_still_fires_and_names_the_global(hoard):
     # the list is frozen with the baseline; the envelopes appended during the run are not
-    HOARD.clear()
-    try:
-        with window() as probe:
-            probe.mark()
-            for i in range(2000):
-                HOARD.append(envelope(i))
-            verdict = judge(probe, 2000)
-            assert gc.get_freeze_count() == 0  # judge unfroze to find the holder
-        (finding,) = verdict.findings
-        assert finding.count == 2000 and finding.per_envelope == pytest.approx(1.0)
-        assert finding.held_by == f"module {__name__}: HOARD (list of 2,000)"
-    finally:
-        HOARD.clear()
+    with window() as probe:
+        probe.mark()
+        for i in range(2000):
+            hoard.append(envelope(i))
+        verdict = judge(probe, 2000)
+        assert gc.get_freeze_count() == 0  # judge unfroze to find the holder
+    (finding,) = verdict.findings
+    assert finding.count == 2000 and finding.per_envelope == pytest.approx(1.0)
+    assert finding.held_by == f"module {__name__}: HOARD (list of 2,000)"
 
 
-def test_without_resolve_outside_the_holder_is_named_after_the_callers_unfreeze():
-    HOARD.clear()
-    try:
-        with window() as probe:
-            probe.mark()
-            for i in range(500):
-                HOARD.append(envelope(i))
-            verdict = judge(probe, 500, resolve_outside=False)
-            assert gc.get_freeze_count() > 0 and verdict.unresolved == 1
-            assert verdict.findings[0].held_by == ""
-            gc.unfreeze()
-            verdict = probe.resolve(verdict)
-        assert verdict.unresolved == 0
-        assert verdict.findings[0].held_by == f"module {__name__}: HOARD (list of 500)"
-    finally:
-        HOARD.clear()
+def test_without_resolve_outside_the_holder_is_named_after_the_callers_unfreeze(hoard):
+    with window() as probe:
+        probe.mark()
+        for i in range(500):
+            hoard.append(envelope(i))
+        verdict = judge(probe, 500, resolve_outside=False)
+        assert gc.get_freeze_count() > 0 and verdict.unresolved == 1
+        assert verdict.findings[0].held_by == ""
+        gc.unfreeze()
+        verdict = probe.resolve(verdict)
+    assert verdict.unresolved == 0
+    assert verdict.findings[0].held_by == f"module {__name__}: HOARD (list of 500)"
 
 
 def test_payloads_kept_in_a_list_are_a_bytes_row_of_their_own():

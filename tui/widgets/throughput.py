@@ -49,7 +49,7 @@ class Rates(Widget):
             rows.append(("sent", f"{delivery.get('sent', 0):,}", "recv", f"{delivery.get('received', 0):,}"))
             rows.append(("lost", Text(f"{lost:,}", style="red" if lost else "green"),
                          "dup/ord", f"{delivery.get('duplicated', 0)}/{delivery.get('reordered', 0)}"))
-            worst = max((x["duration_ms"] for x in final.stalls), default=0.0)
+            worst = (final.worst_stall() or {}).get("duration_ms", 0.0)
             lag_max = max((p.loop_lag_ms.get("max_ms", 0.0) for p in final.phases), default=0.0)
             rows.append(("lag max", f"{lag_max:,.0f}ms",
                          "stalls", Text(f"{len(final.stalls)}" + (f" ≤{worst:,.0f}ms" if worst else ""),

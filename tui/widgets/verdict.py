@@ -45,8 +45,8 @@ class VerdictBanner(Static):
             extra.append(f"{exited} exited while settling (slowest after {slowest:.1f} ms)")
         if ignored:
             extra.append(f"{ignored} ignored")
-        if r.stalls:
-            worst = max(s["duration_ms"] for s in r.stalls)
+        if (longest := r.worst_stall()) is not None:
+            worst = longest["duration_ms"]
             extra.append(f"{len(r.stalls)} loop stall{'s' if len(r.stalls) > 1 else ''} (worst {worst:,.0f} ms)")
         if r.verdict == "leaked" and any(x.state == "leaked" for x in r.leftovers):
             extra.append(f"waited the full {r.settle_ms / 1000:.1f} s settle deadline")
