@@ -256,6 +256,7 @@ async def test_a_task_that_buffers_everything_in_a_local_is_named_by_its_corouti
         buf: list[Env] = []
         while True:
             buf.append(await inbox.get())
+            inbox.task_done()
 
     with window() as probe:
         inbox: asyncio.Queue = asyncio.Queue()
@@ -263,8 +264,8 @@ async def test_a_task_that_buffers_everything_in_a_local_is_named_by_its_corouti
         probe.mark()
         for i in range(400):
             inbox.put_nowait(envelope(i))
-        while not inbox.empty():
-            await asyncio.sleep(0)
+        async with asyncio.timeout(10):
+            await inbox.join()  # every envelope is in the consumer's buffer
         verdict = judge(probe, 400)
         task.cancel()
     (finding,) = [f for f in verdict.findings if f.type.endswith(".Env")]
