@@ -9,6 +9,11 @@ class BusConnectError(BusError):
     """The broker could not be reached within the connect timeout."""
 
 
+class BusRefusedError(BusConnectError):
+    """The broker answered and refused us: wrong credentials, or a TLS handshake that failed
+    (an untrusted certificate). Retrying with the same settings cannot help."""
+
+
 class BusClosedError(BusError):
     """The bus was used after ``close()`` (or before ``start()``)."""
 

@@ -7,25 +7,12 @@ import re
 from typing import Any, Callable
 from urllib.parse import urlsplit
 
+from bus.connection import SECRET_OPTIONS, merge_userinfo, parse_target
 from bus.errors import BusConfigError
 from bus.protocol import EventBus
+from bus.secrets import redact_url, register_options, resolve_env
 
 SCHEMES = ("memory", "kafka", "nats", "nats+js")
-
-
-def _hosts(url: str, default_port: int) -> list[tuple[str, int]]:
-    netloc = urlsplit(url).netloc
-    if not netloc:
-        raise BusConfigError(f"{url!r}: expected host:port after '://'")
-    hosts = []
-    for part in netloc.split(","):
-        host, sep, port = part.rpartition(":")
-        if not sep:
-            host, port = part, str(default_port)
-        if not host or not port.isdigit() or not 0 < int(port) < 65536:
-            raise BusConfigError(f"{url!r}: expected host:port, got {part!r}")
-        hosts.append((host.strip("[]"), int(port)))
-    return hosts
 
 
 def load_factory(path: str) -> Callable[..., Any]:
@@ -83,8 +70,13 @@ def preload(url: str) -> None:
 def create_bus(url: str = "memory://", /, **options: Any) -> EventBus:
     """A bus for ``memory://``, ``kafka://h:p[,h:p]``, ``nats://h:p``, ``nats+js://h:p``
     or ``package.module:factory`` (a user's own bus, called with ``options``, whatever they are
-    called: ``url`` is positional-only so an option of that name reaches the factory untouched)."""
+    called: ``url`` is positional-only so an option of that name reaches the factory untouched).
+
+    Credentials come from the URL's userinfo or the options (``password``, or ``password_env``
+    naming an environment variable); a user's factory gets its options untouched, but the values
+    of its secret-named ones are registered so that busmon never shows them."""
     if is_import_path(url):
+        register_options(options)
         bus = load_factory(url)(**options)
         missing = [m for m in ("start", "publish", "subscribe", "close") if not callable(getattr(bus, m, None))]
         if missing:
@@ -99,12 +91,15 @@ def create_bus(url: str = "memory://", /, **options: Any) -> EventBus:
         if scheme == "kafka":
             from bus.kafka import KafkaBus
 
-            servers = ",".join(f"{h}:{p}" for h, p in _hosts(url, 9092))
-            return KafkaBus(servers, **options)
+            target = parse_target(url, 9092)
+            options = resolve_env(merge_userinfo(target, options), SECRET_OPTIONS)
+            return KafkaBus(target.addresses(), **options)
         if scheme in ("nats", "nats+js"):
             from bus.nats import JetStreamBus, NatsBus
 
-            servers = [f"nats://{h}:{p}" for h, p in _hosts(url, 4222)]
+            target = parse_target(url, 4222)
+            options = resolve_env(merge_userinfo(target, options, token_scheme=True), SECRET_OPTIONS)
+            servers = [f"nats://{a}" for a in target.addresses().split(",")]
             return (JetStreamBus if scheme == "nats+js" else NatsBus)(servers, **options)
     except TypeError as exc:  # an unknown option
         m = re.search(r"unexpected keyword argument '(\w+)'", str(exc))
@@ -117,6 +112,6 @@ def create_bus(url: str = "memory://", /, **options: Any) -> EventBus:
         m = re.match(r"(\w+) must", str(exc))
         raise BusConfigError(str(exc), option=m.group(1) if m else "?") from None
     raise BusConfigError(
-        f"{url!r}: unknown bus; expected one of {', '.join(s + '://' for s in SCHEMES)} "
+        f"{redact_url(url)!r}: unknown bus; expected one of {', '.join(s + '://' for s in SCHEMES)} "
         "or an import path 'package.module:factory'"
     )

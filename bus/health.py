@@ -11,11 +11,12 @@ request. Bounded by ``timeout`` per address; loopback or wherever the URL points
 from __future__ import annotations
 
 import asyncio
+import ssl
 import struct
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
-from bus.errors import BusConfigError
+from bus.connection import parse_target
 
 REFUSED, SILENT, UP, UNRESOLVED = "unreachable", "not responding", "up", "unresolvable"
 
@@ -46,34 +47,41 @@ def broker_addresses(url: str) -> tuple[str, list[tuple[str, int]]]:
     """The scheme and ``(host, port)`` pairs of a broker URL; ``("", [])`` for other targets."""
     if "://" not in url:
         return "", []
-    parts = urlsplit(url)
-    scheme = parts.scheme
+    scheme = urlsplit(url).scheme
     if scheme not in _DEFAULT_PORTS:
         return "", []
-    out = []
-    for part in parts.netloc.rpartition("@")[2].split(","):
-        host, sep, port = part.rpartition(":")
-        if not sep:
-            host, port = part, str(_DEFAULT_PORTS[scheme])
-        if not port.isdigit():
-            raise BusConfigError(f"{scheme}: expected host:port, got {part!r}")
-        out.append((host.strip("[]"), int(port)))
-    return scheme, out
+    return scheme, list(parse_target(url, _DEFAULT_PORTS[scheme]).hosts)
 
 
-async def check_broker(url: str, timeout: float = 1.0) -> list[BrokerHealth]:
-    """Look at every broker address of ``url`` at once; empty when ``url`` names no broker."""
+async def check_broker(url: str, timeout: float = 1.0, *, tls: bool = False) -> list[BrokerHealth]:
+    """Look at every broker address of ``url`` at once; empty when ``url`` names no broker.
+
+    With ``tls`` (a Kafka listener that speaks only TLS) a completed TLS handshake is the
+    answer: whether its certificate is trusted is the bus's business, not this look's.
+    """
     scheme, addresses = broker_addresses(url)
-    return list(await asyncio.gather(*(_check(scheme, h, p, timeout) for h, p in addresses)))
+    return list(await asyncio.gather(*(_check(scheme, h, p, timeout, tls) for h, p in addresses)))
 
 
-async def _check(scheme: str, host: str, port: int, timeout: float) -> BrokerHealth:
+def _any_certificate() -> ssl.SSLContext:
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    return context
+
+
+async def _check(scheme: str, host: str, port: int, timeout: float, tls: bool = False) -> BrokerHealth:
     address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     writer = None
     try:
         async with asyncio.timeout(timeout):
             try:
                 reader, writer = await asyncio.open_connection(host, port)
+                if tls and scheme == "kafka":  # NATS greets in plaintext, then upgrades
+                    await writer.start_tls(_any_certificate())
+                    return BrokerHealth(scheme, address, UP, "answers TLS")
+            except ssl.SSLError as exc:
+                return BrokerHealth(scheme, address, UP, f"answers, TLS handshake failed: {exc.reason or exc}")
             except ConnectionRefusedError:
                 return BrokerHealth(scheme, address, REFUSED, "connection refused")
             except OSError as exc:

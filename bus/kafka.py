@@ -20,7 +20,9 @@ from bus.base import BaseBus
 from bus.confirmations import Confirmations
 from bus.codec import encode
 from bus.envelope import Envelope
-from bus.errors import BusError
+from bus.connection import KafkaSecurity
+from bus.errors import BusError, BusRefusedError
+from bus.refusal import kafka_refusal
 from bus.polling import PollingSubscription
 from bus.protocol import Handler
 
@@ -113,9 +115,22 @@ class KafkaBus(BaseBus):
         fetch_max_wait_ms: int = 20,
         max_batch_size: int = 65536,
         client_id: str = "busmon",
+        security_protocol: str | None = None,
+        sasl_mechanism: str | None = None,
+        user: str | None = None,
+        password: str | None = None,
+        ca_file: str | None = None,
+        cert_file: str | None = None,
+        key_file: str | None = None,
+        key_password: str | None = None,
+        tls: bool | None = None,
         **options: Any,
     ) -> None:
         super().__init__(**options)
+        #: SASL and TLS, given to every client the bus makes (see bus.connection)
+        self.security = KafkaSecurity.from_options(
+            security_protocol=security_protocol, sasl_mechanism=sasl_mechanism, user=user, password=password,
+            ca_file=ca_file, cert_file=cert_file, key_file=key_file, key_password=key_password, tls=tls)
         if partitions < 1:
             raise ValueError(f"partitions must be >= 1, got {partitions}")
         self.bootstrap_servers = bootstrap_servers
@@ -134,24 +149,43 @@ class KafkaBus(BaseBus):
     def describe(self) -> str:
         return f"kafka://{self.bootstrap_servers}"
 
+    @property
+    def uses_tls(self) -> bool:
+        return self.security.context is not None
+
     def _timeout_ms(self) -> int:
         return max(1000, int(self.connect_timeout * 1000))
 
     async def _connect(self) -> None:
-        self._producer = AIOKafkaProducer(
-            bootstrap_servers=self.bootstrap_servers,
-            client_id=self.client_id,
-            linger_ms=self.linger_ms,
-            max_batch_size=self.max_batch_size,
-            request_timeout_ms=max(self._timeout_ms(), 10000),
-        )
-        await self._producer.start()
-        self._admin = AIOKafkaAdminClient(
-            bootstrap_servers=self.bootstrap_servers,
-            client_id=f"{self.client_id}-admin",
-            request_timeout_ms=max(self._timeout_ms(), 10000),
-        )
-        await self._admin.start()
+        try:
+            self._producer = AIOKafkaProducer(
+                bootstrap_servers=self.bootstrap_servers,
+                client_id=self.client_id,
+                linger_ms=self.linger_ms,
+                max_batch_size=self.max_batch_size,
+                request_timeout_ms=max(self._timeout_ms(), 10000),
+                **self.security.client_kwargs(),
+            )
+            await self._producer.start()
+            self._admin = AIOKafkaAdminClient(
+                bootstrap_servers=self.bootstrap_servers,
+                client_id=f"{self.client_id}-admin",
+                request_timeout_ms=max(self._timeout_ms(), 10000),
+                **self.security.client_kwargs(),
+            )
+            await self._admin.start()
+        except Exception as exc:
+            if self.security.secured and (refused := await self._refusal()) is not None:
+                raise refused from None
+            raise exc
+
+    async def _refusal(self) -> BusRefusedError | None:
+        """Why the broker refused us, if it did: one connection to the first address with the
+        bus's TLS and SASL settings, since aiokafka only logs the reason ("Unable to bootstrap")
+        or, for SCRAM, raises a bare ``KeyError('v')`` from its exchange."""
+        host, _, port = self.bootstrap_servers.split(",")[0].rpartition(":")
+        return await kafka_refusal(host.strip("[]"), int(port), self.security, self.client_id,
+                                   min(self.connect_timeout, 5.0))
 
     async def ensure_topic(self, topic: str) -> None:
         """Create ``topic`` with the configured partition count if it does not exist."""
@@ -184,6 +218,7 @@ class KafkaBus(BaseBus):
             client_id=self.client_id,
             group_id=group,
             enable_auto_commit=group is not None,
+            **self.security.client_kwargs(),
             auto_offset_reset="latest",
             fetch_max_wait_ms=self.fetch_max_wait_ms,
             request_timeout_ms=max(self._timeout_ms(), 40000),

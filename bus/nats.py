@@ -23,7 +23,9 @@ from bus.confirmations import Confirmations
 from bus.codec import encode
 from bus.envelope import Envelope
 from bus.deadline import cancel_and_wait
-from bus.errors import BusConnectError, BusError, BusFault
+from bus.connection import NatsSecurity
+from bus.errors import BusConnectError, BusError, BusFault, BusRefusedError
+from bus.refusal import nats_refusal
 from bus.polling import PollingSubscription, decode_or_count
 from bus.protocol import Handler
 
@@ -41,6 +43,13 @@ def client_tasks(nc: Client) -> list[asyncio.Task]:
     for sub in list(getattr(nc, "_subs", {}).values()):
         tasks.append(getattr(sub, "_wait_for_msgs_task", None))
     return [t for t in tasks if isinstance(t, asyncio.Task)]
+
+
+def _on_tls(nc: Client) -> bool:
+    """Is the connection encrypted? nats-py upgrades only when the server asks for TLS, and
+    otherwise goes on in plaintext without a word, so a bus asked for TLS checks."""
+    writer = getattr(getattr(nc, "_transport", None), "_io_writer", None)
+    return writer is not None and writer.get_extra_info("ssl_object") is not None
 
 
 class NatsSubscription(BaseSubscription):
@@ -80,8 +89,17 @@ class NatsBus(BaseBus):
     scheme = "nats"
 
     def __init__(self, servers: list[str], *, client_name: str = "busmon",
-                 pending_size: int = 2 * 1024 * 1024, **options: Any) -> None:
+                 pending_size: int = 2 * 1024 * 1024, user: str | None = None, password: str | None = None,
+                 token: str | None = None, credentials_file: str | None = None,
+                 nkey_seed_file: str | None = None, ca_file: str | None = None, cert_file: str | None = None,
+                 key_file: str | None = None, key_password: str | None = None, tls: bool | None = None,
+                 **options: Any) -> None:
         super().__init__(**options)
+        #: credentials and TLS for nats-py's connect (see bus.connection)
+        self.security = NatsSecurity.from_options(
+            user=user, password=password, token=token, credentials_file=credentials_file,
+            nkey_seed_file=nkey_seed_file, ca_file=ca_file, cert_file=cert_file, key_file=key_file,
+            key_password=key_password, tls=tls)
         self.servers = servers
         self.client_name = client_name
         self.pending_size = pending_size
@@ -91,6 +109,10 @@ class NatsBus(BaseBus):
 
     def describe(self) -> str:
         return f"{self.scheme}://" + ",".join(s.split("://", 1)[-1] for s in self.servers)
+
+    @property
+    def uses_tls(self) -> bool:
+        return self.security.context is not None
 
     async def _on_closed(self) -> None:
         """nats-py closed the connection by itself (reconnects are off): the broker is gone."""
@@ -112,9 +134,19 @@ class NatsBus(BaseBus):
         self.nc = Client()
         try:
             await self._connect_client()
-        except nats.errors.NoServersError:
-            reason = self._connect_error or "no servers available"
-            raise BusConnectError(f"{self.describe()}: {reason}") from None
+        except (nats.errors.Error, OSError) as exc:
+            # nats-py raises the server's -ERR ('Authorization Violation') itself, and hands
+            # a failed TLS handshake or refused connection to error_cb, then NoServersError
+            reported = exc if not isinstance(exc, nats.errors.NoServersError) else self._connect_error
+            host, _, port = self.servers[0].split("://", 1)[-1].rpartition(":")
+            refused = nats_refusal(reported, host.strip("[]"), int(port), self.security)
+            if refused is not None:
+                raise refused from None
+            if isinstance(exc, nats.errors.NoServersError):
+                raise BusConnectError(f"{self.describe()}: {self._connect_error or 'no servers available'}") from None
+            raise
+        if self.security.context is not None and not _on_tls(self.nc):
+            raise BusRefusedError(f"{self.describe()}: TLS was asked for, but the server does not offer it")
 
     async def _connect_client(self) -> None:
         assert self.nc is not None
@@ -130,6 +162,7 @@ class NatsBus(BaseBus):
             pending_size=self.pending_size,
             error_cb=self._on_error,
             closed_cb=self._on_closed,
+            **self.security.connect_kwargs(),
         )
 
     async def _publish(self, topic: str, envelope: Envelope) -> None:

@@ -10,6 +10,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from probes.headless import VERDICT_STYLE, play_headless
+from bus.secrets import redact_url
 from probes.model import RunResult, ScenarioResult
 from probes.scenario import Scenario
 
@@ -18,7 +19,7 @@ def play_compare(scenarios: list[Scenario], console: Console) -> ScenarioResult:
     runs: list[RunResult] = []
     interrupted = False
     for sc in scenarios:
-        console.print(f"[bold]{escape(sc.backend)}[/] ({escape(sc.url)})")
+        console.print(f"[bold]{escape(sc.backend)}[/] ({escape(redact_url(sc.url))})")
         result = play_headless(sc, console)
         runs += [replace(r, backend=sc.backend) for r in result.runs]
         if result.interrupted:  # Ctrl-C: no further backend

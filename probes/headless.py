@@ -13,6 +13,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from bus.deadline import innermost
+from bus.secrets import ScrubbedStream
 from probes.findings import leaks, rows
 from probes.model import PhaseSnapshot, PhaseStarted, Sample, ScenarioResult, signed
 from probes.report import rss_drift_cell, stall_cell
@@ -29,7 +30,7 @@ VERDICT_STYLE = {"clean": "bold green", "leaked": "bold red", "failed": "bold ye
 def play_headless(scenario: Scenario, console: Console | None = None,
                   on_event: Callable[[object], None] | None = None) -> ScenarioResult:
     """Play every run of ``scenario`` with a live progress display; return the result."""
-    console = console or Console(stderr=True)
+    console = console or Console(file=ScrubbedStream("stderr"))
     events: queue.SimpleQueue[object] = queue.SimpleQueue()
     progress = Progress(
         TextColumn("[bold]{task.fields[run]}[/] {task.fields[phase]:<9}"),

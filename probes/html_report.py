@@ -6,6 +6,7 @@ import html
 import re
 from pathlib import Path
 
+from bus.secrets import scrub
 from probes.model import ScenarioResult
 from probes.report import PHASE_HEADERS, busmon_version, component_rows, memory_lines, phase_rows, stall_lines
 
@@ -125,4 +126,4 @@ def to_html(result: ScenarioResult, scenario_path: str | None, shots: list[tuple
 
 def write_html(result: ScenarioResult, path: Path, scenario_path: str | None,
                shots: list[tuple[str, str]]) -> None:
-    path.write_text(to_html(result, scenario_path, shots), encoding="utf-8")
+    path.write_text(scrub(to_html(result, scenario_path, shots)), encoding="utf-8")

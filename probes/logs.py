@@ -18,6 +18,8 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
+from bus.secrets import scrub
+
 #: loggers turned up to INFO when a log file is asked for
 LIBRARY_LOGGERS = ("aiokafka", "nats", "bus", "asyncio")
 
@@ -41,6 +43,25 @@ class LogLine:
         return f"{self.logger}: {self.count:,} × {text}"
 
 
+def _scrubbed(record: logging.LogRecord) -> logging.LogRecord:
+    """A copy of ``record`` with its message (and traceback) formatted and scrubbed of secrets:
+    a library may log a URL, an exception's text or a frame's locals."""
+    copy = logging.makeLogRecord(record.__dict__)
+    try:
+        message = record.getMessage()
+    except Exception:  # a library's bad format string
+        message = str(record.msg)
+    copy.msg, copy.args = scrub(message), None
+    if record.exc_info:
+        copy.exc_text = scrub(logging.Formatter().formatException(record.exc_info))
+        copy.exc_info = None
+    elif record.exc_text:
+        copy.exc_text = scrub(record.exc_text)
+    if record.stack_info:
+        copy.stack_info = scrub(record.stack_info)
+    return copy
+
+
 class LogCapture(logging.Handler):
     """A root-logger handler that counts records by (top package, level, template)."""
 
@@ -57,14 +78,14 @@ class LogCapture(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
-            key = (record.name.split(".")[0], record.levelname, str(record.msg))
+            key = (record.name.split(".")[0], record.levelname, scrub(str(record.msg)))
             with self._lock_counts:
                 if key not in self._counts:
                     self._order.append(key)
-                    self._first[key] = _one_line(record)
+                    self._first[key] = scrub(_one_line(record))
                 self._counts[key] += 1
             if self._file is not None:
-                self._file.emit(record)
+                self._file.emit(_scrubbed(record))
         except Exception:  # a log line must never break the run
             self.handleError(record)
 

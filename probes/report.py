@@ -15,6 +15,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from bus.secrets import scrub
 from probes.findings import alloc_label, callback_frames, kib, leaks
 from probes.model import RunResult, ScenarioResult, signed
 
@@ -247,8 +248,8 @@ def write_report(result: ScenarioResult, path: Path, scenario_path: str | None =
     """Write by extension: .json or .md."""
     suffix = path.suffix.lower()
     if suffix == ".json":
-        path.write_text(to_json(result, scenario_path))
+        path.write_text(scrub(to_json(result, scenario_path)), encoding="utf-8")
     elif suffix in (".md", ".markdown"):
-        path.write_text(to_markdown(result, scenario_path))
+        path.write_text(scrub(to_markdown(result, scenario_path)), encoding="utf-8")
     else:
         raise ValueError(f"{path}: expected a report path ending in .json or .md")

@@ -23,6 +23,8 @@ from typing import Any, Callable
 from bus import Envelope, EventBus, create_bus
 from bus.base import DEFAULT_CLOSE_TIMEOUT_S, DEFAULT_DRAIN_TIMEOUT_S
 from bus.factory import is_import_path, preload
+from bus.errors import BusRefusedError
+from bus.secrets import scrub
 from bus.deadline import CallTimeout, LibraryCancelled, bounded, cancel_and_wait, innermost, task_stack
 from bus.health import broker_addresses, check_broker
 from probes.audit import DeliveryAudit
@@ -188,12 +190,13 @@ async def _run_once(ctx: RunContext) -> RunResult:
         _uncancel()
         ctx.failure = PhaseFailed("interrupted (Ctrl-C or quit)", kind="interrupted")
     except Exception as exc:  # the bus or broker failed: say so, then still close and settle
-        ctx.failure = exc if isinstance(exc, PhaseFailed) else PhaseFailed(describe_error(exc))
+        ctx.failure = exc if isinstance(exc, PhaseFailed) else PhaseFailed(
+            describe_error(exc), kind="refused" if isinstance(exc, BusRefusedError) else "error")
     failed_in = st.phase
     if ctx.failure is not None and not any(p.phase == failed_in for p in ctx.phases):
         snapshot(ctx, failed_in)  # the phase that failed keeps its row in the tables
     if ctx.failure is not None:
-        error = await failure_line(ctx, failed_in, ctx.failure)
+        error = scrub(await failure_line(ctx, failed_in, ctx.failure))
         ctx.sink(FailureNoted(spec.name, failed_in, error))
     close_failure: PhaseFailed | None = None
     ctx.closing = True
@@ -216,10 +219,10 @@ async def _run_once(ctx: RunContext) -> RunResult:
         at_close = None  # a weak reference per live task: let it go before memory is judged
     if close_failure is not None and ctx.failure is None:
         ctx.failure, failed_in = close_failure, "close"
-        error = await failure_line(ctx, "close", close_failure)
+        error = scrub(await failure_line(ctx, "close", close_failure))
         ctx.sink(FailureNoted(spec.name, "close", error))
     elif close_failure is not None:
-        ctx.close_problem = str(close_failure)  # after an earlier failure: reported beside it
+        ctx.close_problem = scrub(str(close_failure))  # after an earlier failure: reported beside it
 
     await phase("settle")
     memory: dict[str, Any] = {}
@@ -249,7 +252,7 @@ async def _run_once(ctx: RunContext) -> RunResult:
     failure = None
     if ctx.failure is not None:
         f = ctx.failure
-        failure = {"phase": failed_in, "kind": f.kind, "message": str(f), "deadline_s": f.deadline_s,
+        failure = {"phase": failed_in, "kind": f.kind, "message": scrub(str(f)), "deadline_s": f.deadline_s,
                    "stack": list(f.stack), "component": stack_component(f.stack) if f.stack else None,
                    "broker": ctx.broker_status, "broker_down": ctx.broker_down, "close": ctx.close_problem}
     result = RunResult(
@@ -284,9 +287,10 @@ async def failure_line(ctx: RunContext, phase: str, failure: PhaseFailed) -> str
     if phase == "load" and ctx.audit.expected:
         where = f"load at {100 * ctx.state.published // max(1, ctx.spec.messages)} %"
     ctx.broker_status = None
-    if failure.kind != "interrupted":
+    if failure.kind not in ("interrupted", "refused"):  # a refusal is the broker's answer: it is up
         try:
-            health = await check_broker(ctx.scenario.url, BROKER_CHECK_S)
+            health = await check_broker(ctx.scenario.url, BROKER_CHECK_S,
+                                        tls=bool(getattr(ctx.bus, "uses_tls", False)))
         except Exception:  # the look is a courtesy; the failure is what matters
             health = []
         down = [h for h in health if h.down]
@@ -300,8 +304,9 @@ async def failure_line(ctx: RunContext, phase: str, failure: PhaseFailed) -> str
 
 
 def describe_error(exc: BaseException) -> str:
+    """An exception as one line fit to show: a bus's or a library's message can carry a secret."""
     text = str(exc) or type(exc).__name__
-    return text if type(exc).__name__ in text or ":" in text else f"{type(exc).__name__}: {text}"
+    return scrub(text if type(exc).__name__ in text or ":" in text else f"{type(exc).__name__}: {text}")
 
 
 def snapshot(ctx: RunContext, name: str, census: Census | None = None) -> PhaseSnapshot:

@@ -18,6 +18,7 @@ from textual.containers import Horizontal, Vertical
 from textual.screen import ModalScreen, Screen
 from textual.widgets import DataTable, Footer, Input, Static
 
+from bus.secrets import scrub
 from probes.gate import AwaitingStep
 from probes.logs import CAPTURE
 from probes import findings
@@ -373,6 +374,11 @@ class BusmonApp(App[int]):
         leftover = self.query_one(LeftoversTable).selected()
         if leftover is not None:
             self.push_screen(StackScreen(leftover))
+
+    def export_screenshot(self, *, title: str | None = None, simplify: bool = False) -> str:
+        """Textual's SVG, scrubbed of secrets: every screenshot (phase boundaries, the
+        ``e`` key, the HTML report's pictures) is made here."""
+        return scrub(super().export_screenshot(title=title, simplify=simplify))
 
     def action_screenshot(self) -> None:
         folder = self.screenshots_dir or Path.cwd()

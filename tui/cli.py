@@ -23,6 +23,7 @@ from rich.text import Text
 
 from bus.errors import BusConfigError
 from bus.factory import check_target, is_import_path
+from bus.secrets import ScrubbedStream
 from probes.logs import CAPTURE
 from probes.model import EXIT_BAD_INPUT, EXIT_INTERRUPTED, ScenarioResult
 from probes.scenario import BUILTIN_BACKENDS, ProbeSpec, RunSpec, Scenario, ScenarioError, load_scenario
@@ -34,8 +35,9 @@ app = typer.Typer(
          "by identity, what it leaves behind.",
     rich_markup_mode="rich",
 )
-err = Console(stderr=True)
-out = Console()
+# every line busmon prints passes a last scrub for secrets (see bus.secrets)
+err = Console(file=ScrubbedStream("stderr"))
+out = Console(file=ScrubbedStream("stdout"))
 
 
 class BadInput(Exception):
@@ -305,7 +307,9 @@ def play(
         if r.error:
             out.print(Text(f"failed run {r.name}: {r.error}"), soft_wrap=True)
     if not result.interrupted and len(result.runs) < len(sc.runs):
-        out.print(Text(f"{len(sc.runs) - len(result.runs)} more runs not played: the broker was down at start"))
+        refused = any((r.failure or {}).get("kind") == "refused" for r in result.runs)
+        why = "the broker refused the connection" if refused else "the broker was down at start"
+        out.print(Text(f"{len(sc.runs) - len(result.runs)} more runs not played: {why}"))
     _say_logs(result, log)
     for path in reports:
         if path in html:

@@ -1,0 +1,273 @@
+"""How a bus reaches its broker: the addresses of a URL, its credentials and TLS.
+
+Settings come from the URL's userinfo (``kafka://bob:pw@host``, ``nats://TOKEN@host``) and from
+options; they are checked when the bus is made (a missing certificate file, a user without a
+password, SASL without a mechanism the client knows are one-line :class:`BusConfigError`\\ s
+naming the option), so a run never starts with settings that cannot work.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import ssl
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+from bus.errors import BusConfigError
+from bus.secrets import register
+
+KAFKA_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
+KAFKA_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
+#: option names that hold secrets and may instead name an environment variable (``password_env``)
+SECRET_OPTIONS = ("password", "token", "key_password")
+
+
+@dataclass(frozen=True)
+class Target:
+    """A broker URL taken apart: scheme, addresses, and the URL-decoded userinfo."""
+
+    scheme: str
+    hosts: tuple[tuple[str, int], ...]
+    user: str | None = None
+    password: str | None = field(default=None, repr=False)
+
+    def addresses(self) -> str:
+        """``127.0.0.1:9092,127.0.0.1:9093``: what a client is given, never credentials."""
+        return ",".join(f"[{h}]:{p}" if ":" in h else f"{h}:{p}" for h, p in self.hosts)
+
+
+def parse_target(url: str, default_port: int) -> Target:
+    """Split ``scheme://[user[:password]@]host[:port][,host[:port]...]``; the secret is registered."""
+    parts = urlsplit(url)
+    netloc = parts.netloc
+    info, at, hosts_part = netloc.rpartition("@")
+    if not hosts_part:
+        raise BusConfigError(f"{_shown(url)}: expected host:port after '://'")
+    user = password = None
+    if at:
+        name, colon, secret = info.partition(":")
+        user = unquote(name) or None
+        password = unquote(secret) if colon else None
+        register(password, None if colon else user)  # nats://TOKEN@host: the user is the token
+    hosts = []
+    for part in hosts_part.split(","):
+        host, sep, port = part.rpartition(":")
+        if not sep or host.endswith(":") or (host.startswith("[") and not host.endswith("]")):
+            host, port = part, str(default_port)
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise BusConfigError(f"{_shown(url)}: expected host:port, got {part!r}")
+        hosts.append((host.strip("[]"), int(port)))
+    return Target(parts.scheme, tuple(hosts), user, password)
+
+
+def _shown(url: str) -> str:
+    from bus.secrets import redact_url
+
+    return repr(redact_url(url))
+
+
+def merge_userinfo(target: Target, options: dict[str, Any], *, token_scheme: bool = False) -> dict[str, Any]:
+    """The URL's user and password (or, for NATS, a lone userinfo as the token) added to
+    ``options``; the same setting given in both places is an error, not a silent choice."""
+    out = dict(options)
+    given: dict[str, str | None] = {"user": target.user, "password": target.password}
+    if token_scheme and target.user is not None and target.password is None:
+        given = {"token": target.user}
+    for name, value in given.items():
+        if value is None:
+            continue
+        for option in (name, f"{name}_env"):
+            if out.get(option) is not None:
+                raise BusConfigError(f"{name} is given both in the URL and as option {option}; give it once",
+                                     option=option)
+        out[name] = value
+    return out
+
+
+def _file(path: Any, option: str, what: str) -> str:
+    if not isinstance(path, (str, Path)) or not str(path):
+        raise BusConfigError(f"expected the path of {what}, got {path!r}", option=option)
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise BusConfigError(f"no such file: {p}", option=option)
+    return str(p)
+
+
+def tls_context(ca_file: Any = None, cert_file: Any = None, key_file: Any = None,
+                key_password: str | None = None) -> ssl.SSLContext:
+    """A client TLS context: the system's trusted CAs, or only ``ca_file``'s; a client
+    certificate when ``cert_file`` is given (its key in ``key_file``, or in the same file)."""
+    if key_file is not None and cert_file is None:
+        raise BusConfigError("key_file needs cert_file (the client certificate it belongs to)",
+                             option="key_file")
+    ca = _file(ca_file, "ca_file", "a CA certificate file (PEM)") if ca_file is not None else None
+    try:
+        context = ssl.create_default_context(cafile=ca)
+    except ssl.SSLError as exc:
+        raise BusConfigError(f"{ca}: not a PEM CA certificate ({exc.reason or exc})", option="ca_file") from None
+    if cert_file is not None:
+        cert = _file(cert_file, "cert_file", "a client certificate file (PEM)")
+        key = _file(key_file, "key_file", "a private key file (PEM)") if key_file is not None else None
+        try:
+            context.load_cert_chain(cert, key, password=key_password)
+        except ssl.SSLError as exc:
+            raise BusConfigError(f"{cert}: cannot load the client certificate and its key "
+                                 f"({exc.reason or exc}; a wrong key_password says the same)",
+                                 option="cert_file") from None
+    return context
+
+
+def _text(value: Any, option: str) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value:
+        raise BusConfigError(f"expected a non-empty string, got {type(value).__name__}", option=option)
+    return value
+
+
+@dataclass(frozen=True)
+class KafkaSecurity:
+    """Kafka's ``security_protocol`` and what it needs: SASL user and password, TLS context."""
+
+    protocol: str = "PLAINTEXT"
+    mechanism: str | None = None
+    user: str | None = None
+    password: str | None = field(default=None, repr=False)
+    context: ssl.SSLContext | None = field(default=None, repr=False)
+
+    @classmethod
+    def from_options(cls, *, security_protocol: Any = None, sasl_mechanism: Any = None, user: Any = None,
+                     password: Any = None, ca_file: Any = None, cert_file: Any = None, key_file: Any = None,
+                     key_password: Any = None, tls: Any = None) -> KafkaSecurity:
+        """Infer what is not given: TLS when a certificate file or ``tls = true`` is, SASL when
+        a user or mechanism is (PLAIN by default); refuse combinations that cannot work."""
+        user, password = _text(user, "user"), _text(password, "password")
+        register(password, key_password)
+        if tls is not None and type(tls) is not bool:
+            raise BusConfigError(f"expected true or false, got {tls!r}", option="tls")
+        mechanism = None
+        if sasl_mechanism is not None:
+            mechanism = str(sasl_mechanism).upper()
+            if mechanism not in KAFKA_MECHANISMS:
+                raise BusConfigError(f"expected one of {', '.join(KAFKA_MECHANISMS)}, got {sasl_mechanism!r}",
+                                     option="sasl_mechanism")
+        wants_tls = bool(tls) or any(f is not None for f in (ca_file, cert_file, key_file))
+        wants_sasl = user is not None or password is not None or mechanism is not None
+        if security_protocol is None:
+            protocol = {(False, False): "PLAINTEXT", (True, False): "SSL", (False, True): "SASL_PLAINTEXT",
+                        (True, True): "SASL_SSL"}[(wants_tls, wants_sasl)]
+        else:
+            protocol = str(security_protocol).upper()
+            if protocol not in KAFKA_PROTOCOLS:
+                raise BusConfigError(f"expected one of {', '.join(KAFKA_PROTOCOLS)}, got {security_protocol!r}",
+                                     option="security_protocol")
+            if wants_sasl and not protocol.startswith("SASL_"):
+                raise BusConfigError(f"a user, password or sasl_mechanism needs SASL_PLAINTEXT or SASL_SSL, "
+                                     f"got {protocol}", option="security_protocol")
+            if wants_tls and not protocol.endswith("SSL"):
+                raise BusConfigError(f"TLS settings (tls, ca_file, cert_file) need SSL or SASL_SSL, got {protocol}",
+                                     option="security_protocol")
+        context = None
+        if protocol.endswith("SSL"):
+            context = tls_context(ca_file, cert_file, key_file, key_password)
+        if protocol.startswith("SASL_"):
+            mechanism = mechanism or "PLAIN"
+            if user is None or password is None:
+                missing = "user" if user is None else "password"
+                raise BusConfigError(f"{protocol} with {mechanism} needs a user and a password "
+                                     f"(in the URL, kafka://user:password@host, or as options)", option=missing)
+        return cls(protocol, mechanism, user, password, context)
+
+    @property
+    def secured(self) -> bool:
+        return self.protocol != "PLAINTEXT"
+
+    def client_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments for every aiokafka client (producer, consumer, admin)."""
+        kwargs: dict[str, Any] = {"security_protocol": self.protocol}
+        if self.context is not None:
+            kwargs["ssl_context"] = self.context
+        if self.mechanism is not None:
+            kwargs.update(sasl_mechanism=self.mechanism, sasl_plain_username=self.user,
+                          sasl_plain_password=self.password)
+        return kwargs
+
+    def describe(self) -> str:
+        """``SASL_SSL, SCRAM-SHA-256, user bob`` (never the password)."""
+        parts = [self.protocol]
+        if self.mechanism is not None:
+            parts += [self.mechanism, f"user {self.user}"]
+        return ", ".join(parts)
+
+
+@dataclass(frozen=True)
+class NatsSecurity:
+    """NATS credentials (one kind at most) and TLS, as nats-py's ``connect()`` takes them."""
+
+    user: str | None = None
+    password: str | None = field(default=None, repr=False)
+    token: str | None = field(default=None, repr=False)
+    credentials_file: str | None = None
+    nkey_seed_file: str | None = None
+    context: ssl.SSLContext | None = field(default=None, repr=False)
+
+    @classmethod
+    def from_options(cls, *, user: Any = None, password: Any = None, token: Any = None,
+                     credentials_file: Any = None, nkey_seed_file: Any = None, ca_file: Any = None,
+                     cert_file: Any = None, key_file: Any = None, key_password: Any = None,
+                     tls: Any = None) -> NatsSecurity:
+        user, password, token = _text(user, "user"), _text(password, "password"), _text(token, "token")
+        register(password, token, key_password)
+        if (user is None) != (password is None):
+            missing = "user" if user is None else "password"
+            raise BusConfigError("user and password go together (a lone secret in the URL, "
+                                 "nats://TOKEN@host, is a token)", option=missing)
+        kinds = [name for name, value in (("user", user), ("token", token), ("credentials_file", credentials_file),
+                                          ("nkey_seed_file", nkey_seed_file)) if value is not None]
+        if len(kinds) > 1:
+            raise BusConfigError(f"one kind of credentials at a time, got {' and '.join(kinds)}", option=kinds[1])
+        creds = _file(credentials_file, "credentials_file", "a NATS credentials file (.creds)") \
+            if credentials_file is not None else None
+        seed = _file(nkey_seed_file, "nkey_seed_file", "an NKey seed file") if nkey_seed_file is not None else None
+        if creds or seed:
+            if importlib.util.find_spec("nkeys") is None:  # nats-py signs the server's nonce with it
+                raise BusConfigError("NATS credentials and NKeys need the nkeys package: pip install nkeys",
+                                     option=kinds[0])
+        if tls is not None and type(tls) is not bool:
+            raise BusConfigError(f"expected true or false, got {tls!r}", option="tls")
+        context = None
+        if tls or any(f is not None for f in (ca_file, cert_file, key_file)):
+            if tls is False:
+                raise BusConfigError("tls = false with TLS files (ca_file, cert_file, key_file)", option="tls")
+            context = tls_context(ca_file, cert_file, key_file, key_password)
+        return cls(user, password, token, creds, seed, context)
+
+    @property
+    def auth(self) -> str | None:
+        """What kind of credentials, as a person would say it: ``user bob``, ``token``..."""
+        if self.user is not None:
+            return f"user {self.user}"
+        if self.token is not None:
+            return "token"
+        if self.credentials_file is not None:
+            return f"credentials file {Path(self.credentials_file).name}"
+        if self.nkey_seed_file is not None:
+            return f"nkey seed file {Path(self.nkey_seed_file).name}"
+        return None
+
+    def connect_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments for nats-py's ``Client.connect``."""
+        kwargs: dict[str, Any] = {}
+        if self.user is not None:
+            kwargs.update(user=self.user, password=self.password)
+        if self.token is not None:
+            kwargs["token"] = self.token
+        if self.credentials_file is not None:
+            kwargs["user_credentials"] = self.credentials_file
+        if self.nkey_seed_file is not None:
+            kwargs["nkeys_seed"] = self.nkey_seed_file
+        if self.context is not None:
+            kwargs["tls"] = self.context
+        return kwargs

@@ -1,0 +1,87 @@
+"""Why a broker refused a connection, in one line a person can act on.
+
+``kafka 127.0.0.1:9093: authentication failed (SCRAM-SHA-256, user bob)`` or ``nats
+127.0.0.1:4222: TLS: the server's certificate is not trusted (unable to get local issuer
+certificate)``, instead of "Unable to bootstrap", ``KeyError: 'v'`` or "nats: 'Authorization
+Violation'". A refusal is final: the run fails at once (exit 3), no retry storm.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+from typing import TYPE_CHECKING
+
+from bus.errors import BusRefusedError
+
+if TYPE_CHECKING:
+    from bus.connection import KafkaSecurity, NatsSecurity
+
+
+def address(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def tls_reason(exc: BaseException) -> str | None:
+    """``TLS: the server's certificate is not trusted (…)`` for a TLS failure, else None."""
+    for err in _chain(exc):
+        if isinstance(err, ssl.SSLCertVerificationError):
+            return f"TLS: the server's certificate is not trusted ({err.verify_message or err.reason})"
+        if isinstance(err, ssl.SSLError):
+            reason = (err.reason or str(err)).replace("_", " ").lower()
+            if "certificate required" in reason or "unknown ca" in reason or "bad certificate" in reason:
+                return f"TLS: the server refused our client certificate ({reason})"
+            return f"TLS handshake failed ({reason})"
+    return None
+
+
+def _chain(exc: BaseException) -> list[BaseException]:
+    seen: list[BaseException] = []
+    cur: BaseException | None = exc
+    while cur is not None and cur not in seen:
+        seen.append(cur)
+        cur = cur.__cause__ or cur.__context__
+    return seen
+
+
+async def kafka_refusal(host: str, port: int, security: KafkaSecurity, client_id: str,
+                        timeout: float) -> BusRefusedError | None:
+    """Connect once with ``security`` and say why the broker refused, or None if it did not
+    (the failure was something else: leave it to the caller's own message)."""
+    from aiokafka.conn import create_conn
+    from aiokafka.errors import (IllegalSaslStateError, KafkaError, SaslAuthenticationFailed,
+                                 UnsupportedSaslMechanismError)
+
+    where = f"kafka {address(host, port)}"
+    try:
+        async with asyncio.timeout(timeout):
+            conn = await create_conn(host, port, client_id=f"{client_id}-check",
+                                     request_timeout_ms=int(timeout * 1000), **security.client_kwargs())
+    except (TimeoutError, ConnectionRefusedError):
+        return None
+    except UnsupportedSaslMechanismError:
+        return BusRefusedError(f"{where}: the broker does not offer SASL {security.mechanism} "
+                               f"(security_protocol {security.protocol})")
+    except (SaslAuthenticationFailed, IllegalSaslStateError, KeyError):
+        # aiokafka's SCRAM client raises KeyError('v') when the server's final message is an
+        # error (e=unknown-user, e=invalid-proof) instead of a verifier
+        return BusRefusedError(f"{where}: authentication failed ({security.mechanism}, user {security.user})")
+    except (OSError, KafkaError) as exc:
+        reason = tls_reason(exc)
+        return BusRefusedError(f"{where}: {reason}") if reason is not None else None
+    conn.close()
+    return None
+
+
+def nats_refusal(exc: BaseException | None, host: str, port: int, security: NatsSecurity) -> BusRefusedError | None:
+    """The refusal in the error nats-py reported while connecting, or None."""
+    if exc is None:
+        return None
+    where = f"nats {address(host, port)}"
+    if (reason := tls_reason(exc)) is not None:
+        return BusRefusedError(f"{where}: {reason}")
+    text = str(exc).lower()
+    if "authorization violation" in text or "authentication" in text or type(exc).__name__ == "AuthorizationError":
+        how = security.auth or "no credentials given"
+        return BusRefusedError(f"{where}: authentication failed ({how})")
+    return None

@@ -1,0 +1,307 @@
+"""Connection settings from URLs and options, checked before any run; redaction and scrubbing.
+
+No broker here: these check what reaches aiokafka and nats-py, exactly, and that every way a
+setting can be wrong is one line naming the option. The real secured brokers are in
+test_secured_buses.py.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import ssl
+import textwrap
+
+import pytest
+
+from bus import create_bus
+from bus.connection import parse_target
+from bus.errors import BusConfigError
+from bus.secrets import (SECRETS, ScrubbedStream, is_secret_name, redact_options, redact_url, register,
+                         resolve_env, scrub)
+from tests.secured_brokers import Certs, make_certs
+from tests.test_cli_robust import one_line, run_main
+
+MARK = "mArKeR-s3cr3t"
+
+
+@pytest.fixture
+def certs(tmp_path) -> Certs:
+    return make_certs(tmp_path)
+
+
+@pytest.fixture(autouse=True)
+def forget_secrets():
+    """Each test starts with no secret known, so a passing scrub is this test's own doing."""
+    SECRETS.clear()
+    yield
+    SECRETS.clear()
+
+
+# -- URLs ------------------------------------------------------------------------------
+
+def test_userinfo_is_credentials_not_part_of_the_host():
+    t = parse_target("kafka://bob:p%40ss%3Aw0rd@127.0.0.1:9093,[::1]:9094", 9092)
+    assert (t.user, t.password) == ("bob", "p@ss:w0rd")
+    assert t.hosts == (("127.0.0.1", 9093), ("::1", 9094))
+    assert t.addresses() == "127.0.0.1:9093,[::1]:9094"
+    assert "p@ss" not in repr(t)
+    assert parse_target("nats://h", 4222).hosts == (("h", 4222),)
+
+
+def test_redact_url_keeps_the_user_and_hides_the_password_or_token():
+    assert redact_url("kafka://bob:secret@h:9092") == "kafka://bob:***@h:9092"
+    assert redact_url("nats://s3cr3tT0ken@h:4222") == "nats://***@h:4222"
+    assert redact_url("kafka://bob@h:9092") == "kafka://bob@h:9092"  # a user alone is no secret
+    assert redact_url("memory://") == "memory://"
+
+
+# -- Kafka settings --------------------------------------------------------------------
+
+def kafka(url: str = "kafka://127.0.0.1:9092", **options):
+    return create_bus(url, **options)
+
+
+def test_kafka_userinfo_becomes_sasl_plain_and_reaches_aiokafka_exactly():
+    bus = kafka(f"kafka://bob:{MARK}@127.0.0.1:9093")
+    assert bus.bootstrap_servers == "127.0.0.1:9093"
+    assert bus.security.client_kwargs() == {"security_protocol": "SASL_PLAINTEXT", "sasl_mechanism": "PLAIN",
+                                            "sasl_plain_username": "bob", "sasl_plain_password": MARK}
+    assert MARK not in repr(bus) and MARK not in bus.describe() and MARK not in repr(bus.security)
+
+
+@pytest.mark.parametrize("mechanism", ["SCRAM-SHA-256", "scram-sha-512", "PLAIN"])
+def test_kafka_sasl_ssl_with_a_ca_and_a_client_certificate(certs, mechanism):
+    bus = kafka("kafka://127.0.0.1:9093", user="bob", password=MARK, sasl_mechanism=mechanism,
+                ca_file=str(certs.ca_file), cert_file=str(certs.client_cert), key_file=str(certs.client_key))
+    kwargs = bus.security.client_kwargs()
+    assert kwargs["security_protocol"] == "SASL_SSL" and kwargs["sasl_mechanism"] == mechanism.upper()
+    assert (kwargs["sasl_plain_username"], kwargs["sasl_plain_password"]) == ("bob", MARK)
+    context = kwargs["ssl_context"]
+    assert isinstance(context, ssl.SSLContext) and context.verify_mode == ssl.CERT_REQUIRED
+    assert context.check_hostname
+    assert bus.uses_tls
+
+
+def test_kafka_tls_alone_is_ssl_and_the_protocol_can_be_named():
+    assert kafka(tls=True).security.protocol == "SSL"
+    assert kafka(security_protocol="ssl").security.protocol == "SSL"
+    assert kafka().security.client_kwargs() == {"security_protocol": "PLAINTEXT"}
+
+
+KAFKA_MISTAKES = {
+    "user without password": ({"user": "bob"}, "password", "needs a user and a password"),
+    "unknown mechanism": ({"user": "b", "password": "p", "sasl_mechanism": "GSSAPI"}, "sasl_mechanism",
+                          "expected one of PLAIN, SCRAM-SHA-256, SCRAM-SHA-512"),
+    "sasl on plaintext": ({"user": "b", "password": "p", "security_protocol": "PLAINTEXT"},
+                          "security_protocol", "needs SASL_PLAINTEXT or SASL_SSL"),
+    "tls files on sasl_plaintext": ({"ca_file": __file__, "user": "b", "password": "p",
+                                     "security_protocol": "SASL_PLAINTEXT"}, "security_protocol", "need SSL"),
+    "unknown protocol": ({"security_protocol": "TLS"}, "security_protocol", "expected one of PLAINTEXT"),
+    "missing ca file": ({"ca_file": "/nonexistent/ca.pem"}, "ca_file", "no such file: /nonexistent/ca.pem"),
+    "not a certificate": ({"ca_file": __file__}, "ca_file", "not a PEM CA certificate"),
+    "key without cert": ({"key_file": __file__}, "key_file", "needs cert_file"),
+}
+
+
+@pytest.mark.parametrize("options, option, says", KAFKA_MISTAKES.values(), ids=KAFKA_MISTAKES.keys())
+def test_kafka_settings_that_cannot_work_are_refused_naming_the_option(options, option, says):
+    with pytest.raises(BusConfigError) as info:
+        kafka(**options)
+    assert info.value.option == option and says in str(info.value)
+
+
+def test_a_setting_given_in_the_url_and_as_an_option_is_refused():
+    with pytest.raises(BusConfigError, match="password is given both in the URL and as option password_env"):
+        kafka("kafka://bob:x@h:1", password_env="X")
+
+
+# -- NATS settings ---------------------------------------------------------------------
+
+def test_nats_userinfo_is_user_and_password_or_a_token(certs):
+    bus = create_bus(f"nats://bob:{MARK}@127.0.0.1:4222")
+    assert bus.servers == ["nats://127.0.0.1:4222"]  # nats-py is never given credentials in a URL
+    assert bus.security.connect_kwargs() == {"user": "bob", "password": MARK}
+    assert create_bus(f"nats+js://{MARK}@127.0.0.1:4222").security.connect_kwargs() == {"token": MARK}
+    tls = create_bus("nats://h:1", ca_file=str(certs.ca_file), cert_file=str(certs.client_cert),
+                     key_file=str(certs.client_key)).security.connect_kwargs()
+    assert set(tls) == {"tls"} and isinstance(tls["tls"], ssl.SSLContext)
+    assert set(create_bus("nats://h:1", tls=True).security.connect_kwargs()) == {"tls"}
+
+
+def test_nats_credentials_and_seed_files_reach_nats_py(tmp_path):
+    creds, seed = tmp_path / "u.creds", tmp_path / "u.nk"
+    creds.write_text("-----BEGIN NATS USER JWT-----\n")
+    seed.write_text("SUAM...\n")
+    assert create_bus("nats://h:1", credentials_file=str(creds)).security.connect_kwargs() == {
+        "user_credentials": str(creds)}
+    assert create_bus("nats://h:1", nkey_seed_file=str(seed)).security.connect_kwargs() == {"nkeys_seed": str(seed)}
+
+
+NATS_MISTAKES = {
+    "two kinds": ({"user": "bob", "password": "p", "token": "t0ken"}, "token", "one kind of credentials"),
+    "user alone": ({"user": "bob"}, "password", "user and password go together"),
+    "missing creds file": ({"credentials_file": "/nonexistent.creds"}, "credentials_file", "no such file"),
+    "tls off with a ca": ({"tls": False, "ca_file": __file__}, "tls", "tls = false with TLS files"),
+    "tls not a bool": ({"tls": "yes"}, "tls", "expected true or false"),
+}
+
+
+@pytest.mark.parametrize("options, option, says", NATS_MISTAKES.values(), ids=NATS_MISTAKES.keys())
+def test_nats_settings_that_cannot_work_are_refused_naming_the_option(options, option, says):
+    with pytest.raises(BusConfigError) as info:
+        create_bus("nats://127.0.0.1:4222", **options)
+    assert info.value.option == option and says in str(info.value)
+
+
+# -- secrets from the environment ------------------------------------------------------
+
+def test_password_env_reads_the_variable_and_registers_its_value(monkeypatch):
+    monkeypatch.setenv("BUSMON_TEST_PW", MARK)
+    bus = kafka("kafka://bob@127.0.0.1:9093", password_env="BUSMON_TEST_PW")
+    assert bus.security.password == MARK
+    assert scrub(f"oops {MARK}") == "oops ***"
+
+
+@pytest.mark.parametrize("env, says", [({}, "is not set"), ({"V": ""}, "is empty")])
+def test_a_missing_or_empty_variable_is_an_error_naming_it(env, says):
+    with pytest.raises(BusConfigError) as info:
+        resolve_env({"password_env": "V"}, ["password"], environ=env)
+    assert info.value.option == "password_env" and f"environment variable V {says}" == str(info.value)
+
+
+SECURED = textwrap.dedent("""\
+    name = "secured"
+    backend = "kafka"
+    url = "kafka://bob@127.0.0.1:9"
+
+    [bus.kafka]
+    sasl_mechanism = "SCRAM-SHA-256"
+    password_env = "BUSMON_UNSET_PASSWORD"
+    """)
+
+
+def test_the_cli_names_the_file_and_option_of_an_unset_variable_exit_2(tmp_path, monkeypatch):
+    monkeypatch.delenv("BUSMON_UNSET_PASSWORD", raising=False)
+    path = tmp_path / "secured.toml"
+    path.write_text(SECURED)
+    code, out, err = run_main(["play", str(path), "--headless"])
+    assert code == 2, err
+    assert one_line(err) == (f"busmon: {path}: [bus.kafka] password_env: "
+                             "environment variable BUSMON_UNSET_PASSWORD is not set")
+
+
+# -- custom factories ------------------------------------------------------------------
+
+class SecretKeeper:
+    """A user's bus that was given secrets, and whose start() says one of them."""
+
+    def __init__(self, **options) -> None:
+        self.options = options
+
+    async def start(self) -> None:
+        raise RuntimeError(f"cannot log in with api_key={self.options['api_key']}")
+
+    async def publish(self, topic, envelope) -> None: ...
+
+    async def subscribe(self, topic, handler, *, group=None): ...
+
+    async def close(self) -> None: ...
+
+
+def make_keeper(**options) -> SecretKeeper:
+    keeper = SecretKeeper(**options)
+    KEPT.append(keeper)
+    return keeper
+
+
+KEPT: list[SecretKeeper] = []
+
+
+def test_a_custom_factory_gets_its_secrets_untouched_and_busmon_never_shows_them(tmp_path):
+    KEPT.clear()
+    path = tmp_path / "custom.toml"
+    path.write_text(textwrap.dedent(f"""\
+        backend = "tests.test_secret_settings:make_keeper"
+        [bus]
+        api_key = "{MARK}"
+        password_env = "LEFT_AS_IS"
+        region = "eu"
+        [[runs]]
+        name = "r"
+        messages = 10
+        """))
+    report = tmp_path / "r.json"
+    code, out, err = run_main(["play", str(path), "--headless", "--report", str(report)])
+    assert code == 3, err
+    assert KEPT and KEPT[-1].options == {"api_key": MARK, "password_env": "LEFT_AS_IS", "region": "eu"}
+    assert "cannot log in with api_key=***" in out + err
+    assert MARK not in out + err + report.read_text()
+
+
+# -- redaction and scrubbing -----------------------------------------------------------
+
+def test_secret_names():
+    assert all(map(is_secret_name, ["password", "sasl_plain_password", "token", "api_key", "client_secret",
+                                    "credentials", "key_password"]))
+    assert not any(map(is_secret_name, ["keys", "partitions", "password_env", "user", "topic"]))
+    assert redact_options({"user": "bob", "password": "x", "bus": {"token": "t"}}) == {
+        "user": "bob", "password": "***", "bus": {"token": "***"}}
+
+
+def test_scrub_finds_a_secret_in_every_form_it_is_written_in():
+    secret = 'p&ss <w"rd>'
+    register(secret)
+    for written in (secret, json.dumps({"e": secret}), html.escape(secret),
+                    html.escape(secret).replace(" ", "&#160;"), "p%26ss%20%3Cw%22rd%3E"):
+        assert "ss <w" not in scrub(written) and "ss&#160;" not in scrub(written) and "***" in scrub(written), written
+    assert scrub("kafka://bob:unregistered@h:1 and more") == "kafka://bob:***@h:1 and more"
+
+
+def test_short_secrets_are_hidden_where_they_stand_not_searched_for():
+    register("pw")
+    assert scrub("pw is short; kafka://bob:pw@h") == "pw is short; kafka://bob:***@h"
+
+
+def test_the_terminal_stream_scrubs_what_passes(capsys):
+    register(MARK)
+    stream = ScrubbedStream("stdout")
+    stream.write(f"a {MARK} b\n")
+    stream.flush()
+    assert capsys.readouterr().out == "a *** b\n"
+    assert stream.encoding
+
+
+def test_library_log_lines_are_scrubbed_in_the_summary_and_the_file(tmp_path):
+    import logging
+
+    from probes.logs import LogCapture
+
+    register(MARK)
+    capture = LogCapture()
+    capture.write_to(tmp_path / "l.log")
+    capture.install()
+    try:
+        logging.getLogger("aiokafka.conn").warning("connecting with %s", MARK)
+        try:
+            raise ValueError(MARK)
+        except ValueError:
+            logging.getLogger("nats").exception("failed %s", "x")
+    finally:
+        capture.uninstall()
+    text = (tmp_path / "l.log").read_text()
+    assert MARK not in text and "connecting with ***" in text and "ValueError: ***" in text
+    assert all(MARK not in line.message for line in capture.summary())
+
+
+def test_the_process_wide_registry_is_thread_safe_enough(tmp_path):
+    import threading
+
+    values = [f"secret-{i:04d}" for i in range(200)]
+    threads = [threading.Thread(target=register, args=(v,)) for v in values]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert scrub(" ".join(values)) == " ".join(["***"] * 200)
+
