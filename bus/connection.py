@@ -69,12 +69,14 @@ def _shown(url: str) -> str:
 
 
 def merge_userinfo(target: Target, options: dict[str, Any], *, token_scheme: bool = False) -> dict[str, Any]:
-    """The URL's user and password (or, for NATS, a lone userinfo as the token) added to
+    """The URL's user and password (for NATS, a lone userinfo is the token unless a password
+    option is given) added to
     ``options``; the same setting given in both places is an error, not a silent choice."""
     out = dict(options)
     given: dict[str, str | None] = {"user": target.user, "password": target.password}
-    if token_scheme and target.user is not None and target.password is None:
-        given = {"token": target.user}
+    password_option = out.get("password") is not None or out.get("password_env") is not None
+    if token_scheme and target.user is not None and target.password is None and not password_option:
+        given = {"token": target.user}  # nats://TOKEN@host; nats://bob@host with a password option is a user
     for name, value in given.items():
         if value is None:
             continue

@@ -209,8 +209,14 @@ class NatsBus(BaseBus):
         if nc is None:
             return []
         tasks = client_tasks(nc)
-        if not nc.is_closed:
+        if nc.is_connected or nc.is_draining:
             await self.shutdown_call(nc.close(), deadline, "nats close()", problems)
+        elif not nc.is_closed:
+            # never connected: nats-py's close() waits forever on a transport whose TLS upgrade
+            # failed (StreamWriter.wait_closed), and has nothing to flush; drop the socket instead
+            writer = getattr(getattr(nc, "_transport", None), "_io_writer", None)
+            if writer is not None:
+                writer.transport.abort()
         return await cancel_and_wait(tasks + client_tasks(nc))
 
 
