@@ -67,10 +67,34 @@ async def kafka_refusal(host: str, port: int, security: KafkaSecurity, client_id
         # error (e=unknown-user, e=invalid-proof) instead of a verifier
         return BusRefusedError(f"{where}: authentication failed ({security.mechanism}, user {security.user})")
     except (OSError, KafkaError) as exc:
-        reason = tls_reason(exc)
-        return BusRefusedError(f"{where}: {reason}") if reason is not None else None
+        if (reason := tls_reason(exc)) is not None:
+            return BusRefusedError(f"{where}: {reason}")
+        if security.mechanism is not None and await _answers_without_sasl(host, port, security, client_id, timeout):
+            # the connection was dropped in the SASL exchange (a broker that does not offer the
+            # mechanism may just hang up, as Tansu does for PLAIN)
+            return BusRefusedError(f"{where}: authentication failed ({security.mechanism}, user {security.user}: "
+                                   "the broker hung up; wrong credentials, or a mechanism it does not offer)")
+        return None
     conn.close()
     return None
+
+
+async def _answers_without_sasl(host: str, port: int, security: KafkaSecurity, client_id: str,
+                                timeout: float) -> bool:
+    from aiokafka.conn import create_conn
+
+    kwargs = security.client_kwargs()
+    for key in ("sasl_mechanism", "sasl_plain_username", "sasl_plain_password"):
+        kwargs.pop(key, None)
+    kwargs["security_protocol"] = "SSL" if security.context is not None else "PLAINTEXT"
+    try:
+        async with asyncio.timeout(timeout):
+            conn = await create_conn(host, port, client_id=f"{client_id}-check",
+                                     request_timeout_ms=int(timeout * 1000), **kwargs)
+    except Exception:
+        return False
+    conn.close()
+    return True
 
 
 def nats_refusal(exc: BaseException | None, host: str, port: int, security: NatsSecurity) -> BusRefusedError | None:

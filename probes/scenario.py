@@ -17,6 +17,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
+from bus.secrets import redact_url
+
 BUILTIN_BACKENDS = {
     "memory": "memory://",
     "kafka": "kafka://127.0.0.1:9092",
@@ -107,7 +109,7 @@ class Scenario:
             if backend not in BUILTIN_BACKENDS:  # package.module:factory, as a file's backend = may be
                 return replace(self, backend=backend, url=backend)
             if url and backend_of_url(url) not in (None, backend):
-                raise ScenarioError(f"--backend {backend} --url {url}: they disagree; a {backend} URL "
+                raise ScenarioError(f"--backend {backend} --url {redact_url(url)}: they disagree; a {backend} URL "
                                     f"starts {_SCHEME_OF[backend]}://, or leave out --backend")
             return replace(self, backend=backend, url=url or BUILTIN_BACKENDS[backend])
         if url:
@@ -289,7 +291,7 @@ class _Loader:
             url = url or BUILTIN_BACKENDS[backend]
             scheme = url.split("://", 1)[0] if "://" in url else ""
             if scheme != _SCHEME_OF[backend]:
-                self.fail("url", f"a {_SCHEME_OF[backend]}:// URL for backend {backend!r}", url)
+                self.fail("url", f"a {_SCHEME_OF[backend]}:// URL for backend {backend!r}", redact_url(url))
         else:
             url = backend
         bus_options = dict(self.table(doc.get("bus", {}), "bus"))

@@ -11,6 +11,7 @@ import html
 import json
 import ssl
 import textwrap
+from pathlib import Path
 
 import pytest
 
@@ -305,3 +306,36 @@ def test_the_process_wide_registry_is_thread_safe_enough(tmp_path):
         t.join()
     assert scrub(" ".join(values)) == " ".join(["***"] * 200)
 
+
+
+def test_the_secured_sample_reads_its_password_from_the_environment(monkeypatch):
+    from probes.scenario import load_scenario
+
+    sample = Path(__file__).resolve().parents[1] / "sample_configs" / "secured-kafka.toml"
+    monkeypatch.delenv("KAFKA_PASSWORD", raising=False)
+    code, out, err = run_main(["play", str(sample), "--headless"])
+    assert code == 2 and one_line(err) == (f"busmon: {sample}: [bus.kafka] password_env: "
+                                           "environment variable KAFKA_PASSWORD is not set")
+    monkeypatch.setenv("KAFKA_PASSWORD", MARK)
+    sc = load_scenario(sample)
+    bus = create_bus(sc.url, **sc.options())
+    assert bus.security.describe() == "SASL_SSL, SCRAM-SHA-512, user bob" and bus.security.password == MARK
+
+
+BAD_INPUT_WITH_A_PASSWORD = {
+    "url of another backend": (["play", "{file}", "--headless"], 'backend = "nats"\nurl = "kafka://bob:{mark}@h:1"\n'),
+    "backend and url disagree": (["play", "{file}", "--headless", "--backend", "nats", "--url",
+                                  "kafka://bob:{mark}@h:1"], ""),
+    "compare url without a backend": (["compare", "{file}", "--url", "kafka://bob:{mark}@h:1"], ""),
+    "port not a number": (["play", "{file}", "--headless", "--url", "nats://bob:{mark}@h:x"], ""),
+}
+
+
+@pytest.mark.parametrize("args, text", BAD_INPUT_WITH_A_PASSWORD.values(), ids=BAD_INPUT_WITH_A_PASSWORD.keys())
+def test_bad_input_carrying_a_password_never_echoes_it(tmp_path, args, text):
+    path = tmp_path / "s.toml"
+    path.write_text(text.format(mark=MARK) + '[[runs]]\nname = "r"\nmessages = 10\n')
+    code, out, err = run_main([a.format(file=path, mark=MARK) for a in args])
+    assert code == 2, out + err
+    line = one_line(err)
+    assert MARK not in out + err and "bob:***@h" in line, line

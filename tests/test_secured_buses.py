@@ -240,13 +240,18 @@ def test_kafka_without_the_client_certificate_is_refused(tmp_path, certs, kafka_
 
 
 @pytest.mark.kafka
-@pytest.mark.parametrize("mechanism", ["SCRAM-SHA-256", "SCRAM-SHA-512"])
-def test_kafka_wrong_scram_credentials_are_one_line_within_seconds_exit_3(tmp_path, kafka_sasl, mechanism):
+@pytest.mark.parametrize("mechanism", ["SCRAM-SHA-256", "SCRAM-SHA-512", "PLAIN"])
+def test_kafka_wrong_sasl_credentials_are_one_line_within_seconds_exit_3(tmp_path, kafka_sasl, mechanism):
     host = kafka_sasl.url.split("://")[1]
     path = scenario(tmp_path, "kafka", f"kafka://bob:{MARK}@{host}", sasl_mechanism=mechanism)
     code, out, err, took = play(path)
     assert code == 3 and took < REFUSAL_S, (took, out + err)
-    assert refused_line(out, err) == f"failed run low: create: kafka {host}: authentication failed ({mechanism}, user bob)"
+    line = refused_line(out, err)
+    if mechanism == "PLAIN":  # Tansu hangs up on PLAIN rather than answer the exchange
+        assert line == (f"failed run low: create: kafka {host}: authentication failed (PLAIN, user bob: the broker "
+                        "hung up; wrong credentials, or a mechanism it does not offer)")
+    else:
+        assert line == f"failed run low: create: kafka {host}: authentication failed ({mechanism}, user bob)"
 
 
 # -- no secret in any output -----------------------------------------------------------

@@ -23,7 +23,7 @@ from rich.text import Text
 
 from bus.errors import BusConfigError
 from bus.factory import check_target, is_import_path
-from bus.secrets import ScrubbedStream
+from bus.secrets import ScrubbedStream, redact_url
 from probes.logs import CAPTURE
 from probes.model import EXIT_BAD_INPUT, EXIT_INTERRUPTED, ScenarioResult
 from probes.scenario import BUILTIN_BACKENDS, ProbeSpec, RunSpec, Scenario, ScenarioError, load_scenario
@@ -349,7 +349,7 @@ def compare(
     for item in urls or []:
         name, sep, value = item.partition("=")
         if not sep or name not in BUILTIN_BACKENDS:
-            raise BadInput(f"--url {item!r}: expected backend=URL with backend one of {', '.join(BUILTIN_BACKENDS)}")
+            raise BadInput(f"--url {redact_url(item)!r}: expected backend=URL with backend one of {', '.join(BUILTIN_BACKENDS)}")
         url_of[name] = value
     for name in names:
         if name not in BUILTIN_BACKENDS and not is_import_path(name):
