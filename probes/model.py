@@ -122,6 +122,8 @@ class RunResult:
     # ``retained`` findings (what grows with the envelopes sent)
     memory: Mapping[str, Any] = field(default_factory=dict)
     notes: tuple[str, ...] = ()      # what could not be judged here, and why (e.g. no /proc)
+    target: str = ""                 # where the bus pointed, password masked (kafka://bob:***@h:9093)
+    options: Mapping[str, Any] = field(default_factory=dict)  # the bus's options, secret values masked
 
     def retained(self) -> list[Mapping[str, Any]]:
         return list(self.memory.get("retained", ()))
@@ -145,8 +147,8 @@ class RunResult:
 
     def as_dict(self) -> dict[str, Any]:
         return {
-            "name": self.name, "backend": self.backend, "verdict": self.verdict,
-            "error": self.error,
+            "name": self.name, "backend": self.backend, "target": self.target,
+            "options": dict(self.options), "verdict": self.verdict, "error": self.error,
             "phases": [p.as_dict() for p in self.phases],
             "settle_ms": round(self.settle_ms, 2),
             "verdict_ms": round(self.verdict_ms, 2),

@@ -116,6 +116,8 @@ def to_markdown(result: ScenarioResult, scenario_path: str | None = None) -> str
                               for r in result.runs if r.drift)]
     for r in result.runs:
         lines += ["", f"## Run `{r.name}` on {r.backend}: {r.verdict}", ""]
+        if r.target and r.target != r.backend:
+            lines += [f"Target `{r.target}`.", ""]
         if r.error:
             lines += [f"**Failure:** {r.error}", ""]
             lines += failure_lines(r)

@@ -12,8 +12,11 @@ import asyncio
 import contextlib
 import gc
 import ipaddress
+import linecache
 import re
 import socket
+import sys
+import threading
 import time
 import uuid
 import weakref
@@ -24,7 +27,7 @@ from bus import Envelope, EventBus, create_bus
 from bus.base import DEFAULT_CLOSE_TIMEOUT_S, DEFAULT_DRAIN_TIMEOUT_S
 from bus.factory import is_import_path, preload
 from bus.errors import BusRefusedError
-from bus.secrets import scrub
+from bus.secrets import redact_options, redact_url, scrub
 from bus.deadline import CallTimeout, LibraryCancelled, bounded, cancel_and_wait, innermost, task_stack
 from bus.health import broker_addresses, check_broker
 from probes.audit import DeliveryAudit
@@ -228,7 +231,7 @@ async def _run_once(ctx: RunContext) -> RunResult:
     memory: dict[str, Any] = {}
 
     def judge_memory() -> None:  # after settle's GC, while only what the run created is in reach
-        roots = [*busmon_roots(ctx), watch, resources]
+        roots = [*busmon_roots(ctx), watch, resources, *front_end_work()]
         memory.update(ctx.retained.judge(st.published, exclude_roots=roots, protect=[ctx.bus]).as_dict())
 
     outcome = await watch.verdict(ignore_rules(probes), judge=judge_memory, own_work=inst.own_work)
@@ -256,7 +259,8 @@ async def _run_once(ctx: RunContext) -> RunResult:
                    "stack": list(f.stack), "component": stack_component(f.stack) if f.stack else None,
                    "broker": ctx.broker_status, "broker_down": ctx.broker_down, "close": ctx.close_problem}
     result = RunResult(
-        name=spec.name, backend=ctx.scenario.backend, verdict=verdict, phases=tuple(ctx.phases),
+        name=spec.name, backend=ctx.scenario.backend, target=redact_url(ctx.scenario.url),
+        options=redact_options(bus_options(ctx.scenario)), verdict=verdict, phases=tuple(ctx.phases),
         settle_ms=round(outcome.settle_ms, 2), leftovers=outcome.leftovers,
         delivery=ctx.audit.counts(ctx.published).as_dict() | {"published": st.published},
         throughput=throughput(ctx), error=error, drift=drift,
@@ -584,8 +588,34 @@ def busmon_roots(ctx: RunContext) -> list[Any]:
     """busmon's own records of this run: what they hold is never the bus's retained memory."""
     # not the task tracker: its entry per live task (10,000 idle ones) would be walked each time,
     # and the few it makes during a run (one per task alive) never grow with the envelopes
+    # linecache.cache: the loop watchdog reads source lines to name a stall, which loads whole
+    # files mid-run (hundreds of strings that appear during load); a cache bounded by the source
+    # files, never by the envelopes, and invisible to the holder walk while the baseline is frozen
     return [ctx.audit, ctx.phases, ctx.state, ctx.published, ctx.own, ctx.stuck,
-            ctx.instruments.loopwatch, *ctx.instruments.roots]
+            ctx.instruments.loopwatch, *ctx.instruments.roots, linecache.cache]
+
+
+#: the packages of busmon's front ends (the dashboard, headless progress, reports)
+FRONT_END_PACKAGES = frozenset({"tui", "textual", "rich"})
+
+
+def front_end_work() -> list[Any]:
+    """What busmon's front end is working on right now, in another thread than the bus's: the
+    locals of the main thread's frames (the dashboard drawing an SVG screenshot of the phase
+    that just began, a progress display). It runs beside the judgement, so its half-built
+    strings and lists are alive at that moment: they are busmon's, not the bus's."""
+    frame = sys._current_frames().get(threading.main_thread().ident or -1)
+    if threading.current_thread() is threading.main_thread():
+        return []  # the bus runs here: its frames are the bus's
+    stack: list[Any] = []
+    while frame is not None:
+        stack.append(frame)
+        frame = frame.f_back
+    # from the outermost front-end frame inwards (the event loop and rendering under it), not
+    # a test runner's or a caller's frames above it
+    outer = next((i for i in range(len(stack) - 1, -1, -1)
+                  if (stack[i].f_globals.get("__name__") or "").split(".", 1)[0] in FRONT_END_PACKAGES), None)
+    return [] if outer is None else [f.f_locals for f in stack[:outer + 1]]
 
 
 def stall_line(stall: Any, limit_ms: float) -> str:

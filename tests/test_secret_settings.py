@@ -238,6 +238,9 @@ def test_a_custom_factory_gets_its_secrets_untouched_and_busmon_never_shows_them
     assert KEPT and KEPT[-1].options == {"api_key": MARK, "password_env": "LEFT_AS_IS", "region": "eu"}
     assert "cannot log in with api_key=***" in out + err
     assert MARK not in out + err + report.read_text()
+    run = json.loads(report.read_text())["runs"][0]
+    assert run["target"] == "tests.test_secret_settings:make_keeper"
+    assert run["options"] == {"api_key": "***", "password_env": "LEFT_AS_IS", "region": "eu"}
 
 
 # -- redaction and scrubbing -----------------------------------------------------------

@@ -13,6 +13,7 @@ test_secret_settings.py).
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -25,7 +26,7 @@ from typing import Iterator
 import pytest
 from cryptography.hazmat.primitives import serialization
 
-from bus.secrets import SECRETS
+from bus.secrets import SECRETS, redact_url
 from tests.brokers import Broker
 from tests.secured_brokers import Certs, make_certs, nats_secured, nkey_user, tansu_authenticated, tansu_tls
 from tests.test_cli_robust import one_line, run_main
@@ -262,6 +263,14 @@ def busmon(args: list[str], cwd: Path, env: dict[str, str] | None = None) -> sub
                           stdin=subprocess.DEVNULL, env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})})
 
 
+def unclean(report: Path) -> list:
+    """What made a run other than clean, shortly (for a failing assertion's message)."""
+    runs = json.loads(report.read_text())["runs"] if report.exists() else []
+    return [(r["name"], r["verdict"], r["error"], [{k: v for k, v in x.items() if k != "allocated_at"} for x in r["memory"].get("retained", ())],
+             [(x["kind"], x["name"], x["state"], x.get("component"), (x.get("stack") or [])[-2:])
+              for x in r["leftovers"] if x["state"] != "exited"]) for r in runs if r["verdict"] != "clean"]
+
+
 def assert_no_marker(proc: subprocess.CompletedProcess, folder: Path) -> list[Path]:
     written = [p for p in folder.rglob("*") if p.is_file() and p.suffix != ".toml"]
     for where, data in [("stdout", proc.stdout), ("stderr", proc.stderr)] + [(str(p), p.read_bytes())
@@ -294,10 +303,13 @@ def test_the_marker_password_is_in_no_byte_busmon_writes_or_prints(tmp_path, cer
         proc = busmon(["play", str(path), "--headless", "--url", url, "--report", "r.json", "--report", "r.md",
                        "--report", "r.html", "--screenshots", "shots", "--log", "busmon.log"], folder,
                       env={"BUSMON_T_KEY_PW": MARK})
-        assert proc.returncode == expected, (name, proc.stdout.decode()[-2000:], proc.stderr.decode()[-2000:])
+        assert proc.returncode == expected, (name, proc.stdout.decode()[-2000:], proc.stderr.decode()[-2000:],
+                                             unclean(folder / "r.json"))
         written = assert_no_marker(proc, folder)
         assert {p.name for p in written} >= {"r.json", "r.md", "r.html", "busmon.log"}, (name, written)
         assert any(p.suffix == ".svg" for p in written), (name, written)
+        run = json.loads((folder / "r.json").read_text())["runs"][0]
+        assert run["target"] == redact_url(url) and ("***" in run["target"]) == ("bob:" in url), run["target"]
         shown = proc.stdout.decode() + proc.stderr.decode()
         if "bob:" in url and expected == 3 and "untrusted" not in name:
             assert "authentication failed" in shown, (name, shown[-1500:])
