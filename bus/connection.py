@@ -13,7 +13,7 @@ import ssl
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import unquote, urlsplit
+from urllib.parse import unquote
 
 from bus.errors import BusConfigError
 from bus.secrets import register
@@ -21,7 +21,8 @@ from bus.secrets import register
 KAFKA_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
 KAFKA_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
 #: option names that hold secrets and may instead name an environment variable (``password_env``)
-SECRET_OPTIONS = ("password", "token", "key_password")
+KAFKA_SECRETS = ("password", "key_password")
+NATS_SECRETS = ("password", "token", "key_password")
 
 
 @dataclass(frozen=True)
@@ -39,18 +40,26 @@ class Target:
 
 
 def parse_target(url: str, default_port: int) -> Target:
-    """Split ``scheme://[user[:password]@]host[:port][,host[:port]...]``; the secret is registered."""
-    parts = urlsplit(url)
-    netloc = parts.netloc
-    info, at, hosts_part = netloc.rpartition("@")
+    """Split ``scheme://[user[:password]@]host[:port][,host[:port]...]``; the secret is registered.
+
+    The userinfo runs to the last ``@``, so a password may hold ``@ / # ?`` as typed (a URL
+    parser would end it at the first ``/``, and show the rest as a host); ``%XX`` is decoded.
+    """
+    scheme, _, rest = url.partition("://")
+    info, at, hosts_part = rest.rpartition("@")
+    if at:
+        name, colon, secret = info.partition(":")
+        if colon:
+            register(secret, unquote(secret))
+        else:
+            register(name, unquote(name))
+    hosts_part = hosts_part.rstrip("/")
     if not hosts_part:
         raise BusConfigError(f"{_shown(url)}: expected host:port after '://'")
     user = password = None
-    if at:
-        name, colon, secret = info.partition(":")
+    if at:  # registered above, before any error could show it (nats://TOKEN@host: the user is the token)
         user = unquote(name) or None
         password = unquote(secret) if colon else None
-        register(password, None if colon else user)  # nats://TOKEN@host: the user is the token
     hosts = []
     for part in hosts_part.split(","):
         host, sep, port = part.rpartition(":")
@@ -59,7 +68,7 @@ def parse_target(url: str, default_port: int) -> Target:
         if not host or not port.isdigit() or not 0 < int(port) < 65536:
             raise BusConfigError(f"{_shown(url)}: expected host:port, got {part!r}")
         hosts.append((host.strip("[]"), int(port)))
-    return Target(parts.scheme, tuple(hosts), user, password)
+    return Target(scheme, tuple(hosts), user, password)
 
 
 def _shown(url: str) -> str:
@@ -113,12 +122,25 @@ def tls_context(ca_file: Any = None, cert_file: Any = None, key_file: Any = None
         cert = _file(cert_file, "cert_file", "a client certificate file (PEM)")
         key = _file(key_file, "key_file", "a private key file (PEM)") if key_file is not None else None
         try:
-            context.load_cert_chain(cert, key, password=key_password)
+            # a callable, never None: with None, OpenSSL asks for an encrypted key's passphrase
+            # on the terminal (and, without one, fails with EINVAL after echoing the prompt)
+            context.load_cert_chain(cert, key, password=key_password if key_password is not None else _no_passphrase)
+        except _KeyEncrypted:
+            raise BusConfigError(f"{key or cert}: the private key is encrypted; give key_password "
+                                 "(or key_password_env)", option="key_file" if key else "cert_file") from None
         except ssl.SSLError as exc:
             raise BusConfigError(f"{cert}: cannot load the client certificate and its key "
                                  f"({exc.reason or exc}; a wrong key_password says the same)",
                                  option="cert_file") from None
     return context
+
+
+class _KeyEncrypted(Exception):
+    """OpenSSL asked for a passphrase that was not given."""
+
+
+def _no_passphrase() -> bytes:
+    raise _KeyEncrypted
 
 
 def _text(value: Any, option: str) -> str | None:
@@ -177,9 +199,10 @@ class KafkaSecurity:
         if protocol.startswith("SASL_"):
             mechanism = mechanism or "PLAIN"
             if user is None or password is None:
-                missing = "user" if user is None else "password"
-                raise BusConfigError(f"{protocol} with {mechanism} needs a user and a password "
-                                     f"(in the URL, kafka://user:password@host, or as options)", option=missing)
+                given = "password" if user is None else "user"
+                raise BusConfigError(f"{protocol} with {mechanism} needs a user and a password, got only a {given} "
+                                     f"(give both in the URL, kafka://user:password@host, or as options)",
+                                     option=given if (user or password) else "sasl_mechanism")
         return cls(protocol, mechanism, user, password, context)
 
     @property
@@ -223,9 +246,9 @@ class NatsSecurity:
         user, password, token = _text(user, "user"), _text(password, "password"), _text(token, "token")
         register(password, token, key_password)
         if (user is None) != (password is None):
-            missing = "user" if user is None else "password"
-            raise BusConfigError("user and password go together (a lone secret in the URL, "
-                                 "nats://TOKEN@host, is a token)", option=missing)
+            given = "user" if password is None else "password"
+            raise BusConfigError(f"user and password go together, got only a {given} (a lone secret in the "
+                                 "URL, nats://TOKEN@host, is a token)", option=given)
         kinds = [name for name, value in (("user", user), ("token", token), ("credentials_file", credentials_file),
                                           ("nkey_seed_file", nkey_seed_file)) if value is not None]
         if len(kinds) > 1:

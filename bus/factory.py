@@ -7,7 +7,7 @@ import re
 from typing import Any, Callable
 from urllib.parse import urlsplit
 
-from bus.connection import SECRET_OPTIONS, merge_userinfo, parse_target
+from bus.connection import KAFKA_SECRETS, NATS_SECRETS, merge_userinfo, parse_target
 from bus.errors import BusConfigError
 from bus.protocol import EventBus
 from bus.secrets import redact_url, register_options, resolve_env
@@ -92,17 +92,17 @@ def create_bus(url: str = "memory://", /, **options: Any) -> EventBus:
             from bus.kafka import KafkaBus
 
             target = parse_target(url, 9092)
-            options = resolve_env(merge_userinfo(target, options), SECRET_OPTIONS)
+            options = resolve_env(merge_userinfo(target, options), KAFKA_SECRETS)
             return KafkaBus(target.addresses(), **options)
         if scheme in ("nats", "nats+js"):
             from bus.nats import JetStreamBus, NatsBus
 
             target = parse_target(url, 4222)
-            options = resolve_env(merge_userinfo(target, options, token_scheme=True), SECRET_OPTIONS)
+            options = resolve_env(merge_userinfo(target, options, token_scheme=True), NATS_SECRETS)
             servers = [f"nats://{a}" for a in target.addresses().split(",")]
             return (JetStreamBus if scheme == "nats+js" else NatsBus)(servers, **options)
     except TypeError as exc:  # an unknown option
-        m = re.search(r"unexpected keyword argument '(\w+)'", str(exc))
+        m = re.search(r"unexpected keyword argument '([^']+)'", str(exc))
         if m:
             raise BusConfigError(f"unknown option {m.group(1)!r}", option=m.group(1)) from None
         raise BusConfigError(f"an option of the wrong type: {exc}", option="?") from None

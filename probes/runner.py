@@ -15,8 +15,6 @@ import ipaddress
 import linecache
 import re
 import socket
-import sys
-import threading
 import time
 import uuid
 import weakref
@@ -70,6 +68,12 @@ class Instruments:
     processes: Any = None            # probes.children.ProcessOwners
     #: busmon's own long-lived records (e.g. the dashboard app): never judged as retained memory
     roots: list[Any] = field(default_factory=list)
+    #: a front end running in another thread (the dashboard) parks itself while memory is judged:
+    #: a screenshot half drawn is hundreds of strings alive at that moment, busmon's not the bus's
+    park_front_end: Callable[[], contextlib.AbstractContextManager] | None = None
+
+    def front_end_parked(self) -> contextlib.AbstractContextManager:
+        return self.park_front_end() if self.park_front_end is not None else contextlib.nullcontext()
 
     def own_work(self) -> contextlib.AbstractContextManager:
         """busmon's own blocking work (GC, full scans): a stall during it is not the bus's."""
@@ -231,8 +235,9 @@ async def _run_once(ctx: RunContext) -> RunResult:
     memory: dict[str, Any] = {}
 
     def judge_memory() -> None:  # after settle's GC, while only what the run created is in reach
-        roots = [*busmon_roots(ctx), watch, resources, *front_end_work()]
-        memory.update(ctx.retained.judge(st.published, exclude_roots=roots, protect=[ctx.bus]).as_dict())
+        roots = [*busmon_roots(ctx), watch, resources]
+        with ctx.instruments.front_end_parked():
+            memory.update(ctx.retained.judge(st.published, exclude_roots=roots, protect=[ctx.bus]).as_dict())
 
     outcome = await watch.verdict(ignore_rules(probes), judge=judge_memory, own_work=inst.own_work)
     ctx.retained.finish()
@@ -593,29 +598,6 @@ def busmon_roots(ctx: RunContext) -> list[Any]:
     # files, never by the envelopes, and invisible to the holder walk while the baseline is frozen
     return [ctx.audit, ctx.phases, ctx.state, ctx.published, ctx.own, ctx.stuck,
             ctx.instruments.loopwatch, *ctx.instruments.roots, linecache.cache]
-
-
-#: the packages of busmon's front ends (the dashboard, headless progress, reports)
-FRONT_END_PACKAGES = frozenset({"tui", "textual", "rich"})
-
-
-def front_end_work() -> list[Any]:
-    """What busmon's front end is working on right now, in another thread than the bus's: the
-    locals of the main thread's frames (the dashboard drawing an SVG screenshot of the phase
-    that just began, a progress display). It runs beside the judgement, so its half-built
-    strings and lists are alive at that moment: they are busmon's, not the bus's."""
-    frame = sys._current_frames().get(threading.main_thread().ident or -1)
-    if threading.current_thread() is threading.main_thread():
-        return []  # the bus runs here: its frames are the bus's
-    stack: list[Any] = []
-    while frame is not None:
-        stack.append(frame)
-        frame = frame.f_back
-    # from the outermost front-end frame inwards (the event loop and rendering under it), not
-    # a test runner's or a caller's frames above it
-    outer = next((i for i in range(len(stack) - 1, -1, -1)
-                  if (stack[i].f_globals.get("__name__") or "").split(".", 1)[0] in FRONT_END_PACKAGES), None)
-    return [] if outer is None else [f.f_locals for f in stack[:outer + 1]]
 
 
 def stall_line(stall: Any, limit_ms: float) -> str:

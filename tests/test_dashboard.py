@@ -219,3 +219,23 @@ async def test_a_persons_pause_before_settle_is_not_settle_time():
         assert "you looked" in str(app.query_one(VerdictBanner).render())
         await pilot.press("q")
         await until(pilot, lambda: not app.is_running, "quit")
+
+
+async def test_the_dashboard_holds_still_while_memory_is_judged():
+    """The arena judges retained memory while the dashboard's thread is parked in a callback,
+    so no screenshot is half drawn (hundreds of strings) at that moment; and it lets go after."""
+    import threading
+    import traceback
+
+    app = BusmonApp(None)
+    async with app.run_test(size=(80, 24)) as pilot:
+        def judge() -> list[str]:
+            with app.parked():
+                frame = sys._current_frames()[app._thread_id]
+                return [f.name for f in traceback.extract_stack(frame)]
+
+        names = await asyncio.to_thread(judge)
+        assert "park" in names, names  # the app's thread was inside the parking callback
+        assert threading.get_ident() == app._thread_id
+        await pilot.press("question_mark")  # and answers again once released
+        await until(pilot, lambda: len(app.screen_stack) > 1, "the help screen after parking")

@@ -91,7 +91,9 @@ def test_kafka_tls_alone_is_ssl_and_the_protocol_can_be_named():
 
 
 KAFKA_MISTAKES = {
-    "user without password": ({"user": "bob"}, "password", "needs a user and a password"),
+    "user without password": ({"user": "bob"}, "user", "needs a user and a password, got only a user"),
+    "hyphen in a name": ({"password-env": "X"}, "password-env", "unknown option 'password-env'"),
+    "token is not kafka's": ({"token_env": "X"}, "token_env", "unknown option 'token_env'"),
     "unknown mechanism": ({"user": "b", "password": "p", "sasl_mechanism": "GSSAPI"}, "sasl_mechanism",
                           "expected one of PLAIN, SCRAM-SHA-256, SCRAM-SHA-512"),
     "sasl on plaintext": ({"user": "b", "password": "p", "security_protocol": "PLAINTEXT"},
@@ -141,7 +143,7 @@ def test_nats_credentials_and_seed_files_reach_nats_py(tmp_path):
 
 NATS_MISTAKES = {
     "two kinds": ({"user": "bob", "password": "p", "token": "t0ken"}, "token", "one kind of credentials"),
-    "user alone": ({"user": "bob"}, "password", "user and password go together"),
+    "user alone": ({"user": "bob"}, "user", "user and password go together, got only a user"),
     "missing creds file": ({"credentials_file": "/nonexistent.creds"}, "credentials_file", "no such file"),
     "tls off with a ca": ({"tls": False, "ca_file": __file__}, "tls", "tls = false with TLS files"),
     "tls not a bool": ({"tls": "yes"}, "tls", "expected true or false"),
@@ -153,6 +155,27 @@ def test_nats_settings_that_cannot_work_are_refused_naming_the_option(options, o
     with pytest.raises(BusConfigError) as info:
         create_bus("nats://127.0.0.1:4222", **options)
     assert info.value.option == option and says in str(info.value)
+
+
+def test_an_encrypted_key_without_its_password_is_an_error_not_a_prompt(certs, tmp_path):
+    from cryptography.hazmat.primitives import serialization
+
+    key = serialization.load_pem_private_key(certs.client_key.read_bytes(), None)
+    encrypted = tmp_path / "enc.key"
+    encrypted.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                            serialization.BestAvailableEncryption(MARK.encode())))
+    for url in ("kafka://h:1", "nats://h:1"):
+        with pytest.raises(BusConfigError) as info:
+            create_bus(url, ca_file=str(certs.ca_file), cert_file=str(certs.client_cert), key_file=str(encrypted))
+        assert info.value.option == "key_file" and "the private key is encrypted; give key_password" in str(info.value)
+        create_bus(url, ca_file=str(certs.ca_file), cert_file=str(certs.client_cert), key_file=str(encrypted),
+                   key_password=MARK)
+
+
+def test_a_password_may_hold_url_characters_as_typed_or_percent_encoded():
+    assert parse_target("nats://bob:a/b#c?d@e@h:1", 4222).password == "a/b#c?d@e"
+    assert parse_target("nats://bob:a%2Fb%25@h:1", 4222).password == "a/b%"
+    assert parse_target("nats://bob:a/b#c?d@e@h:1", 4222).hosts == (("h", 1),)
 
 
 # -- secrets from the environment ------------------------------------------------------
@@ -331,6 +354,7 @@ BAD_INPUT_WITH_A_PASSWORD = {
                                   "kafka://bob:{mark}@h:1"], ""),
     "compare url without a backend": (["compare", "{file}", "--url", "kafka://bob:{mark}@h:1"], ""),
     "port not a number": (["play", "{file}", "--headless", "--url", "nats://bob:{mark}@h:x"], ""),
+    "a raw / # ? @ in the password": (["play", "{file}", "--headless", "--url", "nats://bob:a/{mark}#?@x@h:x"], ""),
 }
 
 

@@ -263,12 +263,12 @@ def busmon(args: list[str], cwd: Path, env: dict[str, str] | None = None) -> sub
                           stdin=subprocess.DEVNULL, env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})})
 
 
-def unclean(report: Path) -> list:
+def unclean(report: Path) -> str:
     """What made a run other than clean, shortly (for a failing assertion's message)."""
     runs = json.loads(report.read_text())["runs"] if report.exists() else []
-    return [(r["name"], r["verdict"], r["error"], [{k: v for k, v in x.items() if k != "allocated_at"} for x in r["memory"].get("retained", ())],
-             [(x["kind"], x["name"], x["state"], x.get("component"), (x.get("stack") or [])[-2:])
-              for x in r["leftovers"] if x["state"] != "exited"]) for r in runs if r["verdict"] != "clean"]
+    return json.dumps([(r["name"], r["verdict"], r["error"], r["memory"].get("retained"),
+                        [(x["kind"], x["name"], x["state"], x.get("component"), (x.get("stack") or [])[-2:])
+                         for x in r["leftovers"] if x["state"] != "exited"]) for r in runs if r["verdict"] != "clean"])
 
 
 def assert_no_marker(proc: subprocess.CompletedProcess, folder: Path) -> list[Path]:

@@ -7,9 +7,11 @@ screen and Textual's own tasks never show up in the counts.
 
 from __future__ import annotations
 
+import contextlib
+import threading
 from collections import deque
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Iterator
 
 from textual import on
 from textual.app import App, ComposeResult, SystemCommand
@@ -32,6 +34,8 @@ from tui.widgets.charts import legend
 INTERVALS_MS = (50, 100, 200, 500, 1000)
 DRAIN_EVERY_S = 0.1    # events arrive at the sampling rate (10 Hz); phase changes show within 0.1 s
 RENDER_EVERY_S = 0.25  # the screen redraws the numbers 4x a second; every sample still reaches the charts
+PARK_WAIT_S = 1.0      # how long the arena waits for the dashboard to park before judging memory anyway
+PARK_MAX_S = 10.0      # the longest the dashboard stays parked, whatever the arena does
 
 HELP = """\
 [b]busmon[/b] drives an embedded event bus through its phases and shows, by identity,
@@ -109,6 +113,7 @@ class BusmonApp(App[int]):
         self.controller = controller
         if controller is not None:  # the screen's own objects are busmon's, never the bus's memory
             controller.session.instruments.roots.append(self)
+            controller.session.instruments.park_front_end = self.parked
         self.screenshots_dir = screenshots
         self.keep_screenshots = keep_screenshots or screenshots is not None
         self.exit_when_done = exit_when_done
@@ -374,6 +379,27 @@ class BusmonApp(App[int]):
         leftover = self.query_one(LeftoversTable).selected()
         if leftover is not None:
             self.push_screen(StackScreen(leftover))
+
+    @contextlib.contextmanager
+    def parked(self) -> Iterator[None]:
+        """Hold the dashboard's thread still (called from the arena): a callback on the app's
+        loop waits until the block ends, so no frame or screenshot is half drawn meanwhile.
+        Bounded both ways: if the app does not get to it within ``PARK_WAIT_S`` (busy, or
+        gone), the block runs anyway; the app never waits longer than ``PARK_MAX_S``."""
+        parked, release = threading.Event(), threading.Event()
+
+        def park() -> None:
+            parked.set()
+            release.wait(PARK_MAX_S)
+
+        loop = self._loop  # Textual's own loop and thread (App.call_from_thread uses them too)
+        if loop is not None and loop.is_running() and threading.get_ident() != self._thread_id:
+            loop.call_soon_threadsafe(park)
+            parked.wait(PARK_WAIT_S)
+        try:
+            yield
+        finally:
+            release.set()
 
     def export_screenshot(self, *, title: str | None = None, simplify: bool = False) -> str:
         """Textual's SVG, scrubbed of secrets: every screenshot (phase boundaries, the
