@@ -9,6 +9,7 @@ naming the option), so a run never starts with settings that cannot work.
 from __future__ import annotations
 
 import importlib.util
+import re
 import ssl
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -227,6 +228,35 @@ class KafkaSecurity:
         return ", ".join(parts)
 
 
+_CREDS_JWT = re.compile(r"-{3,}BEGIN NATS USER JWT-{3,}\s*(\S+)\s*-{3,}END NATS USER JWT-{3,}")
+_CREDS_SEED = re.compile(r"-{3,}BEGIN USER NKEY SEED-{3,}\s*(\S+)\s*-{3,}END USER NKEY SEED-{3,}")
+
+
+def _check_nkey_file(path: str, option: str) -> None:
+    """Read a ``.creds`` or NKey seed file now: its secrets are registered (never shown), and a
+    file nats-py could not use is one line here, not a library's ``TypeError`` at connect."""
+    import nkeys
+
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise BusConfigError(f"{path}: cannot read: {getattr(exc, 'strerror', None) or exc}", option=option) from None
+    if option == "credentials_file":
+        jwt, seed = _CREDS_JWT.search(text), _CREDS_SEED.search(text)
+        if jwt is None or seed is None:
+            raise BusConfigError(f"{path}: not a NATS credentials file (expected its USER JWT and "
+                                 "USER NKEY SEED blocks, as nsc writes them)", option=option)
+        register(jwt.group(1))
+        seed_text = seed.group(1)
+    else:
+        seed_text = text.strip()
+    register(seed_text)
+    try:
+        nkeys.from_seed(seed_text.encode())
+    except Exception:
+        raise BusConfigError(f"{path}: not a valid NKey seed (a line starting SU…)", option=option) from None
+
+
 @dataclass(frozen=True)
 class NatsSecurity:
     """NATS credentials (one kind at most) and TLS, as nats-py's ``connect()`` takes them."""
@@ -260,6 +290,7 @@ class NatsSecurity:
             if importlib.util.find_spec("nkeys") is None:  # nats-py signs the server's nonce with it
                 raise BusConfigError("NATS credentials and NKeys need the nkeys package: pip install nkeys",
                                      option=kinds[0])
+            _check_nkey_file(creds, "credentials_file") if creds else _check_nkey_file(seed, "nkey_seed_file")
         if tls is not None and type(tls) is not bool:
             raise BusConfigError(f"expected true or false, got {tls!r}", option="tls")
         context = None

@@ -99,6 +99,15 @@ def short_where(filename: str, lineno: int | None, function: str) -> str:
 _MACHINERY = ("awaiting ", "asyncio/", "threading.py", "concurrent/futures/")
 
 
+def add_machinery(prefix: str) -> None:
+    """Frames whose location starts with ``prefix`` are never named as where a call is stuck: an
+    observer that wraps the loop's methods (busmon's socket and process attribution) registers its
+    own module, so ``stuck at`` names the bus's frame under it, not the wrapper."""
+    global _MACHINERY
+    if prefix not in _MACHINERY:
+        _MACHINERY = (*_MACHINERY, prefix)
+
+
 def innermost(stack: list[str] | tuple[str, ...]) -> str:
     """The deepest frame that is not the runtime's own machinery (asyncio, threading, executors)."""
     for line in reversed(stack):

@@ -24,7 +24,7 @@ _DEFAULT_PORTS = {"kafka": 9092, "nats": 4222, "nats+js": 4222}
 # ApiVersions (key 18) v0, correlation id 1, client id "busmon-health"
 _CLIENT_ID = b"busmon-health"
 _KAFKA_API_VERSIONS = struct.pack(">hhih", 18, 0, 1, len(_CLIENT_ID)) + _CLIENT_ID
-_KAFKA_REQUEST = struct.pack(">i", len(_KAFKA_API_VERSIONS)) + _KAFKA_API_VERSIONS
+KAFKA_API_VERSIONS_REQUEST = _KAFKA_REQUEST = struct.pack(">i", len(_KAFKA_API_VERSIONS)) + _KAFKA_API_VERSIONS
 
 
 @dataclass(frozen=True)

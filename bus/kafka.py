@@ -21,12 +21,15 @@ from bus.confirmations import Confirmations
 from bus.codec import encode
 from bus.envelope import Envelope
 from bus.connection import KafkaSecurity
-from bus.errors import BusError, BusRefusedError
+from bus.errors import BusConnectError, BusError, BusRefusedError
 from bus.refusal import kafka_refusal
 from bus.polling import PollingSubscription
 from bus.protocol import Handler
 
 log = logging.getLogger("bus.kafka")
+
+#: what a TLS bus keeps of its connect timeout to find out why the handshake did not finish
+TLS_CHECK_S = 1.5
 
 
 class _AssignmentListener(ConsumerRebalanceListener):
@@ -157,27 +160,38 @@ class KafkaBus(BaseBus):
         return max(1000, int(self.connect_timeout * 1000))
 
     async def _connect(self) -> None:
+        # a TLS handshake with a plaintext listener hangs (the broker reads the ClientHello as
+        # a frame length and waits): keep time to say so before the connect deadline
+        budget = max(1.0, self.connect_timeout - TLS_CHECK_S) if self.security.context is not None else None
         try:
-            self._producer = AIOKafkaProducer(
-                bootstrap_servers=self.bootstrap_servers,
-                client_id=self.client_id,
-                linger_ms=self.linger_ms,
-                max_batch_size=self.max_batch_size,
-                request_timeout_ms=max(self._timeout_ms(), 10000),
-                **self.security.client_kwargs(),
-            )
-            await self._producer.start()
-            self._admin = AIOKafkaAdminClient(
-                bootstrap_servers=self.bootstrap_servers,
-                client_id=f"{self.client_id}-admin",
-                request_timeout_ms=max(self._timeout_ms(), 10000),
-                **self.security.client_kwargs(),
-            )
-            await self._admin.start()
+            async with asyncio.timeout(budget):
+                await self._start_clients()
         except Exception as exc:
-            if self.security.secured and (refused := await self._refusal()) is not None:
+            if (refused := await self._refusal()) is not None:
                 raise refused from None
+            if isinstance(exc, TimeoutError):
+                raise BusConnectError(f"{self.describe()}: no connection within {budget:g} s "
+                                      f"({self.security.describe()})") from None
             raise exc
+
+    async def _start_clients(self) -> None:
+        """The producer and the admin client, with the bus's TLS and SASL settings."""
+        self._producer = AIOKafkaProducer(
+            bootstrap_servers=self.bootstrap_servers,
+            client_id=self.client_id,
+            linger_ms=self.linger_ms,
+            max_batch_size=self.max_batch_size,
+            request_timeout_ms=max(self._timeout_ms(), 10000),
+            **self.security.client_kwargs(),
+        )
+        await self._producer.start()
+        self._admin = AIOKafkaAdminClient(
+            bootstrap_servers=self.bootstrap_servers,
+            client_id=f"{self.client_id}-admin",
+            request_timeout_ms=max(self._timeout_ms(), 10000),
+            **self.security.client_kwargs(),
+        )
+        await self._admin.start()
 
     async def _refusal(self) -> BusRefusedError | None:
         """Why the broker refused us, if it did: one connection to the first address with the
@@ -185,7 +199,7 @@ class KafkaBus(BaseBus):
         or, for SCRAM, raises a bare ``KeyError('v')`` from its exchange."""
         host, _, port = self.bootstrap_servers.split(",")[0].rpartition(":")
         return await kafka_refusal(host.strip("[]"), int(port), self.security, self.client_id,
-                                   min(self.connect_timeout, 5.0))
+                                   min(self.connect_timeout, TLS_CHECK_S))
 
     async def ensure_topic(self, topic: str) -> None:
         """Create ``topic`` with the configured partition count if it does not exist."""

@@ -47,12 +47,21 @@ def _chain(exc: BaseException) -> list[BaseException]:
 async def kafka_refusal(host: str, port: int, security: KafkaSecurity, client_id: str,
                         timeout: float) -> BusRefusedError | None:
     """Connect once with ``security`` and say why the broker refused, or None if it did not
-    (the failure was something else: leave it to the caller's own message)."""
+    (the failure was something else: leave it to the caller's own message).
+
+    Also the mismatches that otherwise read as a dead broker: TLS asked of a plaintext listener
+    (the handshake hangs), plaintext sent to a TLS one (the connection drops), and no
+    credentials where the broker wants them (it answers ApiVersions, then hangs up).
+    """
     from aiokafka.conn import create_conn
     from aiokafka.errors import (IllegalSaslStateError, KafkaError, SaslAuthenticationFailed,
                                  UnsupportedSaslMechanismError)
+    from aiokafka.protocol.metadata import MetadataRequest
 
     where = f"kafka {address(host, port)}"
+    if security.context is not None and await kafka_answers_plaintext(host, port, min(timeout, 1.0)):
+        return BusRefusedError(f"{where}: TLS was asked for ({security.protocol}), but the broker answers in "
+                               "plaintext: leave out tls and the certificate files, or use its TLS listener")
     try:
         async with asyncio.timeout(timeout):
             conn = await create_conn(host, port, client_id=f"{client_id}-check",
@@ -69,14 +78,61 @@ async def kafka_refusal(host: str, port: int, security: KafkaSecurity, client_id
     except (OSError, KafkaError) as exc:
         if (reason := tls_reason(exc)) is not None:
             return BusRefusedError(f"{where}: {reason}")
+        if security.context is None and await answers_tls(host, port, min(timeout, 1.0)):
+            return BusRefusedError(f"{where}: the broker speaks TLS: set tls = true (or ca_file) "
+                                   f"for security_protocol {'SASL_SSL' if security.mechanism else 'SSL'}")
         if security.mechanism is not None and await _answers_without_sasl(host, port, security, client_id, timeout):
             # the connection was dropped in the SASL exchange (a broker that does not offer the
             # mechanism may just hang up, as Tansu does for PLAIN)
             return BusRefusedError(f"{where}: authentication failed ({security.mechanism}, user {security.user}: "
                                    "the broker hung up; wrong credentials, or a mechanism it does not offer)")
         return None
-    conn.close()
-    return None
+    try:
+        if security.mechanism is None:
+            try:
+                async with asyncio.timeout(timeout):
+                    await conn.send(MetadataRequest([]))
+            except (OSError, KafkaError, TimeoutError):
+                return BusRefusedError(f"{where}: the broker hung up on a request without credentials: it wants "
+                                       "SASL authentication (a user and password, and its sasl_mechanism)")
+        return None
+    finally:
+        conn.close()
+
+
+async def kafka_answers_plaintext(host: str, port: int, timeout: float) -> bool:
+    """Does a Kafka broker answer a plaintext ApiVersions request here (its own correlation id
+    back, not a TLS alert or a dropped connection)?"""
+    from bus.health import KAFKA_API_VERSIONS_REQUEST
+
+    writer = None
+    try:
+        async with asyncio.timeout(timeout):
+            reader, writer = await asyncio.open_connection(host, port)
+            writer.write(KAFKA_API_VERSIONS_REQUEST)
+            head = await reader.readexactly(8)
+        return int.from_bytes(head[4:8], "big") == 1
+    except (OSError, TimeoutError, asyncio.IncompleteReadError):
+        return False
+    finally:
+        if writer is not None:
+            writer.close()
+
+
+async def answers_tls(host: str, port: int, timeout: float) -> bool:
+    """Does the listener complete a TLS handshake (whatever its certificate)?"""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
+    writer = None
+    try:
+        async with asyncio.timeout(timeout):
+            _, writer = await asyncio.open_connection(host, port, ssl=context)
+        return True
+    except (OSError, TimeoutError):
+        return False
+    finally:
+        if writer is not None:
+            writer.close()
 
 
 async def _answers_without_sasl(host: str, port: int, security: KafkaSecurity, client_id: str,

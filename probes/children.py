@@ -21,6 +21,8 @@ from typing import Any
 
 import psutil
 
+from bus.deadline import add_machinery
+
 from probes.fds import Owner, caller_owner
 
 _PROC = "/proc"
@@ -118,6 +120,7 @@ class ProcessOwners:
         self._lock = threading.Lock()
 
     def install(self, loop: asyncio.AbstractEventLoop) -> None:
+        add_machinery("probes/children.py")  # its wrapper is never where a call is stuck
         self._loop = loop
         for name in ("subprocess_exec", "subprocess_shell"):
             original = getattr(loop, name)

@@ -20,7 +20,7 @@ from bus.connection import parse_target
 from bus.errors import BusConfigError
 from bus.secrets import (SECRETS, ScrubbedStream, is_secret_name, redact_options, redact_url, register,
                          resolve_env, scrub)
-from tests.secured_brokers import Certs, make_certs
+from tests.secured_brokers import Certs, make_certs, nkey_user
 from tests.test_cli_robust import one_line, run_main
 
 MARK = "mArKeR-s3cr3t"
@@ -132,13 +132,43 @@ def test_nats_userinfo_is_user_and_password_or_a_token(certs):
     assert set(create_bus("nats://h:1", tls=True).security.connect_kwargs()) == {"tls"}
 
 
-def test_nats_credentials_and_seed_files_reach_nats_py(tmp_path):
-    creds, seed = tmp_path / "u.creds", tmp_path / "u.nk"
-    creds.write_text("-----BEGIN NATS USER JWT-----\n")
-    seed.write_text("SUAM...\n")
+CREDS = """-----BEGIN NATS USER JWT-----
+eyJ0eXAiOiJKV1QiLCJhbGciOiJlZDI1NTE5LW5rZXkifQ.eyJzdWIiOiJVQUJDIn0.c2lnbmF0dXJl
+------END NATS USER JWT------
+
+************************* IMPORTANT *************************
+NKEY Seed printed below can be used to sign and prove identity.
+
+-----BEGIN USER NKEY SEED-----
+{seed}
+------END USER NKEY SEED------
+"""
+
+
+def test_nats_credentials_and_seed_files_reach_nats_py_and_their_secrets_are_hidden(tmp_path):
+    _, seed_file = nkey_user(tmp_path)
+    seed = seed_file.read_text().strip()
+    creds = tmp_path / "u.creds"
+    creds.write_text(CREDS.format(seed=seed))
     assert create_bus("nats://h:1", credentials_file=str(creds)).security.connect_kwargs() == {
         "user_credentials": str(creds)}
-    assert create_bus("nats://h:1", nkey_seed_file=str(seed)).security.connect_kwargs() == {"nkeys_seed": str(seed)}
+    assert create_bus("nats://h:1", nkey_seed_file=str(seed_file)).security.connect_kwargs() == {
+        "nkeys_seed": str(seed_file)}
+    assert scrub(f"seed {seed} jwt eyJ0eXAiOiJKV1QiLCJhbGciOiJlZDI1NTE5LW5rZXkifQ.eyJzdWIiOiJVQUJDIn0.c2lnbmF0dXJl") \
+        == "seed *** jwt ***"
+
+
+@pytest.mark.parametrize("option, text, says", [
+    ("credentials_file", "garbage\n", "not a NATS credentials file"),
+    ("credentials_file", CREDS.format(seed="SUNOTASEED"), "not a valid NKey seed"),
+    ("nkey_seed_file", "SUNOTASEED\n", "not a valid NKey seed"),
+])
+def test_a_credentials_or_seed_file_nats_py_could_not_use_is_one_line(tmp_path, option, text, says):
+    path = tmp_path / "bad"
+    path.write_text(text)
+    with pytest.raises(BusConfigError) as info:
+        create_bus("nats://h:1", **{option: str(path)})
+    assert info.value.option == option and says in str(info.value) and "SUNOTASEED" not in str(info.value)
 
 
 NATS_MISTAKES = {

@@ -255,6 +255,25 @@ def test_kafka_wrong_sasl_credentials_are_one_line_within_seconds_exit_3(tmp_pat
         assert line == f"failed run low: create: kafka {host}: authentication failed ({mechanism}, user bob)"
 
 
+KAFKA_MISMATCHES = {  # what would otherwise read as a dead broker, or "Unable to bootstrap"
+    "TLS to a plaintext listener": ("kafka_broker", {"tls": True},
+                                    "TLS was asked for (SSL), but the broker answers in plaintext"),
+    "plaintext to a TLS listener": ("kafka_mtls", {}, "the broker speaks TLS: set tls = true (or ca_file)"),
+    "no credentials for SASL": ("kafka_sasl", {}, "the broker hung up on a request without credentials: "
+                                                  "it wants SASL authentication"),
+}
+
+
+@pytest.mark.kafka
+@pytest.mark.parametrize("broker, options, says", KAFKA_MISMATCHES.values(), ids=KAFKA_MISMATCHES.keys())
+def test_kafka_settings_that_do_not_match_the_listener_are_said_so(request, tmp_path, broker, options, says):
+    url = request.getfixturevalue(broker).url
+    code, out, err, took = play(scenario(tmp_path, "kafka", url, **options))
+    assert code == 3 and took < REFUSAL_S, (took, out + err)
+    line = refused_line(out, err)
+    assert says in line and f"kafka {url.split('://')[1]}" in line, line
+
+
 # -- no secret in any output -----------------------------------------------------------
 
 def busmon(args: list[str], cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
