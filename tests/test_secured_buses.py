@@ -309,6 +309,7 @@ def test_the_marker_password_is_in_no_byte_busmon_writes_or_prints(tmp_path, cer
         "nats-right": ("nats", f"nats://bob:{MARK}@{nats_host}", {"ca_file": certs.ca_file}, 0),
         "nats-wrong": ("nats", f"nats://bob:x{MARK}@{nats_host}", {"ca_file": certs.ca_file}, 3),
         "js-right": ("nats-js", f"nats+js://bob:{MARK}@{nats_host}", {"ca_file": certs.ca_file}, 0),
+        "js-wrong": ("nats-js", f"nats+js://bob:{MARK}x@{nats_host}", {"ca_file": certs.ca_file}, 3),
         "js-untrusted": ("nats-js", f"nats+js://bob:{MARK}@{nats_host}", {"ca_file": certs.other_ca_file}, 3),
         "kafka-right": ("kafka", f"kafka://{kafka_host}", {
             "ca_file": certs.ca_file, "cert_file": certs.client_cert, "key_file": encrypted_client_key,
