@@ -105,6 +105,7 @@ class NatsBus(BaseBus):
         self.pending_size = pending_size
         self.nc: Client | None = None
         self._errors_seen: set[type] = set()
+        self._connected = False  # nats-py's connect() returned once: its close() can be trusted
         self._connect_error: Exception | None = None
 
     def describe(self) -> str:
@@ -145,6 +146,7 @@ class NatsBus(BaseBus):
             if isinstance(exc, nats.errors.NoServersError):
                 raise BusConnectError(f"{self.describe()}: {self._connect_error or 'no servers available'}") from None
             raise
+        self._connected = True
         if self.security.context is not None and not _on_tls(self.nc):
             raise BusRefusedError(f"{self.describe()}: TLS was asked for, but the server does not offer it")
 
@@ -209,15 +211,24 @@ class NatsBus(BaseBus):
         if nc is None:
             return []
         tasks = client_tasks(nc)
-        if nc.is_connected or nc.is_draining:
+        # never connected: nats-py's close() waits forever on a transport whose TLS upgrade failed
+        # (StreamWriter.wait_closed), and there is nothing to flush
+        if self._connected and not nc.is_closed:  # after a lost connection too: its own close may be half way
             await self.shutdown_call(nc.close(), deadline, "nats close()", problems)
-        elif not nc.is_closed:
-            # never connected: nats-py's close() waits forever on a transport whose TLS upgrade
-            # failed (StreamWriter.wait_closed), and has nothing to flush; drop the socket instead
-            writer = getattr(getattr(nc, "_transport", None), "_io_writer", None)
-            if writer is not None:
-                writer.transport.abort()
-        return await cancel_and_wait(tasks + client_tasks(nc))
+        refused = await cancel_and_wait(tasks + client_tasks(nc))
+        _drop_transport(nc)
+        return refused
+
+
+def _drop_transport(nc: Client) -> None:
+    """Close the socket nats-py may have left open: its own close, started when the connection
+    was lost, runs in its reading task and is cut short when that task is cancelled (after
+    ``close()`` returned early because the status already said CLOSED), and a failed TLS
+    upgrade leaves the plain transport behind."""
+    writer = getattr(getattr(nc, "_transport", None), "_io_writer", None)
+    transport = getattr(writer, "transport", None)
+    if transport is not None and not transport.is_closing():
+        transport.abort()
 
 
 def _safe_name(text: str) -> str:
