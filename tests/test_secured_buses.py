@@ -80,8 +80,10 @@ def forget_secrets():
 
 def scenario(tmp_path: Path, backend: str, url: str, name: str = "secured", shared: bool = False,
              **bus: object) -> Path:
-    """A small two-run ladder on ``backend`` with ``bus`` as its [bus.<backend>] table (or, when
-    ``shared``, as [bus]: the settings of every backend compare plays)."""
+    """A two-run ladder on ``backend`` with ``bus`` as its [bus.<backend>] table (or, when
+    ``shared``, as [bus]: the settings of every backend compare plays). Thousands of envelopes,
+    not hundreds: the retained-memory rule (>= 0.5 objects per envelope) must not be tripped by a
+    few hundred objects of the dashboard drawing its screenshots on a busy machine."""
     lines = [f"{k} = {_toml(v)}" for k, v in bus.items()]
     options = ("[bus]\n" if shared else f"[bus.{backend}]\n") + "\n".join(lines)
     if backend == "nats-js" and not shared:
@@ -100,11 +102,11 @@ def scenario(tmp_path: Path, backend: str, url: str, name: str = "secured", shar
 
         [[runs]]
         name = "low"
-        messages = 200
+        messages = 2000
 
         [[runs]]
         name = "high"
-        messages = 1000
+        messages = 4000
         """) + options + "\n")
     return path
 
