@@ -102,6 +102,8 @@ def _file(path: Any, option: str, what: str) -> str:
     if not isinstance(path, (str, Path)) or not str(path):
         raise BusConfigError(f"expected the path of {what}, got {path!r}", option=option)
     p = Path(path).expanduser()
+    if p.is_dir():
+        raise BusConfigError(f"{p} is a folder; expected {what}", option=option)
     if not p.is_file():
         raise BusConfigError(f"no such file: {p}", option=option)
     return str(p)
@@ -130,9 +132,13 @@ def tls_context(ca_file: Any = None, cert_file: Any = None, key_file: Any = None
             raise BusConfigError(f"{key or cert}: the private key is encrypted; give key_password "
                                  "(or key_password_env)", option="key_file" if key else "cert_file") from None
         except ssl.SSLError as exc:
-            raise BusConfigError(f"{cert}: cannot load the client certificate and its key "
-                                 f"({exc.reason or exc}; a wrong key_password says the same)",
-                                 option="cert_file") from None
+            if key_password is not None:
+                raise BusConfigError(f"{key or cert}: cannot load the private key with this key_password "
+                                     f"({exc.reason or exc}): a wrong password, or not the key of {Path(cert).name}",
+                                     option="key_password") from None
+            where = f"{cert} with {key}" if key else f"{cert} (no key_file: the key must be in the same file)"
+            raise BusConfigError(f"cannot load the client certificate and its key from {where} "
+                                 f"({exc.reason or exc})", option="cert_file" if key is None else "key_file") from None
     return context
 
 
@@ -147,8 +153,10 @@ def _no_passphrase() -> bytes:
 def _text(value: Any, option: str) -> str | None:
     if value is None:
         return None
-    if not isinstance(value, str) or not value:
-        raise BusConfigError(f"expected a non-empty string, got {type(value).__name__}", option=option)
+    if not isinstance(value, str):
+        raise BusConfigError(f"expected a string, got a {type(value).__name__}", option=option)
+    if not value:
+        raise BusConfigError("expected a non-empty string, got an empty one", option=option)
     return value
 
 
@@ -161,6 +169,7 @@ class KafkaSecurity:
     user: str | None = None
     password: str | None = field(default=None, repr=False)
     context: ssl.SSLContext | None = field(default=None, repr=False)
+    client_cert: bool = False          # a client certificate is presented (mutual TLS)
 
     @classmethod
     def from_options(cls, *, security_protocol: Any = None, sasl_mechanism: Any = None, user: Any = None,
@@ -191,6 +200,8 @@ class KafkaSecurity:
             if wants_sasl and not protocol.startswith("SASL_"):
                 raise BusConfigError(f"a user, password or sasl_mechanism needs SASL_PLAINTEXT or SASL_SSL, "
                                      f"got {protocol}", option="security_protocol")
+            if tls is False and protocol.endswith("SSL"):
+                raise BusConfigError(f"tls = false, but security_protocol {protocol} is TLS", option="tls")
             if wants_tls and not protocol.endswith("SSL"):
                 raise BusConfigError(f"TLS settings (tls, ca_file, cert_file) need SSL or SASL_SSL, got {protocol}",
                                      option="security_protocol")
@@ -200,11 +211,14 @@ class KafkaSecurity:
         if protocol.startswith("SASL_"):
             mechanism = mechanism or "PLAIN"
             if user is None or password is None:
-                given = "password" if user is None else "user"
-                raise BusConfigError(f"{protocol} with {mechanism} needs a user and a password, got only a {given} "
-                                     f"(give both in the URL, kafka://user:password@host, or as options)",
-                                     option=given if (user or password) else "sasl_mechanism")
-        return cls(protocol, mechanism, user, password, context)
+                if user is None and password is None:
+                    got, option = "neither", "sasl_mechanism" if sasl_mechanism is not None else "security_protocol"
+                else:
+                    got = "only a password" if user is None else "only a user"
+                    option = "password" if user is None else "user"
+                raise BusConfigError(f"{protocol} with {mechanism} needs a user and a password, got {got} "
+                                     "(both in the URL, kafka://user:password@host, or as options)", option=option)
+        return cls(protocol, mechanism, user, password, context, cert_file is not None and context is not None)
 
     @property
     def secured(self) -> bool:
@@ -239,8 +253,10 @@ def _check_nkey_file(path: str, option: str) -> None:
 
     try:
         text = Path(path).read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise BusConfigError(f"{path}: cannot read: {getattr(exc, 'strerror', None) or exc}", option=option) from None
+    except UnicodeDecodeError:
+        raise BusConfigError(f"{path}: not a text file (a seed or .creds file is text)", option=option) from None
+    except OSError as exc:
+        raise BusConfigError(f"{path}: cannot read: {exc.strerror or exc}", option=option) from None
     if option == "credentials_file":
         jwt, seed = _CREDS_JWT.search(text), _CREDS_SEED.search(text)
         if jwt is None or seed is None:

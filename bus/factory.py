@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import importlib
 import re
 from typing import Any, Callable
@@ -67,6 +68,33 @@ def preload(url: str) -> None:
         return
 
 
+def known_options(scheme: str) -> list[str]:
+    """The option names a built-in bus takes (its own and BaseBus's, and ``<secret>_env``)."""
+    import inspect
+
+    from bus.base import BaseBus
+
+    classes: list[type] = [BaseBus]
+    secrets: tuple[str, ...] = ()
+    if scheme == "memory":
+        from bus.memory import MemoryBus
+
+        classes.append(MemoryBus)
+    elif scheme == "kafka":
+        from bus.kafka import KafkaBus
+
+        classes.append(KafkaBus)
+        secrets = KAFKA_SECRETS
+    elif scheme in ("nats", "nats+js"):
+        from bus.nats import JetStreamBus, NatsBus
+
+        classes += [NatsBus, JetStreamBus] if scheme == "nats+js" else [NatsBus]
+        secrets = NATS_SECRETS
+    names = {p.name for cls in classes for p in inspect.signature(cls.__init__).parameters.values()
+             if p.kind is p.KEYWORD_ONLY}
+    return sorted(names | {f"{s}_env" for s in secrets})
+
+
 def create_bus(url: str = "memory://", /, **options: Any) -> EventBus:
     """A bus for ``memory://``, ``kafka://h:p[,h:p]``, ``nats://h:p``, ``nats+js://h:p``
     or ``package.module:factory`` (a user's own bus, called with ``options``, whatever they are
@@ -104,7 +132,10 @@ def create_bus(url: str = "memory://", /, **options: Any) -> EventBus:
     except TypeError as exc:  # an unknown option
         m = re.search(r"unexpected keyword argument '([^']+)'", str(exc))
         if m:
-            raise BusConfigError(f"unknown option {m.group(1)!r}", option=m.group(1)) from None
+            name = m.group(1)
+            hint = difflib.get_close_matches(name, known_options(scheme), n=1, cutoff=0.7)
+            raise BusConfigError(f"unknown option {name!r}" + (f"; did you mean {hint[0]!r}?" if hint else ""),
+                                 option=name) from None
         raise BusConfigError(f"an option of the wrong type: {exc}", option="?") from None
     except BusConfigError:  # the URL itself
         raise

@@ -148,7 +148,8 @@ class NatsBus(BaseBus):
             raise
         self._connected = True
         if self.security.context is not None and not _on_tls(self.nc):
-            raise BusRefusedError(f"{self.describe()}: TLS was asked for, but the server does not offer it")
+            host, _, port = self.servers[0].split("://", 1)[-1].rpartition(":")
+            raise BusRefusedError(f"nats {host}:{port}: TLS was asked for, but the server does not offer it")
 
     async def _connect_client(self) -> None:
         assert self.nc is not None

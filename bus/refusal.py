@@ -78,6 +78,12 @@ async def kafka_refusal(host: str, port: int, security: KafkaSecurity, client_id
     except (OSError, KafkaError) as exc:
         if (reason := tls_reason(exc)) is not None:
             return BusRefusedError(f"{where}: {reason}")
+        if security.context is not None and not security.client_cert and await answers_tls(host, port,
+                                                                                           min(timeout, 1.0)):
+            # TLS 1.3 sends "certificate required" after the handshake, and aiokafka only sees the
+            # connection close
+            return BusRefusedError(f"{where}: the broker closed the connection after the TLS handshake: it "
+                                   "likely requires a client certificate (cert_file and key_file)")
         if security.context is None and await answers_tls(host, port, min(timeout, 1.0)):
             return BusRefusedError(f"{where}: the broker speaks TLS: set tls = true (or ca_file) "
                                    f"for security_protocol {'SASL_SSL' if security.mechanism else 'SSL'}")

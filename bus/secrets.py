@@ -39,13 +39,26 @@ _SECRET_SUFFIXES = ("password", "token", "secret", "passphrase")
 #: secrets this short would make scrubbing mangle ordinary words: they are hidden where they
 #: are known to stand (URL userinfo, secret-named options), not searched for in free text
 MIN_SCRUB_LEN = 4
+#: words busmon itself prints (verdicts, states, phases, backends, table headings): a password
+#: that is one of them (a dev broker's kafka/kafka) is hidden where it stands, but not searched
+#: for in free text, where masking every "clean" or "kafka" would break the output and, by
+#: where the *** sits, tell the password
+PUBLIC_WORDS = frozenset("""
+    clean leaked failed exited ignored destroyed stalled stall stalls retained interrupted refused
+    verdict error fault deadline baseline create subscribe load hold close settle settled naive
+    memory kafka nats nats-js nats+js jetstream aiokafka busmon bus pool worker workers sampler session
+    tasks task threads thread sockets socket processes process fds tcp udp unix pipe file files
+    run runs low medium high extreme main warm-up quickstart ladder compare report summary phase phases
+    sent received lost duplicated reordered published delivered latency publish deliver drift peak peaks
+    none null true false yes no plaintext ssl sasl_ssl sasl_plaintext plain tls user token password
+    """.split())
 
 
 def is_secret_name(name: str) -> bool:
     """Does an option called ``name`` hold a secret? ``password``, ``token_env`` (the
     variable's name is not secret, but its value is looked up from it), ``api_key``..."""
     lowered = name.lower()
-    if lowered.endswith("_env"):
+    if lowered.endswith(("_env", "_file", "_path", "_dir")):  # a variable's name, a path: not the secret
         return False
     words = [w for w in re.split(r"[^a-z0-9]+", lowered) if w]
     return any(w in _SECRET_WORDS or w.endswith(_SECRET_SUFFIXES) for w in words)
@@ -63,7 +76,7 @@ class SecretRegistry:
         """Note secret values (non-strings and short ones are ignored, see ``MIN_SCRUB_LEN``)."""
         forms = set()
         for value in values:
-            if not isinstance(value, str) or len(value) < MIN_SCRUB_LEN:
+            if not isinstance(value, str) or len(value) < MIN_SCRUB_LEN or value.lower() in PUBLIC_WORDS:
                 continue
             forms.update(_forms(value))
         forms = {f for f in forms if len(f) >= MIN_SCRUB_LEN}
@@ -220,18 +233,18 @@ class ScrubbedStream:
     """A text stream that scrubs what is written to it before passing it on: the terminal's
     last line of defence (rich consoles print through it), for text busmon did not compose.
 
-    ``target`` names the ``sys`` attribute (``"stdout"``, ``"stderr"``) looked up at each
-    write, so a stream replaced later (by a test runner) is still the one written to.
+    ``target`` is a stream, or names the ``sys`` attribute (``"stdout"``, ``"stderr"``) looked
+    up at each write, so a stream replaced later (by a test runner) is still the one written to.
     """
 
-    def __init__(self, target: str) -> None:
+    def __init__(self, target: Any) -> None:
         self._target = target
 
     @property
     def stream(self) -> Any:
         import sys
 
-        return getattr(sys, self._target)
+        return getattr(sys, self._target) if isinstance(self._target, str) else self._target
 
     def write(self, text: str) -> int:
         self.stream.write(scrub(text))

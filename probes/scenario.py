@@ -94,10 +94,17 @@ class Scenario:
     deadlines: DeadlineSpec = field(default_factory=DeadlineSpec)
 
     def options(self) -> dict[str, Any]:
-        """The [bus] options for this scenario's backend: the shared keys, then ``[bus.<backend>]``."""
-        shared = {k: v for k, v in self.bus_options.items() if not isinstance(v, dict)}
-        specific = self.bus_options.get(self.backend, {})
-        return shared | (specific if isinstance(specific, dict) else {})
+        """The [bus] options for this scenario's backend: the shared keys, then each table that
+        applies, ``[bus.<backend>]`` last (``nats-js`` is NATS too: ``[bus.nats]`` applies to it)."""
+        out = {k: v for k, v in self.bus_options.items() if not isinstance(v, dict)}
+        for table in self.option_tables():
+            out |= self.bus_options[table]
+        return out
+
+    def option_tables(self) -> list[str]:
+        """The ``[bus.<name>]`` tables that apply to this backend, most general first."""
+        names = ["nats", "nats-js"] if self.backend == "nats-js" else [self.backend]
+        return [n for n in names if isinstance(self.bus_options.get(n), dict)]
 
     def with_target(self, backend: str | None = None, url: str | None = None,
                     bus: str | None = None) -> Scenario:

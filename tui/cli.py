@@ -107,10 +107,15 @@ def _retarget(sc: Scenario, path: Path | None, backend: str | None, url: str | N
 
 
 def _bus_option_where(sc: Scenario, option: str) -> str:
-    """``[bus.kafka] partitions`` or ``[bus] workers``: where the scenario set the option."""
-    specific = sc.bus_options.get(sc.backend)
-    if isinstance(specific, dict) and option in specific:
-        return f"[bus.{sc.backend}] {option}"
+    """``[bus.kafka] partitions``, ``[bus] workers``, or ``url`` (a user or password in the URL's
+    userinfo): where the scenario, or the command line, set the option."""
+    for table in reversed(sc.option_tables()):
+        if option in sc.bus_options[table]:
+            return f"[bus.{table}] {option}"
+    if option in sc.bus_options:
+        return f"[bus] {option}"
+    if option in ("user", "password", "token") and "@" in sc.url:
+        return f"url {redact_url(sc.url)!r} ({option})"
     return f"[bus] {option}"
 
 
@@ -308,8 +313,9 @@ def play(
             out.print(Text(f"failed run {r.name}: {r.error}"), soft_wrap=True)
     if not result.interrupted and len(result.runs) < len(sc.runs):
         refused = any((r.failure or {}).get("kind") == "refused" for r in result.runs)
-        why = "the broker refused the connection" if refused else "the broker was down at start"
-        out.print(Text(f"{len(sc.runs) - len(result.runs)} more runs not played: {why}"))
+        why = "each would be refused the same way" if refused else "the broker was down at start"
+        left = len(sc.runs) - len(result.runs)
+        out.print(Text(f"{left} more run{'s' if left != 1 else ''} not played: {why}"))
     _say_logs(result, log)
     for path in reports:
         if path in html:
@@ -401,6 +407,20 @@ def _is_abort(exc: BaseException) -> bool:
 
 
 def main() -> None:
+    """Entry point: :func:`_main` with ``print()`` from anywhere in the process (a user's bus
+    included) passing the secrets scrub too. The dashboard draws on ``sys.__stdout__`` and
+    ``sys.__stderr__``, which stay as they are."""
+    saved = sys.stdout, sys.stderr
+    sys.stdout, sys.stderr = ScrubbedStream(saved[0]), ScrubbedStream(saved[1])
+    try:
+        _main()
+    finally:
+        if isinstance(sys.stdout, ScrubbedStream):
+            sys.stdout.flush()
+        sys.stdout, sys.stderr = saved
+
+
+def _main() -> None:
     """Entry point: typer, plus one-line errors with exit code 2 for bad input and usage.
 
     The libraries' log lines are counted for the whole process (never sprayed on the
