@@ -217,7 +217,7 @@ class KafkaSecurity:
                     got = "only a password" if user is None else "only a user"
                     option = "password" if user is None else "user"
                 raise BusConfigError(f"{protocol} with {mechanism} needs a user and a password, got {got} "
-                                     "(both in the URL, kafka://user:password@host, or as options)", option=option)
+                                     "(both in the URL's user info, or as the user and password options)", option=option)
         return cls(protocol, mechanism, user, password, context, cert_file is not None and context is not None)
 
     @property

@@ -92,6 +92,8 @@ class Scenario:
     runs: tuple[RunSpec, ...]
     path: str = "<scenario>"
     deadlines: DeadlineSpec = field(default_factory=DeadlineSpec)
+    #: the line of each key in the file ("bus.kafka.partitions": 14), for errors found later
+    lines: dict[str, int] = field(default_factory=dict, repr=False, compare=False)
 
     def options(self) -> dict[str, Any]:
         """The [bus] options for this scenario's backend: the shared keys, then each table that
@@ -186,14 +188,14 @@ class _Lines:
         # split on \n only, as TOML counts lines: splitlines() would also break at U+2028, \x85, ...
         for no, raw in enumerate(text.split("\n"), 1):
             line = raw.strip()
-            if m := re.match(r"^\[\[\s*([\w.]+)\s*\]\]", line):
+            if m := re.match(r"^\[\[\s*([\w.-]+)\s*\]\]", line):
                 if m.group(1) == "runs":
                     runs += 1
                     section = f"runs[{runs}]"
                 else:
                     section = m.group(1)
                 self.where.setdefault(section, no)
-            elif m := re.match(r"^\[\s*([\w.]+)\s*\]", line):
+            elif m := re.match(r"^\[\s*([\w.-]+)\s*\]", line):
                 name = m.group(1)
                 section = name.replace("runs.", f"runs[{runs}].", 1) if name.startswith("runs.") else name
                 self.where.setdefault(section, no)
@@ -337,7 +339,8 @@ class _Loader:
             runs.append(RunSpec(name=run_name, **self.run_fields(run_doc, where, defaults)))
         self.numbers(doc)
         return Scenario(name=name, backend=backend, url=url, bus_options=bus_options,
-                        probes=probes, runs=tuple(runs), path=self.path, deadlines=deadlines)
+                        probes=probes, runs=tuple(runs), path=self.path, deadlines=deadlines,
+                        lines=dict(self.lines.where))
 
     def numbers(self, doc: dict[str, Any]) -> None:
         """Refuse nan, inf, integers beyond 64 bits and deep nesting anywhere, [bus] included.

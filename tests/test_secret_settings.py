@@ -250,7 +250,7 @@ def test_the_cli_names_the_file_and_option_of_an_unset_variable_exit_2(tmp_path,
     path.write_text(SECURED)
     code, out, err = run_main(["play", str(path), "--headless"])
     assert code == 2, err
-    assert one_line(err) == (f"busmon: {path}: [bus.kafka] password_env: "
+    assert one_line(err) == (f"busmon: {path}:7: [bus.kafka] password_env: "
                              "environment variable BUSMON_UNSET_PASSWORD is not set")
 
 
@@ -397,7 +397,7 @@ def test_the_secured_sample_reads_its_password_from_the_environment(monkeypatch)
     sample = Path(__file__).resolve().parents[1] / "sample_configs" / "secured-kafka.toml"
     monkeypatch.delenv("KAFKA_PASSWORD", raising=False)
     code, out, err = run_main(["play", str(sample), "--headless"])
-    assert code == 2 and one_line(err) == (f"busmon: {sample}: [bus.kafka] password_env: "
+    assert code == 2 and one_line(err) == (f"busmon: {sample}:18: [bus.kafka] password_env: "
                                            "environment variable KAFKA_PASSWORD is not set")
     monkeypatch.setenv("KAFKA_PASSWORD", MARK)
     sc = load_scenario(sample)
@@ -423,3 +423,12 @@ def test_bad_input_carrying_a_password_never_echoes_it(tmp_path, args, text):
     assert code == 2, out + err
     line = one_line(err)
     assert MARK not in out + err and "bob:***@h" in line, line
+
+
+def test_an_option_error_names_the_line_of_the_option(tmp_path):
+    path = tmp_path / "typo.toml"
+    path.write_text('backend = "nats-js"\nurl = "nats+js://127.0.0.1:4222"\n\n[bus.nats-js]\n'
+                    'password-env = "X"\n[[runs]]\nname = "r"\nmessages = 10\n')
+    code, _, err = run_main(["play", str(path), "--headless"])
+    assert code == 2 and one_line(err) == (f"busmon: {path}:5: [bus.nats-js] password-env: unknown option "
+                                           "'password-env'; did you mean 'password_env'?")

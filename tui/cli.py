@@ -98,25 +98,27 @@ def _retarget(sc: Scenario, path: Path | None, backend: str | None, url: str | N
     try:
         check_target(sc.url, **sc.options())
     except BusConfigError as exc:
+        line = None
         if exc.option is not None:  # an option from the scenario's [bus] tables
-            given = "[bus]" if exc.option == "?" else _bus_option_where(sc, exc.option)
+            given, line = ("[bus]", None) if exc.option == "?" else _bus_option_where(sc, exc.option)
         else:
             given = "--bus" if bus else "--url" if url else "--backend" if backend else "backend/url"
-        raise BadInput(f"{path}: {given}: {exc}" if path is not None else f"{given}: {exc}") from None
+        where = f"{path}:{line}" if path is not None and line else path
+        raise BadInput(f"{where}: {given}: {exc}" if where is not None else f"{given}: {exc}") from None
     return sc
 
 
-def _bus_option_where(sc: Scenario, option: str) -> str:
+def _bus_option_where(sc: Scenario, option: str) -> tuple[str, int | None]:
     """``[bus.kafka] partitions``, ``[bus] workers``, or ``url`` (a user or password in the URL's
-    userinfo): where the scenario, or the command line, set the option."""
+    userinfo), and its line in the file: where the scenario, or the command line, set the option."""
     for table in reversed(sc.option_tables()):
         if option in sc.bus_options[table]:
-            return f"[bus.{table}] {option}"
+            return f"[bus.{table}] {option}", sc.lines.get(f"bus.{table}.{option}")
     if option in sc.bus_options:
-        return f"[bus] {option}"
+        return f"[bus] {option}", sc.lines.get(f"bus.{option}")
     if option in ("user", "password", "token") and "@" in sc.url:
-        return f"url {redact_url(sc.url)!r} ({option})"
-    return f"[bus] {option}"
+        return f"url {redact_url(sc.url)!r} ({option})", sc.lines.get("url")
+    return f"[bus] {option}", None
 
 
 def _report_paths(reports: list[Path] | None, allowed: tuple[str, ...]) -> list[Path]:
