@@ -167,7 +167,7 @@ def test_broker_down_at_start_fails_fast(backend, tmp_path, monkeypatch, capfd):
     assert elapsed < 3 + CLOSE_S + SETTLE_S + 4, elapsed
     run = assert_failed_report(tmp_path, "unreachable", delivered=False)  # the one run played
     assert run["failure"]["phase"] == "create"
-    assert "1 more runs not played: the broker was down at start" in out
+    assert "1 more run not played: the broker was down at start" in out
     assert quiet(err), err
 
 
