@@ -47,9 +47,21 @@ def check_target(url: str, /, **options: Any) -> None:
     a user's factory is only imported, since calling it might do anything.
     """
     if is_import_path(url):
-        load_factory(url)
+        factory = load_factory(url)
+        if isinstance(factory, type):  # a class can be checked without being called
+            if missing := _missing_methods(factory):
+                raise BusConfigError(f"{url!r}: {factory.__name__} lacks {', '.join(missing)} (a bus needs "
+                                     f"{', '.join(BUS_METHODS)}: see the README, Plug in your own bus)")
         return
     create_bus(url, **options)
+
+
+#: what busmon calls on a bus
+BUS_METHODS = ("start", "publish", "subscribe", "close")
+
+
+def _missing_methods(bus: Any) -> list[str]:
+    return [m for m in BUS_METHODS if not callable(getattr(bus, m, None))]
 
 
 _BACKEND_MODULES = {"memory": "bus.memory", "kafka": "bus.kafka", "nats": "bus.nats", "nats+js": "bus.nats"}
@@ -106,8 +118,7 @@ def create_bus(url: str = "memory://", /, **options: Any) -> EventBus:
     if is_import_path(url):
         register_options(options)
         bus = load_factory(url)(**options)
-        missing = [m for m in ("start", "publish", "subscribe", "close") if not callable(getattr(bus, m, None))]
-        if missing:
+        if missing := _missing_methods(bus):
             raise BusConfigError(f"{url!r} returned {type(bus).__name__}, which lacks {', '.join(missing)}")
         return bus
     scheme = urlsplit(url).scheme if "://" in url else ""

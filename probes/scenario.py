@@ -8,6 +8,7 @@ the line where possible, the field and what was expected, e.g.::
 
 from __future__ import annotations
 
+import json
 import math
 import re
 import reprlib
@@ -216,11 +217,33 @@ MAX_DEPTH = 32                # tables and arrays nested deeper than this are re
 
 
 class _Shown(reprlib.Repr):
-    """repr, kept short: a bad value can be a 10,000-character string or a 5,000-digit integer
-    (whose plain repr raises ValueError past Python's 4,300-digit limit)."""
+    """A value as it was written in TOML (``true``, ``"many"``, ``1000.0``, ``[1, 2]``, a table),
+    not as Python shows it (``True``, ``'many'``), kept short: a bad value can be a
+    10,000-character string or a 5,000-digit integer (whose plain repr raises ValueError past
+    Python's 4,300-digit limit)."""
 
     def repr_int(self, x: int, level: int) -> str:
         return repr(x) if -10**30 < x < 10**30 else f"<{x.bit_length()}-bit integer>"
+
+    def repr_bool(self, x: bool, level: int) -> str:
+        return "true" if x else "false"
+
+    def repr_str(self, x: str, level: int) -> str:
+        text = json.dumps(x[: self.maxstring + 1], ensure_ascii=False)
+        return text if len(x) <= self.maxstring else f"{text[:-1]}…\""
+
+    def repr_float(self, x: float, level: int) -> str:
+        return repr(x)
+
+    def repr_list(self, x: list, level: int) -> str:
+        items = ", ".join(self.repr1(v, level - 1) for v in x[: self.maxlist])
+        return f"[{items}{', …' if len(x) > self.maxlist else ''}]"
+
+    def repr_dict(self, x: dict, level: int) -> str:
+        return "a table"
+
+    def repr_tuple(self, x: tuple, level: int) -> str:
+        return self.repr_list(list(x), level)
 
 
 _shown = _Shown().repr
@@ -374,8 +397,10 @@ def load_scenario(path: str | Path) -> Scenario:
         raise ScenarioError(f"{p}: no such file") from None
     except IsADirectoryError:
         raise ScenarioError(f"{p}: expected a TOML file, got a directory") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ScenarioError(f"{p}: cannot read: {exc}") from None
+    except UnicodeDecodeError:
+        raise ScenarioError(f"{p}: not a UTF-8 text file (a scenario is TOML text)") from None
+    except OSError as exc:
+        raise ScenarioError(f"{p}: cannot read: {exc.strerror or exc}") from None
     return parse_scenario(text, str(p))
 
 

@@ -362,7 +362,7 @@ def test_any_scenario_file_loads_or_fails_with_one_line_naming_file_and_field(
         if m.group(1):
             assert 1 <= int(m.group(1)) <= text.count("\n") + 1, message
         rest = m.group(2)
-        if not rest.startswith(("not valid TOML: ", "cannot read: ")):
+        if not rest.startswith(("not valid TOML: ", "cannot read: ", "not a UTF-8 text file")):
             fields = {scenario_mod._key(k) for k in doc} | scenario_mod.TOP_FIELDS
             assert rest.startswith(tuple(fields)), message  # names the field at fault
             assert ": " in rest, message
@@ -395,7 +395,7 @@ def test_parse_scenario_on_any_text_returns_or_raises_scenario_error(text: str) 
     ("x = " + "[" * 2000 + "]" * 2000 + "\n", "f.toml: not valid TOML: arrays or tables nested too deeply"),
     ('backend = "m:f"\n[bus' + ".a" * 40 + "]\n", "f.toml: bus.a.a"),  # deep: only a factory's options nest
     ("[bus.a]\nx = 1\n", "f.toml:1: bus.a: unknown backend table; expected one of [bus.memory]"),
-    ('"a\\nb" = 1\n', "f.toml: 'a\\nb': unknown key"),
+    ('"a\\nb" = 1\n', 'f.toml: "a\\nb": unknown key'),
     ("# \u2028\u2028\n[probes]\nsettle_timeout_s = -1\n", "f.toml:3: probes.settle_timeout_s"),
 ])
 def test_scenario_values_that_used_to_get_through_or_crash(content: str, expected: str) -> None:
@@ -469,3 +469,51 @@ def test_fuzzed_command_lines_exit_0_to_3_and_usage_errors_are_one_line(
     assert "Traceback" not in err, err
     if code == 2:
         assert one_line(err).startswith("busmon: "), err
+
+
+# -- plain language (issue 11) ----------------------------------------------------------
+
+def test_values_are_shown_as_toml_writes_them_not_as_python_does():
+    for text, says in (('[defaults]\nmessages = true\n', "got true"), ('[defaults]\nmessages = "x"\n', 'got "x"'),
+                       ('[defaults]\nmessages = {a = 1}\n', "got a table"), ('[probes]\nignore_tasks = [1]\n', "got [1]")):
+        with pytest.raises(ScenarioError) as info:
+            parse_scenario(text, "f.toml")
+        assert str(info.value).endswith(says), str(info.value)
+
+
+def test_a_binary_scenario_file_is_not_a_utf8_text_file(tmp_path):
+    path = tmp_path / "s.toml"
+    path.write_bytes(b"\xc9\x00\xff binary")
+    code, _, err = run_main(["play", str(path), "--headless"])
+    assert code == 2 and one_line(err) == f"busmon: {path}: not a UTF-8 text file (a scenario is TOML text)"
+
+
+class NotABus:
+    """Has start() only."""
+
+    async def start(self) -> None: ...
+
+
+def test_a_bus_class_without_the_four_methods_is_bad_input_naming_them():
+    code, _, err = run_main(["play", QUICKSTART, "--headless", "--bus", "tests.test_cli_robust:NotABus"])
+    assert code == 2, err
+    assert one_line(err).endswith("--bus: 'tests.test_cli_robust:NotABus': NotABus lacks publish, subscribe, close "
+                                  "(a bus needs start, publish, subscribe, close: see the README, Plug in your own bus)")
+
+
+def test_compare_writes_an_html_report_too(tmp_path):
+    scenario = tmp_path / "c.toml"
+    scenario.write_text('name = "c"\n[[runs]]\nname = "1k"\nmessages = 1000\n')
+    code, _, err = run_main(["compare", str(scenario), "--backends", "memory", "--report", str(tmp_path / "c.html")])
+    assert code == 0, err
+    html = (tmp_path / "c.html").read_text()
+    assert html.startswith("<!DOCTYPE html>") or "<html" in html
+    assert "<table" in html and "1k" in html
+
+
+def test_help_names_what_each_option_takes():
+    proc = subprocess.run([sys.executable, "-m", "tui.cli", "play", "--help"], cwd=ROOT, capture_output=True,
+                          text=True, timeout=60, env={**__import__("os").environ, "COLUMNS": "120"})
+    lines = {ln.split()[1]: ln for ln in proc.stdout.splitlines() if ln.startswith("│ --")}
+    assert "<bool>" not in lines["--headless"] and "<" not in lines["--report"], proc.stdout
+    assert "FILE" in lines["--report"] and "URL" in lines["--url"] and "MODULE:FACTORY" in lines["--bus"]

@@ -87,7 +87,7 @@ def test_unreachable_broker_exits_3_after_close_and_settle(tmp_path, monkeypatch
 
 @pytest.mark.parametrize("content, expected", [
     ('name = "x"\nbogus = 1\n', "test.toml:2: bogus: unknown key"),
-    ('[defaults]\nmessages = "many"\n', "test.toml:2: defaults.messages: expected an integer >= 1, got 'many'"),
+    ('[defaults]\nmessages = "many"\n', "test.toml:2: defaults.messages: expected an integer >= 1, got \"many\""),
     ('[[runs]]\nname = "a"\n[[runs]]\nname = "b"\nmessages = -5\n', "test.toml:5: runs[1].messages: expected an integer >= 1, got -5"),
     ("name = [\n", "test.toml"),
     ('backend = "carrier-pigeon"\n', "test.toml:1: backend: expected one of memory, kafka, nats, nats-js"),

@@ -45,24 +45,24 @@ class BadInput(Exception):
 
 
 BackendOpt = Annotated[Optional[str], typer.Option(
-    "--backend", help="memory | kafka | nats | nats-js (with play: overrides the scenario's).")]
+    "--backend", metavar="BACKEND", help="memory | kafka | nats | nats-js (with play: overrides the scenario's).")]
 UrlOpt = Annotated[Optional[str], typer.Option(
-    "--url", help="Broker URL, e.g. kafka://127.0.0.1:9092 (with play: overrides the scenario's).")]
+    "--url", metavar="URL", help="Broker URL, e.g. kafka://127.0.0.1:9092 (with play: overrides the scenario's).")]
 BusOpt = Annotated[Optional[str], typer.Option(
-    "--bus", help="Your own bus: an import path package.module:factory.")]
+    "--bus", metavar="MODULE:FACTORY", help="Your own bus: an import path package.module:factory.")]
 IgnoreTaskOpt = Annotated[Optional[list[str]], typer.Option(
-    "--ignore-task", help="Label tasks whose coroutine qualname or name matches (fnmatch) as ignored; repeatable.")]
+    "--ignore-task", metavar="PATTERN", help="Label tasks whose coroutine qualname or name matches (fnmatch) as ignored; repeatable.")]
 IgnoreThreadOpt = Annotated[Optional[list[str]], typer.Option(
-    "--ignore-thread", help="Label threads whose name matches (fnmatch) as ignored; repeatable.")]
+    "--ignore-thread", metavar="PATTERN", help="Label threads whose name matches (fnmatch) as ignored; repeatable.")]
 
 
 IgnoreSocketOpt = Annotated[Optional[list[str]], typer.Option(
-    "--ignore-socket", help="Label sockets whose peer or local address matches (fnmatch, e.g. "
+    "--ignore-socket", metavar="ADDRESS", help="Label sockets whose peer or local address matches (fnmatch, e.g. "
                             "'127.0.0.1:9092') as ignored; repeatable.")]
 IgnoreProcessOpt = Annotated[Optional[list[str]], typer.Option(
-    "--ignore-process", help="Label child processes whose command line matches (fnmatch) as ignored; repeatable.")]
+    "--ignore-process", metavar="PATTERN", help="Label child processes whose command line matches (fnmatch) as ignored; repeatable.")]
 IgnoreTypeOpt = Annotated[Optional[list[str]], typer.Option(
-    "--ignore-type", help="Do not judge retained objects of this type ('module.Name' or 'Name', fnmatch); "
+    "--ignore-type", metavar="TYPE", help="Do not judge retained objects of this type ('module.Name' or 'Name', fnmatch); "
                           "repeatable.")]
 IGNORE_FIELDS = {"ignore_task": "ignore_tasks", "ignore_thread": "ignore_threads", "ignore_socket": "ignore_sockets",
                  "ignore_process": "ignore_processes", "ignore_type": "ignore_types"}
@@ -159,10 +159,10 @@ def _exit(result: ScenarioResult) -> None:
 #: the libraries' log lines, counted from start to exit (installed by main)
 LOGS = CAPTURE
 LogOpt = Annotated[Optional[Path], typer.Option(
-    "--log", help="Also write the client libraries' log lines in full to this file "
+    "--log", metavar="FILE", help="Also write the client libraries' log lines in full to this file "
                   "(otherwise they are counted and summarised).")]
 ReportOpt = Annotated[Optional[list[Path]], typer.Option(
-    "--report", help="Write a report: .json, .md or .html (repeatable, one per format).")]
+    "--report", metavar="FILE", help="Write a report: .json, .md or .html (repeatable, one per format).")]
 
 
 def _start_log(log: Path | None) -> None:
@@ -222,10 +222,10 @@ def dashboard(
     backend: BackendOpt = None,
     url: UrlOpt = None,
     bus: BusOpt = None,
-    messages: Annotated[int, typer.Option("--messages", min=1, help="Envelopes per run.")] = 20_000,
-    rate: Annotated[float, typer.Option("--rate", min=0, help="Envelopes per second (0 = flat out).")] = 5_000,
-    settle: Annotated[float, typer.Option("--settle", min=0, help="Settle deadline in seconds.")] = 5.0,
-    hold: Annotated[float, typer.Option("--hold", min=0, help="Idle seconds between load and close "
+    messages: Annotated[int, typer.Option("--messages", metavar="N", min=1, help="Envelopes per run.")] = 20_000,
+    rate: Annotated[float, typer.Option("--rate", metavar="PER_S", min=0, help="Envelopes per second (0 = flat out).")] = 5_000,
+    settle: Annotated[float, typer.Option("--settle", metavar="SECONDS", min=0, help="Settle deadline in seconds.")] = 5.0,
+    hold: Annotated[float, typer.Option("--hold", metavar="SECONDS", min=0, help="Idle seconds between load and close "
                                                                 "(the post-mortem's 'wait 2 s').")] = 0.0,
     ignore_task: IgnoreTaskOpt = None,
     ignore_thread: IgnoreThreadOpt = None,
@@ -233,7 +233,7 @@ def dashboard(
     ignore_process: IgnoreProcessOpt = None,
     ignore_type: IgnoreTypeOpt = None,
     version: Annotated[bool, typer.Option(
-        "--version", is_eager=True, callback=_show_version, help="Print busmon's version and exit.")] = False,
+        "--version", metavar="", is_eager=True, callback=_show_version, help="Print busmon's version and exit.")] = False,
 ) -> None:
     """With no command: the dashboard on the embedded memory bus; press n to step the phases."""
     if ctx.invoked_subcommand is not None:
@@ -265,13 +265,13 @@ def interactive_scenario(*, messages: int, rate: float, settle: float, hold: flo
 
 @app.command()
 def play(
-    scenario: Annotated[Path, typer.Argument(help="A scenario file (TOML); see sample_configs/.")],
+    scenario: Annotated[Path, typer.Argument(metavar="SCENARIO", help="A scenario file (TOML); see sample_configs/.")],
     headless: Annotated[bool, typer.Option(
-        "--headless", help="No terminal UI: a progress display and a summary (with --screenshots or an "
+        "--headless", metavar="", help="No terminal UI: a progress display and a summary (with --screenshots or an "
                            ".html report, the dashboard is rendered off screen).")] = False,
     report: ReportOpt = None,
     screenshots: Annotated[Optional[Path], typer.Option(
-        "--screenshots", help="Save an SVG of the dashboard at every phase boundary into this folder.")] = None,
+        "--screenshots", metavar="FOLDER", help="Save an SVG of the dashboard at every phase boundary into this folder.")] = None,
     backend: BackendOpt = None,
     url: UrlOpt = None,
     bus: BusOpt = None,
@@ -336,19 +336,19 @@ def play(
 
 @app.command()
 def compare(
-    scenario: Annotated[Path, typer.Argument(help="A scenario file (TOML).")],
-    backends: Annotated[str, typer.Option("--backends", help="Comma-separated, e.g. memory,kafka,nats.")] = "memory",
+    scenario: Annotated[Path, typer.Argument(metavar="SCENARIO", help="A scenario file (TOML).")],
+    backends: Annotated[str, typer.Option("--backends", metavar="LIST", help="Comma-separated, e.g. memory,kafka,nats.")] = "memory",
     urls: Annotated[Optional[list[str]], typer.Option(
-        "--url", help="backend=URL, e.g. kafka=kafka://127.0.0.1:9092 (repeatable).")] = None,
+        "--url", metavar="BACKEND=URL", help="backend=URL, e.g. kafka=kafka://127.0.0.1:9092 (repeatable).")] = None,
     report: Annotated[Optional[list[Path]], typer.Option(
-        "--report", help="Write a report: .json or .md (repeatable).")] = None,
+        "--report", metavar="FILE", help="Write a report: .json, .md or .html (repeatable, one per format).")] = None,
     log: LogOpt = None,
 ) -> None:
     """Play the same runs on each backend and print one table."""
     from probes.compare import compare_table, play_compare
     from probes.report import REPORT_SUFFIXES, write_report
 
-    reports = _report_paths(report, REPORT_SUFFIXES)
+    reports = _report_paths(report, (*REPORT_SUFFIXES, ".html"))
     _start_log(log)
     names = [b.strip() for b in backends.split(",") if b.strip()]
     if not names:
@@ -370,7 +370,12 @@ def compare(
     out.print(compare_table(result))
     _say_logs(result, log)
     for path in reports:
-        _write(path, lambda p: write_report(result, p, str(scenario)))
+        if path.suffix.lower() == ".html":  # tables only: compare draws no dashboard to picture
+            from probes.html_report import write_html
+
+            _write(path, lambda p: write_html(result, p, str(scenario), []))
+        else:
+            _write(path, lambda p: write_report(result, p, str(scenario)))
     _exit(result)
 
 
