@@ -229,7 +229,9 @@ class _Shown(reprlib.Repr):
         return "true" if x else "false"
 
     def repr_str(self, x: str, level: int) -> str:
-        text = json.dumps(x[: self.maxstring + 1], ensure_ascii=False)
+        # printable characters as they are; anything else escaped, so the line stays one line
+        text = json.dumps(x[: self.maxstring], ensure_ascii=False)
+        text = "".join(c if c.isprintable() else json.dumps(c)[1:-1] for c in text)
         return text if len(x) <= self.maxstring else f"{text[:-1]}…\""
 
     def repr_float(self, x: float, level: int) -> str:

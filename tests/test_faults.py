@@ -76,7 +76,7 @@ def url_of(backend: str, broker: Broker) -> str:
 def play(args: list[str], monkeypatch, capfd, on_event=None) -> tuple[int, str, str, float]:
     """The real command line, in process, with a hook on the playback's events."""
     if on_event is not None:
-        from probes import headless
+        from tui import headless
 
         original = headless._show
 

@@ -283,8 +283,8 @@ def play(
     log: LogOpt = None,
 ) -> None:
     """Play a scenario's runs and report what each left behind."""
-    from probes.headless import leak_lines, play_headless, summary_table
-    from probes.report import REPORT_SUFFIXES, write_report
+    from tui.headless import leak_lines, play_headless, summary_table
+    from tui.report import REPORT_SUFFIXES, write_report
 
     reports = _report_paths(report, REPORT_SUFFIXES + (".html", ".htm"))
     sc = _with_ignores(_scenario(scenario, backend, url, bus), ignore_task=ignore_task, ignore_thread=ignore_thread,
@@ -321,7 +321,7 @@ def play(
     _say_logs(result, log)
     for path in reports:
         if path in html:
-            from probes.html_report import write_html
+            from tui.html_report import write_html
 
             _write(path, lambda p: write_html(result, p, str(scenario), shots))
         else:
@@ -345,8 +345,8 @@ def compare(
     log: LogOpt = None,
 ) -> None:
     """Play the same runs on each backend and print one table."""
-    from probes.compare import compare_table, play_compare
-    from probes.report import REPORT_SUFFIXES, write_report
+    from tui.compare import compare_table, play_compare
+    from tui.report import REPORT_SUFFIXES, write_report
 
     reports = _report_paths(report, (*REPORT_SUFFIXES, ".html"))
     _start_log(log)
@@ -371,7 +371,7 @@ def compare(
     _say_logs(result, log)
     for path in reports:
         if path.suffix.lower() == ".html":  # tables only: compare draws no dashboard to picture
-            from probes.html_report import write_html
+            from tui.html_report import write_html
 
             _write(path, lambda p: write_html(result, p, str(scenario), []))
         else:

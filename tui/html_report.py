@@ -8,7 +8,7 @@ from pathlib import Path
 
 from bus.secrets import scrub
 from probes.model import ScenarioResult
-from probes.report import PHASE_HEADERS, busmon_version, component_rows, memory_lines, phase_rows, stall_lines
+from tui.report import PHASE_HEADERS, busmon_version, component_rows, memory_lines, phase_rows, stall_lines
 
 CSS = """
 body { font: 14px/1.45 system-ui, sans-serif; margin: 2em auto; max-width: 1200px; color: #222; }

@@ -9,7 +9,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from probes.headless import VERDICT_STYLE, play_headless
+from tui.headless import VERDICT_STYLE, play_headless
 from bus.secrets import redact_url
 from probes.model import RunResult, ScenarioResult
 from probes.scenario import Scenario

@@ -16,7 +16,7 @@ from bus.deadline import innermost
 from bus.secrets import ScrubbedStream
 from probes.findings import leaks, rows
 from probes.model import PhaseSnapshot, PhaseStarted, Sample, ScenarioResult, signed
-from probes.report import rss_drift_cell, stall_cell
+from tui.report import rss_drift_cell, stall_cell
 from probes.scenario import Scenario
 from probes.session import RunFinished, Session
 
