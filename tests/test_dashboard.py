@@ -239,3 +239,20 @@ async def test_the_dashboard_holds_still_while_memory_is_judged():
         assert threading.get_ident() == app._thread_id
         await pilot.press("question_mark")  # and answers again once released
         await until(pilot, lambda: len(app.screen_stack) > 1, "the help screen after parking")
+
+
+@pytest.mark.parametrize("phase", ["load", "verdict"])
+async def test_at_80x24_the_footer_keeps_help_and_quit_and_the_figures_are_not_cut(phase):
+    from textual.widgets._footer import FooterKey
+
+    from tui.widgets.throughput import Rates
+
+    app, feed = recorded_app(phase)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await feed(pilot)
+        shown = {k.description: k.region for k in app.query(FooterKey)}
+        for key in ("Next", "Help", "Quit"):  # on screen, whole
+            assert key in shown and shown[key].width and shown[key].right <= 80, (key, shown)
+        rates = app.query_one(Rates)
+        lines = rates.render().plain.split("\n")
+        assert lines and all(len(line) <= rates.size.width for line in lines), (rates.size.width, lines)

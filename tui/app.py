@@ -30,6 +30,7 @@ from tui.controller import Controller, PlaybackDone
 from tui.widgets import (ComponentsTable, LeftoversTable, PhaseBar, PhaseChart, PhaseTable, StackView,
                          ThroughputPanel, VerdictBanner)
 from tui.widgets.charts import legend
+from tui.widgets.throughput import LIVE_TITLE
 
 INTERVALS_MS = (50, 100, 200, 500, 1000)
 DRAIN_EVERY_S = 0.1    # events arrive at the sampling rate (10 Hz); phase changes show within 0.1 s
@@ -96,15 +97,17 @@ class BusmonApp(App[int]):
     TITLE = "busmon"
     AUTO_FOCUS = "#leftovers"
     HORIZONTAL_BREAKPOINTS = [(0, "-narrow"), (110, "-wide")]
+    # the footer shows these in this order and cuts what does not fit: at 80 columns, n, ? and q
+    # must be there (the command palette, ctrl+p, is left out of the footer, not disabled)
     BINDINGS = [
-        Binding("n", "next_phase", "Next phase"),
-        Binding("space", "toggle_pause", "Pause"),
-        Binding("plus", "faster", "Faster", key_display="+"),
-        Binding("minus", "slower", "Slower", key_display="-"),
-        Binding("slash", "filter", "Filter", key_display="/"),
-        Binding("e", "screenshot", "Screenshot"),
+        Binding("n", "next_phase", "Next"),
         Binding("question_mark", "help", "Help", key_display="?"),
         Binding("q", "quit_busmon", "Quit"),
+        Binding("space", "toggle_pause", "Pause"),
+        Binding("slash", "filter", "Filter", key_display="/"),
+        Binding("e", "screenshot", "Screenshot"),
+        Binding("plus", "faster", "Faster", key_display="+"),
+        Binding("minus", "slower", "Slower", key_display="-"),
     ]
 
     def __init__(self, controller: Controller | None = None, *, screenshots: Path | None = None,
@@ -151,13 +154,13 @@ class BusmonApp(App[int]):
             yield StackView()
         yield Input(placeholder="filter leftovers and components (enter to apply, esc to clear)", id="filter",
                     disabled=True)
-        yield Footer()
+        yield Footer(show_command_palette=False)
 
     def on_mount(self) -> None:
         self.query_one(PhaseTable).border_title = "tasks & threads by phase"
         self.query_one(ComponentsTable).border_title = "tasks by component"
         self.query_one("#charts").border_title = "live"
-        self.query_one(ThroughputPanel).border_title = "throughput & delivery"
+        self.query_one(ThroughputPanel).border_title = LIVE_TITLE
         self.query_one(LeftoversTable).border_title = "leftovers after close"
         self.query_one(StackView).border_title = "stack"
         self.query_one(StackView).show(None)

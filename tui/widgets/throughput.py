@@ -27,41 +27,53 @@ class Rates(Widget):
     def render(self) -> Text:
         """Five fixed-width lines of label/value pairs (plain Text: cheaper than a rich Table).
 
-        Live rates while a run goes; once it has finished, its averages and its audit."""
+        Live rates while a run goes; once it has finished, its averages and its audit. Where the
+        full figures do not fit (80 columns), counts are shortened (``31.3k``) and the averages'
+        ``avg`` dropped (the border title says so), never cut."""
+        full = self._text(compact=False)
+        if full.cell_len <= 0 or max(len(line) for line in full.plain.split("\n")) <= self.size.width:
+            return full
+        return self._text(compact=True)
+
+    def _text(self, compact: bool) -> Text:
         s, final = self.sample, self.final
+        num = _short if compact else (lambda n: f"{n:,.0f}")
+        ms = _short_ms if compact else (lambda v: f"{v:.2f}ms")
         if s is None and final is None:
             return Text()
         if final is not None:
             t = final.throughput
             lat = t.get("latency_ms") or {}
-            pub, dlv, label = t.get("publish_per_s", 0), t.get("deliver_per_s", 0), "avg "
+            pub, dlv, label = t.get("publish_per_s", 0), t.get("deliver_per_s", 0), "" if compact else "avg "
         else:
             assert s is not None
             lat = s.latency_ms or {}
             pub, dlv, label = s.publish_per_s, s.deliver_per_s, ""
         rows: list[tuple[str, str | Text, str, str | Text]] = [
-            (f"{label}pub/s", f"{pub:,.0f}", f"{label}del/s", f"{dlv:,.0f}"),
-            ("p50", f"{lat.get('p50', 0):.2f}ms", "p99", f"{lat.get('p99', 0):.2f}ms"),
+            (f"{label}pub/s", num(pub), f"{label}del/s", num(dlv)),
+            ("p50", ms(lat.get('p50', 0)), "p99", ms(lat.get('p99', 0))),
         ]
         if final is not None:
             delivery = final.delivery
             lost = delivery.get("lost", 0)
-            rows.append(("sent", f"{delivery.get('sent', 0):,}", "recv", f"{delivery.get('received', 0):,}"))
+            rows.append(("sent", num(delivery.get('sent', 0)), "recv", num(delivery.get('received', 0))))
             rows.append(("lost", Text(f"{lost:,}", style="red" if lost else "green"),
                          "dup/ord", f"{delivery.get('duplicated', 0)}/{delivery.get('reordered', 0)}"))
             worst = (final.worst_stall() or {}).get("duration_ms", 0.0)
             lag_max = max((p.loop_lag_ms.get("max_ms", 0.0) for p in final.phases), default=0.0)
             rows.append(("lag max", f"{lag_max:,.0f}ms",
-                         "stalls", Text(f"{len(final.stalls)}" + (f" ≤{worst:,.0f}ms" if worst else ""),
+                         "stalls", Text(f"{len(final.stalls)}" + (f" ≤{worst:,.0f}ms" if worst and not compact else ""),
                                         style="yellow" if final.stalls else "green")))
         else:
             assert s is not None
-            rows.append(("sent", f"{s.published:,}", "recv", f"{s.delivered:,}"))
+            rows.append(("sent", num(s.published), "recv", num(s.delivered)))
             rows.append(("rss MB", f"{s.rss_mb:,.0f}", "sockets", f"{s.sockets}"))
             lag = s.loop_lag_ms or {}
-            rows.append(("lag p50/99", f"{lag.get('p50_ms', 0):.1f}/{lag.get('p99_ms', 0):.1f}ms",
-                         "max", Text(f"{lag.get('max_ms', 0):,.0f}ms" + (f" ·{s.stalls} stall{'s' if s.stalls > 1 else ''}" if s.stalls else ""),
-                                     style="yellow" if s.stalls else "")))
+            stalls = f" ·{s.stalls} stall{'s' if s.stalls > 1 else ''}" if s.stalls and not compact else ""
+            rows.append(("lag p99" if compact else "lag p50/99",
+                         f"{lag.get('p99_ms', 0):.1f}ms" if compact else
+                         f"{lag.get('p50_ms', 0):.1f}/{lag.get('p99_ms', 0):.1f}ms",
+                         "max", Text(f"{lag.get('max_ms', 0):,.0f}ms" + stalls, style="yellow" if s.stalls else "")))
         cells = [(l1, _cell(v1), l2, _cell(v2)) for l1, v1, l2, v2 in rows]
         w = [max(len(c[i]) if i in (0, 2) else len(c[i][0]) for c in cells) for i in range(4)]
         gap = "  " if sum(w) + 5 <= self.size.width else " "  # tighter at 80 columns
@@ -76,11 +88,28 @@ class Rates(Widget):
         return text
 
 
+def _short(n: float) -> str:
+    """``5,004``, ``31.3k``, ``1.2M``: a count in at most six characters."""
+    if abs(n) < 10_000:
+        return f"{n:,.0f}"
+    if abs(n) < 1_000_000:
+        return f"{n / 1e3:.1f}k"
+    return f"{n / 1e6:.1f}M"
+
+
+def _short_ms(v: float) -> str:
+    """``0.04ms``, ``10.3ms``, ``250ms``: a latency in at most six characters below 10 s."""
+    return f"{v:.2f}ms" if v < 10 else f"{v:.1f}ms" if v < 100 else f"{v:,.0f}ms"
+
+
 def _cell(value: str | Text) -> tuple[str, str]:
     """A value and its style."""
     if isinstance(value, Text):
         return value.plain, str(value.style)
     return value, ""
+
+
+LIVE_TITLE = "throughput & delivery"
 
 
 class ThroughputPanel(Vertical):
@@ -100,6 +129,7 @@ class ThroughputPanel(Vertical):
         rates.sample = s
         if s.phase not in ("", "settle") and rates.final is not None and rates.final.name != s.run:
             rates.final = None
+            self.border_title = LIVE_TITLE
         rates.refresh()
         if rates.final is None and s.expected:
             self.query_one(ProgressBar).update(total=s.expected, progress=s.delivered)
@@ -108,6 +138,7 @@ class ThroughputPanel(Vertical):
         """The run's own figures: average rates, latency, the delivery audit."""
         rates = self.query_one(Rates)
         rates.final = r
+        self.border_title = f"{r.name}: averages"
         rates.refresh()
         sent = r.delivery.get("sent", 0)
         self.query_one(ProgressBar).update(total=sent or 1, progress=r.delivery.get("received", 0))
