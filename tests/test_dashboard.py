@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -151,7 +152,10 @@ def recorded_app(until_phase: str):
             pilot.app.apply(event)
         await pilot.pause()
 
-    return BusmonApp(None), feed
+    app = BusmonApp(None)
+    # what a played scenario shows in the header: its backend, its target (password masked), 2 runs
+    app.state = replace(app.state, backend="kafka", target="kafka://bob:***@127.0.0.1:9093", runs_total=2)
+    return app, feed
 
 
 @pytest.mark.parametrize("size", [(80, 24), (120, 40)], ids=["80x24", "120x40"])

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
+from dataclasses import replace
 from collections import deque
 from pathlib import Path
 from typing import Iterable, Iterator
@@ -20,13 +21,14 @@ from textual.containers import Horizontal, Vertical
 from textual.screen import ModalScreen, Screen
 from textual.widgets import DataTable, Footer, Input, Static
 
-from bus.secrets import scrub
+from bus.secrets import redact_url, scrub
 from probes.gate import AwaitingStep
 from probes.logs import CAPTURE
 from probes import findings
 from probes.model import FailureNoted, PhaseSnapshot, PhaseStarted, RunResult, Sample, ScenarioResult
 from probes.session import RunFinished
 from tui.controller import Controller, PlaybackDone
+from tui.state import DashState, Filtered, IntervalSet, NextPressed, Paused, RunDone, reduce
 from tui.widgets import (ComponentsTable, LeftoversTable, PhaseBar, PhaseChart, PhaseTable, StackView,
                          ThroughputPanel, VerdictBanner)
 from tui.widgets.charts import legend
@@ -35,6 +37,15 @@ from tui.widgets.throughput import LIVE_TITLE
 INTERVALS_MS = (50, 100, 200, 500, 1000)
 DRAIN_EVERY_S = 0.1    # events arrive at the sampling rate (10 Hz); phase changes show within 0.1 s
 RENDER_EVERY_S = 0.25  # the screen redraws the numbers 4x a second; every sample still reaches the charts
+#: the banner's word while a phase is under way (it used to say "measuring…" in every phase)
+PHASE_WORDS = {
+    "baseline": "run {run}: baseline: a GC, then every live task and thread, by identity",
+    "create": "run {run}: creating the bus (start: connect, start the worker pool)",
+    "subscribe": "run {run}: subscribing (live before the load starts)",
+    "load": "run {run}: load: publishing and waiting for every delivery",
+    "hold": "run {run}: holding, idle, before close",
+    "close": "run {run}: closing the bus",
+}
 PARK_WAIT_S = 1.0      # how long the arena waits for the dashboard to park before judging memory anyway
 PARK_MAX_S = 10.0      # the longest the dashboard stays parked, whatever the arena does
 
@@ -125,6 +136,12 @@ class BusmonApp(App[int]):
         self.paused = False
         self.recorded: list[Sample] = []             # samples that arrived while paused
         self.interval_ms = controller.scenario.probes.interval_ms if controller else 100
+        #: the header's model (tui/state.py), advanced by ``_advance`` from events and actions
+        self.state = DashState(interval_ms=self.interval_ms)
+        if controller is not None:
+            sc = controller.scenario
+            self.state = replace(self.state, backend=sc.backend, target=redact_url(sc.url),
+                                 runs_total=0 if controller.interactive else len(sc.runs))
         self._backlog: deque[object] = deque()
         self._holding = False
         self._run_index = 0
@@ -182,8 +199,14 @@ class BusmonApp(App[int]):
         while self._backlog and not self._holding:
             self.apply(self._backlog.popleft())
 
+    def _advance(self, event: object) -> None:
+        """The header follows the model: one pure step, then a redraw."""
+        self.state = reduce(self.state, event)
+        self.query_one(PhaseBar).state = self.state
+
     def apply(self, event: object) -> None:
         """Show one event (the tests feed recorded events straight in here)."""
+        self._advance(RunDone(event.result) if isinstance(event, RunFinished) else event)
         if isinstance(event, Sample):
             self._on_sample(event)
         elif isinstance(event, PhaseStarted):
@@ -200,7 +223,6 @@ class BusmonApp(App[int]):
             self.query_one(VerdictBanner).failing(event.phase, event.error)
 
     def _on_awaiting(self, e: AwaitingStep) -> None:
-        self.query_one(PhaseBar).waiting_for = e.phase
         if e.phase != "baseline":
             return
         if self.results:
@@ -210,22 +232,20 @@ class BusmonApp(App[int]):
                 "press n to take the baseline: a GC, then every live task and thread, by identity")
 
     def _on_phase_started(self, e: PhaseStarted) -> None:
-        bar = self.query_one(PhaseBar)
         if e.phase == "baseline":
             self._run_index += 1
             self._phase_index = 0
-            bar.done = frozenset()
             for chart in self.query(PhaseChart):
                 chart.clear_points()
             self.query_one(ComponentsTable).reset_peaks()
             self.query_one(LeftoversTable).show([])
             self.query_one(StackView).show(None)
-            self.query_one(VerdictBanner).waiting(f"run {e.run}: measuring…")
-        elif bar.phase:
-            bar.done = bar.done | {bar.phase}
-        bar.run, bar.phase, bar.waiting_for, bar.elapsed = e.run, e.phase, "", e.t_s
+        if self.state.failed:  # the failure stays said until the verdict
+            return
         if e.phase == "settle":
             self.query_one(VerdictBanner).waiting("settling: waiting for everything the bus started to exit…")
+        else:
+            self.query_one(VerdictBanner).waiting(PHASE_WORDS.get(e.phase, f"{e.phase}…").format(run=e.run))
 
     def _on_snapshot(self, snap: PhaseSnapshot) -> None:
         self.query_one(PhaseTable).add_snapshot(snap)
@@ -259,15 +279,12 @@ class BusmonApp(App[int]):
             return
         for chart in self.query(PhaseChart):
             chart.refresh()
-        self.query_one(PhaseBar).elapsed = s.t_s
+        self.query_one(PhaseBar).state = self.state  # the run's elapsed time
         self.query_one(ComponentsTable).show(s.by_component)
         self.query_one(ThroughputPanel).show(s)
 
     def _on_run_finished(self, r: RunResult) -> None:
         self.results.append(r)
-        bar = self.query_one(PhaseBar)
-        bar.done = frozenset(p.phase for p in r.phases)
-        bar.phase = ""
         self.query_one(ThroughputPanel).finished(r)
         leftovers = self.query_one(LeftoversTable)
         leftovers.show(findings.rows(r))
@@ -298,7 +315,7 @@ class BusmonApp(App[int]):
     def _screenshot_at_boundary(self, phase: str) -> None:
         if not self.keep_screenshots:
             return
-        run = self.results[-1].name if phase == "verdict" and self.results else self.query_one(PhaseBar).run
+        run = self.results[-1].name if phase == "verdict" and self.results else self.state.run
         name = f"{self._run_index:02d}-{run}-{self._phase_index}-{phase}.svg"
         self._holding = True  # later events wait until the picture shows this boundary
         self.call_after_refresh(self._shoot, name)
@@ -317,14 +334,14 @@ class BusmonApp(App[int]):
         if self.controller is None or not self.controller.interactive:
             self.notify("scripted playback: phases follow the scenario", timeout=3)
             return
-        if not self.controller.next_phase():
-            self.notify("busy: the current phase has not finished yet", timeout=2)
+        accepted = self.controller.next_phase()
+        self._advance(NextPressed(accepted))
+
 
     def action_toggle_pause(self) -> None:
         self.paused = not self.paused
         if self.paused:
-            self.query_one(VerdictBanner).add_class("-paused")
-            self.notify("display paused — the probes keep recording (space to resume)", timeout=3)
+            self._advance(Paused(True))
             return
         recorded, self.recorded = self.recorded, []
         for s in recorded:
@@ -332,15 +349,18 @@ class BusmonApp(App[int]):
         if recorded:
             self._pending_sample = recorded[-1]
             self._render_latest()
-        self.notify(f"resumed: {len(recorded)} samples recorded while paused", timeout=3)
+        self._advance(Paused(False, len(recorded)))
 
     def _set_interval(self, step: int) -> None:
         i = min(range(len(INTERVALS_MS)), key=lambda k: abs(INTERVALS_MS[k] - self.interval_ms))
-        i = max(0, min(len(INTERVALS_MS) - 1, i + step))
+        wanted = i + step
+        i = max(0, min(len(INTERVALS_MS) - 1, wanted))
         self.interval_ms = INTERVALS_MS[i]
         if self.controller is not None:
             self.controller.set_interval(self.interval_ms)
-        self.notify(f"sampling every {self.interval_ms} ms", timeout=2)
+        limit = "" if i == wanted else ("fastest" if step < 0 else "slowest")
+        self._advance(IntervalSet(self.interval_ms, limit))
+
 
     def action_faster(self) -> None:
         self._set_interval(-1)
@@ -356,6 +376,7 @@ class BusmonApp(App[int]):
 
     @on(Input.Submitted, "#filter")
     def _apply_filter(self, event: Input.Submitted) -> None:
+        self._advance(Filtered(event.value))
         self.query_one(LeftoversTable).set_filter(event.value)
         self.query_one(ComponentsTable).set_filter(event.value)
         event.input.remove_class("-shown")
@@ -366,6 +387,7 @@ class BusmonApp(App[int]):
         box = self.query_one("#filter", Input)
         if event.key == "escape" and box.has_class("-shown"):
             box.value = ""
+            self._advance(Filtered(""))
             self.query_one(LeftoversTable).set_filter("")
             self.query_one(ComponentsTable).set_filter("")
             box.remove_class("-shown")

@@ -1,4 +1,10 @@
-"""The phase bar: every phase, the current one lit, the run's name and elapsed time."""
+"""The header: where you are (run, phase, time), what is connected, and what n does next.
+
+Two lines, both rendered from the dashboard's ``DashState`` (tui/state.py):
+
+    baseline›create›SUBSCRIBE›load›hold›close›settle  run 2/4 main 3.2s
+    n → load · nats nats://bob:***@127.0.0.1:4222 · every 100 ms · PAUSED · filter "pool"
+"""
 
 from __future__ import annotations
 
@@ -7,37 +13,76 @@ from textual.reactive import reactive
 from textual.widget import Widget
 
 from probes.model import PHASES
+from tui.state import DashState
 
 
 class PhaseBar(Widget):
     DEFAULT_CSS = """
-    PhaseBar { height: 1; background: $panel; }
+    PhaseBar { height: 2; background: $panel; text-wrap: nowrap; text-overflow: ellipsis; }
     """
 
-    run = reactive("")
-    phase = reactive("")
-    elapsed = reactive(0.0)
-    waiting_for = reactive("")       # interactive: the phase a key press will start
-    done: reactive[frozenset[str]] = reactive(frozenset())
+    state: reactive[DashState] = reactive(DashState, always_update=True)
+
+    # what the tests and the app read back
+    @property
+    def run(self) -> str:
+        return self.state.run
+
+    @property
+    def phase(self) -> str:
+        return self.state.phase
+
+    @property
+    def waiting_for(self) -> str:
+        return self.state.waiting_for
 
     def render(self) -> Text:
-        wide = self.size.width >= 110
+        st, wide = self.state, self.size.width >= 110
         text = Text(" busmon ", style="bold reverse") if wide else Text()
         text.append(" ")
+        lit = st.lit
         for i, name in enumerate(PHASES):
             if i:
                 text.append(" › " if wide else "›", style="dim")
-            if name == self.phase:
-                text.append(f" {name.upper()} ", style="bold black on yellow")
-            elif name == self.waiting_for:
+            if name == lit:
+                style = "bold white on red" if st.failed and st.failed[0] == name else "bold black on yellow"
+                text.append(f" {name.upper()} ", style=style)
+            elif name == st.waiting_for:
                 text.append(f" {name} ", style="bold underline")
-            elif name in self.done:
+            elif name in st.done:
                 text.append(name, style="green")
             else:
                 text.append(name, style="dim")
-        if self.run:
-            text.append(f"  {self.run}" if not wide else f"   run {self.run}", style="bold")
-            text.append(f" {self.elapsed:.1f}s", style="dim")
-        if self.waiting_for:
-            text.append(f"  n → {self.waiting_for}", style="bold cyan")
+        if st.run:
+            text.append(f"  {st.run_label()}", style="bold")
+            text.append(f" {st.elapsed_s:.1f}s", style="dim")
+        text.append("\n")
+        text.append(self._status(st))
         return text
+
+    @staticmethod
+    def _status(st: DashState) -> Text:
+        """What n does, lasting marks (paused, filtered, a passing note), then what is connected
+        and how often busmon looks: the most urgent first, as 80 columns may cut the end."""
+        parts: list[tuple[str, str]] = []
+        if hint := st.next_key():
+            parts.append((hint, "bold cyan"))
+        if st.paused:
+            parts.append((" PAUSED (space) ", "bold black on yellow"))
+        if st.filter:
+            parts.append((f'filter "{st.filter}" (/ to change)', "bold magenta"))
+        if st.note:
+            parts.append((st.note, "italic cyan"))
+        line = Text(" ")
+        for part, style in parts:
+            line.append(part, style=style)
+            line.append(" · ", style="dim")
+        if st.backend:
+            line.append(st.backend, style="bold")
+            if st.target and st.target not in (st.backend, f"{st.backend}://"):
+                line.append(f" {st.target}")
+            elif st.backend == "memory":
+                line.append(" (embedded)", style="dim")
+            line.append(" · ", style="dim")
+        line.append(f"every {st.interval_ms} ms", style="dim")
+        return line

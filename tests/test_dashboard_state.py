@@ -1,0 +1,78 @@
+"""The dashboard header's model, without Textual: a pure function of events and key presses."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from functools import reduce as fold
+
+from probes.gate import AwaitingStep
+from probes.model import FailureNoted, PhaseStarted, Sample
+from probes.session import RunFinished
+from tests import recorded
+from tui.state import DashState, Filtered, IntervalSet, NextPressed, Paused, RunDone, reduce
+
+
+def play(*events, state: DashState | None = None) -> DashState:
+    return fold(reduce, events, state or DashState(backend="nats", target="nats://bob:***@h:4222", runs_total=4))
+
+
+def sample(run: str, phase: str, t_s: float) -> Sample:
+    return replace(recorded.sample(phase, t_s, 260, 5000, 4990, 100), run=run)
+
+
+def result():
+    return next(e.result for e in recorded.events() if isinstance(e, RunFinished))
+
+
+def test_where_you_are_run_phase_and_time():
+    st = play(AwaitingStep("low", "baseline"), PhaseStarted("low", "baseline", 0.0), PhaseStarted("low", "create", 0.4),
+              sample("low", "create", 1.5))
+    assert st.run_label() == "run 1/4 low" and st.lit == "create" and st.done == {"baseline"}
+    assert st.elapsed_s == 1.5 and st.next_key() == "n: after create"
+
+
+def test_settle_stays_lit_after_the_verdict_and_n_offers_the_next_run():
+    r = result()
+    st = play(PhaseStarted(r.name, "baseline", 0.0), PhaseStarted(r.name, "settle", 2.0), RunDone(r),
+              AwaitingStep("next", "baseline"))
+    assert st.lit == "settle" and "settle" in st.done and st.finished
+    assert st.next_key() == "n → next run" and st.verdicts == ((r.name, r.verdict),)
+
+
+def test_the_next_run_counts_on_and_its_clock_starts_again():
+    r = result()
+    st = play(PhaseStarted(r.name, "baseline", 0.0), sample(r.name, "load", 9.0), RunDone(r),
+              PhaseStarted("high", "baseline", 0.2))
+    assert st.run_label() == "run 2/4 high" and st.elapsed_s == 0.2 and not st.finished and st.done == frozenset()
+
+
+def test_n_too_early_says_when_it_will_act():
+    st = play(PhaseStarted("low", "baseline", 0.0), PhaseStarted("low", "load", 1.0), NextPressed(False))
+    assert st.note == "n acts when load ends"
+    assert play(AwaitingStep("low", "close"), NextPressed(True), state=st).note == ""
+
+
+def test_paused_filtered_and_the_sampling_limit_are_lasting_marks():
+    st = play(Paused(True), Filtered("  pool "), IntervalSet(50, "fastest"))
+    assert st.paused and st.filter == "pool" and st.interval_ms == 50
+    assert st.note == "sampling every 50 ms: the fastest"
+    st = play(Paused(False, 7), state=st)
+    assert not st.paused and st.note == "resumed: 7 samples recorded while paused" and st.filter == "pool"
+
+
+def test_a_failure_is_kept_with_its_phase_until_the_next_run():
+    st = play(PhaseStarted("low", "baseline", 0.0), PhaseStarted("low", "create", 0.1),
+              FailureNoted("low", "create", "nats 127.0.0.1:4222: authentication failed (user bob)"),
+              PhaseStarted("low", "close", 0.2))
+    assert st.failed == ("create", "nats 127.0.0.1:4222: authentication failed (user bob)") and st.lit == "close"
+    assert play(PhaseStarted("high", "baseline", 0.0), state=st).failed is None
+
+
+def test_the_open_ended_session_names_runs_by_number():
+    st = play(PhaseStarted("run-3", "baseline", 0.0), state=DashState(run_index=2))
+    assert st.run_label() == "run-3"
+
+
+def test_a_sample_of_another_run_does_not_move_the_clock():
+    st = play(PhaseStarted("low", "baseline", 0.0), sample("low", "load", 2.0), sample("old", "settle", 30.0))
+    assert st.elapsed_s == 2.0

@@ -1,0 +1,133 @@
+"""What the dashboard's header and status line show, as a plain model and a pure function.
+
+``reduce(state, event)`` takes the arena's events (``PhaseStarted``, ``Sample``, ``AwaitingStep``,
+``FailureNoted``, ``RunFinished``) and the person's own actions (pause, filter, sampling speed, a
+key pressed too early) and returns the next state; the widgets only render it. So where you are,
+what is connected, and what ``n`` will do are tested without Textual (tests/test_dashboard_state.py).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from probes.gate import AwaitingStep
+from probes.model import FailureNoted, PhaseStarted, RunResult, Sample
+
+
+@dataclass(frozen=True, slots=True)
+class Paused:
+    paused: bool
+    recorded: int = 0           # on resume: samples that arrived meanwhile (kept, now drawn)
+
+
+@dataclass(frozen=True, slots=True)
+class Filtered:
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class IntervalSet:
+    ms: int
+    at_limit: str = ""          # "fastest" | "slowest" when + / - could go no further
+
+
+@dataclass(frozen=True, slots=True)
+class NextPressed:
+    """``n`` pressed; ``accepted`` when a phase was waiting for it."""
+
+    accepted: bool
+
+
+@dataclass(frozen=True, slots=True)
+class RunDone:
+    """A run's result reached the screen (RunFinished, unwrapped)."""
+
+    result: RunResult
+
+
+@dataclass(frozen=True)
+class DashState:
+    backend: str = ""
+    target: str = ""                  # the URL, password masked; or the import path
+    runs_total: int = 0               # the scenario's runs; 0 in the open-ended interactive session
+    run: str = ""
+    run_index: int = 0                # 1-based, counted as runs start
+    phase: str = ""                   # the phase under way ("" between runs)
+    waiting_for: str = ""             # the phase a key press will start
+    done: frozenset[str] = frozenset()
+    elapsed_s: float = 0.0            # of the current (or last finished) run
+    finished: bool = False            # the current run has its verdict
+    failed: tuple[str, str] | None = None   # (phase, one-line reason) of the current run
+    paused: bool = False
+    filter: str = ""
+    interval_ms: int = 100
+    note: str = ""                    # a passing word: why n did nothing, a speed limit reached
+    verdicts: tuple[tuple[str, str], ...] = field(default=())   # (run, verdict) of finished runs
+
+    @property
+    def lit(self) -> str:
+        """The phase to light: the one under way, or settle once the run has its verdict."""
+        if self.phase:
+            return self.phase
+        return "settle" if self.finished else ""
+
+    def run_label(self) -> str:
+        """``run 2/4 main`` (or ``run 3 run-3`` in the open-ended session)."""
+        if not self.run:
+            return ""
+        if not self.runs_total and self.run == f"run-{self.run_index}":
+            return self.run  # the open-ended session names its runs by number already
+        count = f"{self.run_index}/{self.runs_total}" if self.runs_total else f"{self.run_index}"
+        return f"run {count} {self.run}"
+
+    def next_key(self) -> str:
+        """What n does now: ``n → load``, or when it will act."""
+        if self.waiting_for:
+            if self.waiting_for == "baseline" and self.run_index and self.finished:
+                return "n → next run"
+            return f"n → {self.waiting_for}"
+        if self.phase and not self.finished:
+            return f"n: after {self.phase}"
+        return ""
+
+
+def reduce(state: DashState, event: Any) -> DashState:
+    """The next state after ``event`` (an arena event or a person's action); pure."""
+    if isinstance(event, Sample):
+        if event.run != state.run:
+            return state
+        return replace(state, elapsed_s=max(state.elapsed_s, event.t_s))
+    if isinstance(event, PhaseStarted):
+        if event.phase == "baseline" or event.run != state.run:
+            return replace(state, run=event.run, run_index=state.run_index + 1, phase=event.phase,
+                           waiting_for="", done=frozenset(), elapsed_s=event.t_s, finished=False,
+                           failed=None, note="")
+        done = state.done | {state.phase} if state.phase else state.done
+        return replace(state, phase=event.phase, waiting_for="", done=done,
+                       elapsed_s=max(state.elapsed_s, event.t_s), note="")
+    if isinstance(event, AwaitingStep):
+        return replace(state, waiting_for=event.phase, note="")
+    if isinstance(event, FailureNoted):
+        return replace(state, failed=(event.phase, event.error))
+    if isinstance(event, RunDone):
+        r = event.result
+        return replace(state, phase="", finished=True, done=frozenset(p.phase for p in r.phases) | {"settle"},
+                       verdicts=(*state.verdicts, (r.name, r.verdict)))
+    if isinstance(event, Paused):
+        note = "" if event.paused else f"resumed: {event.recorded} samples recorded while paused"
+        return replace(state, paused=event.paused, note=note)
+    if isinstance(event, Filtered):
+        return replace(state, filter=event.text.strip())
+    if isinstance(event, IntervalSet):
+        note = f"sampling every {event.ms} ms: the {event.at_limit}" if event.at_limit else ""
+        return replace(state, interval_ms=event.ms, note=note)
+    if isinstance(event, NextPressed):
+        if event.accepted:
+            return replace(state, note="")
+        if state.phase and not state.finished:
+            return replace(state, note=f"n acts when {state.phase} ends")
+        return replace(state, note="nothing waits for n now")
+    return state
+
+
