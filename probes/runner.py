@@ -200,6 +200,11 @@ async def _run_once(ctx: RunContext) -> RunResult:
         ctx.failure = exc if isinstance(exc, PhaseFailed) else PhaseFailed(
             describe_error(exc), kind="refused" if isinstance(exc, BusRefusedError) else "error")
     failed_in = st.phase
+    if ctx.failure is not None and ctx.load_started:
+        # a load cut short: its rates are what got through until then, not zeros
+        now = asyncio.get_running_loop().time()
+        ctx.load_ended = ctx.load_ended or now
+        ctx.delivered_at = ctx.delivered_at or now
     if ctx.failure is not None and not any(p.phase == failed_in for p in ctx.phases):
         snapshot(ctx, failed_in)  # the phase that failed keeps its row in the tables
     if ctx.failure is not None:

@@ -285,6 +285,17 @@ class BusmonApp(App[int]):
 
     def _on_run_finished(self, r: RunResult) -> None:
         self.results.append(r)
+        # the live panels end where the run ended: its settled counts, not a sample from load
+        self._pending_sample = None
+        settled = r.phase("settle")
+        if settled is not None:
+            for chart_id, value in (("#chart-tasks", settled.tasks), ("#chart-threads", settled.os_threads),
+                                    ("#chart-pub", 0), ("#chart-del", 0)):
+                chart = self.query_one(chart_id, PhaseChart)
+                chart.push(value, "settle")
+                chart.refresh()
+            self.query_one(ComponentsTable).show(
+                {k: v for k, v in settled.by_component.items() if not k.startswith("thread:")})
         self.query_one(ThroughputPanel).finished(r)
         leftovers = self.query_one(LeftoversTable)
         leftovers.show(findings.rows(r))

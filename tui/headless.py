@@ -15,7 +15,7 @@ from rich.table import Table
 from bus.deadline import innermost
 from bus.secrets import ScrubbedStream
 from probes.findings import leaks, rows
-from probes.model import PhaseSnapshot, PhaseStarted, Sample, ScenarioResult, signed
+from probes.model import RunResult, PhaseSnapshot, PhaseStarted, Sample, ScenarioResult, signed
 from tui.report import rss_drift_cell, stall_cell
 from probes.scenario import Scenario
 from probes.session import RunFinished, Session
@@ -102,7 +102,7 @@ def _show(event: object, progress: Progress, bars: dict[str, int], console: Cons
 def summary_table(result: ScenarioResult) -> Table:
     """Runs as columns, measures as rows: fits 80 columns for the post-mortem's four-run ladder."""
     backends = ", ".join(dict.fromkeys(r.backend for r in result.runs))
-    table = Table(title=f"{escape(result.scenario)} on {escape(backends)}: "
+    table = Table(title=f"{escape(result.scenario)} · {escape(backends)} · "
                         f"[{VERDICT_STYLE[result.verdict]}]{result.verdict}[/]", box=box.SIMPLE_HEAD)
     table.add_column("", no_wrap=True)
     for r in result.runs:
@@ -112,13 +112,19 @@ def summary_table(result: ScenarioResult) -> Table:
         table.add_row(label, *cells)
 
     runs = result.runs
+
+    def loaded(r: RunResult, text: str) -> str:
+        """A figure of the load, or – for a run that failed before its load began (not a zero)."""
+        return text if r.phase("load") is not None or r.delivery.get("published", 0) else "–"
+
     row("verdict", [f"[{VERDICT_STYLE[r.verdict]}]{r.verdict}[/]" for r in runs])
-    row("received / sent", [f"{r.delivery.get('received', 0)}/{r.delivery.get('sent', 0)}" for r in runs])
-    row("lost · dup · reordered", [f"{r.delivery.get('lost', 0)} · {r.delivery.get('duplicated', 0)} · "
-                                   f"{r.delivery.get('reordered', 0)}" for r in runs])
-    row("deliver/s", [f"{r.throughput.get('deliver_per_s', 0):,.0f}" for r in runs])
-    row("latency p99 ms", [f"{r.throughput['latency_ms']['p99']:.1f}" if r.throughput.get("latency_ms") else "–"
-                           for r in runs])
+    row("received / sent", [loaded(r, f"{r.delivery.get('received', 0):,}/{r.delivery.get('sent', 0):,}")
+                            for r in runs])
+    row("lost · dup · reordered", [loaded(r, f"{r.delivery.get('lost', 0)} · {r.delivery.get('duplicated', 0)} · "
+                                             f"{r.delivery.get('reordered', 0)}") for r in runs])
+    row("deliver/s", [loaded(r, f"{r.throughput.get('deliver_per_s', 0):,.0f}") for r in runs])
+    row("latency p99 ms", [loaded(r, f"{r.throughput['latency_ms']['p99']:.1f}") if r.throughput.get("latency_ms")
+                           else "–" for r in runs])
     row("Δ tasks right after close", [signed(r.task_delta("close")) for r in runs])
     row("Δ tasks after settling", [signed(r.task_delta("settle")) for r in runs])
     row("[red]leaked[/]", [str(len(leaks(r))) for r in runs])

@@ -58,11 +58,16 @@ class PhaseChart(Widget):
 
 
 def _fit(points: list[tuple[float, str]], span: int) -> list[tuple[float, str]]:
-    """The whole run in ``span`` bars: each bar the peak of its share of samples, in the phase
-    of its last sample, so a run of any length keeps its shape and its phase boundaries."""
+    """The whole run in ``span`` bars: each bar the peak of its share of samples (or a sample
+    repeated, when there are fewer), in the phase of its last sample, so a run of any length
+    keeps its shape and its phase boundaries across the whole width."""
     if span <= 0:
         return []
-    if len(points) <= span:
+    if len(points) < span:
+        # fewer samples than bars (a fast run): stretch them over the width, so even a run of
+        # three samples shows its shape, not three bars at the left edge
+        return [points[i * len(points) // span] for i in range(span)] if len(points) > 1 else points
+    if len(points) == span:
         return points
     out = []
     step = len(points) / span

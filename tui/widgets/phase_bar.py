@@ -47,6 +47,8 @@ class PhaseBar(Widget):
             if name == lit:
                 style = "bold white on red" if st.failed and st.failed[0] == name else "bold black on yellow"
                 text.append(f" {name.upper()} ", style=style)
+            elif st.failed and name == st.failed[0]:  # where the run failed stays marked
+                text.append(f"{name}✗", style="bold red")
             elif name == st.waiting_for:
                 text.append(f" {name} ", style="bold underline")
             elif name in st.done:
