@@ -14,6 +14,8 @@ from tests import recorded
 from tui.app import BusmonApp
 from tui.cli import interactive_scenario
 from tui.controller import Controller
+from textual.widgets import DataTable
+
 from tui.widgets import LeftoversTable, PhaseBar, PhaseChart, PhaseTable, VerdictBanner
 
 SAMPLES = Path(__file__).resolve().parents[1] / "sample_configs"
@@ -260,3 +262,48 @@ async def test_at_80x24_the_footer_keeps_help_and_quit_and_the_figures_are_not_c
         rates = app.query_one(Rates)
         lines = rates.render().plain.split("\n")
         assert lines and all(len(line) <= rates.size.width for line in lines), (rates.size.width, lines)
+
+
+async def test_every_run_of_a_played_ladder_can_be_looked_at_again():
+    """busmon play in the dashboard: r lists the finished runs side by side; enter shows one
+    (its phases, figures, verdict) on the main screen; the header says which."""
+    from probes.scenario import load_scenario
+    from tui.app import RunsScreen
+
+    sc = load_scenario(SAMPLES / "quickstart.toml")
+    app = BusmonApp(Controller(sc, interactive=False))
+    async with app.run_test(size=(80, 24)) as pilot:
+        await until(pilot, lambda: len(app.results) == 2, "both runs of the quickstart", timeout=60)
+        await pilot.press("r")
+        await until(pilot, lambda: isinstance(app.screen, RunsScreen), "the runs screen")
+        table = app.screen.query_one(DataTable)
+        assert table.row_count == 2
+        assert [str(table.get_row_at(i)[0]) for i in range(2)] == ["warm-up", "main"]
+        await pilot.press("up", "enter")
+        await until(pilot, lambda: not isinstance(app.screen, RunsScreen), "back on the main screen")
+        assert app.state.note == "showing run warm-up (1/2): r for runs"
+        assert "warm-up" in str(app.query_one(VerdictBanner).render())
+        assert app.query_one(PhaseBar).state.run_label() == "run 2/2 main"  # the live state is kept
+
+
+async def test_enter_opens_a_leftovers_stack_full_screen_and_esc_returns():
+    from tui.app import StackScreen
+
+    app, feed = recorded_app("verdict")
+    async with app.run_test(size=(80, 24)) as pilot:
+        await feed(pilot)
+        app.query_one(LeftoversTable).focus()
+        await pilot.press("enter")
+        await until(pilot, lambda: isinstance(app.screen, StackScreen), "the stack screen")
+        assert app.screen.region.width == 80 and app.screen.query_one("StackView").region.height > 15
+        await pilot.press("escape")
+        await until(pilot, lambda: not isinstance(app.screen, StackScreen), "back")
+
+
+def test_help_names_every_key_and_the_hold_phase():
+    from tui.app import HELP
+
+    for binding in BusmonApp.BINDINGS:
+        key = binding.key_display or binding.key
+        assert f"[b]{key}" in HELP or f"/ {key}" in HELP or f"{key} /" in HELP, key
+    assert "hold" in HELP and "ctrl+p" in HELP

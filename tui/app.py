@@ -19,16 +19,18 @@ from textual.app import App, ComposeResult, SystemCommand
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 from textual.screen import ModalScreen, Screen
+from rich.text import Text
 from textual.widgets import DataTable, Footer, Input, Static
 
 from bus.secrets import redact_url, scrub
 from probes.gate import AwaitingStep
 from probes.logs import CAPTURE
 from probes import findings
-from probes.model import FailureNoted, PhaseSnapshot, PhaseStarted, RunResult, Sample, ScenarioResult
+from probes.model import FailureNoted, PhaseSnapshot, PhaseStarted, RunResult, Sample, ScenarioResult, signed
 from probes.session import RunFinished
 from tui.controller import Controller, PlaybackDone
-from tui.state import DashState, Filtered, IntervalSet, NextPressed, Paused, RunDone, reduce
+from tui.headless import VERDICT_STYLE
+from tui.state import DashState, Filtered, IntervalSet, NextPressed, Noted, Paused, RunDone, reduce
 from tui.widgets import (ComponentsTable, LeftoversTable, PhaseBar, PhaseChart, PhaseTable, StackView,
                          ThroughputPanel, VerdictBanner)
 from tui.widgets.charts import legend
@@ -53,15 +55,20 @@ HELP = """\
 [b]busmon[/b] drives an embedded event bus through its phases and shows, by identity,
 what it leaves behind once it has properly settled.
 
-  [b]n[/b]        next phase: baseline → create → subscribe → load → close → settle;
-           after settle, a new run with a fresh bus (watch accumulation)
+  [b]n[/b]        next phase: baseline → create → subscribe → load → (hold) → close → settle;
+           after settle, a new run with a fresh bus (watch accumulation). The header
+           says what n starts next, or "n: after load" when a phase must end first.
+           hold (--hold / hold_s) is an idle wait before close; n after it closes the bus.
+  [b]r[/b]        the runs so far, side by side (drift against the first run's baseline);
+           enter on one shows it, esc returns to the live run
   [b]space[/b]    pause / resume the display (the probes keep recording)
-  [b]+ / -[/b]    sample faster / slower
-  [b]/[/b]        filter the leftovers and components tables
-  [b]enter[/b]    on a leftover: its full stack
+  [b]+ / -[/b]    sample faster / slower (50 … 1000 ms; the header says the interval)
+  [b]/[/b]        filter the leftovers and components tables (esc clears)
+  [b]enter[/b]    on a leftover: its stack, full screen (esc returns)
   [b]e[/b]        export a screenshot (SVG) now
-  [b]?[/b]        this help
-  [b]q[/b]        quit (closes the bus first if it is open)
+  [b]?[/b]        this help (esc closes)
+  [b]ctrl+p[/b]   command palette
+  [b]q[/b]        quit (closes and settles the bus first if it is open)
 
 [b]close (naive)[/b] is the count taken the instant close() returned — what the
 post-mortem's test counted. [b]settled[/b] is after waiting for every exit, then GC.
@@ -70,7 +77,8 @@ settling (with how long it lived on); [yellow]ignored[/yellow] runtime-owned or 
 Kinds: task, thread, timer, socket and fd (open descriptors), process (child processes),
 memory (objects that grew with every envelope and are still held: a leak), and
 [yellow]STALLED[/yellow] stall (the event loop blocked ≥ stall_ms; a warning, with the blocking call).
-[b]sock[/b]: sockets opened since the baseline; [b]lag[/b]: how late the loop answers.
+[b]thr[/b]: Python threads / OS threads; [b]sock[/b]: sockets opened since the baseline;
+[b]lag[/b]: how late the loop answers; in runs, [b]drift[/b]: tasks/threads against the first run.
 """
 
 
@@ -85,10 +93,10 @@ class HelpScreen(ModalScreen[None]):
         yield Static(HELP)
 
 
-class StackScreen(ModalScreen[None]):
+class StackScreen(Screen[None]):
     """A leftover's stack, full screen: what enter shows (the side panel hides at 80 columns)."""
 
-    BINDINGS = [Binding("escape,enter,q", "dismiss", "Close")]
+    BINDINGS = [Binding("escape,enter,q", "dismiss", "Back")]
 
     def __init__(self, leftover) -> None:
         super().__init__()
@@ -96,11 +104,58 @@ class StackScreen(ModalScreen[None]):
 
     def compose(self) -> ComposeResult:
         view = StackView()
-        view.border_title = "stack (esc to close)"
+        view.border_title = "stack (esc to return)"
         yield view
+        yield Footer(show_command_palette=False)
 
     def on_mount(self) -> None:
         self.query_one(StackView).show(self.leftover)
+
+
+class RunsScreen(Screen[int | None]):
+    """Every finished run side by side, like the headless summary: enter shows one on the main
+    screen, esc returns to the live run. Drift is against the first run's baseline."""
+
+    BINDINGS = [Binding("escape,q,r", "dismiss(None)", "Back"), Binding("enter", "pick", "Show run")]
+    DEFAULT_CSS = """
+    RunsScreen DataTable { height: 1fr; border: round $primary; }
+    """
+
+    def __init__(self, results: list[RunResult], scenario: str) -> None:
+        super().__init__()
+        self.results = results
+        self.scenario = scenario
+
+    def compose(self) -> ComposeResult:
+        table: DataTable = DataTable(cursor_type="row", zebra_stripes=True)
+        table.border_title = f"runs of {self.scenario} (enter: show · esc: back)"
+        yield table
+        yield Footer(show_command_palette=False)
+
+    def on_mount(self) -> None:
+        table = self.query_one(DataTable)
+        for label in ("run", "verdict", "recv/sent", "del/s", "p99ms", "Δclose", "Δsettled", "left", "exited",
+                      "drift"):
+            table.add_column(label)
+        for r in self.results:
+            left = len(findings.leaks(r))
+            table.add_row(
+                r.name, Text(r.verdict, style=VERDICT_STYLE.get(r.verdict, "")),
+                f"{r.delivery.get('received', 0):,}/{r.delivery.get('sent', 0):,}",
+                f"{r.throughput.get('deliver_per_s', 0):,.0f}",
+                f"{(r.throughput.get('latency_ms') or {}).get('p99', 0):.1f}",
+                signed(r.task_delta("close")), signed(r.task_delta("settle")),
+                Text(str(left), style="bold red" if left else "green"), str(r.count("exited")),
+                f"{r.drift.get('tasks', 0)}/{r.drift.get('threads', 0)}" if r.drift else "–")
+        table.move_cursor(row=len(self.results) - 1)
+        table.focus()
+
+    def action_pick(self) -> None:
+        self.dismiss(self.query_one(DataTable).cursor_row)
+
+    @on(DataTable.RowSelected)
+    def _picked(self, event: DataTable.RowSelected) -> None:
+        self.dismiss(event.cursor_row)
 
 
 class BusmonApp(App[int]):
@@ -114,6 +169,7 @@ class BusmonApp(App[int]):
         Binding("n", "next_phase", "Next"),
         Binding("question_mark", "help", "Help", key_display="?"),
         Binding("q", "quit_busmon", "Quit"),
+        Binding("r", "runs", "Runs"),
         Binding("space", "toggle_pause", "Pause"),
         Binding("slash", "filter", "Filter", key_display="/"),
         Binding("e", "screenshot", "Screenshot"),
@@ -446,6 +502,39 @@ class BusmonApp(App[int]):
         folder = self.screenshots_dir or Path.cwd()
         path = self.save_screenshot(path=str(folder))
         self.notify(f"screenshot saved: {path}", timeout=4)
+
+    def action_runs(self) -> None:
+        if not self.results:
+            self._advance(Noted("no run has finished yet: r lists runs once they have their verdict"))
+            return
+        name = self.controller.scenario.name if self.controller is not None else "this session"
+        self.push_screen(RunsScreen(list(self.results), name), self._show_run)
+
+    def _show_run(self, index: int | None) -> None:
+        """Show a finished run on the main screen (its phases, figures, leftovers, verdict); the
+        next run's baseline brings the live view back."""
+        if index is None or not 0 <= index < len(self.results):
+            return
+        r = self.results[index]
+        table = self.query_one(PhaseTable)
+        table.reset()
+        for snap in r.phases:
+            table.add_snapshot(snap)
+        settled = r.phase("settle")
+        if settled is not None:
+            self.query_one(ComponentsTable).show(
+                {k: v for k, v in settled.by_component.items() if not k.startswith("thread:")})
+        self.query_one(ThroughputPanel).finished(r)
+        leftovers = self.query_one(LeftoversTable)
+        leftovers.show(findings.rows(r))
+        stack = self.query_one(StackView)
+        if leftovers.items:
+            stack.show(leftovers.selected())
+        else:
+            stack.nothing_left()
+        self.query_one(VerdictBanner).show(r, CAPTURE.summary())
+        live = index == len(self.results) - 1
+        self._advance(Noted("" if live else f"showing run {r.name} ({index + 1}/{len(self.results)}): r for runs"))
 
     def action_help(self) -> None:
         self.push_screen(HelpScreen())

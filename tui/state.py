@@ -40,6 +40,13 @@ class NextPressed:
 
 
 @dataclass(frozen=True, slots=True)
+class Noted:
+    """A passing word for the status line ("" clears it)."""
+
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
 class RunDone:
     """A run's result reached the screen (RunFinished, unwrapped)."""
 
@@ -114,6 +121,8 @@ def reduce(state: DashState, event: Any) -> DashState:
         r = event.result
         return replace(state, phase="", finished=True, done=frozenset(p.phase for p in r.phases) | {"settle"},
                        verdicts=(*state.verdicts, (r.name, r.verdict)))
+    if isinstance(event, Noted):
+        return replace(state, note=event.text)
     if isinstance(event, Paused):
         note = "" if event.paused else f"resumed: {event.recorded} samples recorded while paused"
         return replace(state, paused=event.paused, note=note)

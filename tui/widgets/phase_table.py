@@ -29,7 +29,7 @@ class PhaseTable(DataTable):
         self.add_column("phase", key="phase")
         self.add_column("tasks", key="tasks")
         self.add_column("Δ", key="delta")
-        self.add_column("thr py/os", key="threads")
+        self.add_column("thr", key="threads")  # Python threads / OS threads (help says so)
         self.add_column("new", key="new")
         self.add_column("sock", key="sockets")
         self.baseline: PhaseSnapshot | None = None
