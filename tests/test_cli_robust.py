@@ -517,3 +517,28 @@ def test_help_names_what_each_option_takes():
     lines = {ln.split()[1]: ln for ln in proc.stdout.splitlines() if ln.startswith("│ --")}
     assert "<bool>" not in lines["--headless"] and "<" not in lines["--report"], proc.stdout
     assert "FILE" in lines["--report"] and "URL" in lines["--url"] and "MODULE:FACTORY" in lines["--bus"]
+
+
+def _busmon_piped(args: list[str], cwd: Path = ROOT) -> subprocess.CompletedProcess:
+    """busmon with its output piped, as in CI: rich then lays out for 80 columns."""
+    env = {k: v for k, v in __import__("os").environ.items() if k not in ("COLUMNS", "LINES")}
+    return subprocess.run([sys.executable, "-m", "tui.cli", *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=120, stdin=subprocess.DEVNULL, env={**env, "PYTHONPATH": str(ROOT)})
+
+
+def test_headless_output_piped_fits_80_columns():
+    proc = _busmon_piped(["play", QUICKSTART, "--headless"])
+    assert proc.returncode == 0, proc.stderr
+    long = [ln for ln in (proc.stdout + proc.stderr).splitlines() if len(ln) > 80]
+    assert not long, long
+
+
+def test_the_compare_table_fits_80_columns_with_four_backends(tmp_path):
+    scenario = tmp_path / "c.toml"
+    scenario.write_text('name = "c"\n[probes]\nsettle_timeout_s = 0.5\n[[runs]]\nname = "1k"\nmessages = 1000\n')
+    proc = _busmon_piped(["compare", str(scenario), "--backends",
+                          "memory,tests.leaky_buses:TaskLeaker,tests.leaky_buses:SlowExit,tests.leaky_buses:Replacer"])
+    assert proc.returncode in (0, 1), proc.stderr
+    long = [ln for ln in proc.stdout.splitlines() if len(ln) > 80]
+    assert not long, long
+    assert "TaskLeaker = tests.leaky_buses:TaskLeaker" in proc.stdout and "…" not in proc.stdout

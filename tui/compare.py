@@ -36,8 +36,12 @@ def compare_table(result: ScenarioResult) -> Table:
     table = Table(title=f"busmon compare: {result.scenario} — "
                         f"[{VERDICT_STYLE[result.verdict]}]{result.verdict}[/]", box=box.SIMPLE_HEAD)
     table.add_column("", no_wrap=True)
+    short = {b: _short_name(b) for b in backends}
     for b in backends:
-        table.add_column(b, justify="right", no_wrap=True)
+        table.add_column(escape(short[b]), justify="right", no_wrap=True)
+    renamed = [f"{short[b]} = {b}" for b in backends if short[b] != b]
+    if renamed:
+        table.caption = escape("; ".join(renamed))
 
     def cells(fn) -> list[str]:
         return [fn(by[(name, b)]) if (name, b) in by else "–" for b in backends]
@@ -53,6 +57,14 @@ def compare_table(result: ScenarioResult) -> Table:
         table.add_row("  lost", *cells(lambda r: str(r.delivery.get("lost", 0))))
         table.add_section()
     return table
+
+
+def _short_name(backend: str) -> str:
+    """A column header that keeps four backends within 80 columns: ``TaskLeaker`` for
+    ``tests.leaky_buses:TaskLeaker`` (the caption gives the full name)."""
+    if len(backend) <= 12:
+        return backend
+    return backend.rsplit(":", 1)[-1].rsplit(".", 1)[-1][:12]
 
 
 def _latency(r: RunResult) -> str:

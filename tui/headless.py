@@ -81,8 +81,9 @@ def _show(event: object, progress: Progress, bars: dict[str, int], console: Cons
         )
     elif isinstance(event, PhaseSnapshot) and event.phase in ("close", "settle"):
         what = "right after close" if event.phase == "close" else "after settling"
-        progress.console.print(f"    {what}: {event.tasks} tasks, {event.threads} threads "
-                               f"({event.new_tasks} tasks / {event.new_threads} threads new since baseline)")
+        # under 80 columns, so a pipe or CI log never wraps it mid-sentence
+        progress.console.print(f"    {what}: {event.tasks} tasks, {event.threads} threads ("
+                               f"+{event.new_tasks} tasks, +{event.new_threads} threads new)", soft_wrap=True)
     elif isinstance(event, RunFinished):
         r = event.result
         if r.name in bars:
