@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable
+from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 from probes.arena import Arena
 from probes.census import Census
@@ -25,13 +25,18 @@ from probes.scenario import RunSpec, Scenario
 from probes.tracking import TaskTracker
 
 
+
+if TYPE_CHECKING:
+    from probes.events import ArenaEvent
+
+
 @dataclass(frozen=True, slots=True)
 class RunFinished:
     result: RunResult
 
 
 class Session:
-    def __init__(self, scenario: Scenario, sink: Callable[[object], None], *,
+    def __init__(self, scenario: Scenario, sink: Callable[[ArenaEvent], None], *,
                  probes_on: bool = True) -> None:
         self.scenario = scenario
         self.sink = sink

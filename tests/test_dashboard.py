@@ -265,17 +265,16 @@ async def test_at_80x24_the_footer_keeps_help_and_quit_and_the_figures_are_not_c
 
 
 async def test_every_run_of_a_played_ladder_can_be_looked_at_again():
-    """busmon play in the dashboard: r lists the finished runs side by side; enter shows one
-    (its phases, figures, verdict) on the main screen; the header says which."""
+    """busmon play in the dashboard ends on the runs side by side (r shows them again); enter shows
+    one (its phases, figures, verdict) on the main screen; the header says which."""
     from probes.scenario import load_scenario
     from tui.app import RunsScreen
 
     sc = load_scenario(SAMPLES / "quickstart.toml")
     app = BusmonApp(Controller(sc, interactive=False))
     async with app.run_test(size=(80, 24)) as pilot:
-        await until(pilot, lambda: len(app.results) == 2, "both runs of the quickstart", timeout=60)
-        await pilot.press("r")
-        await until(pilot, lambda: isinstance(app.screen, RunsScreen), "the runs screen")
+        # at the end of the playback the runs are compared on a screen of their own
+        await until(pilot, lambda: isinstance(app.screen, RunsScreen), "the runs screen at the end", timeout=60)
         table = app.screen.query_one(DataTable)
         assert table.row_count == 2
         assert [str(table.get_row_at(i)[0]) for i in range(2)] == ["warm-up", "main"]
@@ -284,6 +283,8 @@ async def test_every_run_of_a_played_ladder_can_be_looked_at_again():
         assert app.state.note == "showing run warm-up (1/2): r for runs"
         assert "warm-up" in str(app.query_one(VerdictBanner).render())
         assert app.query_one(PhaseBar).state.run_label() == "run 2/2 main"  # the live state is kept
+        await pilot.press("r")
+        await until(pilot, lambda: isinstance(app.screen, RunsScreen), "r shows the runs again")
 
 
 async def test_enter_opens_a_leftovers_stack_full_screen_and_esc_returns():
@@ -307,3 +308,48 @@ def test_help_names_every_key_and_the_hold_phase():
         key = binding.key_display or binding.key
         assert f"[b]{key}" in HELP or f"/ {key}" in HELP or f"{key} /" in HELP, key
     assert "hold" in HELP and "ctrl+p" in HELP
+
+
+FAILED_CREATE = "kafka 127.0.0.1:9093: authentication failed (SCRAM-SHA-256, user bob)"
+
+
+async def _failed_create(pilot) -> None:
+    from probes.model import FailureNoted, PhaseStarted
+
+    events = recorded.events("load")[:2] + [PhaseStarted("run-1", "create", 0.5),
+                                            FailureNoted("run-1", "create", FAILED_CREATE),
+                                            PhaseStarted("run-1", "close", 0.6)]
+    for event in events:
+        pilot.app.apply(event)
+    await pilot.pause()
+
+
+async def _paused_and_filtered(pilot) -> None:
+    for event in recorded.events("load"):
+        pilot.app.apply(event)
+    await pilot.press("space", "slash", *"pool", "enter")
+    await pilot.pause()
+
+
+@pytest.mark.parametrize("size", [(80, 24), (120, 40)], ids=["80x24", "120x40"])
+@pytest.mark.parametrize("state", ["failed-create", "paused-filtered"])
+def test_state_snapshot(snap_compare, size, state):
+    """What a person sees in each state: the failure in the phase where it happened, with its one
+    line; a lasting PAUSED mark and the filter in force."""
+    app, _ = recorded_app("load")
+    setup = {"failed-create": _failed_create, "paused-filtered": _paused_and_filtered}[state]
+    assert snap_compare(app, terminal_size=size, run_before=setup)
+
+
+async def test_the_states_reach_the_header_and_banner():
+    app, _ = recorded_app("load")
+    async with app.run_test(size=(80, 24)) as pilot:
+        await _failed_create(pilot)
+        assert app.state.failed == ("create", FAILED_CREATE)
+        assert FAILED_CREATE in str(app.query_one(VerdictBanner).render())  # kept through close
+    app, _ = recorded_app("load")
+    async with app.run_test(size=(80, 24)) as pilot:
+        await _paused_and_filtered(pilot)
+        assert app.state.paused and app.state.filter == "pool"
+        status = app.query_one(PhaseBar).render().plain.split("\n")[1]
+        assert "PAUSED" in status and 'filter "pool"' in status

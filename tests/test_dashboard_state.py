@@ -43,7 +43,9 @@ def test_the_next_run_counts_on_and_its_clock_starts_again():
     r = result()
     st = play(PhaseStarted(r.name, "baseline", 0.0), sample(r.name, "load", 9.0), RunDone(r),
               PhaseStarted("high", "baseline", 0.2))
-    assert st.run_label() == "run 2/4 high" and st.elapsed_s == 0.2 and not st.finished and st.done == frozenset()
+    assert st.run_label() == "run 2/4 high" and st.elapsed_s == 0.0 and not st.finished and st.done == frozenset()
+    st = play(sample("high", "baseline", 1.7), state=st)  # the run's clock ran while n was awaited: not counted
+    assert st.elapsed_s == 1.5
 
 
 def test_n_too_early_says_when_it_will_act():
@@ -65,12 +67,20 @@ def test_a_failure_is_kept_with_its_phase_until_the_next_run():
               FailureNoted("low", "create", "nats 127.0.0.1:4222: authentication failed (user bob)"),
               PhaseStarted("low", "close", 0.2))
     assert st.failed == ("create", "nats 127.0.0.1:4222: authentication failed (user bob)") and st.lit == "close"
+    assert st.next_key() == "n: after the verdict (busmon closes and settles on its own)"
     assert play(PhaseStarted("high", "baseline", 0.0), state=st).failed is None
 
 
 def test_the_open_ended_session_names_runs_by_number():
     st = play(PhaseStarted("run-3", "baseline", 0.0), state=DashState(run_index=2))
     assert st.run_label() == "run-3"
+
+
+def test_the_clock_stops_at_the_verdict():
+    r = result()
+    st = play(PhaseStarted(r.name, "baseline", 0.0), sample(r.name, "settle", 7.0), RunDone(r),
+              sample(r.name, "settle", 9.0))
+    assert st.elapsed_s == 7.0
 
 
 def test_a_sample_of_another_run_does_not_move_the_clock():

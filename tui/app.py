@@ -23,6 +23,7 @@ from rich.text import Text
 from textual.widgets import DataTable, Footer, Input, Static
 
 from bus.secrets import redact_url, scrub
+from probes.events import ArenaEvent
 from probes.gate import AwaitingStep
 from probes.logs import CAPTURE
 from probes import findings
@@ -116,7 +117,8 @@ class RunsScreen(Screen[int | None]):
     """Every finished run side by side, like the headless summary: enter shows one on the main
     screen, esc returns to the live run. Drift is against the first run's baseline."""
 
-    BINDINGS = [Binding("escape,q,r", "dismiss(None)", "Back"), Binding("enter", "pick", "Show run")]
+    BINDINGS = [Binding("escape,r", "dismiss(None)", "Back"), Binding("enter", "pick", "Show run"),
+                Binding("q", "app.quit_busmon", "Quit")]
     DEFAULT_CSS = """
     RunsScreen DataTable { height: 1fr; border: round $primary; }
     """
@@ -260,7 +262,7 @@ class BusmonApp(App[int]):
         self.state = reduce(self.state, event)
         self.query_one(PhaseBar).state = self.state
 
-    def apply(self, event: object) -> None:
+    def apply(self, event: ArenaEvent | PlaybackDone) -> None:
         """Show one event (the tests feed recorded events straight in here)."""
         self._advance(RunDone(event.result) if isinstance(event, RunFinished) else event)
         if isinstance(event, Sample):
@@ -369,7 +371,9 @@ class BusmonApp(App[int]):
         if self.exit_when_done:
             self.call_after_refresh(self._exit_done)
         elif done.result is not None:
-            self.notify("playback finished: q to quit", timeout=6)
+            self._advance(Noted("playback finished: r compares the runs, q quits"))
+            if len(self.results) > 1:  # the final screen compares the runs, as the headless summary does
+                self.action_runs()
 
     def _exit_done(self) -> None:
         if self._holding or self._backlog:

@@ -63,7 +63,8 @@ class DashState:
     phase: str = ""                   # the phase under way ("" between runs)
     waiting_for: str = ""             # the phase a key press will start
     done: frozenset[str] = frozenset()
-    elapsed_s: float = 0.0            # of the current (or last finished) run
+    elapsed_s: float = 0.0            # since the current (or last finished) run's baseline began
+    run_t0: float = 0.0               # the run's clock at its baseline (the run's clock starts earlier)
     finished: bool = False            # the current run has its verdict
     failed: tuple[str, str] | None = None   # (phase, one-line reason) of the current run
     paused: bool = False
@@ -94,6 +95,8 @@ class DashState:
             if self.waiting_for == "baseline" and self.run_index and self.finished:
                 return "n → next run"
             return f"n → {self.waiting_for}"
+        if self.failed and not self.finished:
+            return "n: after the verdict (busmon closes and settles on its own)"
         if self.phase and not self.finished:
             return f"n: after {self.phase}"
         return ""
@@ -102,17 +105,17 @@ class DashState:
 def reduce(state: DashState, event: Any) -> DashState:
     """The next state after ``event`` (an arena event or a person's action); pure."""
     if isinstance(event, Sample):
-        if event.run != state.run:
+        if event.run != state.run or state.finished:
             return state
-        return replace(state, elapsed_s=max(state.elapsed_s, event.t_s))
+        return replace(state, elapsed_s=max(state.elapsed_s, event.t_s - state.run_t0))
     if isinstance(event, PhaseStarted):
         if event.phase == "baseline" or event.run != state.run:
             return replace(state, run=event.run, run_index=state.run_index + 1, phase=event.phase,
-                           waiting_for="", done=frozenset(), elapsed_s=event.t_s, finished=False,
+                           waiting_for="", done=frozenset(), elapsed_s=0.0, run_t0=event.t_s, finished=False,
                            failed=None, note="")
         done = state.done | {state.phase} if state.phase else state.done
         return replace(state, phase=event.phase, waiting_for="", done=done,
-                       elapsed_s=max(state.elapsed_s, event.t_s), note="")
+                       elapsed_s=max(state.elapsed_s, event.t_s - state.run_t0), note="")
     if isinstance(event, AwaitingStep):
         return replace(state, waiting_for=event.phase, note="")
     if isinstance(event, FailureNoted):

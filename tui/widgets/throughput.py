@@ -130,6 +130,7 @@ class ThroughputPanel(Vertical):
         if s.phase not in ("", "settle") and rates.final is not None and rates.final.name != s.run:
             rates.final = None
             self.border_title = LIVE_TITLE
+            self.query_one(ProgressBar).update(total=1, progress=0)  # not the last run's 100 %
         rates.refresh()
         if rates.final is None and s.expected:
             self.query_one(ProgressBar).update(total=s.expected, progress=s.delivered)
