@@ -35,7 +35,7 @@ from tui.state import DashState, Filtered, IntervalSet, NextPressed, Noted, Paus
 from tui.widgets import (ComponentsTable, LeftoversTable, PhaseBar, PhaseChart, PhaseTable, StackView,
                          ThroughputPanel, VerdictBanner)
 from tui.widgets.charts import legend
-from tui.widgets.throughput import LIVE_TITLE
+from tui.widgets.throughput import LIVE_TITLE, short_count
 
 INTERVALS_MS = (50, 100, 200, 500, 1000)
 DRAIN_EVERY_S = 0.1    # events arrive at the sampling rate (10 Hz); phase changes show within 0.1 s
@@ -121,6 +121,7 @@ class RunsScreen(Screen[int | None]):
                 Binding("q", "app.quit_busmon", "Quit")]
     DEFAULT_CSS = """
     RunsScreen DataTable { height: 1fr; border: round $primary; }
+    RunsScreen #runs-title { height: 1; background: $panel; }
     """
 
     def __init__(self, results: list[RunResult], scenario: str) -> None:
@@ -129,26 +130,30 @@ class RunsScreen(Screen[int | None]):
         self.scenario = scenario
 
     def compose(self) -> ComposeResult:
+        verdicts = [r.verdict for r in self.results]
+        overall = "failed" if "failed" in verdicts else "leaked" if "leaked" in verdicts else "clean"
+        yield Static(Text.assemble((f" {self.scenario}", "bold"), f" · {len(self.results)} runs · ",
+                                   (overall, VERDICT_STYLE.get(overall, ""))), id="runs-title")
         table: DataTable = DataTable(cursor_type="row", zebra_stripes=True)
-        table.border_title = f"runs of {self.scenario} (enter: show · esc: back)"
+        table.border_title = "runs (Δ tasks: right after close → settled · enter: show · esc: back)"
         yield table
         yield Footer(show_command_palette=False)
 
     def on_mount(self) -> None:
         table = self.query_one(DataTable)
-        for label in ("run", "verdict", "recv/sent", "del/s", "p99ms", "Δclose", "Δsettled", "left", "exited",
-                      "drift"):
+        for label in ("run", "verdict", "recv/sent", "del/s", "p99ms", "Δ tasks", "left/exit", "drift"):
             table.add_column(label)
         for r in self.results:
             left = len(findings.leaks(r))
+            close, settled = r.task_delta("close"), r.task_delta("settle")
             table.add_row(
                 r.name, Text(r.verdict, style=VERDICT_STYLE.get(r.verdict, "")),
-                f"{r.delivery.get('received', 0):,}/{r.delivery.get('sent', 0):,}",
-                f"{r.throughput.get('deliver_per_s', 0):,.0f}",
+                f"{short_count(r.delivery.get('received', 0))}/{short_count(r.delivery.get('sent', 0))}",
+                short_count(r.throughput.get("deliver_per_s", 0)),
                 f"{(r.throughput.get('latency_ms') or {}).get('p99', 0):.1f}",
-                signed(r.task_delta("close")), signed(r.task_delta("settle")),
-                Text(str(left), style="bold red" if left else "green"), str(r.count("exited")),
-                f"{r.drift.get('tasks', 0)}/{r.drift.get('threads', 0)}" if r.drift else "–")
+                f"{signed(close)}→{signed(settled)}",
+                Text(f"{left}/{r.count('exited')}", style="bold red" if left else "green"),
+                f"{r.drift.get('tasks', 0)}t/{r.drift.get('threads', 0)}th" if r.drift else "–")
         table.move_cursor(row=len(self.results) - 1)
         table.focus()
 

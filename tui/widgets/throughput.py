@@ -37,7 +37,7 @@ class Rates(Widget):
 
     def _text(self, compact: bool) -> Text:
         s, final = self.sample, self.final
-        num = _short if compact else (lambda n: f"{n:,.0f}")
+        num = short_count if compact else (lambda n: f"{n:,.0f}")
         ms = _short_ms if compact else (lambda v: f"{v:.2f}ms")
         if s is None and final is None:
             return Text()
@@ -88,7 +88,7 @@ class Rates(Widget):
         return text
 
 
-def _short(n: float) -> str:
+def short_count(n: float) -> str:
     """``5,004``, ``31.3k``, ``1.2M``: a count in at most six characters."""
     if abs(n) < 10_000:
         return f"{n:,.0f}"
