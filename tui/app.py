@@ -318,6 +318,8 @@ class BusmonApp(App[int]):
         self._screenshot_at_boundary(snap.phase)
 
     def _on_sample(self, s: Sample) -> None:
+        if self.state.finished and s.run == self.state.run:
+            return  # the sampler goes on between runs: the verdict screen keeps the run's own figures
         if self.paused:
             self.recorded.append(s)
             return
