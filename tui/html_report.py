@@ -87,6 +87,9 @@ def to_html(result: ScenarioResult, scenario_path: str | None, shots: list[tuple
         parts.append(_table(PHASE_HEADERS, phase_rows(r)))
         parts.append("<h3>Where the tasks come from</h3>")
         parts.append(_table(["component", "baseline", "load", "close", "settle"], component_rows(r)))
+        if thread_rows := component_rows(r, threads=True):
+            parts.append("<h3>Threads by name (Python threads; the OS count is in the phase table)</h3>")
+            parts.append(_table(["thread", "baseline", "load", "close", "settle"], thread_rows))
         parts.append("<h3>Leftovers after close</h3>")
         if r.leftovers:
             rows = "".join(

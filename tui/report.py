@@ -84,17 +84,24 @@ def phase_rows(run: RunResult) -> list[list[Any]]:
     return rows
 
 
-def component_rows(run: RunResult) -> list[list[Any]]:
+#: thread groups as a person reads them (the census groups threads by name, digits dropped)
+THREAD_NAMES = {"main": "main (the process's own)", "Thread": "Thread-N (started without a name)"}
+
+
+def component_rows(run: RunResult, threads: bool = False) -> list[list[Any]]:
+    """Tasks by component (``bus.pool``, ``aiokafka``…) per phase; with ``threads``, the threads
+    by name instead (the census keeps both in one mapping, threads as ``thread:<name>``)."""
     names: list[str] = []
     for p in run.phases:
         for c in p.by_component:
-            if c not in names:
+            if c.startswith("thread:") == threads and c not in names:
                 names.append(c)
     cols = ["baseline", "load", "close", "settle"]
     by = {p.phase: p.by_component for p in run.phases}
     rows = []
     for c in names:
-        rows.append([f"`{c}`"] + [by.get(col, {}).get(c, 0) if col in by else "–" for col in cols])
+        label = THREAD_NAMES.get(c.removeprefix("thread:"), c.removeprefix("thread:")) if threads else c
+        rows.append([f"`{label}`"] + [by.get(col, {}).get(c, 0) if col in by else "–" for col in cols])
     rows.sort(key=lambda row: -max((x for x in row[1:] if isinstance(x, int)), default=0))
     return rows
 
@@ -132,6 +139,9 @@ def to_markdown(result: ScenarioResult, scenario_path: str | None = None) -> str
         lines += _table(PHASE_HEADERS, phase_rows(r))
         lines += ["", "### Where the tasks come from", ""]
         lines += _table(["component", "baseline", "load", "close", "settle"], component_rows(r))
+        if thread_rows := component_rows(r, threads=True):
+            lines += ["", "### Threads by name (Python threads; the OS count is in the phase table)", ""]
+            lines += _table(["thread", "baseline", "load", "close", "settle"], thread_rows)
         lines += ["", "### Leftovers after close", ""]
         if not r.leftovers:
             lines += ["Nothing new was alive when close returned."]
