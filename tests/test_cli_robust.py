@@ -460,7 +460,7 @@ def test_fuzzed_command_lines_exit_0_to_3_and_usage_errors_are_one_line(
     import tui.run
 
     with pytest.MonkeyPatch.context() as mp:  # the dashboard stays shut: this is about the command line
-        mp.setattr(tui.run, "run_dashboard", lambda sc, interactive: 0)
+        mp.setattr(tui.run, "run_dashboard", lambda sc, interactive: (0, ScenarioResult(sc.name, ())))
         mp.setattr(tui.run, "play_dashboard",  # quit before the first run: nothing measured
                    lambda sc, headless, screenshots: (ScenarioResult(sc.name, (), interrupted=True), []))
         code, out, err = run_main([*before, "play", "tiny.toml", "--headless", *after], cwd=cli_dir)

@@ -247,9 +247,15 @@ def dashboard(
     sc = interactive_scenario(messages=messages, rate=rate, settle=settle, hold=hold)
     sc = _with_ignores(_retarget(sc, None, backend, url, bus), ignore_task=ignore_task, ignore_thread=ignore_thread,
                        ignore_socket=ignore_socket, ignore_process=ignore_process, ignore_type=ignore_type)
+    from tui.headless import leak_lines, summary_table
     from tui.run import run_dashboard
 
-    raise typer.Exit(run_dashboard(sc, interactive=True))
+    code, result = run_dashboard(sc, interactive=True)
+    if result.runs:  # the dashboard is gone: the terminal keeps what it found
+        out.print(summary_table(result))
+        for line in leak_lines(result):
+            out.print(line, highlight=False)
+    raise typer.Exit(code)
 
 
 def interactive_scenario(*, messages: int, rate: float, settle: float, hold: float = 0.0) -> Scenario:

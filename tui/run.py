@@ -13,15 +13,16 @@ from tui.controller import Controller
 HEADLESS_SIZE = (120, 40)
 
 
-def run_dashboard(scenario: Scenario, *, interactive: bool) -> int:
-    """The interactive dashboard; returns the exit code of the runs seen."""
+def run_dashboard(scenario: Scenario, *, interactive: bool) -> tuple[int, ScenarioResult]:
+    """The interactive dashboard; returns the exit code of the runs seen, and those runs (so the
+    terminal keeps their summary once the dashboard is gone)."""
     controller = Controller(scenario, interactive=interactive)
     app = BusmonApp(controller)
     try:
         code = app.run()
     finally:
         controller.shutdown()
-    return code or 0
+    return code or 0, ScenarioResult(scenario.name, tuple(controller.session.results))
 
 
 def play_dashboard(scenario: Scenario, *, headless: bool, screenshots: Path | None
