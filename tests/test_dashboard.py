@@ -276,7 +276,7 @@ async def test_every_run_of_a_played_ladder_can_be_looked_at_again():
         # at the end of the playback the runs are compared on a screen of their own
         await until(pilot, lambda: isinstance(app.screen, RunsScreen), "the runs screen at the end", timeout=60)
         table = app.screen.query_one(DataTable)
-        assert table.row_count == 2
+        await until(pilot, lambda: table.row_count == 2, "a row per run")
         assert [str(table.get_row_at(i)[0]) for i in range(2)] == ["warm-up", "main"]
         await pilot.press("up", "enter")
         await until(pilot, lambda: not isinstance(app.screen, RunsScreen), "back on the main screen")
