@@ -259,8 +259,13 @@ class BusmonApp(App[int]):
     def drain(self) -> None:
         if self.controller is not None:
             self._backlog.extend(self.controller.drain())
-        while self._backlog and not self._holding:
+        while self._backlog and not self._holding and self._drawable():
             self.apply(self._backlog.popleft())
+
+    def _drawable(self) -> bool:
+        """The main screen's widgets are there: not while the app is shutting down (a timer can
+        still fire while the screens are taken apart)."""
+        return not self._exit and bool(self.screen_stack) and bool(self.screen_stack[0].query(PhaseBar))
 
     def _advance(self, event: object) -> None:
         """The header follows the model: one pure step, then a redraw."""
