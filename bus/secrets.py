@@ -244,7 +244,10 @@ class ScrubbedStream:
     def stream(self) -> Any:
         import sys
 
-        return getattr(sys, self._target) if isinstance(self._target, str) else self._target
+        stream = getattr(sys, self._target) if isinstance(self._target, str) else self._target
+        # rich's live display replaces sys.stderr with a proxy that prints back into the console
+        # writing here: write to what it proxies (as rich's own Console.file does), or loop forever
+        return getattr(stream, "rich_proxied_file", stream)
 
     def write(self, text: str) -> int:
         self.stream.write(scrub(text))

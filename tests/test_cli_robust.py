@@ -542,3 +542,50 @@ def test_the_compare_table_fits_80_columns_with_four_backends(tmp_path):
     long = [ln for ln in proc.stdout.splitlines() if len(ln) > 80]
     assert not long, long
     assert "TaskLeaker = tests.leaky_buses:TaskLeaker" in proc.stdout and "…" not in proc.stdout
+
+
+def _in_a_terminal(args: list[str], deadline_s: float = 60.0) -> tuple[int | None, bytes]:
+    """busmon with a pseudo-terminal for stdin, stdout and stderr, as a person types it: rich's
+    live display then redirects sys.stdout/stderr, which a pipe never shows. None: still running
+    at the deadline (killed)."""
+    import os
+    import pty
+    import select
+    import time
+
+    master, slave = pty.openpty()
+    proc = subprocess.Popen([sys.executable, "-m", "tui.cli", *args], cwd=ROOT, stdin=slave, stdout=slave,
+                            stderr=slave, close_fds=True,
+                            env={**os.environ, "PYTHONPATH": str(ROOT), "COLUMNS": "100", "LINES": "30"})
+    os.close(slave)
+    out, end = b"", time.monotonic() + deadline_s
+    try:
+        while time.monotonic() < end:
+            ready, _, _ = select.select([master], [], [], 0.2)  # wakes on output or to look again
+            if ready:
+                try:
+                    chunk = os.read(master, 65536)
+                except OSError:  # the terminal closed: busmon has ended
+                    break
+                if not chunk:
+                    break
+                out += chunk
+            elif proc.poll() is not None:
+                break
+        else:
+            proc.kill()
+            proc.wait()
+            return None, out
+        return proc.wait(timeout=10), out
+    finally:
+        os.close(master)
+
+
+@pytest.mark.parametrize("args", [["play", QUICKSTART, "--headless"],
+                                  ["compare", QUICKSTART, "--backends", "memory"]], ids=["play", "compare"])
+def test_headless_in_a_terminal_ends_and_prints_its_summary(args):
+    """In a terminal rich redirects stderr into its live display; the secrets scrub must write
+    through that, not back into it (it looped at 100 % CPU, a blank screen, Ctrl-C ignored)."""
+    code, out = _in_a_terminal(args)
+    assert code == 0, out[-2000:]
+    assert b"clean" in out
