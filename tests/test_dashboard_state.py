@@ -50,7 +50,7 @@ def test_the_next_run_counts_on_and_its_clock_starts_again():
 
 def test_n_too_early_says_when_it_will_act():
     st = play(PhaseStarted("low", "baseline", 0.0), PhaseStarted("low", "load", 1.0), NextPressed(False))
-    assert st.note == "n acts when load ends"
+    assert st.note == "n kept: the next phase starts when load ends"
     assert play(AwaitingStep("low", "close"), NextPressed(True), state=st).note == ""
 
 

@@ -197,7 +197,6 @@ class BusmonApp(App[int]):
         self.shots: list[tuple[str, str]] = []       # (file name, SVG) in phase order
         self.results: list[RunResult] = []
         self.paused = False
-        self.recorded: list[Sample] = []             # samples that arrived while paused
         self.interval_ms = controller.scenario.probes.interval_ms if controller else 100
         #: the header's model (tui/state.py), advanced by ``_advance`` from events and actions
         self.state = DashState(interval_ms=self.interval_ms)
@@ -210,6 +209,7 @@ class BusmonApp(App[int]):
         self._run_index = 0
         self._phase_index = 0
         self._pending_sample: Sample | None = None
+        self._queued_next = False                    # n pressed while a phase ran: act when it ends
         self.done: PlaybackDone | None = None
 
     # -- layout ----------------------------------------------------------------
@@ -259,7 +259,8 @@ class BusmonApp(App[int]):
     def drain(self) -> None:
         if self.controller is not None:
             self._backlog.extend(self.controller.drain())
-        while self._backlog and not self._holding and self._drawable():
+        # paused: everything waits in the backlog, so no panel moves while another stands still
+        while self._backlog and not self._holding and not self.paused and self._drawable():
             self.apply(self._backlog.popleft())
 
     def _drawable(self) -> bool:
@@ -291,7 +292,15 @@ class BusmonApp(App[int]):
             self.query_one(VerdictBanner).failing(event.phase, event.error)
 
     def _on_awaiting(self, e: AwaitingStep) -> None:
+        if self._queued_next and self.controller is not None:
+            self._queued_next = False
+            if self.controller.next_phase():
+                self._advance(NextPressed(True))
+                return
         if e.phase != "baseline":
+            if not self.state.failed:
+                done = self.state.phase or "the phase"
+                self.query_one(VerdictBanner).waiting(f"run {e.run}: {done} done · n starts {e.phase}")
             return
         if self.results:
             self.notify(f"press n to start {e.run}: a fresh bus and its own baseline", timeout=5)
@@ -325,9 +334,6 @@ class BusmonApp(App[int]):
     def _on_sample(self, s: Sample) -> None:
         if self.state.finished and s.run == self.state.run:
             return  # the sampler goes on between runs: the verdict screen keeps the run's own figures
-        if self.paused:
-            self.recorded.append(s)
-            return
         self._push_points(s)
         self._pending_sample = s
         if self.controller is None:  # recorded events (tests): draw at once, no timer
@@ -418,21 +424,19 @@ class BusmonApp(App[int]):
             self.notify("scripted playback: phases follow the scenario", timeout=3)
             return
         accepted = self.controller.next_phase()
+        # pressed while a phase runs: kept, and acted on as soon as the phase ends (as the header says)
+        self._queued_next = not accepted and bool(self.state.phase) and not self.state.failed
         self._advance(NextPressed(accepted))
 
-
     def action_toggle_pause(self) -> None:
+        """Pause the whole display (the probes keep recording: events wait in the backlog)."""
         self.paused = not self.paused
         if self.paused:
             self._advance(Paused(True))
             return
-        recorded, self.recorded = self.recorded, []
-        for s in recorded:
-            self._push_points(s)
-        if recorded:
-            self._pending_sample = recorded[-1]
-            self._render_latest()
-        self._advance(Paused(False, len(recorded)))
+        waiting = sum(isinstance(e, Sample) for e in self._backlog)
+        self.drain()
+        self._advance(Paused(False, waiting))  # after what waited was drawn, so the word stays
 
     def _set_interval(self, step: int) -> None:
         i = min(range(len(INTERVALS_MS)), key=lambda k: abs(INTERVALS_MS[k] - self.interval_ms))

@@ -137,8 +137,8 @@ def reduce(state: DashState, event: Any) -> DashState:
     if isinstance(event, NextPressed):
         if event.accepted:
             return replace(state, note="")
-        if state.phase and not state.finished:
-            return replace(state, note=f"n acts when {state.phase} ends")
+        if state.phase and not state.finished and not state.failed:
+            return replace(state, note=f"n kept: the next phase starts when {state.phase} ends")
         return replace(state, note="nothing waits for n now")
     return state
 
