@@ -247,15 +247,26 @@ def dashboard(
     sc = interactive_scenario(messages=messages, rate=rate, settle=settle, hold=hold)
     sc = _with_ignores(_retarget(sc, None, backend, url, bus), ignore_task=ignore_task, ignore_thread=ignore_thread,
                        ignore_socket=ignore_socket, ignore_process=ignore_process, ignore_type=ignore_type)
-    from tui.headless import leak_lines, summary_table
     from tui.run import run_dashboard
 
     code, result = run_dashboard(sc, interactive=True)
     if result.runs:  # the dashboard is gone: the terminal keeps what it found
-        out.print(summary_table(result))
-        for line in leak_lines(result):
-            out.print(line, highlight=False)
+        _print_summary(result)
     raise typer.Exit(code)
+
+
+def _print_summary(result: ScenarioResult) -> None:
+    """The summary table, every leak, and the reason of every failed or interrupted run (one line
+    each, whatever its length: what CI logs and grep want)."""
+    from tui.headless import leak_lines, summary_table
+
+    out.print(summary_table(result))
+    for line in leak_lines(result):
+        out.print(line, highlight=False)
+    for r in result.runs:  # the reason beside the table (headless also said it as it happened)
+        if r.error:
+            what = "interrupted" if (r.failure or {}).get("kind") == "interrupted" else "failed"
+            out.print(Text(f"{what} run {r.name}: {r.error}"), soft_wrap=True)
 
 
 def interactive_scenario(*, messages: int, rate: float, settle: float, hold: float = 0.0) -> Scenario:
@@ -289,7 +300,7 @@ def play(
     log: LogOpt = None,
 ) -> None:
     """Play a scenario's runs and report what each left behind."""
-    from tui.headless import leak_lines, play_headless, summary_table
+    from tui.headless import play_headless
     from tui.report import REPORT_SUFFIXES, write_report
 
     reports = _report_paths(report, REPORT_SUFFIXES + (".html", ".htm"))
@@ -313,12 +324,7 @@ def play(
     else:
         result = play_headless(sc, err)
     result = _with_logs(result)
-    out.print(summary_table(result))
-    for line in leak_lines(result):
-        out.print(line, highlight=False)
-    for r in result.runs:  # the reason beside the table (headless also said it as it happened)
-        if r.error:
-            out.print(Text(f"failed run {r.name}: {r.error}"), soft_wrap=True)
+    _print_summary(result)
     if not result.interrupted and len(result.runs) < len(sc.runs):
         refused = any((r.failure or {}).get("kind") == "refused" for r in result.runs)
         why = "each would be refused the same way" if refused else "the broker was down at start"

@@ -118,7 +118,11 @@ def summary_table(result: ScenarioResult) -> Table:
         """A figure of the load, or – for a run that failed before its load began (not a zero)."""
         return text if r.phase("load") is not None or r.delivery.get("published", 0) else "–"
 
-    row("verdict", [f"[{VERDICT_STYLE[r.verdict]}]{r.verdict}[/]" for r in runs])
+    def verdict(r: RunResult) -> str:  # a run cut short by q or Ctrl-C says so, not just "failed"
+        word = "interrupted" if (r.failure or {}).get("kind") == "interrupted" else r.verdict
+        return f"[{VERDICT_STYLE[r.verdict]}]{word}[/]"
+
+    row("verdict", [verdict(r) for r in runs])
     row("received / sent", [loaded(r, f"{r.delivery.get('received', 0):,}/{r.delivery.get('sent', 0):,}")
                             for r in runs])
     row("lost · dup · reordered", [loaded(r, f"{r.delivery.get('lost', 0)} · {r.delivery.get('duplicated', 0)} · "
