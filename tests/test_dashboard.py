@@ -287,9 +287,13 @@ async def test_every_run_of_a_played_ladder_can_be_looked_at_again():
         assert [str(table.get_row_at(i)[0]) for i in range(2)] == ["warm-up", "main"]
         await pilot.press("up", "enter")
         await until(pilot, lambda: not isinstance(app.screen, RunsScreen), "back on the main screen")
-        assert app.state.note == "showing run warm-up (1/2): r for runs"
+        assert app.state.viewing == "1/2 warm-up"
+        assert "SHOWING RUN 1/2 warm-up" in app.query_one(PhaseBar).render().plain
         assert "warm-up" in str(app.query_one(VerdictBanner).render())
         assert app.query_one(PhaseBar).state.run_label() == "run 2/2 main"  # the live state is kept
+        await pilot.press("escape")
+        await until(pilot, lambda: not app.state.viewing, "esc: back to the live run")
+        assert "main" in str(app.query_one(VerdictBanner).render())
         await pilot.press("r")
         await until(pilot, lambda: isinstance(app.screen, RunsScreen), "r shows the runs again")
 

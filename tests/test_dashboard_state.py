@@ -86,3 +86,12 @@ def test_the_clock_stops_at_the_verdict():
 def test_a_sample_of_another_run_does_not_move_the_clock():
     st = play(PhaseStarted("low", "baseline", 0.0), sample("low", "load", 2.0), sample("old", "settle", 30.0))
     assert st.elapsed_s == 2.0
+
+
+def test_a_finished_run_shown_again_is_said_until_esc_or_the_next_run():
+    from tui.state import Viewing
+
+    st = play(PhaseStarted("high", "baseline", 0.0), Viewing("low", 1, 2))
+    assert st.viewing == "1/2 low" and st.next_key() == "esc → the live run"
+    assert play(Viewing(""), state=st).viewing == ""
+    assert play(PhaseStarted("next", "baseline", 0.0), state=st).viewing == ""

@@ -31,7 +31,7 @@ from probes.model import FailureNoted, PhaseSnapshot, PhaseStarted, RunResult, S
 from probes.session import RunFinished
 from tui.controller import Controller, PlaybackDone
 from tui.headless import VERDICT_STYLE
-from tui.state import DashState, Filtered, IntervalSet, NextPressed, Noted, Paused, RunDone, reduce
+from tui.state import DashState, Filtered, IntervalSet, NextPressed, Noted, Paused, RunDone, Viewing, reduce
 from tui.widgets import (ComponentsTable, LeftoversTable, PhaseBar, PhaseChart, PhaseTable, StackView,
                          ThroughputPanel, VerdictBanner)
 from tui.widgets.charts import legend
@@ -471,6 +471,10 @@ class BusmonApp(App[int]):
         self.query_one(LeftoversTable).focus()
 
     def on_key(self, event) -> None:
+        if event.key == "escape" and self.state.viewing and self.results:  # back to the live run
+            self._show_run(len(self.results) - 1)
+            event.stop()
+            return
         box = self.query_one("#filter", Input)
         if event.key == "escape" and box.has_class("-shown"):
             box.value = ""
@@ -542,8 +546,11 @@ class BusmonApp(App[int]):
             table.add_snapshot(snap)
         settled = r.phase("settle")
         if settled is not None:
-            self.query_one(ComponentsTable).show(
-                {k: v for k, v in settled.by_component.items() if not k.startswith("thread:")})
+            components = self.query_one(ComponentsTable)
+            components.reset_peaks()  # the peaks of the run shown, not of every run so far
+            for snap in r.phases:
+                components.show({k: v for k, v in snap.by_component.items() if not k.startswith("thread:")})
+            components.show({k: v for k, v in settled.by_component.items() if not k.startswith("thread:")})
         self.query_one(ThroughputPanel).finished(r)
         leftovers = self.query_one(LeftoversTable)
         leftovers.show(findings.rows(r))
@@ -554,7 +561,7 @@ class BusmonApp(App[int]):
             stack.nothing_left()
         self.query_one(VerdictBanner).show(r, CAPTURE.summary())
         live = index == len(self.results) - 1
-        self._advance(Noted("" if live else f"showing run {r.name} ({index + 1}/{len(self.results)}): r for runs"))
+        self._advance(Viewing("" if live else r.name, index + 1, len(self.results)))
 
     def action_help(self) -> None:
         self.push_screen(HelpScreen())

@@ -47,6 +47,15 @@ class Noted:
 
 
 @dataclass(frozen=True, slots=True)
+class Viewing:
+    """A finished run shown again (``run`` ""): back to the live one)."""
+
+    run: str = ""
+    index: int = 0
+    total: int = 0
+
+
+@dataclass(frozen=True, slots=True)
 class RunDone:
     """A run's result reached the screen (RunFinished, unwrapped)."""
 
@@ -71,6 +80,7 @@ class DashState:
     filter: str = ""
     interval_ms: int = 100
     note: str = ""                    # a passing word: why n did nothing, a speed limit reached
+    viewing: str = ""                 # a finished run shown again instead of the live one ("1/2 warm-up")
     verdicts: tuple[tuple[str, str], ...] = field(default=())   # (run, verdict) of finished runs
 
     @property
@@ -91,6 +101,8 @@ class DashState:
 
     def next_key(self) -> str:
         """What n does now: ``n → load``, or when it will act."""
+        if self.viewing:
+            return "esc → the live run"
         if self.waiting_for:
             if self.waiting_for == "baseline" and self.run_index and self.finished:
                 return "n → next run"
@@ -112,7 +124,7 @@ def reduce(state: DashState, event: Any) -> DashState:
         if event.phase == "baseline" or event.run != state.run:
             return replace(state, run=event.run, run_index=state.run_index + 1, phase=event.phase,
                            waiting_for="", done=frozenset(), elapsed_s=0.0, run_t0=event.t_s, finished=False,
-                           failed=None, note="")
+                           failed=None, note="", viewing="")
         done = state.done | {state.phase} if state.phase else state.done
         return replace(state, phase=event.phase, waiting_for="", done=done,
                        elapsed_s=max(state.elapsed_s, event.t_s - state.run_t0), note="")
@@ -124,6 +136,9 @@ def reduce(state: DashState, event: Any) -> DashState:
         r = event.result
         return replace(state, phase="", finished=True, done=frozenset(p.phase for p in r.phases) | {"settle"},
                        verdicts=(*state.verdicts, (r.name, r.verdict)))
+    if isinstance(event, Viewing):
+        label = f"{event.index}/{event.total} {event.run}" if event.run else ""
+        return replace(state, viewing=label, note="")
     if isinstance(event, Noted):
         return replace(state, note=event.text)
     if isinstance(event, Paused):

@@ -40,6 +40,12 @@ class PhaseBar(Widget):
         st, wide = self.state, self.size.width >= 110
         text = Text(" busmon ", style="bold reverse") if wide else Text()
         text.append(" ")
+        if st.viewing:  # a finished run shown again: say which, not the live run's phases
+            text.append(f" SHOWING RUN {st.viewing} ", style="bold black on magenta")
+            text.append(f"  (live: {st.run_label()})", style="dim")
+            text.append("\n")
+            text.append(self._status(st))
+            return text
         lit = st.lit
         for i, name in enumerate(PHASES):
             if i:
