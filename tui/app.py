@@ -17,7 +17,7 @@ from typing import Iterable, Iterator
 from textual import on
 from textual.app import App, ComposeResult, SystemCommand
 from textual.binding import Binding
-from textual.containers import Horizontal, Vertical
+from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.screen import ModalScreen, Screen
 from rich.text import Text
 from textual.widgets import DataTable, Footer, Input, Static
@@ -53,45 +53,58 @@ PARK_WAIT_S = 1.0      # how long the arena waits for the dashboard to park befo
 PARK_MAX_S = 10.0      # the longest the dashboard stays parked, whatever the arena does
 
 HELP = """\
-[b]busmon[/b] drives an embedded event bus through its phases and shows, by identity,
-what it leaves behind once it has properly settled.
+[b]busmon[/b] drives an embedded event bus through its phases and shows,
+by identity, what it leaves behind once it has properly settled.
 
-  [b]n[/b]        next phase: baseline → create → subscribe → load → (hold) → close → settle;
-           after settle, a new run with a fresh bus (watch accumulation). The header
-           says what n starts next, or "n: after load" when a phase must end first.
-           hold (--hold / hold_s) is an idle wait before close; n after it closes the bus.
-  [b]r[/b]        the runs so far, side by side (drift against the first run's baseline);
-           enter on one shows it, esc returns to the live run
-  [b]space[/b]    pause / resume the display (the probes keep recording)
-  [b]+ / -[/b]    sample faster / slower (50 … 1000 ms; the header says the interval)
-  [b]/[/b]        filter the leftovers and components tables (esc clears)
-  [b]enter[/b]    on a leftover: its stack, full screen (esc returns)
-  [b]e[/b]        export a screenshot (SVG) now
-  [b]?[/b]        this help (esc closes)
-  [b]ctrl+p[/b]   command palette
-  [b]q[/b]        quit (closes and settles the bus first if it is open)
+ [b]n[/b]      next phase: baseline → create → subscribe → load → (hold)
+         → close → settle; after settle, a new run with a fresh bus
+         (watch accumulation). The header says what n starts next, or
+         "n: after load" while a phase runs (a press then is kept).
+         hold (--hold, hold_s) is an idle wait before close.
+ [b]r[/b]      the finished runs side by side (drift against the first
+         run's baseline); enter shows one, esc returns to the live run
+ [b]space[/b]  pause / resume the display (the probes keep recording)
+ [b]+ / -[/b]  sample faster / slower (50 … 1000 ms; shown in the header)
+ [b]/[/b]      filter the leftovers and components tables (esc clears)
+ [b]enter[/b]  on a leftover: its stack, full screen (esc returns)
+ [b]e[/b]      export a screenshot (SVG) now
+ [b]?[/b]      this help (esc closes; ↑ ↓ scroll)
+ [b]ctrl+p[/b] command palette
+ [b]q[/b]      quit (closes and settles the bus first if it is open)
 
-[b]close (naive)[/b] is the count taken the instant close() returned — what the
-post-mortem's test counted. [b]settled[/b] is after waiting for every exit, then GC.
-Leftovers: [red]LEAKED[/red] still alive at the settle deadline; [dim]exited[/dim] gone while
-settling (with how long it lived on); [yellow]ignored[/yellow] runtime-owned or an ignore rule.
-Kinds: task, thread, timer, socket and fd (open descriptors), process (child processes),
-memory (objects that grew with every envelope and are still held: a leak), and
-[yellow]STALLED[/yellow] stall (the event loop blocked ≥ stall_ms; a warning, with the blocking call).
-[b]thr[/b]: Python threads / OS threads; [b]sock[/b]: sockets opened since the baseline;
-[b]lag[/b]: how late the loop answers; in runs, [b]drift[/b]: tasks/threads against the first run.
+[b]close (naive)[/b] is the count taken the instant close() returned:
+what the post-mortem's test counted. [b]settled[/b] is after waiting for
+every exit, then GC.
+Leftovers: [red]LEAKED[/red] still alive at the settle deadline; [dim]exited[/dim]
+gone while settling (with how long it lived on); [yellow]ignored[/yellow]
+runtime-owned or an ignore rule.
+Kinds: task, thread, timer, socket and fd (open descriptors), process
+(child processes), memory (objects that grew with every envelope and
+are still held: a leak), and [yellow]STALLED[/yellow] stall (the event loop
+blocked ≥ stall_ms; a warning, with the blocking call).
+[b]thr[/b]: Python threads / OS threads; [b]sock[/b]: sockets opened since the
+baseline; [b]lag[/b]: how late the loop answers; in runs, [b]drift[/b]:
+tasks/threads against the first run's baseline.
 """
 
 
 class HelpScreen(ModalScreen[None]):
+    """Every key and what the screen shows; scrolls when the terminal is short (80×24)."""
+
     BINDINGS = [Binding("escape,q,question_mark", "dismiss", "Close")]
     DEFAULT_CSS = """
     HelpScreen { align: center middle; }
-    HelpScreen > Static { width: auto; max-width: 90; border: round $primary; padding: 1 2; background: $panel; }
+    HelpScreen > VerticalScroll { width: auto; max-width: 80; height: auto; max-height: 100%;
+                                  border: round $primary; padding: 0 1; background: $panel; }
+    HelpScreen Static { width: auto; }
     """
 
     def compose(self) -> ComposeResult:
-        yield Static(HELP)
+        with VerticalScroll():
+            yield Static(HELP)
+
+    def on_mount(self) -> None:
+        self.query_one(VerticalScroll).focus()
 
 
 class StackScreen(Screen[None]):
@@ -476,7 +489,7 @@ class BusmonApp(App[int]):
             event.stop()
             return
         box = self.query_one("#filter", Input)
-        if event.key == "escape" and box.has_class("-shown"):
+        if event.key == "escape" and (box.has_class("-shown") or self.state.filter):
             box.value = ""
             self._advance(Filtered(""))
             self.query_one(LeftoversTable).set_filter("")
