@@ -589,3 +589,14 @@ def test_headless_in_a_terminal_ends_and_prints_its_summary(args):
     code, out = _in_a_terminal(args)
     assert code == 0, out[-2000:]
     assert b"clean" in out
+
+
+@pytest.mark.parametrize("args, says", [
+    (["--messages", "10", "play", QUICKSTART], "set --messages as [defaults] messages in the scenario file"),
+    (["--url", "nats://h:1", "play", QUICKSTART], "give --url after 'play'"),
+    (["--bus", "x:y", "compare", QUICKSTART], "compare names its targets with --backends and --url backend=URL, "
+                                              "not --bus"),
+])
+def test_a_dashboard_option_before_a_command_says_where_it_goes(args, says):
+    code, _, err = run_main(args)
+    assert code == 2 and one_line(err).endswith(says), err

@@ -45,9 +45,9 @@ class BadInput(Exception):
 
 
 BackendOpt = Annotated[Optional[str], typer.Option(
-    "--backend", metavar="BACKEND", help="memory | kafka | nats | nats-js (with play: overrides the scenario's).")]
+    "--backend", metavar="BACKEND", help="memory | kafka | nats | nats-js (after play: overrides the scenario's).")]
 UrlOpt = Annotated[Optional[str], typer.Option(
-    "--url", metavar="URL", help="Broker URL, e.g. kafka://127.0.0.1:9092 (with play: overrides the scenario's).")]
+    "--url", metavar="URL", help="Broker URL, e.g. kafka://127.0.0.1:9092 (after play: overrides the scenario's).")]
 BusOpt = Annotated[Optional[str], typer.Option(
     "--bus", metavar="MODULE:FACTORY", help="Your own bus: an import path package.module:factory.")]
 IgnoreTaskOpt = Annotated[Optional[list[str]], typer.Option(
@@ -241,8 +241,7 @@ def dashboard(
                  if getattr(ctx.get_parameter_source(name), "name", "DEFAULT") != "DEFAULT"]
         if given:  # before the command they would be silently ignored
             raise BadInput(f"{', '.join(given)}: only for the dashboard (busmon with no command); "
-                           f"give them after '{ctx.invoked_subcommand}' if it has them, or set them in "
-                           "the scenario file")
+                           + _where_instead(given, ctx.invoked_subcommand))
         return
     sc = interactive_scenario(messages=messages, rate=rate, settle=settle, hold=hold)
     sc = _with_ignores(_retarget(sc, None, backend, url, bus), ignore_task=ignore_task, ignore_thread=ignore_thread,
@@ -267,6 +266,26 @@ def _print_summary(result: ScenarioResult) -> None:
         if r.error:
             what = "interrupted" if (r.failure or {}).get("kind") == "interrupted" else "failed"
             out.print(Text(f"{what} run {r.name}: {r.error}"), soft_wrap=True)
+
+
+#: where a dashboard option goes for the other commands: after the command, or in the scenario
+IN_THE_SCENARIO = {"--messages": "[defaults] messages", "--rate": "[defaults] rate_per_s",
+                   "--settle": "[probes] settle_timeout_s", "--hold": "[defaults] hold_s"}
+
+
+def _where_instead(given: list[str], command: str | None) -> str:
+    after = [g for g in given if g not in IN_THE_SCENARIO and command == "play"]
+    in_file = [f"{g} as {IN_THE_SCENARIO[g]}" for g in given if g in IN_THE_SCENARIO]
+    rest = [g for g in given if g not in IN_THE_SCENARIO and g not in after]
+    parts = []
+    if after:
+        parts.append(f"give {', '.join(after)} after '{command}'")
+    if in_file:
+        parts.append(f"set {', '.join(in_file)} in the scenario file")
+    if rest:
+        parts.append(f"compare names its targets with --backends and --url backend=URL, "
+                     f"not {', '.join(rest)}" if command == "compare" else f"{', '.join(rest)}: not for '{command}'")
+    return "; ".join(parts)
 
 
 def interactive_scenario(*, messages: int, rate: float, settle: float, hold: float = 0.0) -> Scenario:
