@@ -8,6 +8,7 @@ the line where possible, the field and what was expected, e.g.::
 
 from __future__ import annotations
 
+import difflib
 import json
 import math
 import re
@@ -270,7 +271,10 @@ class _Loader:
         raise ScenarioError(f"{where}: {field_path}: {message}")
 
     def unknown(self, field_path: str, known: set[str] | dict) -> None:
-        self.error(field_path, f"unknown key; expected one of {', '.join(sorted(known))}")
+        key = field_path.rsplit(".", 1)[-1]
+        near = difflib.get_close_matches(key, list(known), n=1, cutoff=0.75)
+        hint = f"did you mean {near[0]}? " if near else ""
+        self.error(field_path, f"unknown key; {hint}expected one of {', '.join(sorted(known))}")
 
     def table(self, value: Any, where: str) -> dict[str, Any]:
         if not isinstance(value, dict):

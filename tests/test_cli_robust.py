@@ -600,3 +600,9 @@ def test_headless_in_a_terminal_ends_and_prints_its_summary(args):
 def test_a_dashboard_option_before_a_command_says_where_it_goes(args, says):
     code, _, err = run_main(args)
     assert code == 2 and one_line(err).endswith(says), err
+
+
+def test_an_unknown_key_suggests_the_near_one():
+    with pytest.raises(ScenarioError, match=r"f.toml:2: probes.setle_timeout_s: unknown key; did you mean "
+                                            r"settle_timeout_s\? expected one of"):
+        parse_scenario("[probes]\nsetle_timeout_s = 1\n", "f.toml")

@@ -145,7 +145,8 @@ class RunsScreen(Screen[int | None]):
     def compose(self) -> ComposeResult:
         verdicts = [r.verdict for r in self.results]
         overall = "failed" if "failed" in verdicts else "leaked" if "leaked" in verdicts else "clean"
-        yield Static(Text.assemble((f" {self.scenario}", "bold"), f" · {len(self.results)} runs · ",
+        n = len(self.results)
+        yield Static(Text.assemble((f" {self.scenario}", "bold"), f" · {n} run{'s' if n != 1 else ''} · ",
                                    (overall, VERDICT_STYLE.get(overall, ""))), id="runs-title")
         table: DataTable = DataTable(cursor_type="row", zebra_stripes=True)
         table.border_title = "runs (Δ tasks: right after close → settled · enter: show · esc: back)"
@@ -216,7 +217,8 @@ class BusmonApp(App[int]):
         if controller is not None:
             sc = controller.scenario
             self.state = replace(self.state, backend=sc.backend, target=redact_url(sc.url),
-                                 runs_total=0 if controller.interactive else len(sc.runs))
+                                 runs_total=0 if controller.interactive else len(sc.runs),
+                                 interactive=controller.interactive, hold=any(r.hold_s > 0 for r in sc.runs))
         self._backlog: deque[object] = deque()
         self._holding = False
         self._run_index = 0
@@ -539,6 +541,12 @@ class BusmonApp(App[int]):
         folder = self.screenshots_dir or Path.cwd()
         path = self.save_screenshot(path=str(folder))
         self.notify(f"screenshot saved: {path}", timeout=4)
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        """n is not offered in a scripted playback (the footer leaves it out)."""
+        if action == "next_phase" and self.controller is not None and not self.controller.interactive:
+            return False
+        return True
 
     def action_runs(self) -> None:
         if not self.results:

@@ -72,6 +72,7 @@ def _show(event: object, progress: Progress, bars: dict[str, int], console: Cons
     if isinstance(event, PhaseStarted):
         if event.run not in bars:
             bars[event.run] = progress.add_task("", total=None, run=escape(event.run), phase=event.phase, live="")
+            progress.console.print(f"[bold]run {escape(event.run)}[/]")  # its lines follow, then its verdict
         progress.update(bars[event.run], phase=event.phase)
     elif isinstance(event, Sample) and event.run in bars and event.phase != "settle":
         progress.update(
@@ -135,7 +136,7 @@ def summary_table(result: ScenarioResult) -> Table:
     row("[red]leaked[/]", [str(len(leaks(r))) for r in runs])
     row("exited while settling", [str(r.count("exited")) for r in runs])
     row("ignored", [str(r.count("ignored")) for r in runs])
-    row("settle ms", [f"{r.settle_ms:g}" for r in runs])
+    row("settle ms", [f"{r.settle_ms:,.0f}" for r in runs])
     for label, kind in (("sockets left open", "socket"), ("other fds left open", "fd"),
                         ("child processes left", "process")):
         row(label, [str(sum(1 for x in r.leftovers if x.kind == kind and x.state in ("leaked", "destroyed")))

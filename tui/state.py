@@ -81,6 +81,8 @@ class DashState:
     interval_ms: int = 100
     note: str = ""                    # a passing word: why n did nothing, a speed limit reached
     viewing: str = ""                 # a finished run shown again instead of the live one ("1/2 warm-up")
+    interactive: bool = True          # n steps the phases (False: a scripted playback)
+    hold: bool = True                 # the runs have a hold phase (else the header leaves it out)
     verdicts: tuple[tuple[str, str], ...] = field(default=())   # (run, verdict) of finished runs
 
     @property
@@ -103,6 +105,8 @@ class DashState:
         """What n does now: ``n → load``, or when it will act."""
         if self.viewing:
             return "esc → the live run"
+        if not self.interactive:
+            return ""  # a scripted playback steps itself
         if self.waiting_for:
             if self.waiting_for == "baseline" and self.run_index and self.finished:
                 return "n → next run"

@@ -47,7 +47,7 @@ class PhaseBar(Widget):
             text.append(self._status(st))
             return text
         lit = st.lit
-        for i, name in enumerate(PHASES):
+        for i, name in enumerate(p for p in PHASES if p != "hold" or st.hold):
             if i:
                 text.append(" › " if wide else "›", style="dim")
             if name == lit:
