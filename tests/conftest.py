@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import signal
+import threading
+import time
 import uuid
 from typing import AsyncIterator, Iterator
 
@@ -84,4 +86,8 @@ def release_stuck_threads() -> Iterator[None]:
             os.kill(proc.pid, signal.SIGKILL)  # asyncio's waitpid thread reaps it
         except ProcessLookupError:
             pass
+    if leaky_buses.STUCK_PROCESSES:  # wait for their reapers here, not inside the next test's window
+        deadline = time.monotonic() + 5.0
+        for thread in [t for t in threading.enumerate() if t.name.startswith("asyncio-waitpid-")]:
+            thread.join(max(0.0, deadline - time.monotonic()))
     leaky_buses.STUCK_PROCESSES.clear()
