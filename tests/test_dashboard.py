@@ -376,3 +376,16 @@ async def test_n_pressed_during_load_starts_the_next_phase_when_load_ends():
         await until(pilot, lambda: c.waiting_for == "settle", "close done, without a second n", timeout=30)
         await pilot.press("q")
         await until(pilot, lambda: not app.is_running, "quit")
+
+
+async def test_a_filter_that_hides_every_leftover_says_so():
+    app, feed = recorded_app("verdict")
+    async with app.run_test(size=(80, 24)) as pilot:
+        await feed(pilot)
+        await pilot.press("slash", *"nomatch", "enter")
+        await until(pilot, lambda: app.state.filter == "nomatch", "the filter in force")
+        table = app.query_one(LeftoversTable)
+        assert table.items and app.state.note == f"the filter hides all {len(table.items)} leftovers (esc clears it)"
+        await pilot.press("escape")
+        await until(pilot, lambda: app.state.filter == "", "esc clears it")
+        assert table.visible() == table.items

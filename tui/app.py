@@ -479,7 +479,10 @@ class BusmonApp(App[int]):
     @on(Input.Submitted, "#filter")
     def _apply_filter(self, event: Input.Submitted) -> None:
         self._advance(Filtered(event.value))
-        self.query_one(LeftoversTable).set_filter(event.value)
+        leftovers = self.query_one(LeftoversTable)
+        leftovers.set_filter(event.value)
+        if leftovers.items and not leftovers.visible():  # an empty table must not read as "nothing left"
+            self._advance(Noted(f"the filter hides all {len(leftovers.items)} leftovers (esc clears it)"))
         self.query_one(ComponentsTable).set_filter(event.value)
         event.input.remove_class("-shown")
         event.input.disabled = True
