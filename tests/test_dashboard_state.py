@@ -95,3 +95,20 @@ def test_a_finished_run_shown_again_is_said_until_esc_or_the_next_run():
     assert st.viewing == "1/2 low" and st.next_key() == "esc → the live run"
     assert play(Viewing(""), state=st).viewing == ""
     assert play(PhaseStarted("next", "baseline", 0.0), state=st).viewing == ""
+
+
+def test_the_panels_follow_the_run_and_end_where_it_ended():
+    """Phase snapshots, the newest reading, tasks by component with their peaks (threads left
+    out), and at the verdict the run's result and its settled components, not a load sample."""
+    events = [e for e in recorded.events() if not isinstance(e, RunFinished)]
+    st = play(*events)
+    assert [s.phase for s in st.snapshots] == ["baseline", "create", "subscribe", "load", "close", "settle"]
+    assert st.latest is not None and st.latest.phase == "settle"
+    assert dict(st.peaks)["bus.pool"] == 256 and "bus.pool" not in dict(st.components)
+    r = result()
+    st = play(RunDone(r), sample(r.name, "settle", 9.0), state=st)  # a reading after the verdict
+    assert st.final is r and dict(st.components) == {k: v for k, v in r.phase("settle").by_component.items()
+                                                     if not k.startswith("thread:")}
+    assert st.latest.t_s != 9.0
+    st = play(PhaseStarted("next", "baseline", 0.0), state=st)
+    assert (st.snapshots, st.latest, st.final, st.components, st.peaks) == ((), None, None, (), ())

@@ -329,7 +329,7 @@ class BusmonApp(App[int]):
             self._phase_index = 0
             for chart in self.query(PhaseChart):
                 chart.clear_points()
-            self.query_one(ComponentsTable).reset_peaks()
+            self._render_panels()  # the new run's empty tables
             self.query_one(LeftoversTable).show([])
             self.query_one(StackView).show(None)
         if self.state.failed:  # the failure stays said until the verdict
@@ -339,10 +339,22 @@ class BusmonApp(App[int]):
         else:
             self.query_one(VerdictBanner).waiting(PHASE_WORDS.get(e.phase, f"{e.phase}…").format(run=e.run))
 
+    def _render_panels(self) -> None:
+        """The phase table, components and throughput, rendered from the model (tui/state.py);
+        a finished run shown again (r) stays on screen until esc or the next run."""
+        st = self.state
+        if st.viewing:
+            return
+        self.query_one(PhaseTable).show_snapshots(st.snapshots)
+        self.query_one(ComponentsTable).show(dict(st.components), dict(st.peaks))
+        panel = self.query_one(ThroughputPanel)
+        if st.final is not None:
+            panel.finished(st.final)
+        elif st.latest is not None:
+            panel.show(st.latest)
+
     def _on_snapshot(self, snap: PhaseSnapshot) -> None:
-        self.query_one(PhaseTable).add_snapshot(snap)
-        self.query_one(ComponentsTable).show(
-            {k: v for k, v in snap.by_component.items() if not k.startswith("thread:")})
+        self._render_panels()
         self._phase_index += 1
         self._screenshot_at_boundary(snap.phase)
 
@@ -371,8 +383,7 @@ class BusmonApp(App[int]):
         for chart in self.query(PhaseChart):
             chart.refresh()
         self.query_one(PhaseBar).state = self.state  # the run's elapsed time
-        self.query_one(ComponentsTable).show(s.by_component)
-        self.query_one(ThroughputPanel).show(s)
+        self._render_panels()
 
     def _on_run_finished(self, r: RunResult) -> None:
         self.results.append(r)
@@ -385,9 +396,7 @@ class BusmonApp(App[int]):
                 chart = self.query_one(chart_id, PhaseChart)
                 chart.push(value, "settle")
                 chart.refresh()
-            self.query_one(ComponentsTable).show(
-                {k: v for k, v in settled.by_component.items() if not k.startswith("thread:")})
-        self.query_one(ThroughputPanel).finished(r)
+        self._render_panels()
         leftovers = self.query_one(LeftoversTable)
         leftovers.show(findings.rows(r))
         stack = self.query_one(StackView)

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from probes.gate import AwaitingStep
-from probes.model import FailureNoted, PhaseStarted, RunResult, Sample
+from probes.model import FailureNoted, PhaseSnapshot, PhaseStarted, RunResult, Sample
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,6 +83,13 @@ class DashState:
     viewing: str = ""                 # a finished run shown again instead of the live one ("1/2 warm-up")
     interactive: bool = True          # n steps the phases (False: a scripted playback)
     hold: bool = True                 # the runs have a hold phase (else the header leaves it out)
+    # the panels' data: the current run's phase snapshots, its newest reading, its result once it
+    # has one, and the live tasks by component with their peaks (threads are not components)
+    snapshots: tuple[PhaseSnapshot, ...] = ()
+    latest: Sample | None = None
+    final: RunResult | None = None
+    components: tuple[tuple[str, int], ...] = ()
+    peaks: tuple[tuple[str, int], ...] = ()
     verdicts: tuple[tuple[str, str], ...] = field(default=())   # (run, verdict) of finished runs
 
     @property
@@ -118,17 +125,33 @@ class DashState:
         return ""
 
 
+def _with_components(state: DashState, counts: Any) -> DashState:
+    """Tasks by component now (``thread:`` entries left out), and each one's peak this run."""
+    live = tuple((c, n) for c, n in counts.items() if not c.startswith("thread:"))
+    peaks = dict(state.peaks)
+    for c, n in live:
+        peaks[c] = max(n, peaks.get(c, 0))
+    return replace(state, components=live, peaks=tuple(peaks.items()))
+
+
 def reduce(state: DashState, event: Any) -> DashState:
     """The next state after ``event`` (an arena event or a person's action); pure."""
     if isinstance(event, Sample):
         if event.run != state.run or state.finished:
-            return state
-        return replace(state, elapsed_s=max(state.elapsed_s, event.t_s - state.run_t0))
+            return state  # the sampler goes on between runs: a finished run keeps its own figures
+        state = _with_components(state, event.by_component)
+        return replace(state, latest=event, elapsed_s=max(state.elapsed_s, event.t_s - state.run_t0))
+    if isinstance(event, PhaseSnapshot):
+        if event.phase == "baseline":
+            state = replace(state, snapshots=(), peaks=())
+        snaps = tuple(s for s in state.snapshots if s.phase != event.phase) + (event,)
+        return replace(_with_components(state, event.by_component), snapshots=snaps)
     if isinstance(event, PhaseStarted):
         if event.phase == "baseline" or event.run != state.run:
             return replace(state, run=event.run, run_index=state.run_index + 1, phase=event.phase,
                            waiting_for="", done=frozenset(), elapsed_s=0.0, run_t0=event.t_s, finished=False,
-                           failed=None, note="", viewing="")
+                           failed=None, note="", viewing="", snapshots=(), latest=None, final=None,
+                           components=(), peaks=())
         done = state.done | {state.phase} if state.phase else state.done
         return replace(state, phase=event.phase, waiting_for="", done=done,
                        elapsed_s=max(state.elapsed_s, event.t_s - state.run_t0), note="")
@@ -138,8 +161,11 @@ def reduce(state: DashState, event: Any) -> DashState:
         return replace(state, failed=(event.phase, event.error))
     if isinstance(event, RunDone):
         r = event.result
+        settled = r.phase("settle")
+        if settled is not None:  # the panels end where the run ended: its settled counts
+            state = _with_components(state, settled.by_component)
         return replace(state, phase="", finished=True, done=frozenset(p.phase for p in r.phases) | {"settle"},
-                       verdicts=(*state.verdicts, (r.name, r.verdict)))
+                       verdicts=(*state.verdicts, (r.name, r.verdict)), final=r)
     if isinstance(event, Viewing):
         label = f"{event.index}/{event.total} {event.run}" if event.run else ""
         return replace(state, viewing=label, note="")

@@ -27,9 +27,12 @@ class ComponentsTable(DataTable):
         self._live = {}
         self.show(self._peak_source)
 
-    def show(self, counts: Mapping[str, int]) -> None:
-        """Apply a fresh reading: only changed cells are touched, rows come and go by key."""
+    def show(self, counts: Mapping[str, int], peaks: Mapping[str, int] | None = None) -> None:
+        """Apply a fresh reading: only changed cells are touched, rows come and go by key.
+        ``peaks`` from the dashboard's model; without them, the table keeps its own."""
         self._peak_source = dict(counts)
+        if peaks is not None:
+            self._peak = dict(peaks)
         wanted = {c: n for c, n in counts.items() if self.filter in c.lower()}
         for c in list(self._live):
             if c not in wanted:

@@ -40,6 +40,16 @@ class PhaseTable(DataTable):
         self.baseline = None
         self.settle_ms = None
 
+    def show_snapshots(self, snaps: tuple[PhaseSnapshot, ...]) -> None:
+        """The run's snapshots so far (from the dashboard's model): new rows added, a new run's
+        baseline starts the table again."""
+        if not snaps:
+            self.reset()
+            return
+        for snap in snaps:
+            if snap.phase not in self.rows or snap.phase == "baseline" and self.baseline is not snap:
+                self.add_snapshot(snap)
+
     def add_snapshot(self, snap: PhaseSnapshot) -> None:
         if snap.phase == "baseline":
             self.reset()
