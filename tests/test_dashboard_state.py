@@ -112,3 +112,18 @@ def test_the_panels_follow_the_run_and_end_where_it_ended():
     assert st.latest.t_s != 9.0
     st = play(PhaseStarted("next", "baseline", 0.0), state=st)
     assert (st.snapshots, st.latest, st.final, st.components, st.peaks) == ((), None, None, (), ())
+
+
+def test_the_banner_says_what_each_moment_is_and_keeps_a_failure_said():
+    from tui.state import FIRST_BASELINE
+
+    st = play(AwaitingStep("low", "baseline"))
+    assert st.banner == ("waiting", FIRST_BASELINE)
+    st = play(PhaseStarted("low", "baseline", 0.0), PhaseStarted("low", "load", 1.0), state=st)
+    assert st.banner == ("waiting", "run low: load: publishing and waiting for every delivery")
+    st = play(AwaitingStep("low", "close"), state=st)
+    assert st.banner == ("waiting", "run low: load done · n starts close")
+    failed = play(FailureNoted("low", "load", "kafka 127.0.0.1:9092 unreachable"), PhaseStarted("low", "close", 2.0),
+                  PhaseStarted("low", "settle", 2.1), state=st)
+    assert failed.banner == ("failing", "load", "kafka 127.0.0.1:9092 unreachable")
+    assert play(RunDone(result()), state=failed).banner == ("verdict",)

@@ -27,7 +27,7 @@ from probes.events import ArenaEvent
 from probes.gate import AwaitingStep
 from probes.logs import CAPTURE
 from probes import findings
-from probes.model import FailureNoted, PhaseSnapshot, PhaseStarted, RunResult, Sample, ScenarioResult, signed
+from probes.model import PhaseSnapshot, PhaseStarted, RunResult, Sample, ScenarioResult, signed
 from probes.session import RunFinished
 from tui.controller import Controller, PlaybackDone
 from tui.headless import VERDICT_STYLE
@@ -40,15 +40,6 @@ from tui.widgets.throughput import LIVE_TITLE, short_count
 INTERVALS_MS = (50, 100, 200, 500, 1000)
 DRAIN_EVERY_S = 0.1    # events arrive at the sampling rate (10 Hz); phase changes show within 0.1 s
 RENDER_EVERY_S = 0.25  # the screen redraws the numbers 4x a second; every sample still reaches the charts
-#: the banner's word while a phase is under way (it used to say "measuring…" in every phase)
-PHASE_WORDS = {
-    "baseline": "run {run}: baseline: a GC, then every live task and thread, by identity",
-    "create": "run {run}: creating the bus (start: connect, start the worker pool)",
-    "subscribe": "run {run}: subscribing (live before the load starts)",
-    "load": "run {run}: load: publishing and waiting for every delivery",
-    "hold": "run {run}: holding, idle, before close",
-    "close": "run {run}: closing the bus",
-}
 PARK_WAIT_S = 1.0      # how long the arena waits for the dashboard to park before judging memory anyway
 PARK_MAX_S = 10.0      # the longest the dashboard stays parked, whatever the arena does
 
@@ -284,9 +275,12 @@ class BusmonApp(App[int]):
         return not self._exit and bool(self.screen_stack) and bool(self.screen_stack[0].query(PhaseBar))
 
     def _advance(self, event: object) -> None:
-        """The header follows the model: one pure step, then a redraw."""
+        """The header and banner follow the model: one pure step, then a redraw of what changed."""
+        before = self.state
         self.state = reduce(self.state, event)
         self.query_one(PhaseBar).state = self.state
+        if self.state.banner != before.banner and not self.state.viewing:
+            self.query_one(VerdictBanner).show_state(self.state.banner, self.state.final, CAPTURE.summary())
 
     def apply(self, event: ArenaEvent | PlaybackDone) -> None:
         """Show one event (the tests feed recorded events straight in here)."""
@@ -303,8 +297,6 @@ class BusmonApp(App[int]):
             self._on_run_finished(event.result)
         elif isinstance(event, PlaybackDone):
             self._on_done(event)
-        elif isinstance(event, FailureNoted):
-            self.query_one(VerdictBanner).failing(event.phase, event.error)
 
     def _on_awaiting(self, e: AwaitingStep) -> None:
         if self._queued_next and self.controller is not None:
@@ -312,16 +304,8 @@ class BusmonApp(App[int]):
             if self.controller.next_phase():
                 self._advance(NextPressed(True))
                 return
-        if e.phase != "baseline":
-            if not self.state.failed:
-                done = self.state.phase or "the phase"
-                self.query_one(VerdictBanner).waiting(f"run {e.run}: {done} done · n starts {e.phase}")
-            return
-        if self.results:
+        if e.phase == "baseline" and self.results:
             self.notify(f"press n to start {e.run}: a fresh bus and its own baseline", timeout=5)
-        else:
-            self.query_one(VerdictBanner).waiting(
-                "press n to take the baseline: a GC, then every live task and thread, by identity")
 
     def _on_phase_started(self, e: PhaseStarted) -> None:
         if e.phase == "baseline":
@@ -332,12 +316,6 @@ class BusmonApp(App[int]):
             self._render_panels()  # the new run's empty tables
             self.query_one(LeftoversTable).show([])
             self.query_one(StackView).show(None)
-        if self.state.failed:  # the failure stays said until the verdict
-            return
-        if e.phase == "settle":
-            self.query_one(VerdictBanner).waiting("settling: waiting for everything the bus started to exit…")
-        else:
-            self.query_one(VerdictBanner).waiting(PHASE_WORDS.get(e.phase, f"{e.phase}…").format(run=e.run))
 
     def _render_panels(self) -> None:
         """The phase table, components and throughput, rendered from the model (tui/state.py);
@@ -404,7 +382,6 @@ class BusmonApp(App[int]):
             stack.show(leftovers.selected())
         else:
             stack.nothing_left()
-        self.query_one(VerdictBanner).show(r, CAPTURE.summary())
         self._phase_index += 1
         self._screenshot_at_boundary("verdict")
 

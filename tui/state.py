@@ -15,6 +15,19 @@ from probes.gate import AwaitingStep
 from probes.model import FailureNoted, PhaseSnapshot, PhaseStarted, RunResult, Sample
 
 
+#: the banner's word while a phase is under way
+PHASE_WORDS = {
+    "baseline": "run {run}: baseline: a GC, then every live task and thread, by identity",
+    "create": "run {run}: creating the bus (start: connect, start the worker pool)",
+    "subscribe": "run {run}: subscribing (live before the load starts)",
+    "load": "run {run}: load: publishing and waiting for every delivery",
+    "hold": "run {run}: holding, idle, before close",
+    "close": "run {run}: closing the bus",
+    "settle": "settling: waiting for everything the bus started to exit…",
+}
+FIRST_BASELINE = "press n to take the baseline: a GC, then every live task and thread, by identity"
+
+
 @dataclass(frozen=True, slots=True)
 class Paused:
     paused: bool
@@ -90,6 +103,8 @@ class DashState:
     final: RunResult | None = None
     components: tuple[tuple[str, int], ...] = ()
     peaks: tuple[tuple[str, int], ...] = ()
+    #: the banner: ("waiting", text) | ("failing", phase, reason) | ("verdict",) (of ``final``)
+    banner: tuple[str, ...] = ("waiting", "")
     verdicts: tuple[tuple[str, str], ...] = field(default=())   # (run, verdict) of finished runs
 
     @property
@@ -134,6 +149,10 @@ def _with_components(state: DashState, counts: Any) -> DashState:
     return replace(state, components=live, peaks=tuple(peaks.items()))
 
 
+def _phase_banner(event: PhaseStarted) -> tuple[str, ...]:
+    return ("waiting", PHASE_WORDS.get(event.phase, f"{event.phase}…").format(run=event.run))
+
+
 def reduce(state: DashState, event: Any) -> DashState:
     """The next state after ``event`` (an arena event or a person's action); pure."""
     if isinstance(event, Sample):
@@ -151,21 +170,27 @@ def reduce(state: DashState, event: Any) -> DashState:
             return replace(state, run=event.run, run_index=state.run_index + 1, phase=event.phase,
                            waiting_for="", done=frozenset(), elapsed_s=0.0, run_t0=event.t_s, finished=False,
                            failed=None, note="", viewing="", snapshots=(), latest=None, final=None,
-                           components=(), peaks=())
+                           components=(), peaks=(), banner=_phase_banner(event))
         done = state.done | {state.phase} if state.phase else state.done
-        return replace(state, phase=event.phase, waiting_for="", done=done,
+        banner = state.banner if state.failed else _phase_banner(event)  # a failure stays said
+        return replace(state, phase=event.phase, waiting_for="", done=done, banner=banner,
                        elapsed_s=max(state.elapsed_s, event.t_s - state.run_t0), note="")
     if isinstance(event, AwaitingStep):
-        return replace(state, waiting_for=event.phase, note="")
+        banner = state.banner
+        if event.phase == "baseline" and not state.run_index:
+            banner = ("waiting", FIRST_BASELINE)
+        elif event.phase != "baseline" and not state.failed:
+            banner = ("waiting", f"run {event.run}: {state.phase or 'the phase'} done · n starts {event.phase}")
+        return replace(state, waiting_for=event.phase, note="", banner=banner)
     if isinstance(event, FailureNoted):
-        return replace(state, failed=(event.phase, event.error))
+        return replace(state, failed=(event.phase, event.error), banner=("failing", event.phase, event.error))
     if isinstance(event, RunDone):
         r = event.result
         settled = r.phase("settle")
         if settled is not None:  # the panels end where the run ended: its settled counts
             state = _with_components(state, settled.by_component)
         return replace(state, phase="", finished=True, done=frozenset(p.phase for p in r.phases) | {"settle"},
-                       verdicts=(*state.verdicts, (r.name, r.verdict)), final=r)
+                       verdicts=(*state.verdicts, (r.name, r.verdict)), final=r, banner=("verdict",))
     if isinstance(event, Viewing):
         label = f"{event.index}/{event.total} {event.run}" if event.run else ""
         return replace(state, viewing=label, note="")

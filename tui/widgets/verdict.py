@@ -17,6 +17,15 @@ class VerdictBanner(Static):
     VerdictBanner.-failed { background: $warning; color: $text; text-style: bold; }
     """
 
+    def show_state(self, banner: tuple[str, ...], final: RunResult | None, logs: tuple[LogLine, ...] = ()) -> None:
+        """Render the dashboard model's banner (tui/state.py)."""
+        if banner[0] == "verdict" and final is not None:
+            self.show(final, logs)
+        elif banner[0] == "failing":
+            self.failing(banner[1], banner[2])
+        else:
+            self.waiting(banner[1] if len(banner) > 1 else "")
+
     def waiting(self, text: str) -> None:
         self.remove_class("-clean", "-leaked", "-failed")
         self.update(text)
