@@ -126,4 +126,9 @@ def test_the_banner_says_what_each_moment_is_and_keeps_a_failure_said():
     failed = play(FailureNoted("low", "load", "kafka 127.0.0.1:9092 unreachable"), PhaseStarted("low", "close", 2.0),
                   PhaseStarted("low", "settle", 2.1), state=st)
     assert failed.banner == ("failing", "load", "kafka 127.0.0.1:9092 unreachable")
-    assert play(RunDone(result()), state=failed).banner == ("verdict",)
+    done = play(RunDone(result()), state=failed)
+    assert done.banner == ("verdict",)
+    from probes import findings
+
+    assert done.leftovers == tuple(findings.rows(done.final)) and len(done.leftovers) >= 4
+    assert play(PhaseStarted("next", "baseline", 0.0), state=done).leftovers == ()

@@ -314,7 +314,7 @@ class BusmonApp(App[int]):
             for chart in self.query(PhaseChart):
                 chart.clear_points()
             self._render_panels()  # the new run's empty tables
-            self.query_one(LeftoversTable).show([])
+            self.query_one(LeftoversTable).show(self.state.leftovers)
             self.query_one(StackView).show(None)
 
     def _render_panels(self) -> None:
@@ -376,7 +376,7 @@ class BusmonApp(App[int]):
                 chart.refresh()
         self._render_panels()
         leftovers = self.query_one(LeftoversTable)
-        leftovers.show(findings.rows(r))
+        leftovers.show(self.state.leftovers)
         stack = self.query_one(StackView)
         if leftovers.items:
             stack.show(leftovers.selected())

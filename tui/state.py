@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from probes import findings
 from probes.gate import AwaitingStep
 from probes.model import FailureNoted, PhaseSnapshot, PhaseStarted, RunResult, Sample
 
@@ -105,6 +106,7 @@ class DashState:
     peaks: tuple[tuple[str, int], ...] = ()
     #: the banner: ("waiting", text) | ("failing", phase, reason) | ("verdict",) (of ``final``)
     banner: tuple[str, ...] = ("waiting", "")
+    leftovers: tuple[Any, ...] = ()   # the run's findings (probes.findings.rows), once it has its verdict
     verdicts: tuple[tuple[str, str], ...] = field(default=())   # (run, verdict) of finished runs
 
     @property
@@ -170,7 +172,7 @@ def reduce(state: DashState, event: Any) -> DashState:
             return replace(state, run=event.run, run_index=state.run_index + 1, phase=event.phase,
                            waiting_for="", done=frozenset(), elapsed_s=0.0, run_t0=event.t_s, finished=False,
                            failed=None, note="", viewing="", snapshots=(), latest=None, final=None,
-                           components=(), peaks=(), banner=_phase_banner(event))
+                           components=(), peaks=(), banner=_phase_banner(event), leftovers=())
         done = state.done | {state.phase} if state.phase else state.done
         banner = state.banner if state.failed else _phase_banner(event)  # a failure stays said
         return replace(state, phase=event.phase, waiting_for="", done=done, banner=banner,
@@ -190,7 +192,8 @@ def reduce(state: DashState, event: Any) -> DashState:
         if settled is not None:  # the panels end where the run ended: its settled counts
             state = _with_components(state, settled.by_component)
         return replace(state, phase="", finished=True, done=frozenset(p.phase for p in r.phases) | {"settle"},
-                       verdicts=(*state.verdicts, (r.name, r.verdict)), final=r, banner=("verdict",))
+                       verdicts=(*state.verdicts, (r.name, r.verdict)), final=r, banner=("verdict",),
+                       leftovers=tuple(findings.rows(r)))
     if isinstance(event, Viewing):
         label = f"{event.index}/{event.total} {event.run}" if event.run else ""
         return replace(state, viewing=label, note="")
