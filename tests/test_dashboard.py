@@ -389,3 +389,27 @@ async def test_a_filter_that_hides_every_leftover_says_so():
         await pilot.press("escape")
         await until(pilot, lambda: app.state.filter == "", "esc clears it")
         assert table.visible() == table.items
+
+
+async def _busy_n(pilot) -> None:
+    """n pressed during load: the header says it is kept and acts when load ends."""
+    from tui.state import NextPressed
+
+    for event in recorded.events("load"):
+        pilot.app.apply(event)
+    pilot.app._advance(NextPressed(False))
+    await pilot.pause()
+
+
+async def _browsing(pilot) -> None:
+    for event in recorded.events("verdict"):
+        pilot.app.apply(event)
+    await pilot.press("r")
+    await pilot.pause()
+
+
+@pytest.mark.parametrize("size", [(80, 24), (120, 40)], ids=["80x24", "120x40"])
+@pytest.mark.parametrize("state", ["busy-n", "runs"])
+def test_more_state_snapshots(snap_compare, size, state):
+    app, _ = recorded_app("load")
+    assert snap_compare(app, terminal_size=size, run_before={"busy-n": _busy_n, "runs": _browsing}[state])
