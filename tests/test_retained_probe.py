@@ -396,8 +396,9 @@ def test_objects_reachable_from_exclude_roots_never_count():
             records_before.append(Record(i))
         verdict = judge(probe, 5000, exclude_roots=[own, records_before])
     assert verdict.findings == ()
-    assert row(verdict, f"{__name__}.Record") is None and row(verdict, "list") is None
-    assert row(verdict, "str") is None and row(verdict, "int") is None
+    assert row(verdict, f"{__name__}.Record") is None
+    # none of the 20,000 records' lists, strings or ints (a stray object of another thread may be)
+    assert all(r is None or r.count < 10 for r in (row(verdict, t) for t in ("list", "str", "int")))
     assert verdict.excluded >= 2 * 5000 * 2  # the records and their lists
     assert verdict.objects < 50
 
