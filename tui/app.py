@@ -40,6 +40,7 @@ from tui.widgets.throughput import LIVE_TITLE, short_count
 INTERVALS_MS = (50, 100, 200, 500, 1000)
 DRAIN_EVERY_S = 0.1    # events arrive at the sampling rate (10 Hz); phase changes show within 0.1 s
 RENDER_EVERY_S = 0.25  # the screen redraws the numbers 4x a second; every sample still reaches the charts
+NOTE_S = 6.0           # how long a passing note stays in the header
 PARK_WAIT_S = 1.0      # how long the arena waits for the dashboard to park before judging memory anyway
 PARK_MAX_S = 10.0      # the longest the dashboard stays parked, whatever the arena does
 
@@ -101,7 +102,7 @@ class HelpScreen(ModalScreen[None]):
 class StackScreen(Screen[None]):
     """A leftover's stack, full screen: what enter shows (the side panel hides at 80 columns)."""
 
-    BINDINGS = [Binding("escape,enter,q", "dismiss", "Back")]
+    BINDINGS = [Binding("escape,enter", "dismiss", "Back"), Binding("q", "app.quit_busmon", "Quit")]
 
     def __init__(self, leftover) -> None:
         super().__init__()
@@ -279,6 +280,9 @@ class BusmonApp(App[int]):
         before = self.state
         self.state = reduce(self.state, event)
         self.query_one(PhaseBar).state = self.state
+        if self.state.note and self.state.note != before.note:  # a passing word passes
+            note = self.state.note
+            self.set_timer(NOTE_S, lambda: self._advance(Noted("")) if self.state.note == note else None)
         if self.state.banner != before.banner and not self.state.viewing:
             self.query_one(VerdictBanner).show_state(self.state.banner, self.state.final, CAPTURE.summary())
 

@@ -104,8 +104,11 @@ def _show(event: object, progress: Progress, bars: dict[str, int], console: Cons
 def summary_table(result: ScenarioResult) -> Table:
     """Runs as columns, measures as rows: fits 80 columns for the post-mortem's four-run ladder."""
     backends = ", ".join(dict.fromkeys(r.backend for r in result.runs))
+    cut_short = [r for r in result.runs if (r.failure or {}).get("kind") == "interrupted"]
+    failed = [r for r in result.runs if r.verdict == "failed"]
+    word = "interrupted" if failed and failed == cut_short else result.verdict  # q is not a failure
     table = Table(title=f"{escape(result.scenario)} · {escape(backends)} · "
-                        f"[{VERDICT_STYLE[result.verdict]}]{result.verdict}[/]", box=box.SIMPLE_HEAD)
+                        f"[{VERDICT_STYLE[result.verdict]}]{word}[/]", box=box.SIMPLE_HEAD)
     table.add_column("", no_wrap=True)
     for r in result.runs:
         table.add_column(escape(r.name), justify="right", no_wrap=True)
