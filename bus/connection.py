@@ -17,7 +17,7 @@ from typing import Any
 from urllib.parse import unquote
 
 from bus.errors import BusConfigError
-from bus.secrets import register
+from bus.secrets import redact_url, register
 
 KAFKA_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
 KAFKA_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
@@ -73,8 +73,6 @@ def parse_target(url: str, default_port: int) -> Target:
 
 
 def _shown(url: str) -> str:
-    from bus.secrets import redact_url
-
     return repr(redact_url(url))
 
 

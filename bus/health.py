@@ -63,7 +63,9 @@ async def check_broker(url: str, timeout: float = 1.0, *, tls: bool = False) -> 
     return list(await asyncio.gather(*(_check(scheme, h, p, timeout, tls) for h, p in addresses)))
 
 
-def _any_certificate() -> ssl.SSLContext:
+def any_certificate() -> ssl.SSLContext:
+    """A TLS client context that completes a handshake whatever the certificate: for looking
+    whether something answers TLS, never for carrying data."""
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     context.check_hostname = False
     context.verify_mode = ssl.CERT_NONE
@@ -78,7 +80,7 @@ async def _check(scheme: str, host: str, port: int, timeout: float, tls: bool = 
             try:
                 reader, writer = await asyncio.open_connection(host, port)
                 if tls and scheme == "kafka":  # NATS greets in plaintext, then upgrades
-                    await writer.start_tls(_any_certificate())
+                    await writer.start_tls(any_certificate())
                     return BrokerHealth(scheme, address, UP, "answers TLS")
             except ssl.SSLError as exc:
                 return BrokerHealth(scheme, address, UP, f"answers, TLS handshake failed: {exc.reason or exc}")

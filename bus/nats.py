@@ -25,7 +25,7 @@ from bus.envelope import Envelope
 from bus.deadline import cancel_and_wait
 from bus.connection import NatsSecurity
 from bus.errors import BusConnectError, BusError, BusFault, BusRefusedError
-from bus.refusal import nats_refusal
+from bus.refusal import address, nats_refusal
 from bus.polling import PollingSubscription, decode_or_count
 from bus.protocol import Handler
 
@@ -115,6 +115,11 @@ class NatsBus(BaseBus):
     def uses_tls(self) -> bool:
         return self.security.context is not None
 
+    def _first_address(self) -> tuple[str, int]:
+        """The first server's host and port, as a refusal names them."""
+        host, _, port = self.servers[0].split("://", 1)[-1].rpartition(":")
+        return host.strip("[]"), int(port)
+
     async def _on_closed(self) -> None:
         """nats-py closed the connection by itself (reconnects are off): the broker is gone."""
         if self.state is State.STARTED:
@@ -139,8 +144,8 @@ class NatsBus(BaseBus):
             # nats-py raises the server's -ERR ('Authorization Violation') itself, and hands
             # a failed TLS handshake or refused connection to error_cb, then NoServersError
             reported = exc if not isinstance(exc, nats.errors.NoServersError) else self._connect_error
-            host, _, port = self.servers[0].split("://", 1)[-1].rpartition(":")
-            refused = nats_refusal(reported, host.strip("[]"), int(port), self.security)
+            host, port = self._first_address()
+            refused = nats_refusal(reported, host, port, self.security)
             if refused is not None:
                 raise refused from None
             if isinstance(exc, nats.errors.NoServersError):
@@ -148,8 +153,8 @@ class NatsBus(BaseBus):
             raise
         self._connected = True
         if self.security.context is not None and not _on_tls(self.nc):
-            host, _, port = self.servers[0].split("://", 1)[-1].rpartition(":")
-            raise BusRefusedError(f"nats {host}:{port}: TLS was asked for, but the server does not offer it")
+            raise BusRefusedError(f"nats {address(*self._first_address())}: TLS was asked for, "
+                                  "but the server does not offer it")
 
     async def _connect_client(self) -> None:
         assert self.nc is not None

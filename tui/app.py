@@ -135,8 +135,7 @@ class RunsScreen(Screen[int | None]):
         self.scenario = scenario
 
     def compose(self) -> ComposeResult:
-        verdicts = [r.verdict for r in self.results]
-        overall = "failed" if "failed" in verdicts else "leaked" if "leaked" in verdicts else "clean"
+        overall = ScenarioResult(self.scenario, tuple(self.results)).verdict
         n = len(self.results)
         yield Static(Text.assemble((f" {self.scenario}", "bold"), f" · {n} run{'s' if n != 1 else ''} · ",
                                    (overall, VERDICT_STYLE.get(overall, ""))), id="runs-title")
@@ -279,7 +278,8 @@ class BusmonApp(App[int]):
         """The header and banner follow the model: one pure step, then a redraw of what changed."""
         before = self.state
         self.state = reduce(self.state, event)
-        self.query_one(PhaseBar).state = self.state
+        if not isinstance(event, Sample):  # samples redraw it with the numbers, throttled (_render_latest)
+            self.query_one(PhaseBar).state = self.state
         if self.state.note and self.state.note != before.note:  # a passing word passes
             note = self.state.note
             self.set_timer(NOTE_S, lambda: self._advance(Noted("")) if self.state.note == note else None)
@@ -379,15 +379,19 @@ class BusmonApp(App[int]):
                 chart.push(value, "settle")
                 chart.refresh()
         self._render_panels()
+        self._show_leftovers(self.state.leftovers)
+        self._phase_index += 1
+        self._screenshot_at_boundary("verdict")
+
+    def _show_leftovers(self, rows) -> None:
+        """A run's leftovers, and the selected one's stack beside them (or that none is left)."""
         leftovers = self.query_one(LeftoversTable)
-        leftovers.show(self.state.leftovers)
+        leftovers.show(rows)
         stack = self.query_one(StackView)
         if leftovers.items:
             stack.show(leftovers.selected())
         else:
             stack.nothing_left()
-        self._phase_index += 1
-        self._screenshot_at_boundary("verdict")
 
     def _on_done(self, done: PlaybackDone) -> None:
         self.done = done
@@ -566,13 +570,7 @@ class BusmonApp(App[int]):
                 components.show({k: v for k, v in snap.by_component.items() if not k.startswith("thread:")})
             components.show({k: v for k, v in settled.by_component.items() if not k.startswith("thread:")})
         self.query_one(ThroughputPanel).finished(r)
-        leftovers = self.query_one(LeftoversTable)
-        leftovers.show(findings.rows(r))
-        stack = self.query_one(StackView)
-        if leftovers.items:
-            stack.show(leftovers.selected())
-        else:
-            stack.nothing_left()
+        self._show_leftovers(findings.rows(r))
         self.query_one(VerdictBanner).show(r, CAPTURE.summary())
         live = index == len(self.results) - 1
         self._advance(Viewing("" if live else r.name, index + 1, len(self.results)))
