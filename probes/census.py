@@ -63,13 +63,15 @@ class Census:
 
     @classmethod
     def take(cls, loop: asyncio.AbstractEventLoop | None = None) -> Census:
-        loop = loop or asyncio.get_running_loop()
-        refs = frozenset(map(weakref.ref, asyncio.all_tasks(loop)))
+        """Everyone alive now; the tasks and timers of ``loop`` (by default the running loop's;
+        with no loop given and none running, there are none: code that is not asyncio)."""
+        loop = loop or running_loop()
+        refs = frozenset(map(weakref.ref, asyncio.all_tasks(loop))) if loop is not None else frozenset()
+        timers = weakref.WeakSet(bus_timers(loop)) if loop is not None else weakref.WeakSet()
         threads = {t for t in threading.enumerate() if t.is_alive()}
         table = _fds.fd_table()
         fds = None if table is None else frozenset(_fds.identities(table))
-        return cls(refs, threads, os_thread_ids() or set(), weakref.WeakSet(bus_timers(loop)), fds,
-                   frozenset(_children.children()))
+        return cls(refs, threads, os_thread_ids() or set(), timers, fds, frozenset(_children.children()))
 
     def new_sockets(self, baseline: Census) -> int:
         """Sockets open here that the baseline did not have (by identity)."""
@@ -93,6 +95,14 @@ class Census:
         python_native = {t.native_id for t in self.threads}
         native = sorted(n for n in self.native_ids - baseline.native_ids if n not in python_native)
         return tasks, threads, native
+
+
+def running_loop() -> asyncio.AbstractEventLoop | None:
+    """The event loop running in this thread, or None (plain synchronous code)."""
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
 
 
 def _deref(ref: weakref.ref) -> asyncio.Task | None:

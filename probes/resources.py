@@ -38,17 +38,27 @@ class ResourceWatch:
 
     def __init__(self, baseline_fds: frozenset[tuple[int, str]] | None,
                  baseline_children: frozenset[tuple[int, float]], attribution: Attribution | None = None,
-                 *, at_close: bool = True) -> None:
+                 *, at_close: bool = True, kinds: frozenset[str] | None = None) -> None:
         self.base_fds = baseline_fds
         self.base_children = baseline_children
         self.attribution = attribution or Attribution()
-        self.supported = baseline_fds is not None
+        #: which of ``sockets``, ``fds`` (every other descriptor) and ``processes`` are judged
+        #: (None: all); one not judged is not waited for either
+        self.kinds = kinds
+        self.supported = baseline_fds is not None and (self._judges("sockets") or self._judges("fds"))
         self.fds: dict[tuple[int, str], fd_probe.Descriptor] = {}
         self.fds_at_close: set[tuple[int, str]] = set()
         self.procs: dict[tuple[int, float], proc_probe.Child] = {}
         self.exit_at: dict[object, float] = {}
         self._first = at_close
         self.ignored_pids: dict[int, str] = {}   # child pid → the rule that ignored it
+        self._unjudged: set[tuple[int, str]] = set()  # new descriptors of a kind not judged
+
+    def _judges(self, kind: str) -> bool:
+        return self.kinds is None or kind in self.kinds
+
+    def _judged(self, d: fd_probe.Descriptor) -> bool:
+        return self._judges("sockets" if d.kind in SOCKET_KINDS else "fds")
 
     # -- candidates -------------------------------------------------------------------
 
@@ -58,13 +68,15 @@ class ResourceWatch:
         table = fd_probe.fd_table() if self.supported else None
         if table is not None and self.base_fds is not None:
             current = fd_probe.identities(table)
-            new = [item for item in current - self.base_fds if item not in self.fds]
+            new = [item for item in current - self.base_fds if item not in self.fds and item not in self._unjudged]
             if new:
                 described = fd_probe.describe(table, [fd for fd, _ in new], owners=self.attribution.sockets,
                                               brokers=self.attribution.brokers)
                 for item in new:
                     d = described.get(item[0])
-                    if d is not None and d.target == item[1]:
+                    if d is not None and d.target == item[1] and not self._judged(d):
+                        self._unjudged.add(item)
+                    elif d is not None and d.target == item[1]:
                         self.fds[item] = d
                         if self._first:
                             self.fds_at_close.add(item)
@@ -76,6 +88,8 @@ class ResourceWatch:
                 else:
                     self.exit_at[item] = now
         self._first = False
+        if not self._judges("processes"):
+            return pending
         kids = proc_probe.children()
         for key, child in kids.items():
             if key not in self.base_children and key not in self.procs:

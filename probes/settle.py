@@ -18,9 +18,9 @@ import threading
 import time
 import weakref
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Literal
 
-from probes.census import Census, os_thread_ids
+from probes.census import Census, os_thread_ids, running_loop
 from probes.components import (RUNTIME_EXECUTOR_THREAD, coro_qualname, name_component, task_component,
                                thread_component)
 from probes.model import Leftover
@@ -55,7 +55,9 @@ class SettleWatch:
     def __init__(self, baseline: Census, at_close: Census, closed_at: float, *, timeout_s: float,
                  poll_ms: int, exclude: Any, sites=None,
                  stuck: dict[asyncio.Task, str] | None = None, tracker: Any = None,
-                 since: float | None = None, resources: ResourceWatch | None = None) -> None:
+                 since: float | None = None, resources: ResourceWatch | None = None,
+                 loop: asyncio.AbstractEventLoop | None | Literal["running"] = "running",
+                 kinds: frozenset[str] | None = None, unfreeze: bool = True) -> None:
         self.baseline = baseline
         self.closed_at = closed_at
         self.deadline = closed_at + timeout_s
@@ -80,7 +82,16 @@ class SettleWatch:
         self.noticed_at: float | None = None   # when the watch saw that
         self.everything_exited = False
         self._task: asyncio.Task | None = None
-        self._loop = asyncio.get_running_loop()
+        #: the loop whose tasks and timers are watched (the arena's, or a test's); None: plain
+        #: synchronous code, where only threads, descriptors and processes can be left behind
+        self._loop = running_loop() if loop == "running" else loop
+        #: what is judged (None: everything); a kind not judged is not waited for either
+        self.kinds = kinds
+        #: the verdict unfreezes the GC's frozen generation (the runner froze its baseline there);
+        #: False for a caller that froze nothing itself or unfreezes on its own
+        self._unfreeze = unfreeze
+        self._tasks_on = self._loop is not None and self.judges("tasks")
+        self._timers_on = self._loop is not None and self.judges("timers")
         #: descriptors and child processes (None: not watched)
         self.resources = resources
         tasks, threads, _ = at_close.new_since(baseline)
@@ -88,9 +99,14 @@ class SettleWatch:
         self._add_threads(threads)
         self._scan()
 
+    def judges(self, kind: str) -> bool:
+        return self.kinds is None or kind in self.kinds
+
     # -- candidates ------------------------------------------------------------------
 
     def _add_tasks(self, tasks: list[asyncio.Task]) -> None:
+        if not self._tasks_on:
+            return
         for task in tasks:
             if task in self.exclude or task is self._task:
                 continue
@@ -101,7 +117,9 @@ class SettleWatch:
             self.task_refs.append(ref)
             self._candidate_ids.add(id(task))
             # describe every candidate now, while it is still alive
-            name, component, qualname = task.get_name(), task_component(task, site), coro_qualname(task)
+            component = (self.tracker.component_of(task) if self.tracker is not None
+                         else task_component(task, site))  # the tracker knows who created it
+            name, qualname = task.get_name(), coro_qualname(task)
             stack = tuple(task_stack(task))
             if task in self.stuck:  # busmon's wrapper around a bus call that ignored cancellation
                 name = f"{self.stuck[task]} (ignored cancellation)"
@@ -113,6 +131,8 @@ class SettleWatch:
                 task.add_done_callback(self._task_exited)
 
     def _add_threads(self, threads: list[threading.Thread]) -> None:
+        if not self.judges("threads"):
+            return
         for th in threads:
             if th in self.info:
                 continue
@@ -126,13 +146,15 @@ class SettleWatch:
         """Pick up what appeared since the last look (tasks, threads, timers); return the timers
         scheduled now."""
         created = self.tracker.created if self.tracker is not None and self.tracker.installed else None
-        if created is None or created != self._seen_created:
+        if self._tasks_on and (created is None or created != self._seen_created):
             self._seen_created = created if created is not None else -1
             base = self.baseline.task_refs
             self._add_tasks([t for t in asyncio.all_tasks(self._loop) if weakref.ref(t) not in base])
         alive = threading.enumerate()
         self._python_native.update(t.native_id for t in alive if t.native_id is not None)
         self._add_threads([t for t in alive if t not in self.baseline.threads])
+        if not self._timers_on:
+            return set()
         scheduled = set(bus_timers(self._loop))
         for handle in scheduled:
             if handle not in self.baseline.timers and handle not in self.info:
@@ -163,7 +185,7 @@ class SettleWatch:
     def _check(self, now: float, scheduled: set[asyncio.TimerHandle]) -> bool:
         """Note every exit (``scheduled``: the timers on the loop now); True while anything the
         run created is still pending."""
-        os_ids = os_thread_ids()
+        os_ids = os_thread_ids() if self.judges("threads") else set()
         self.os_unknown = self.os_unknown or os_ids is None
         pending = False
         for th in self.threads:
@@ -181,7 +203,7 @@ class SettleWatch:
                     self.busy_executors.discard(th)
             else:
                 pending = True
-        if os_ids is not None:
+        if os_ids is not None and self.judges("threads"):
             known = self.baseline.native_ids | self._python_native
             for n in sorted(os_ids - known):
                 if n not in self.native:
@@ -209,6 +231,34 @@ class SettleWatch:
         if self.resources is not None and self.resources.scan(now):
             pending = True
         return pending or bool(self._pending_tasks())
+
+    def wait_blocking(self) -> None:
+        """The same watch for code with no event loop running (``loop=None``): this thread
+        waits, on a pending thread's exit when there is one (``join``), else one poll."""
+        assert self._loop is None or not self._loop.is_running(), "a running loop: await verdict()"
+        while True:
+            now = time.monotonic()
+            if not self._check(now, self._scan()):
+                self.everything_exited = True
+                self.ended_at = max([self.closed_at, *self.exit_at.values()])
+                self.noticed_at = time.monotonic()
+                return
+            remaining = self.deadline - now
+            if remaining <= 0:
+                self.ended_at = self.noticed_at = now
+                return
+            waiting = next((th for th in self.threads if th not in self.exit_at and th.is_alive()
+                            and th not in self.busy_executors and not isinstance(th, threading._DummyThread)),
+                           None)
+            if waiting is not None:
+                waiting.join(min(remaining, self.poll))
+            else:
+                time.sleep(min(remaining, self.poll))  # the poll interval: nothing here has an exit event
+
+    def verdict_blocking(self, rules: IgnoreRules) -> SettleOutcome:
+        """:meth:`verdict` for code with no event loop running."""
+        self.wait_blocking()
+        return self._classify(rules, None)
 
     async def _watch(self) -> None:
         """Until nothing the run created is pending, or the deadline: tasks as events, the rest
@@ -330,8 +380,9 @@ class SettleWatch:
         noticed = self.noticed_at if self.noticed_at is not None else judged_at
         paused_ms = max(0.0, (judged_at - noticed) * 1000)  # a person's wait is not the verdict's
         verdict_ms = ((noticed - settled_at) + (ready - judged_at)) * 1000
-        gc.unfreeze()
-        final = Census.take()  # for the settled counts and the drift; not part of the verdict
+        if self._unfreeze:
+            gc.unfreeze()
+        final = Census.take(self._loop)  # for the settled counts and the drift; not the verdict
         return SettleOutcome(tuple(leftovers), (settled_at - closed_at) * 1000, verdict_ms, final, paused_ms)
 
 

@@ -86,13 +86,18 @@ class TaskTracker:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._previous: Any = None
 
-    def install(self, loop: asyncio.AbstractEventLoop) -> None:
-        """Become ``loop``'s task factory; tasks already alive are counted once, by a scan."""
+    def install(self, loop: asyncio.AbstractEventLoop, count_existing: bool = True) -> None:
+        """Become ``loop``'s task factory; tasks already alive are counted once, by a scan.
+
+        ``count_existing=False`` on a loop busmon only visits (a test's, for a while): the live
+        counts are not wanted there, and a done-callback per long-lived task per visit would
+        pile up on tasks that outlive many visits."""
         self._loop = loop
         self._previous = loop.get_task_factory()
         loop.set_task_factory(self._factory)
-        for task in asyncio.all_tasks(loop):
-            self._watch(task, None)
+        if count_existing:
+            for task in asyncio.all_tasks(loop):
+                self._watch(task, None)
 
     @property
     def installed(self) -> bool:

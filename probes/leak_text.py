@@ -1,0 +1,127 @@
+"""The verdict as text a person reads in a failing test: goleak's message, for asyncio.
+
+Each leftover gets a headline (kind, what it is, its component and name, and how long it was
+waited for), where it is now and its stack, and where it was created when that was traced.
+What exited while busmon waited is listed as lingering, never as a failure.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Iterable
+
+from bus.deadline import innermost
+from probes.model import Leftover
+
+if TYPE_CHECKING:
+    from probes.watch import WatchResult
+
+_PLURAL = {"process": "processes"}
+_STILL = {"task": "still running", "thread": "still running", "process": "still running",
+          "timer": "still scheduled", "socket": "still open", "fd": "still open"}
+#: the stack lines shown per leftover (the innermost ones: that is where it is stuck)
+STACK_LINES = 12
+
+
+#: the order leftovers are told in: what the code ran, then what it held open
+KIND_ORDER = {kind: i for i, kind in enumerate(("task", "thread", "timer", "socket", "fd", "process"))}
+
+
+def by_kind(leftovers: Iterable[Leftover]) -> list[Leftover]:
+    return sorted(leftovers, key=lambda x: KIND_ORDER.get(x.kind, len(KIND_ORDER)))
+
+
+def leftover_counts(leftovers: Iterable[Leftover]) -> str:
+    """``3 tasks and 1 socket``."""
+    counts: dict[str, int] = {}
+    for x in by_kind(leftovers):
+        counts[x.kind] = counts.get(x.kind, 0) + 1
+    parts = [f"{n} {kind if n == 1 else _PLURAL.get(kind, kind + 's')}" for kind, n in counts.items()]
+    return parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
+
+
+def _qualname(x: Leftover) -> str:
+    return x.detail.split(" (", 1)[0] if x.detail else x.name
+
+
+def headline(x: Leftover) -> str:
+    """``task Client._read_loop (nats · Task-3)``: what it is first, whose it is after."""
+    component = x.component.removeprefix("thread:")
+    if component.startswith("created at "):  # said on a line of its own
+        component = ""
+    if x.kind == "task":
+        what, who = _qualname(x), [component, x.name]
+    else:
+        what, who = x.name, [component]
+    who = [w for i, w in enumerate(who) if w and w != what and w not in who[:i] and w != "unknown"]
+    return f"{x.kind} {what}" + (f" ({' · '.join(who)})" if who else "")
+
+
+def _ms(value: float | None) -> str:
+    return f"{value:,.1f} ms" if value is not None and value < 100 else f"{value or 0:,.0f} ms"
+
+
+def _facts(x: Leftover) -> list[str]:
+    """The detail worth a line of its own: descriptors', timers' and processes' facts, a task's
+    or thread's reason (ignored, destroyed), a thread's ids."""
+    if x.kind in ("socket", "fd", "timer", "process"):
+        return [x.detail] if x.detail else []
+    if x.kind == "task" and " (" in x.detail:
+        return [x.detail.split(" (", 1)[1].rstrip(")")]
+    if x.kind == "thread" and x.detail:
+        return [x.detail]
+    return []
+
+
+def _leaked_lines(x: Leftover, waited_ms: float) -> list[str]:
+    state = ("destroyed" if x.state == "destroyed" else f"leaked: {_STILL.get(x.kind, 'still there')} "
+             f"after {_ms(waited_ms)}")
+    lines = [f"  {headline(x)}  {state}"]
+    lines += [f"    {fact}" for fact in _facts(x)]
+    if x.stack:
+        if where := innermost([f for f in x.stack if not f.startswith("awaiting ")] or list(x.stack)):
+            lines.append(f"    now at {where}")
+        lines.append("    stack (innermost last):")
+        lines += [f"      {frame}" for frame in x.stack[-STACK_LINES:]]
+    if x.created_at:
+        lines.append(f"    created at {x.created_at}")
+    return lines
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word if n == 1 else _PLURAL.get(word, word + 's')}"
+
+
+def short_line(leftovers: list[Leftover], limit: int = 3) -> str:
+    """``leaked 3 tasks and 1 socket: Client._read_loop, Client._flusher, …`` for one line."""
+    names = list(dict.fromkeys(_qualname(x) if x.kind == "task" else x.name for x in by_kind(leftovers)))
+    more = ", …" if len(names) > limit else ""
+    return f"leaked {leftover_counts(leftovers)}: {', '.join(names[:limit])}{more}"
+
+
+def leak_report(result: WatchResult, context: str = "") -> str:
+    """The whole report: a summary line, every failing leftover in full, then one line per
+    lingering, ignored or unknown one, and the notes."""
+    failing = by_kind(result.leaked)
+    who = result.label or "the watched code"
+    head = f"busmon: {who} leaked {leftover_counts(failing)}" if failing else f"busmon: {who} is clean"
+    plain = result.at_end
+    waited = (f"waited up to {result.settle_timeout_s:g} s" + (f", {context}," if context else "")
+              + " for what it started to exit"
+              + f"; a plain count right at the end saw {_plural(plain.get('tasks', 0), 'new task')} "
+              f"and {_plural(plain.get('threads', 0), 'new thread')}")
+    lines = [head, waited]
+    for x in failing:
+        lines.append("")
+        lines += _leaked_lines(x, result.settle_ms)
+    lingered = by_kind(result.lingered)
+    if lingered:
+        lines += ["", "lingered (exited while busmon waited; not a failure):"]
+        lines += [f"  {headline(x)}: exited after {_ms(x.exited_after_ms)}" for x in lingered]
+    for title, state in (("ignored:", "ignored"), ("could not be judged:", "unknown")):
+        some = [x for x in result.leftovers if x.state == state]
+        if some:
+            lines += ["", title]
+            lines += [f"  {headline(x)}" + (f": {f[0]}" if (f := _facts(x)) else "") for x in some]
+    if result.notes:
+        lines += [""] + [f"note: {n}" for n in result.notes]
+    return "\n".join(lines)

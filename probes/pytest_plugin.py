@@ -1,0 +1,374 @@
+"""busmon's verdict around tests: ``@pytest.mark.busmon``, ``pytest --busmon``, the ``busmon``
+fixture. Installed with busmon (a ``pytest11`` entry point); it does nothing unless asked.
+
+When is what measured, and on which loop:
+
+- the **baseline** is taken right before the test body, after its fixtures are set up;
+- the **verdict** comes after the test's function fixtures are torn down, on the test's own
+  event loop: busmon's guard fixture is set up first (right after the loop's owner, which it
+  requests), so it is torn down last, while the loop is still open. Then busmon runs that loop
+  until everything the test started has exited, or the settle deadline, and judges.
+
+Loops busmon knows how to keep open: pytest-asyncio's (any loop scope) and anyio's (asyncio
+backend). Sync tests are judged for threads, sockets and processes. A test that leaked fails
+at teardown with the report; one whose leftovers only lingered passes (the terminal summary
+says so). A test that failed or was skipped is not judged: its own outcome is what matters.
+
+Nothing heavier than pytest is imported until a test is watched.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+import warnings
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Callable, Iterator
+
+import pytest
+
+if TYPE_CHECKING:
+    import asyncio
+
+    from probes.watch import Watch, WatchOptions, WatchResult
+
+GUARD = "_busmon_guard"
+INI = {
+    "busmon_settle_timeout_s": ("settle_timeout_s", "string",
+                                "how long busmon waits, after a test, for what it started to exit (s)"),
+    "busmon_poll_ms": ("poll_ms", "string", "how often threads, sockets and processes are looked at (ms)"),
+    "busmon_ignore_tasks": ("ignore_tasks", "linelist", "task patterns never failing a test (qualname or name)"),
+    "busmon_ignore_threads": ("ignore_threads", "linelist", "thread name patterns never failing a test"),
+    "busmon_ignore_sockets": ("ignore_sockets", "linelist", "socket patterns (address, port or label)"),
+    "busmon_ignore_processes": ("ignore_processes", "linelist", "child process command line patterns"),
+    "busmon_judge": ("judge", "args", "kinds judged: tasks threads timers sockets fds processes"),
+    "busmon_trace_creation": ("trace_creation", "string", "record where each task was created (true/false)"),
+}
+#: marker keywords beyond the watch options
+MARKER_ONLY = ("enabled",)
+_OPTIONS = pytest.StashKey["WatchOptions"]()
+_STATE = pytest.StashKey["TestWatch"]()
+_STATS = pytest.StashKey["Stats"]()
+
+
+@dataclass
+class Stats:
+    """What the terminal summary says: tests judged, leaked, lingered."""
+
+    judged: int = 0
+    leaked: list[str] = field(default_factory=list)
+    lingered: list[tuple[str, str, float]] = field(default_factory=list)   # node, what, ms
+    unjudged: list[tuple[str, str]] = field(default_factory=list)          # node, why
+
+
+# -- options ---------------------------------------------------------------------------------
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("busmon", "busmon: what a test leaves running (tasks, threads, sockets, processes)")
+    group.addoption("--busmon", action="store_true", default=False,
+                    help="judge every test for what it leaves running (one test: @pytest.mark.busmon)")
+    for name, (_, kind, help_text) in INI.items():
+        parser.addini(name, help_text, type=kind)  # type: ignore[arg-type]
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "busmon(**options): fail the test if it leaves tasks, threads, timers, sockets or "
+        "processes running after its teardown; options: settle_timeout_s, ignore_tasks, ignore_threads, "
+        "ignore_sockets, ignore_processes, judge, trace_creation, enabled")
+    values: dict[str, Any] = {}
+    for name, (option, kind, _) in INI.items():
+        value = config.getini(name)
+        if value in (None, "", []):
+            continue
+        values[option] = value
+    from probes.watch_options import WatchOptionError, WatchOptions
+    try:
+        config.stash[_OPTIONS] = WatchOptions().merged(values, where=_ini_file(config), prefix="busmon_")
+    except WatchOptionError as exc:
+        raise pytest.UsageError(str(exc)) from None
+    config.stash[_STATS] = Stats()
+
+
+def _ini_file(config: pytest.Config) -> str:
+    return str(config.inipath.name) if config.inipath else "the ini file"
+
+
+def _marker_options(item: pytest.Item, base: WatchOptions) -> WatchOptions | None:
+    """The item's options, or None when it is not to be watched."""
+    marker = item.get_closest_marker("busmon")
+    watched = item.config.getoption("busmon") or marker is not None or "busmon" in getattr(item, "fixturenames", ())
+    if not watched:
+        return None
+    if marker is None:
+        return base
+    where = f"{item.nodeid}: @pytest.mark.busmon"
+    if marker.args:
+        raise pytest.UsageError(f"{where}: takes options as keywords (e.g. settle_timeout_s=5), "
+                                f"got {marker.args[0]!r}")
+    kwargs = dict(marker.kwargs)
+    enabled = kwargs.pop("enabled", True)
+    if not isinstance(enabled, bool):
+        raise pytest.UsageError(f"{where}: enabled: expected True or False, got {enabled!r}")
+    from probes.watch_options import WatchOptionError
+    try:
+        options = base.merged(kwargs, where=where)
+    except WatchOptionError as exc:
+        raise pytest.UsageError(str(exc)) from None
+    return options if enabled or "busmon" in item.fixturenames else None
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    base = config.stash.get(_OPTIONS, None)
+    if base is None:
+        return
+    for item in items:
+        if not isinstance(item, pytest.Function):
+            continue
+        options = _marker_options(item, base)
+        if options is not None:
+            item.stash[_OPTIONS] = options
+
+
+# -- the test's loop -------------------------------------------------------------------------
+
+@dataclass
+class Harness:
+    """The event loop a test runs on, kept open until busmon's verdict, and the harness's own
+    tasks on it (never the test's)."""
+
+    loop: asyncio.AbstractEventLoop | None = None
+    exclude: Callable[[Any], list[Any]] | None = None
+    note: str | None = None
+
+
+def _is_async(item: pytest.Item) -> bool:
+    fn = getattr(item, "obj", None)
+    return inspect.iscoroutinefunction(fn) or inspect.isasyncgenfunction(fn)
+
+
+def find_harness(item: pytest.Function, request: pytest.FixtureRequest, stack: contextlib.ExitStack) -> Harness:
+    """The loop an async test will run on: pytest-asyncio's runner, or an anyio runner held open
+    (a lease) until the verdict; None for a sync test."""
+    if not _is_async(item):
+        return Harness()
+    if any(c.__name__ == "PytestAsyncioFunction" for c in type(item).__mro__):
+        runner = request.getfixturevalue(f"_{_asyncio_loop_scope(item)}_scoped_runner")
+        return Harness(runner.get_loop())
+    if "anyio_backend" in item.fixturenames:
+        try:
+            from anyio.pytest_plugin import extract_backend_and_options, get_runner
+        except ImportError:
+            return Harness(note="tasks not judged: this anyio has no get_runner() to keep its loop open")
+        name, options = extract_backend_and_options(request.getfixturevalue("anyio_backend"))
+        if name != "asyncio":
+            return Harness(note=f"tasks not judged: anyio runs this test on {name}; busmon judges asyncio tasks")
+        runner = stack.enter_context(get_runner(name, options))
+        return Harness(runner.get_loop(), exclude=_anyio_runner_tasks)
+    return Harness(note="tasks not judged: busmon keeps the loops of pytest-asyncio and anyio open for "
+                        "the verdict, and neither runs this test")
+
+
+def _asyncio_loop_scope(item: pytest.Function) -> str:
+    scope = getattr(item, "_loop_scope", None)   # pytest-asyncio ≥ 1.0 computes it
+    if scope:
+        return str(scope)
+    marker = item.get_closest_marker("asyncio")
+    kwargs = marker.kwargs if marker is not None else {}
+    return kwargs.get("loop_scope") or kwargs.get("scope") or item.config.getini(
+        "asyncio_default_test_loop_scope") or "function"
+
+
+def _anyio_runner_tasks(loop: Any) -> list[Any]:
+    """anyio's runner task, which runs every test and fixture of its runner in turn."""
+    import asyncio
+
+    return [t for t in asyncio.all_tasks(loop)
+            if getattr(t.get_coro(), "__qualname__", "").endswith("TestRunner._run_tests_and_fixtures")]
+
+
+# -- one test's watch ------------------------------------------------------------------------
+
+class TestWatch:
+    """busmon's watch over one test; the ``busmon`` fixture is this object.
+
+    ``check()`` (sync tests) and ``await acheck()`` (async tests) judge what the test left so
+    far, then take a new baseline: what they reported is the test's to assert on, and does not
+    fail it again at teardown.
+    """
+
+    __test__ = False  # not a test class, whatever pytest's collector thinks of the name
+
+    def __init__(self, item: pytest.Function, options: WatchOptions, harness: Harness) -> None:
+        self.item = item
+        self.options = options
+        self.harness = harness
+        self.watch: Watch | None = None
+        self.result: WatchResult | None = None
+        self.why_not: str | None = None     # why no verdict was taken
+        self.call_failed = False
+
+    def _new_watch(self) -> Watch:
+        from probes.watch import Watch
+
+        w = Watch(self.options, label=self.item.nodeid, exclude=self.harness.exclude)
+        if self.harness.note:
+            w.notes.append(self.harness.note)
+        return w
+
+    def start(self) -> None:
+        self.watch = self._new_watch()
+        self.watch.start(self.harness.loop)
+
+    def check(self) -> WatchResult:
+        """The verdict so far, in a sync test (a new baseline follows)."""
+        if self.harness.loop is not None:
+            raise RuntimeError("busmon.check() in an async test: use 'await busmon.acheck()'")
+        assert self.watch is not None, "check() is for the test body"
+        result = self.watch.settle_blocking()
+        self.start()
+        return result
+
+    async def acheck(self) -> WatchResult:
+        """The verdict so far, in an async test, on its loop (a new baseline follows)."""
+        assert self.watch is not None, "acheck() is for the test body"
+        result = await self.watch.settle()
+        self.start()
+        return result
+
+    def finish(self) -> None:
+        """After the test's fixtures are torn down: settle and judge (a test that failed or was
+        skipped is not judged)."""
+        w, self.watch = self.watch, None
+        if w is None:
+            self.why_not = "not judged: the test body did not run"
+            return
+        if self.call_failed:
+            w.stop()
+            self.why_not = "not judged: the test failed or was skipped"
+            return
+        self.result = w.settle_blocking()
+
+
+@pytest.fixture
+def _busmon_guard(request: pytest.FixtureRequest) -> Iterator[TestWatch | None]:
+    """Set up first and torn down last (after the loop's owner, which it requests): the verdict
+    comes after every other function fixture's teardown, on a loop still open."""
+    item = request.node
+    options = item.stash.get(_OPTIONS, None) if isinstance(item, pytest.Function) else None
+    if options is None:
+        yield None
+        return
+    with contextlib.ExitStack() as stack:
+        state = TestWatch(item, options, find_harness(item, request, stack))
+        item.stash[_STATE] = state
+        yield state
+        try:
+            state.finish()
+        except Exception as exc:  # busmon's own failure must not fail someone's test
+            state.why_not = f"busmon could not judge this test: {type(exc).__name__}: {exc}"
+            warnings.warn(pytest.PytestWarning(f"{item.nodeid}: {state.why_not}"), stacklevel=1)
+
+
+@pytest.fixture
+def busmon(_busmon_guard: TestWatch | None) -> TestWatch:
+    """This test's watch: ``check()`` / ``await acheck()`` return the verdict so far."""
+    assert _busmon_guard is not None
+    return _busmon_guard
+
+
+# -- hooks around each test -----------------------------------------------------------------
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> Iterator[None]:
+    if _OPTIONS in item.stash and GUARD not in item.fixturenames:  # type: ignore[attr-defined]
+        item.fixturenames.insert(0, GUARD)  # type: ignore[attr-defined]
+    return (yield)
+
+
+@pytest.hookimpl(wrapper=True, trylast=True)
+def pytest_runtest_call(item: pytest.Item) -> Iterator[None]:
+    state = item.stash.get(_STATE, None)
+    if state is None:
+        return (yield)
+    state.start()   # the baseline: every fixture is set up, the body is next
+    try:
+        return (yield)
+    except BaseException:
+        state.call_failed = True
+        raise
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[pytest.TestReport]:
+    report: pytest.TestReport = yield
+    state = item.stash.get(_STATE, None)
+    if state is None:
+        return report
+    if call.when == "call" and not report.passed:
+        state.call_failed = True
+    if call.when != "teardown":
+        return report
+    stats = item.config.stash[_STATS]
+    result = state.result
+    if result is None:
+        if state.why_not and not state.call_failed:
+            stats.unjudged.append((item.nodeid, state.why_not))
+        return report
+    stats.judged += 1
+    report.user_properties.append(("busmon", result.summary()))
+    if result.leaked:
+        stats.leaked.append(item.nodeid)
+        text = result.report("after the test's teardown")
+        if report.passed:
+            report.outcome = "failed"
+            report.longrepr = LeakRepr(text, item, result)
+        else:
+            report.sections.append(("busmon", text))
+    elif result.lingered:
+        longest = max(result.lingered, key=lambda x: x.exited_after_ms or 0.0)
+        stats.lingered.append((item.nodeid, result.summary(), longest.exited_after_ms or 0.0))
+    return report
+
+
+class LeakRepr:
+    """A failing test's leak report as pytest shows it: the text in full, and one line for the
+    short summary (``ERROR test_x.py::test_y - busmon: leaked 3 tasks: …``)."""
+
+    def __init__(self, text: str, item: pytest.Item, result: WatchResult) -> None:
+        from probes.leak_text import short_line
+
+        self.text = text
+        path, lineno, _ = item.location
+        self.reprcrash = _Crash(path, (lineno or 0) + 1, f"busmon: {short_line(result.leaked)}")
+
+    def toterminal(self, tw: Any) -> None:
+        for line in self.text.splitlines():
+            tw.line(line, red=line.startswith("busmon:"), bold=line.startswith("busmon:"))
+
+    def __str__(self) -> str:
+        return self.text
+
+
+@dataclass(frozen=True)
+class _Crash:
+    path: str
+    lineno: int
+    message: str
+
+
+def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
+    stats = config.stash.get(_STATS, None)
+    if stats is None or not (stats.judged or stats.unjudged):
+        return
+    tr = terminalreporter
+    parts = [f"{stats.judged} test{'s' if stats.judged != 1 else ''} judged"]
+    if stats.leaked:
+        parts.append(f"{len(stats.leaked)} leaked")
+    if stats.lingered:
+        node, _, ms = max(stats.lingered, key=lambda x: x[2])
+        parts.append(f"{len(stats.lingered)} clean once their leftovers exited (the slowest {ms:,.1f} ms: {node})")
+    tr.write_sep("-", "busmon", bold=True)
+    tr.write_line("busmon: " + ", ".join(parts))
+    for node, why in stats.unjudged:
+        tr.write_line(f"busmon: {node}: {why}")

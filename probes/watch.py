@@ -1,0 +1,358 @@
+"""busmon's verdict around any code, on the caller's own event loop: no arena, no bus.
+
+``busmon play`` drives a bus on busmon's arena loop; a test suite runs its code on a loop of its
+own (pytest-asyncio's, anyio's), or on none. :class:`Watch` takes the same measurements there
+with the same engine (``Census`` for the baseline by identity, ``SettleWatch`` and
+``ResourceWatch`` to wait for exits and classify, ``IgnoreRules``): a baseline before the code,
+then settle and judge after it. :class:`watch` wraps that as a context manager and decorator::
+
+    async with watch(on_leak="raise") as w:
+        nc = await nats.connect(url)
+        await nc.close()
+    w.verdict            # "clean" | "leaked"
+    w.leftovers          # every candidate: leaked, exited (lingered), ignored…
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import gc
+import inspect
+import time
+import warnings
+import weakref
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable, TypeVar
+
+from probes.census import Census, running_loop
+from probes.children import ProcessOwners
+from probes.fds import UNSUPPORTED_NOTE, SocketOwners
+from probes.ignore import IgnoreRules
+from probes.leak_text import leak_report, leftover_counts
+from probes.model import Leftover
+from probes.resources import Attribution, ResourceWatch
+from probes.settle import SettleOutcome, SettleWatch
+from probes.tracking import TaskTracker
+from probes.watch_options import KINDS, WatchOptions, check_options
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+#: states that make a verdict ``leaked`` (``destroyed``: a pending task or an open socket that
+#: only the garbage collector ended; nothing closed it)
+FAILING = ("leaked", "destroyed")
+
+
+@dataclass(frozen=True)
+class WatchResult:
+    """The verdict on one watched stretch of code, and everything it was made from."""
+
+    verdict: str                          # clean | leaked
+    leftovers: tuple[Leftover, ...]       # every candidate, leaked first
+    settle_timeout_s: float               # how long leftovers were waited for, at most
+    settle_ms: float                      # the code's end → the last exit (or the deadline)
+    verdict_ms: float                     # last exit → verdict ready (GC, classification)
+    at_end: dict[str, int]                # what a plain count right at the end would have said
+    label: str = ""                       # what was watched (a test's node id)
+    notes: tuple[str, ...] = ()           # what could not be judged here, and why
+
+    @property
+    def clean(self) -> bool:
+        return self.verdict == "clean"
+
+    @property
+    def leaked(self) -> list[Leftover]:
+        return [x for x in self.leftovers if x.state in FAILING]
+
+    @property
+    def lingered(self) -> list[Leftover]:
+        """Alive when the code ended, exited while busmon waited: not a failure."""
+        return [x for x in self.leftovers if x.state == "exited"]
+
+    @property
+    def ignored(self) -> list[Leftover]:
+        return [x for x in self.leftovers if x.state == "ignored"]
+
+    def summary(self) -> str:
+        """``3 tasks and 1 socket leaked`` / ``clean (2 tasks lingered 3.1 ms)``."""
+        if self.leaked:
+            return f"{leftover_counts(self.leaked)} leaked"
+        if self.lingered:
+            longest = max((x.exited_after_ms or 0.0) for x in self.lingered)
+            return f"clean ({leftover_counts(self.lingered)} lingered, the last {longest:,.1f} ms)"
+        return "clean"
+
+    def report(self, context: str = "") -> str:
+        """The goleak-style text: each leftover with kind, name, component, how long it was
+        waited for, its stack now and, with ``trace_creation``, where it was created."""
+        return leak_report(self, context)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"label": self.label, "verdict": self.verdict, "settle_timeout_s": self.settle_timeout_s,
+                "settle_ms": self.settle_ms, "verdict_ms": self.verdict_ms, "at_end": dict(self.at_end),
+                "leftovers": [x.as_dict() for x in self.leftovers], "notes": list(self.notes)}
+
+
+class LeakError(AssertionError):
+    """Raised by ``watch(on_leak="raise")``: the code left something running."""
+
+    def __init__(self, result: WatchResult) -> None:
+        super().__init__(result.report())
+        self.result = result
+
+
+class LeakWarning(UserWarning):
+    """Emitted by ``watch()`` (``on_leak="warn"``, the default) when the code leaked."""
+
+
+class Watch:
+    """One baseline and one verdict, on a given event loop (or none).
+
+    :meth:`start` takes the baseline (and, on a loop, notes who creates tasks, sockets and
+    child processes there); :meth:`settle` (on the loop) or :meth:`settle_blocking` (from outside
+    it) waits for what appeared since to exit, then judges. The loop may belong to someone else
+    (a test's): busmon only adds a task factory and wraps a few of the loop's instance methods
+    between the two, and puts them back.
+    """
+
+    def __init__(self, options: WatchOptions | None = None, label: str = "",
+                 exclude: Callable[[asyncio.AbstractEventLoop], Iterable[asyncio.Task]] | None = None) -> None:
+        self.options = options or WatchOptions()
+        self.label = label
+        #: the tasks of the harness that runs the code (anyio's runner task): never the code's
+        self._exclude = exclude
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.baseline: Census | None = None
+        self.started_at = 0.0
+        self.notes: list[str] = []
+        self._tracker: TaskTracker | None = None
+        self._sockets: SocketOwners | None = None
+        self._processes: ProcessOwners | None = None
+        self._frozen = False
+        self._at_end: dict[str, int] = {}
+
+    def judges(self, kind: str) -> bool:
+        return kind in self.options.judge
+
+    # -- baseline ----------------------------------------------------------------------
+
+    def start(self, loop: asyncio.AbstractEventLoop | None = None) -> None:
+        """The baseline: everything alive now (the tasks and timers of ``loop``, by default the
+        running one) is not the code's."""
+        self.loop = loop or running_loop()
+        if self.loop is not None and self.loop.is_closed():
+            self.notes.append("tasks and timers not judged: the event loop was closed")
+            self.loop = None
+        self.baseline = Census.take(self.loop)
+        self.started_at = time.monotonic()
+        if self.loop is not None:
+            self._instrument(self.loop)
+        if not gc.isenabled() or gc.get_freeze_count():
+            return
+        # the baseline's objects out of the collector's reach until the verdict: its GC then
+        # scans only what the code created (milliseconds, not a whole test process's heap)
+        gc.freeze()
+        self._frozen = True
+
+    def _instrument(self, loop: asyncio.AbstractEventLoop) -> None:
+        if self.judges("tasks"):
+            self._tracker = TaskTracker(trace_creation=self.options.trace_creation)
+            self._tracker.install(loop, count_existing=False)
+        if self.judges("sockets"):
+            self._sockets = SocketOwners()
+            self._sockets.install(loop)
+        if self.judges("processes"):
+            self._processes = ProcessOwners()
+            self._processes.install(loop)
+
+    def stop(self) -> None:
+        """Put the loop back as it was (idempotent); called by the verdict, or instead of it."""
+        for part in (self._tracker, self._sockets, self._processes):
+            if part is not None:
+                part.uninstall()
+        if self._frozen:
+            gc.unfreeze()
+            self._frozen = False
+
+    # -- verdict -----------------------------------------------------------------------
+
+    def _settle_watch(self, loop: asyncio.AbstractEventLoop | None, own: weakref.WeakSet) -> SettleWatch:
+        assert self.baseline is not None, "start() first"
+        closed_at = time.monotonic()
+        at_end = Census.take(loop)
+        self._at_end = self._plain_count(at_end, own)
+        resources = None
+        if any(self.judges(k) for k in ("sockets", "fds", "processes")):
+            resources = ResourceWatch(self.baseline.fds, self.baseline.children,
+                                      Attribution(self._sockets, self._processes), kinds=frozenset(self.options.judge))
+        tracker = self._tracker
+        return SettleWatch(self.baseline, at_end, closed_at, timeout_s=self.options.settle_timeout_s,
+                           poll_ms=self.options.poll_ms, exclude=own,
+                           sites=tracker.sites if tracker is not None else None, tracker=tracker,
+                           since=self.started_at, resources=resources, loop=loop,
+                           kinds=frozenset(self.options.judge), unfreeze=False)
+
+    def _plain_count(self, at_end: Census, own: weakref.WeakSet) -> dict[str, int]:
+        """What counting right at the end would have said: new tasks and threads alive."""
+        assert self.baseline is not None
+        tasks, threads, _ = at_end.new_since(self.baseline)
+        return {"tasks": len([t for t in tasks if t not in own]), "threads": len(threads)}
+
+    async def settle(self) -> WatchResult:
+        """Wait on the watched loop (it must be the running one) for what appeared since the
+        baseline to exit, or the deadline; then judge."""
+        loop = asyncio.get_running_loop()
+        if self.loop is not None and loop is not self.loop:
+            raise RuntimeError("settle() must run on the loop the baseline was taken on")
+        try:
+            own: weakref.WeakSet = weakref.WeakSet(self._harness(loop))
+            if (me := asyncio.current_task()) is not None:
+                own.add(me)
+            watch = self._settle_watch(self.loop, own)
+            own.add(watch.start())
+            outcome = await watch.verdict(self._rules())
+        finally:
+            self.stop()
+        return self._result(outcome)
+
+    def settle_blocking(self) -> WatchResult:
+        """:meth:`settle` from outside the loop: the watched loop, idle now, is run until the
+        verdict (a test's loop between its body and its teardown); with no loop, this thread
+        waits."""
+        if self.loop is not None and self.loop.is_closed():
+            self.notes.append("tasks and timers not judged: the event loop was closed before the verdict")
+            self.loop = None
+        if self.loop is not None:
+            return self.loop.run_until_complete(self.settle())
+        try:
+            watch = self._settle_watch(None, weakref.WeakSet())
+            outcome = watch.verdict_blocking(self._rules())
+        finally:
+            self.stop()
+        return self._result(outcome)
+
+    def _harness(self, loop: asyncio.AbstractEventLoop) -> list[asyncio.Task]:
+        return list(self._exclude(loop)) if self._exclude is not None else []
+
+    def _rules(self) -> IgnoreRules:
+        o = self.options
+        return IgnoreRules(o.ignore_tasks, o.ignore_threads, o.ignore_sockets, o.ignore_processes)
+
+    def _result(self, outcome: SettleOutcome) -> WatchResult:
+        notes = list(self.notes)
+        assert self.baseline is not None
+        if self.baseline.fds is None and (self.judges("sockets") or self.judges("fds")):
+            notes.append(UNSUPPORTED_NOTE)
+        failing = any(x.state in FAILING for x in outcome.leftovers)
+        return WatchResult("leaked" if failing else "clean", outcome.leftovers, self.options.settle_timeout_s,
+                           round(outcome.settle_ms, 2), round(outcome.verdict_ms, 2), self._at_end,
+                           self.label, tuple(notes))
+
+
+class watch:
+    """busmon's verdict around a block or a function: ``with``, ``async with``, or a decorator.
+
+    ``watch(settle_timeout_s=2.0, ignore_tasks=(), ignore_threads=(), ignore_sockets=(),
+    ignore_processes=(), judge=KINDS, trace_creation=False, on_leak="warn")``
+
+    After the block: :attr:`verdict` (``"clean"`` / ``"leaked"``), :attr:`leftovers`,
+    :attr:`result` (the whole :class:`WatchResult`). On a leak, ``on_leak`` says what happens:
+    ``"warn"`` (a :class:`LeakWarning` with the report), ``"raise"`` (:class:`LeakError`),
+    ``"ignore"``. A block that raises is not judged: its exception is what matters.
+
+    In a coroutine use ``async with``: the verdict waits on the running loop, so what the block
+    started can still finish. A plain ``with`` judges threads, sockets and child processes.
+    As a decorator each call is watched afresh; :attr:`result` is the last call's.
+    """
+
+    def __init__(self, **options: Any) -> None:
+        self.options = WatchOptions(**check_options(options, "watch()"))
+        self.result: WatchResult | None = None
+        self._watch: Watch | None = None
+
+    @property
+    def verdict(self) -> str | None:
+        return self.result.verdict if self.result is not None else None
+
+    @property
+    def leftovers(self) -> tuple[Leftover, ...]:
+        return self.result.leftovers if self.result is not None else ()
+
+    def _begin(self, label: str) -> Watch:
+        self.result = None
+        self._watch = Watch(self.options, label=label)
+        return self._watch
+
+    def _end(self, result: WatchResult) -> None:
+        self.result = result
+        if result.clean or self.options.on_leak == "ignore":
+            return
+        if self.options.on_leak == "raise":
+            raise LeakError(result)
+        warnings.warn(LeakWarning(result.report()), stacklevel=3)
+
+    # -- with ----------------------------------------------------------------------------
+
+    def __enter__(self) -> watch:
+        if running_loop() is not None:
+            raise RuntimeError("watch(): inside a coroutine use 'async with watch()': a blocking wait "
+                               "would stop the event loop that what the block started needs to finish")
+        self._begin("").start(None)
+        return self
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        w, self._watch = self._watch, None
+        assert w is not None
+        if exc_type is not None:
+            w.stop()
+            return
+        self._end(w.settle_blocking())
+
+    async def __aenter__(self) -> watch:
+        self._begin("").start(asyncio.get_running_loop())
+        return self
+
+    async def __aexit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        w, self._watch = self._watch, None
+        assert w is not None
+        if exc_type is not None:
+            w.stop()
+            return
+        self._end(await w.settle())
+
+    # -- decorator -------------------------------------------------------------------------
+
+    def __call__(self, fn: F) -> F:
+        label = getattr(fn, "__qualname__", repr(fn))
+        if inspect.iscoroutinefunction(fn):
+            @functools.wraps(fn)
+            async def run_async(*args: Any, **kwargs: Any) -> Any:
+                w = self._begin(label)
+                w.start(asyncio.get_running_loop())
+                try:
+                    value = await fn(*args, **kwargs)
+                except BaseException:
+                    w.stop()
+                    raise
+                self._end(await w.settle())
+                return value
+            return run_async  # type: ignore[return-value]
+
+        @functools.wraps(fn)
+        def run(*args: Any, **kwargs: Any) -> Any:
+            if running_loop() is not None:
+                raise RuntimeError(f"watch(): {label} is called inside a coroutine; make it async "
+                                   "or watch its caller with 'async with watch()'")
+            w = self._begin(label)
+            w.start(None)
+            try:
+                value = fn(*args, **kwargs)
+            except BaseException:
+                w.stop()
+                raise
+            self._end(w.settle_blocking())
+            return value
+        return run  # type: ignore[return-value]
+
+
+__all__ = ["KINDS", "LeakError", "LeakWarning", "Watch", "WatchOptions", "WatchResult", "watch"]
