@@ -179,12 +179,16 @@ def _asyncio_loop_scope(item: pytest.Function) -> str:
         "asyncio_default_test_loop_scope") or "function"
 
 
+#: anyio's own tasks: the runner task that runs every test and fixture of a runner in turn, and
+#: the task that hands it one call and waits for its result
+ANYIO_RUNNER_TASKS = ("TestRunner._run_tests_and_fixtures", "TestRunner._call_in_runner_task")
+
+
 def _anyio_runner_tasks(loop: Any) -> list[Any]:
-    """anyio's runner task, which runs every test and fixture of its runner in turn."""
     import asyncio
 
     return [t for t in asyncio.all_tasks(loop)
-            if getattr(t.get_coro(), "__qualname__", "").endswith("TestRunner._run_tests_and_fixtures")]
+            if getattr(t.get_coro(), "__qualname__", "").endswith(ANYIO_RUNNER_TASKS)]
 
 
 # -- one test's watch ------------------------------------------------------------------------
@@ -225,6 +229,7 @@ class TestWatch:
         if self.harness.loop is not None:
             raise RuntimeError("busmon.check() in an async test: use 'await busmon.acheck()'")
         assert self.watch is not None, "check() is for the test body"
+        self.watch.options = self.options  # a test may have changed them (e.g. a shorter settle)
         result = self.watch.settle_blocking()
         self.start()
         return result
@@ -232,6 +237,7 @@ class TestWatch:
     async def acheck(self) -> WatchResult:
         """The verdict so far, in an async test, on its loop (a new baseline follows)."""
         assert self.watch is not None, "acheck() is for the test body"
+        self.watch.options = self.options
         result = await self.watch.settle()
         self.start()
         return result
@@ -328,6 +334,8 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     elif result.lingered:
         longest = max(result.lingered, key=lambda x: x.exited_after_ms or 0.0)
         stats.lingered.append((item.nodeid, result.summary(), longest.exited_after_ms or 0.0))
+        # shown with -rP / -rA (pytest shows a passed test's sections named "…teardown")
+        report.sections.append(("busmon after teardown", result.report("after the test's teardown")))
     return report
 
 

@@ -260,6 +260,7 @@ async def _run_once(ctx: RunContext) -> RunResult:
                                       stack=list(worst.stack))
             error = f"{worst.phase}: {ctx.failure}"
     verdict = "failed" if error else ("leaked" if leaked else "clean")
+    assert outcome.final is not None
     t, th, _ = outcome.final.new_since(ctx.first_baseline or ctx.baseline)
     drift = {"tasks": len([x for x in t if x not in ctx.own]), "threads": len(th)}
     failure = None

@@ -35,7 +35,7 @@ class SettleOutcome:
     leftovers: tuple[Leftover, ...]
     settle_ms: float                 # from close returning to the last exit (or the deadline)
     verdict_ms: float                # from judging to the verdict being ready (GC, classification)
-    final: Census
+    final: Census | None             # everyone alive once judged (None: not asked for)
     paused_ms: float = 0.0           # a person's wait before asking for the verdict (not settle time)
 
 
@@ -57,7 +57,8 @@ class SettleWatch:
                  stuck: dict[asyncio.Task, str] | None = None, tracker: Any = None,
                  since: float | None = None, resources: ResourceWatch | None = None,
                  loop: asyncio.AbstractEventLoop | None | Literal["running"] = "running",
-                 kinds: frozenset[str] | None = None, unfreeze: bool = True) -> None:
+                 kinds: frozenset[str] | None = None, unfreeze: bool = True,
+                 final_census: bool = True) -> None:
         self.baseline = baseline
         self.closed_at = closed_at
         self.deadline = closed_at + timeout_s
@@ -90,6 +91,7 @@ class SettleWatch:
         #: the verdict unfreezes the GC's frozen generation (the runner froze its baseline there);
         #: False for a caller that froze nothing itself or unfreezes on its own
         self._unfreeze = unfreeze
+        self._final_census = final_census   # the runner's settled counts and drift need one
         self._tasks_on = self._loop is not None and self.judges("tasks")
         self._timers_on = self._loop is not None and self.judges("timers")
         #: descriptors and child processes (None: not watched)
@@ -362,7 +364,8 @@ class SettleWatch:
             after = exit_at.get(("native", n))
             state = "exited" if after else ("unknown" if self.os_unknown else "leaked")
             leftovers.append(Leftover("thread", f"native-{n}", "native", state, ms(after), (), None,
-                                      "an OS thread Python did not start (seen through psutil)"))
+                                      "an OS thread with no Python thread object (seen through psutil): "
+                                      "native code's, or a Python thread still finishing after join()"))
         for handle in self.timers:
             name, component, detail, stack, _ = self.info[handle]
             after = exit_at.get(handle)
@@ -382,7 +385,8 @@ class SettleWatch:
         verdict_ms = ((noticed - settled_at) + (ready - judged_at)) * 1000
         if self._unfreeze:
             gc.unfreeze()
-        final = Census.take(self._loop)  # for the settled counts and the drift; not the verdict
+        # for the settled counts and the drift; not part of the verdict
+        final = Census.take(self._loop) if self._final_census else None
         return SettleOutcome(tuple(leftovers), (settled_at - closed_at) * 1000, verdict_ms, final, paused_ms)
 
 

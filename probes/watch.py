@@ -190,7 +190,7 @@ class Watch:
                            poll_ms=self.options.poll_ms, exclude=own,
                            sites=tracker.sites if tracker is not None else None, tracker=tracker,
                            since=self.started_at, resources=resources, loop=loop,
-                           kinds=frozenset(self.options.judge), unfreeze=False)
+                           kinds=frozenset(self.options.judge), unfreeze=False, final_census=False)
 
     def _plain_count(self, at_end: Census, own: weakref.WeakSet) -> dict[str, int]:
         """What counting right at the end would have said: new tasks and threads alive."""

@@ -1,0 +1,377 @@
+"""The pytest plugin, run the way users run it: inline test files in a pytester session.
+
+Each case asserts the outcome pytest reports and the text a person reads. Leaking cases use a
+short settle deadline (the leftover never exits, so every case waits it out in full).
+"""
+
+from __future__ import annotations
+
+import textwrap
+
+import pytest
+
+pytest_plugins = ["pytester"]
+
+ASYNCIO_AUTO = """
+[pytest]
+asyncio_mode = auto
+asyncio_default_fixture_loop_scope = function
+"""
+ASYNCIO_STRICT = """
+[pytest]
+asyncio_mode = strict
+asyncio_default_fixture_loop_scope = function
+"""
+
+
+def run(pytester: pytest.Pytester, source: str, *args: str, ini: str = ASYNCIO_AUTO) -> pytest.RunResult:
+    pytester.makefile(".ini", pytest=ini)
+    pytester.makepyfile(test_inline=textwrap.dedent(source))
+    return pytester.runpytest("-p", "no:cacheprovider", "-p", "no:textual-snapshot", "-p", "no:syrupy", *args)
+
+
+# -- sync tests: threads ---------------------------------------------------------------------
+
+SYNC = """
+import threading, time, pytest
+
+RELEASE = threading.Event()
+
+@pytest.fixture(autouse=True, scope="module")
+def release_at_the_end():
+    yield
+    RELEASE.set()
+
+@pytest.mark.busmon(settle_timeout_s=0.2)
+def test_leaks_a_thread():
+    threading.Thread(target=RELEASE.wait, name="forgotten-worker", daemon=True).start()
+
+@pytest.mark.busmon
+def test_joins_its_thread():
+    t = threading.Thread(target=lambda: None, name="joined")
+    t.start()
+    t.join()
+
+@pytest.mark.busmon
+def test_thread_takes_a_while():
+    # the thread's own work takes 150 ms: it outlives the test, then exits while busmon waits
+    threading.Thread(target=time.sleep, args=(0.15,), name="slow-finisher").start()
+
+def test_not_watched_leaks():
+    threading.Thread(target=RELEASE.wait, name="unwatched", daemon=True).start()
+"""
+
+
+def test_sync_leak_fails_at_teardown_with_the_thread_named(pytester: pytest.Pytester) -> None:
+    result = run(pytester, SYNC)
+    result.assert_outcomes(passed=4, errors=1)
+    out = result.stdout.str()
+    result.stdout.fnmatch_lines([
+        "*ERROR at teardown of test_leaks_a_thread*",
+        "busmon: test_inline.py::test_leaks_a_thread leaked 1 thread",
+        "waited up to 0.2 s, after the test's teardown, for what it started to exit; a plain count right "
+        "at the end saw 0 new tasks and 1 new thread",
+        "  thread forgotten-worker  leaked: still running after 2?? ms",
+        "    now at threading.py:* in wait",
+        "    stack (innermost last):",
+        "*ERROR test_inline.py::test_leaks_a_thread - busmon: leaked 1 thread: forgott*",
+    ])
+    # the lingering thread passes, and the summary says it lingered; the unwatched leak is not judged
+    assert "test_thread_takes_a_while" not in out.split("short test summary")[1]
+    # (a joined thread's OS thread may outlive join() by a few ms: then two tests lingered)
+    result.stdout.fnmatch_lines(["busmon: 3 tests judged, 1 leaked, ? clean once their leftovers exited "
+                                 "(the slowest 1??.? ms: test_inline.py::test_thread_takes_a_while)"])
+    assert "unwatched" not in out
+
+
+def test_busmon_flag_judges_every_test(pytester: pytest.Pytester) -> None:
+    result = run(pytester, SYNC, "--busmon", "-k", "not_watched or joins")
+    result.assert_outcomes(passed=2, errors=1)
+    result.stdout.fnmatch_lines(["*ERROR test_inline.py::test_not_watched_leaks - busmon: leaked 1 thre*"])
+
+
+def test_marker_can_exempt_one_test_from_the_flag(pytester: pytest.Pytester) -> None:
+    result = run(pytester, """
+        import threading, pytest
+        RELEASE = threading.Event()
+
+        @pytest.mark.busmon(enabled=False)
+        def test_known_leak():
+            threading.Thread(target=RELEASE.wait, daemon=True).start()
+
+        def test_release():
+            RELEASE.set()
+    """, "--busmon")
+    result.assert_outcomes(passed=2)
+    result.stdout.fnmatch_lines(["busmon: 1 test judged"])
+
+
+def test_failed_and_skipped_tests_are_not_judged_again(pytester: pytest.Pytester) -> None:
+    result = run(pytester, """
+        import threading, pytest
+        RELEASE = threading.Event()
+
+        @pytest.mark.busmon(settle_timeout_s=0.2)
+        def test_fails_and_leaks():
+            threading.Thread(target=RELEASE.wait, daemon=True).start()
+            assert False, "the test's own failure"
+
+        @pytest.mark.busmon
+        def test_skipped():
+            pytest.skip("not today")
+
+        def test_release():
+            RELEASE.set()
+    """)
+    result.assert_outcomes(failed=1, skipped=1, passed=1)
+    assert "busmon: leaked" not in result.stdout.str()
+
+
+def test_plugin_is_silent_when_not_asked(pytester: pytest.Pytester) -> None:
+    result = run(pytester, SYNC, "-k", "not_watched")
+    result.assert_outcomes(passed=1)
+    assert not [line for line in result.stdout.lines if "busmon" in line and not line.startswith("plugins:")]
+
+
+def test_plugin_can_be_switched_off(pytester: pytest.Pytester) -> None:
+    result = run(pytester, SYNC, "-p", "no:busmon", "-k", "leaks_a_thread")
+    # the marker is then unknown to pytest, and the leak is not judged
+    result.assert_outcomes(passed=1)
+    assert "busmon: leaked" not in result.stdout.str()
+
+
+# -- options ---------------------------------------------------------------------------------
+
+def test_ini_options_apply_and_marker_rules_add_to_them(pytester: pytest.Pytester) -> None:
+    result = run(pytester, """
+        import threading, pytest
+        RELEASE = threading.Event()
+
+        @pytest.mark.busmon(ignore_threads=["marker-*"])
+        def test_both_ignored():
+            threading.Thread(target=RELEASE.wait, name="ini-ignored", daemon=True).start()
+            threading.Thread(target=RELEASE.wait, name="marker-ignored", daemon=True).start()
+
+        @pytest.mark.busmon
+        def test_judge_only_tasks():
+            threading.Thread(target=RELEASE.wait, name="not-judged", daemon=True).start()
+
+        def test_release():
+            RELEASE.set()
+    """, "-rA", ini=ASYNCIO_AUTO + "busmon_ignore_threads = ini-*\nbusmon_settle_timeout_s = 0.2\n")
+    result.assert_outcomes(passed=3, errors=1)
+    result.stdout.fnmatch_lines(["*ERROR test_inline.py::test_judge_only_tasks - busmon: leaked 1 thread*"])
+
+    result = run(pytester, """
+        import threading, pytest
+        RELEASE = threading.Event()
+
+        @pytest.mark.busmon(judge=["tasks"])
+        def test_threads_not_judged():
+            threading.Thread(target=RELEASE.wait, name="not-judged", daemon=True).start()
+
+        def test_release():
+            RELEASE.set()
+    """)
+    result.assert_outcomes(passed=2)
+
+
+@pytest.mark.parametrize(("ini", "marker", "message"), [
+    ("busmon_settle_timeout_s = soon", "", "ERROR: pytest.ini: busmon_settle_timeout_s: expected a number of "
+     "seconds ≥ 0, got 'soon'"),
+    ("busmon_judge = tasks thredas", "", "ERROR: pytest.ini: busmon_judge: unknown kind 'thredas' (did you mean "
+     "'threads'?); expected some of tasks, threads, timers, sockets, fds, processes"),
+    ("", "settle_timeout=5", "ERROR: test_inline.py::test_x: @pytest.mark.busmon: unknown option "
+     "'settle_timeout' (did you mean 'settle_timeout_s'?)"),
+    ("", "ignore_tasks=5", "ERROR: test_inline.py::test_x: @pytest.mark.busmon: ignore_tasks: expected a "
+     "pattern or a list of patterns, got 5"),
+    ("", "'fast'", "ERROR: test_inline.py::test_x: @pytest.mark.busmon: takes options as keywords (e.g. "
+     "settle_timeout_s=5), got 'fast'"),
+])
+def test_bad_options_are_one_line_usage_errors(pytester: pytest.Pytester, ini: str, marker: str,
+                                               message: str) -> None:
+    result = run(pytester, f"""
+        import pytest
+
+        @pytest.mark.busmon({marker})
+        def test_x():
+            pass
+    """, ini=ASYNCIO_AUTO + ini + "\n")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    assert message in result.stderr.lines, result.stderr.str()
+    assert "Traceback" not in result.stderr.str() + result.stdout.str()
+
+
+# -- async tests: pytest-asyncio and anyio ---------------------------------------------------
+
+ASYNC = """
+import asyncio, pytest
+
+async def takes_a_few_turns_to_stop(ev):
+    try:
+        await ev.wait()
+    finally:  # cancelled: its cleanup still needs a few turns of the loop
+        for _ in range(5):
+            await asyncio.sleep(0)
+
+HELD = []
+
+@pytest.mark.busmon(settle_timeout_s=0.2)
+async def test_leaks_a_task():
+    HELD.append(asyncio.create_task(asyncio.Event().wait(), name="forgotten-task"))
+
+@pytest.mark.busmon
+async def test_cancels_without_awaiting():
+    task = asyncio.create_task(takes_a_few_turns_to_stop(asyncio.Event()), name="slow-to-stop")
+    await asyncio.sleep(0)
+    task.cancel()   # and never awaited: it finishes after the test
+
+@pytest.fixture
+async def tasks_closed_at_teardown():
+    tasks = []
+    yield tasks
+    for t in tasks:
+        t.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+
+@pytest.mark.busmon
+async def test_fixture_cleans_what_the_body_started(tasks_closed_at_teardown):
+    tasks_closed_at_teardown.append(asyncio.create_task(asyncio.Event().wait(), name="fixture-owned"))
+"""
+
+
+def test_pytest_asyncio_auto_mode(pytester: pytest.Pytester) -> None:
+    result = run(pytester, ASYNC, "-rA")
+    result.assert_outcomes(passed=3, errors=1)
+    result.stdout.fnmatch_lines([
+        "busmon: test_inline.py::test_leaks_a_task leaked 1 task",
+        "*a plain count right at the end saw 1 new task and 0 new threads",
+        "  task Event.wait (test_inline · forgotten-task)  leaked: still running after 2?? ms",
+        "    now at asyncio/locks.py:* in wait",
+        "busmon: test_inline.py::test_cancels_without_awaiting is clean",
+        "*a plain count right at the end saw 1 new task and 0 new threads",
+        "lingered (exited while busmon waited; not a failure):",
+        "  task takes_a_few_turns_to_stop (test_inline · slow-to-stop): exited after * ms",
+        "busmon: 3 tests judged, 1 leaked, 1 clean once their leftovers exited (the slowest *: "
+        "test_inline.py::test_cancels_without_awaiting)",
+        "*ERROR test_inline.py::test_leaks_a_task - busmon: leaked 1 task: Event.wa*",
+    ])
+
+
+def test_pytest_asyncio_strict_mode(pytester: pytest.Pytester) -> None:
+    source = ASYNC.replace("@pytest.mark.busmon", "@pytest.mark.asyncio\n@pytest.mark.busmon").replace(
+        "@pytest.fixture", "@pytest_asyncio.fixture").replace("import asyncio, pytest", "import asyncio, pytest, pytest_asyncio")
+    result = run(pytester, source, ini=ASYNCIO_STRICT)
+    result.assert_outcomes(passed=3, errors=1)
+    result.stdout.fnmatch_lines(["*ERROR test_inline.py::test_leaks_a_task - busmon: leaked 1 task: Event.wa*"])
+
+
+def test_pytest_asyncio_module_scoped_loop(pytester: pytest.Pytester) -> None:
+    """A module fixture's task lives across tests on the module's loop: it is baseline, never a
+    leak; each test is judged on that loop, which stays open."""
+    result = run(pytester, """
+        import asyncio, pytest, pytest_asyncio
+
+        pytestmark = pytest.mark.asyncio(loop_scope="module")
+
+        @pytest_asyncio.fixture(scope="module", loop_scope="module")
+        async def server():
+            stop = asyncio.Event()
+            task = asyncio.create_task(stop.wait(), name="module-server")
+            yield task
+            stop.set()
+            await task
+
+        @pytest.mark.busmon
+        async def test_uses_the_server(server):
+            assert not server.done()
+
+        @pytest.mark.busmon(settle_timeout_s=0.2)
+        async def test_leaks_on_the_shared_loop(server):
+            server.leak = asyncio.create_task(asyncio.Event().wait(), name="left-on-module-loop")
+
+        @pytest.mark.busmon
+        async def test_the_loop_is_still_the_same(server):
+            assert asyncio.get_running_loop() is server.get_loop()
+    """)
+    result.assert_outcomes(passed=3, errors=1)
+    result.stdout.fnmatch_lines(["*ERROR test_inline.py::test_leaks_on_the_shared_loop - busmon: leaked 1 *"])
+    assert "module-server" not in result.stdout.str()
+
+
+ANYIO = """
+import asyncio, pytest
+
+pytestmark = pytest.mark.anyio
+
+@pytest.fixture
+def anyio_backend():
+    return "asyncio"
+
+HELD = []
+
+@pytest.mark.busmon(settle_timeout_s=0.2)
+async def test_leaks_a_task():
+    HELD.append(asyncio.create_task(asyncio.Event().wait(), name="forgotten-task"))
+
+@pytest.mark.busmon
+async def test_clean():
+    await asyncio.sleep(0)
+
+@pytest.fixture
+async def tasks_closed_at_teardown():
+    tasks = []
+    yield tasks
+    for t in tasks:
+        t.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+
+@pytest.mark.busmon
+async def test_fixture_cleans_what_the_body_started(tasks_closed_at_teardown):
+    tasks_closed_at_teardown.append(asyncio.create_task(asyncio.Event().wait(), name="fixture-owned"))
+"""
+
+
+def test_anyio_plugin(pytester: pytest.Pytester) -> None:
+    result = run(pytester, ANYIO, "-p", "no:asyncio", ini="[pytest]\n")
+    result.assert_outcomes(passed=3, errors=1)
+    result.stdout.fnmatch_lines(["*ERROR test_inline.py::test_leaks_a_task - busmon: leaked 1 task: Event.wa*"])
+    assert "_run_tests_and_fixtures" not in result.stdout.str()  # anyio's own runner task is not the test's
+
+
+def test_anyio_beside_pytest_asyncio_strict(pytester: pytest.Pytester) -> None:
+    result = run(pytester, ANYIO, ini=ASYNCIO_STRICT)
+    result.assert_outcomes(passed=3, errors=1)
+
+
+# -- the fixture ---------------------------------------------------------------------------------
+
+def test_fixture_gives_the_verdict_so_far(pytester: pytest.Pytester) -> None:
+    """check() / acheck() judge what the test left so far; what they reported is the test's to
+    assert on and does not fail it again at teardown."""
+    result = run(pytester, """
+        import asyncio, threading, pytest
+
+        def test_sync(busmon):
+            release = threading.Event()
+            threading.Thread(target=release.wait, name="asserted-on", daemon=True).start()
+            busmon.options = busmon.options.merged({"settle_timeout_s": 0.1})
+            result = busmon.check()
+            assert result.verdict == "leaked"
+            assert [x.name for x in result.leaked] == ["asserted-on"]
+            release.set()
+
+        async def test_async(busmon):
+            release = asyncio.Event()
+            task = asyncio.create_task(release.wait(), name="seen-mid-test")
+            busmon.options = busmon.options.merged({"settle_timeout_s": 0.1})
+            result = await busmon.acheck()
+            assert [x.name for x in result.leaked] == ["seen-mid-test"]
+            release.set()
+            await task
+
+        async def test_async_check_in_sync_style(busmon):
+            with pytest.raises(RuntimeError, match="await busmon.acheck"):
+                busmon.check()
+    """)
+    result.assert_outcomes(passed=3)
