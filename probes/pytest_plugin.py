@@ -210,6 +210,7 @@ class TestWatch:
         self.watch: Watch | None = None
         self.result: WatchResult | None = None
         self.why_not: str | None = None     # why no verdict was taken
+        self.error: str | None = None       # busmon's own failure to judge, said in the summary
         self.call_failed = False
 
     def _new_watch(self) -> Watch:
@@ -272,8 +273,8 @@ def _busmon_guard(request: pytest.FixtureRequest) -> Iterator[TestWatch | None]:
         try:
             state.finish()
         except Exception as exc:  # busmon's own failure must not fail someone's test
-            state.why_not = f"busmon could not judge this test: {type(exc).__name__}: {exc}"
-            warnings.warn(pytest.PytestWarning(f"{item.nodeid}: {state.why_not}"), stacklevel=1)
+            state.error = state.why_not = f"busmon could not judge this test: {type(exc).__name__}: {exc}"
+            warnings.warn(pytest.PytestWarning(f"{item.nodeid}: {state.error}"), stacklevel=1)
 
 
 @pytest.fixture
@@ -318,8 +319,8 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     stats = item.config.stash[_STATS]
     result = state.result
     if result is None:
-        if state.why_not and not state.call_failed:
-            stats.unjudged.append((item.nodeid, state.why_not))
+        if state.error:
+            stats.unjudged.append((item.nodeid, state.error))
         return report
     stats.judged += 1
     report.user_properties.append(("busmon", result.summary()))

@@ -58,7 +58,7 @@ class SettleWatch:
                  since: float | None = None, resources: ResourceWatch | None = None,
                  loop: asyncio.AbstractEventLoop | None | Literal["running"] = "running",
                  kinds: frozenset[str] | None = None, unfreeze: bool = True,
-                 final_census: bool = True) -> None:
+                 final_census: bool = True, python_natives: set[int] | None = None) -> None:
         self.baseline = baseline
         self.closed_at = closed_at
         self.deadline = closed_at + timeout_s
@@ -78,6 +78,9 @@ class SettleWatch:
         self.busy_executors: set[threading.Thread] = set()
         self.os_unknown = False          # psutil could not list the OS threads
         self._python_native: set[int] = set()   # native ids of every Python thread seen
+        #: native ids of Python threads started since the baseline, noted as they started (a
+        #: live set): a joined thread's OS thread lingering a moment is no native-only thread
+        self._born = python_natives if python_natives is not None else set()
         self._seen_created = -1
         self.ended_at: float | None = None     # the last exit, or the deadline
         self.noticed_at: float | None = None   # when the watch saw that
@@ -206,7 +209,7 @@ class SettleWatch:
             else:
                 pending = True
         if os_ids is not None and self.judges("threads"):
-            known = self.baseline.native_ids | self._python_native
+            known = self.baseline.native_ids | self._python_native | self._born
             for n in sorted(os_ids - known):
                 if n not in self.native:
                     self.native.append(n)
@@ -218,7 +221,7 @@ class SettleWatch:
                         self.exit_at[("native", n)] = now
             # a native id that turns out to be a Python thread's (one that ended since) is no
             # native-only thread at all
-            self.native = [n for n in self.native if n not in self._python_native]
+            self.native = [n for n in self.native if n not in self._python_native and n not in self._born]
         for ref in self.task_refs:  # done, with its done-callback not run yet: it exited now
             t = ref()
             if t is not None and t.done() and ref not in self.exit_at:

@@ -33,6 +33,7 @@ from probes.leak_text import leak_report, leftover_counts
 from probes.model import Leftover
 from probes.resources import Attribution, ResourceWatch
 from probes.settle import SettleOutcome, SettleWatch
+from probes.thread_births import ThreadBirths
 from probes.tracking import TaskTracker
 from probes.watch_options import KINDS, WatchOptions, check_options
 
@@ -128,6 +129,7 @@ class Watch:
         self._tracker: TaskTracker | None = None
         self._sockets: SocketOwners | None = None
         self._processes: ProcessOwners | None = None
+        self._births = ThreadBirths()
         self._frozen = False
         self._at_end: dict[str, int] = {}
 
@@ -143,6 +145,8 @@ class Watch:
         if self.loop is not None and self.loop.is_closed():
             self.notes.append("tasks and timers not judged: the event loop was closed")
             self.loop = None
+        if self.judges("threads"):
+            self._births.install()
         self.baseline = Census.take(self.loop)
         self.started_at = time.monotonic()
         if self.loop is not None:
@@ -167,7 +171,7 @@ class Watch:
 
     def stop(self) -> None:
         """Put the loop back as it was (idempotent); called by the verdict, or instead of it."""
-        for part in (self._tracker, self._sockets, self._processes):
+        for part in (self._tracker, self._sockets, self._processes, self._births):
             if part is not None:
                 part.uninstall()
         if self._frozen:
@@ -190,7 +194,8 @@ class Watch:
                            poll_ms=self.options.poll_ms, exclude=own,
                            sites=tracker.sites if tracker is not None else None, tracker=tracker,
                            since=self.started_at, resources=resources, loop=loop,
-                           kinds=frozenset(self.options.judge), unfreeze=False, final_census=False)
+                           kinds=frozenset(self.options.judge), unfreeze=False, final_census=False,
+                           python_natives=self._births.native_ids)
 
     def _plain_count(self, at_end: Census, own: weakref.WeakSet) -> dict[str, int]:
         """What counting right at the end would have said: new tasks and threads alive."""

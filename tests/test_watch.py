@@ -2,18 +2,24 @@
 
 from __future__ import annotations
 
+import _thread
 import asyncio
 import gc
 import socket
 import subprocess
 import sys
 import threading
+import time
 import warnings
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from probes.census import Census
+from probes.ignore import IgnoreRules
+from probes.settle import SettleWatch
+from probes.thread_births import ThreadBirths
 from probes.watch import LeakError, LeakWarning, watch
 from probes.watch_options import OPTION_NAMES, WatchOptionError, check_options
 
@@ -231,3 +237,56 @@ def test_any_option_value_is_accepted_or_refused_in_one_line(name: str, value: o
         assert str(exc).startswith("where: ") and "\n" not in str(exc)
     else:
         assert set(checked) == {name}
+
+
+
+def test_thread_births_notes_the_threads_python_starts_while_installed() -> None:
+    births = ThreadBirths()
+    assert births.install()
+    t = threading.Thread(target=lambda: None)
+    t.start()
+    t.join()
+    births.uninstall()
+    later = threading.Thread(target=lambda: None)
+    later.start()
+    later.join()
+    assert t.native_id in births.native_ids and later.native_id not in births.native_ids
+    assert threading.getprofile() is None
+
+    def someone_elses(*_: object) -> None:
+        return None
+
+    threading.setprofile(someone_elses)
+    try:
+        assert not ThreadBirths().install()
+        assert threading.getprofile() is someone_elses
+    finally:
+        threading.setprofile(None)
+
+
+def test_an_os_thread_python_started_is_not_a_native_leftover() -> None:
+    """A thread with no threading.Thread object (``_thread.start_new_thread``) is what busmon
+    calls native; told that Python started it (as a joined thread's lingering OS thread is),
+    the settle watch does not count it."""
+    started, release = threading.Event(), threading.Event()
+    native: list[int] = []
+
+    def body() -> None:
+        native.append(threading.get_native_id())
+        started.set()
+        release.wait()
+
+    baseline = Census.take(None)
+    _thread.start_new_thread(body, ())
+    started.wait(5)
+    try:
+        def judge(python_natives: set[int] | None) -> list[str]:
+            sw = SettleWatch(baseline, Census.take(None), time.monotonic(), timeout_s=0.05, poll_ms=10,
+                             exclude=set(), loop=None, python_natives=python_natives, final_census=False,
+                             unfreeze=False)
+            return [f"{x.name}:{x.state}" for x in sw.verdict_blocking(IgnoreRules()).leftovers]
+
+        assert judge(None) == [f"native-{native[0]}:leaked"]
+        assert judge({native[0]}) == []
+    finally:
+        release.set()
