@@ -248,7 +248,7 @@ def test_pytest_asyncio_auto_mode(pytester: pytest.Pytester) -> None:
         "*a plain count right at the end saw 1 new task and 0 new threads",
         "  task Event.wait (test_inline · forgotten-task)  leaked: still running after 2?? ms",
         "    now at asyncio/locks.py:* in wait",
-        "    created at test_inline.py:* in test_leaks_a_task",
+        "    created at *test_inline.py:* in test_leaks_a_task",
         "busmon: test_inline.py::test_cancels_without_awaiting is clean",
         "*a plain count right at the end saw 1 new task and 0 new threads",
         "lingered (exited while busmon waited; not a failure):",
