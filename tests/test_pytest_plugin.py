@@ -176,6 +176,34 @@ def test_ini_options_apply_and_marker_rules_add_to_them(pytester: pytest.Pyteste
     result.assert_outcomes(passed=2)
 
 
+def test_on_leak_warn_or_ignore_tells_without_failing(pytester: pytest.Pytester) -> None:
+    """A suite adopting busmon step by step: leaks are told, tests still pass."""
+    result = run(pytester, """
+        import threading, pytest
+        RELEASE = threading.Event()
+
+        @pytest.mark.busmon
+        def test_warned():
+            threading.Thread(target=RELEASE.wait, name="warned-about", daemon=True).start()
+
+        @pytest.mark.busmon(on_leak="ignore")
+        def test_ignored():
+            threading.Thread(target=RELEASE.wait, name="kept-quiet", daemon=True).start()
+
+        def test_release():
+            RELEASE.set()
+    """, "-rP", ini=ASYNCIO_AUTO + "busmon_on_leak = warn\nbusmon_settle_timeout_s = 0.2\n")
+    result.assert_outcomes(passed=3, warnings=1)
+    result.stdout.fnmatch_lines([
+        "*LeakWarning: busmon: leaked 1 thread: warned-about (-rP shows the report)",
+        "*busmon after teardown*",
+        "busmon: test_inline.py::test_warned leaked 1 thread",
+        "*busmon after teardown*",
+        "busmon: test_inline.py::test_ignored leaked 1 thread",
+        "busmon: 2 tests judged, 2 leaked (2 not failed: on_leak = warn or ignore)",
+    ])
+
+
 @pytest.mark.parametrize(("ini", "marker", "message"), [
     ("busmon_settle_timeout_s = soon", "", "ERROR: pytest.ini: busmon_settle_timeout_s: expected a number of "
      "seconds ≥ 0, got 'soon'"),
@@ -187,6 +215,8 @@ def test_ini_options_apply_and_marker_rules_add_to_them(pytester: pytest.Pyteste
      "pattern or a list of patterns, got 5"),
     ("", "'fast'", "ERROR: test_inline.py::test_x: @pytest.mark.busmon: takes options as keywords (e.g. "
      "settle_timeout_s=5), got 'fast'"),
+    ("busmon_on_leak = fail", "", "ERROR: pytest.ini: busmon_on_leak: expected 'warn' | 'raise' | 'ignore', "
+     "got 'fail'"),
 ])
 def test_bad_options_are_one_line_usage_errors(pytester: pytest.Pytester, ini: str, marker: str,
                                                message: str) -> None:
