@@ -45,9 +45,12 @@ INI = {
     "busmon_trace_creation": ("trace_creation", "string", "record where each task was created (true/false)"),
     "busmon_on_leak": ("on_leak", "string", "raise (fail the test, the default) | warn | ignore"),
 }
-_OPTIONS = pytest.StashKey["WatchOptions"]()
-_STATE = pytest.StashKey["TestWatch"]()
-_STATS = pytest.StashKey["Stats"]()
+#: pytest ≥ 7 (stash). On an older pytest the plugin stays out of the way: it registers nothing
+#: that could break a suite, and ``--busmon`` says what it needs.
+SUPPORTED = hasattr(pytest, "StashKey")
+_OPTIONS = pytest.StashKey["WatchOptions"]() if SUPPORTED else None
+_STATE = pytest.StashKey["TestWatch"]() if SUPPORTED else None
+_STATS = pytest.StashKey["Stats"]() if SUPPORTED else None
 
 
 @dataclass
@@ -72,6 +75,10 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    if not SUPPORTED:
+        if config.getoption("busmon"):
+            raise pytest.UsageError(f"--busmon needs pytest ≥ 7 (this is pytest {pytest.__version__})")
+        return
     config.addinivalue_line(
         "markers", "busmon(**options): fail the test if it leaves tasks, threads, timers, sockets or "
         "processes running after its teardown; options: settle_timeout_s, ignore_tasks, ignore_threads, "
@@ -121,6 +128,8 @@ def _marker_options(item: pytest.Item, base: WatchOptions) -> WatchOptions | Non
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if not SUPPORTED:
+        return
     base = config.stash.get(_OPTIONS, None)
     if base is None:
         return
@@ -264,7 +273,7 @@ def _busmon_guard(request: pytest.FixtureRequest) -> Iterator[TestWatch | None]:
     """Set up first and torn down last (after the loop's owner, which it requests): the verdict
     comes after every other function fixture's teardown, on a loop still open."""
     item = request.node
-    options = item.stash.get(_OPTIONS, None) if isinstance(item, pytest.Function) else None
+    options = item.stash.get(_OPTIONS, None) if SUPPORTED and isinstance(item, pytest.Function) else None
     if options is None:
         yield None
         return
@@ -288,42 +297,47 @@ def busmon(_busmon_guard: TestWatch | None) -> TestWatch:
 
 # -- hooks around each test -----------------------------------------------------------------
 
-@pytest.hookimpl(wrapper=True, tryfirst=True)
+# old-style hook wrappers (``hookwrapper=True``): every pytest this plugin may be loaded into
+# understands them, so busmon being installed can never break a suite that does not use it
+
+@pytest.hookimpl(hookwrapper=True, tryfirst=True)
 def pytest_runtest_setup(item: pytest.Item) -> Iterator[None]:
-    if _OPTIONS in item.stash and GUARD not in item.fixturenames:  # type: ignore[attr-defined]
+    if SUPPORTED and _OPTIONS in item.stash and GUARD not in item.fixturenames:  # type: ignore[attr-defined]
         item.fixturenames.insert(0, GUARD)  # type: ignore[attr-defined]
-    return (yield)
+    yield
 
 
-@pytest.hookimpl(wrapper=True, trylast=True)
+@pytest.hookimpl(hookwrapper=True, trylast=True)
 def pytest_runtest_call(item: pytest.Item) -> Iterator[None]:
-    state = item.stash.get(_STATE, None)
-    if state is None:
-        return (yield)
-    state.start()   # the baseline: every fixture is set up, the body is next
-    try:
-        return (yield)
-    except BaseException:
+    state = item.stash.get(_STATE, None) if SUPPORTED else None
+    if state is not None:
+        state.start()   # the baseline: every fixture is set up, the body is next
+    outcome = yield
+    if state is not None and outcome.excinfo is not None:
         state.call_failed = True
-        raise
 
 
-@pytest.hookimpl(wrapper=True)
-def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[pytest.TestReport]:
-    report: pytest.TestReport = yield
-    state = item.stash.get(_STATE, None)
-    if state is None:
-        return report
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    outcome = yield
+    state = item.stash.get(_STATE, None) if SUPPORTED else None
+    if state is not None:
+        _judged(item, call, state, outcome.get_result())
+
+
+def _judged(item: pytest.Item, call: pytest.CallInfo[None], state: TestWatch, report: pytest.TestReport) -> None:
+    """The teardown report carries the verdict: failed with the leak report, or passed (with
+    what lingered as a section, shown by -rP)."""
     if call.when == "call" and not report.passed:
         state.call_failed = True
     if call.when != "teardown":
-        return report
+        return
     stats = item.config.stash[_STATS]
     result = state.result
     if result is None:
         if state.error:
             stats.unjudged.append((item.nodeid, state.error))
-        return report
+        return
     stats.judged += 1
     report.user_properties.append(("busmon", result.summary()))
     if result.leaked:
@@ -346,7 +360,6 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
         stats.lingered.append((item.nodeid, result.summary(), longest.exited_after_ms or 0.0))
         # shown with -rP / -rA (pytest shows a passed test's sections named "…teardown")
         report.sections.append(("busmon after teardown", result.report("after the test's teardown")))
-    return report
 
 
 class LeakWarning(pytest.PytestWarning):
@@ -380,7 +393,7 @@ class _Crash:
 
 
 def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
-    stats = config.stash.get(_STATS, None)
+    stats = config.stash.get(_STATS, None) if SUPPORTED else None
     if stats is None or not (stats.judged or stats.unjudged):
         return
     tr = terminalreporter

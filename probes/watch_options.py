@@ -78,7 +78,7 @@ def _convert(name: str, value: Any, where: str, shown: str) -> Any:
         return number
     if name == "poll_ms":
         number = _number(value)
-        if number is None or number < 1 or number != int(number):
+        if number is None or not math.isfinite(number) or number < 1 or number != int(number):
             raise wrong("a whole number of milliseconds ≥ 1")
         return int(number)
     if name == "trace_creation":

@@ -216,6 +216,7 @@ def test_sockets_and_child_processes_left_by_a_sync_block() -> None:
     ({"judge": ["task"]}, "watch(): judge: unknown kind 'task' (did you mean 'tasks'?); expected some of "
                           "tasks, threads, timers, sockets, fds, processes"),
     ({"poll_ms": 0.5}, "watch(): poll_ms: expected a whole number of milliseconds ≥ 1, got 0.5"),
+    ({"poll_ms": float("inf")}, "watch(): poll_ms: expected a whole number of milliseconds ≥ 1, got inf"),
 ])
 def test_bad_options_are_one_line(options: dict, message: str) -> None:
     with pytest.raises(WatchOptionError) as caught:
