@@ -53,6 +53,8 @@ class ResourceWatch:
         self._first = at_close
         self.ignored_pids: dict[int, str] = {}   # child pid → the rule that ignored it
         self._unjudged: set[tuple[int, str]] = set()  # new descriptors of a kind not judged
+        #: the ignore rules while settling (set by the settle watch): ignored ones are not waited for
+        self.rules: IgnoreRules | None = None
 
     def _judges(self, kind: str) -> bool:
         return self.kinds is None or kind in self.kinds
@@ -80,13 +82,13 @@ class ResourceWatch:
                         self.fds[item] = d
                         if self._first:
                             self.fds_at_close.add(item)
-            for item in self.fds:
+            for item, d in self.fds.items():
                 if item in self.exit_at:
                     continue
-                if item in current:
-                    pending = True
-                else:
+                if item not in current:
                     self.exit_at[item] = now
+                elif self.rules is None or not self.rules.socket_reason(d):
+                    pending = True
         self._first = False
         if not self._judges("processes"):
             return pending
@@ -102,7 +104,8 @@ class ResourceWatch:
                 self.exit_at[key] = now
             else:
                 self.procs[key] = now_child  # keep the latest status (a zombie says so)
-                pending = True
+                if self.rules is None or not self.rules.process_reason(now_child):
+                    pending = True
         return pending
 
     def child_of(self, pid: int) -> proc_probe.Child | None:

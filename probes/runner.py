@@ -225,7 +225,7 @@ async def _run_once(ctx: RunContext) -> RunResult:
         watch = SettleWatch(ctx.baseline, at_close, closed_at, timeout_s=probes.settle_timeout_s,
                             poll_ms=probes.settle_poll_ms, exclude=ctx.own, sites=ctx.tracker.sites,
                             stuck=dict(ctx.stuck), tracker=ctx.tracker, since=ctx.baseline_at,
-                            resources=resources)
+                            resources=resources, rules=ignore_rules(probes))
         ctx.own.add(watch.start())
         snapshot(ctx, "close", at_close)  # the naive count, right after close returned
         at_close = None  # a weak reference per live task: let it go before memory is judged

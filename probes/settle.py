@@ -37,6 +37,7 @@ class SettleOutcome:
     verdict_ms: float                # from judging to the verdict being ready (GC, classification)
     final: Census | None             # everyone alive once judged (None: not asked for)
     paused_ms: float = 0.0           # a person's wait before asking for the verdict (not settle time)
+    settled: bool = False            # everything waited for exited before the deadline
 
 
 class SettleWatch:
@@ -58,7 +59,8 @@ class SettleWatch:
                  since: float | None = None, resources: ResourceWatch | None = None,
                  loop: asyncio.AbstractEventLoop | None | Literal["running"] = "running",
                  kinds: frozenset[str] | None = None, unfreeze: bool = True,
-                 final_census: bool = True, python_natives: set[int] | None = None) -> None:
+                 final_census: bool = True, python_natives: set[int] | None = None,
+                 rules: IgnoreRules | None = None) -> None:
         self.baseline = baseline
         self.closed_at = closed_at
         self.deadline = closed_at + timeout_s
@@ -81,6 +83,12 @@ class SettleWatch:
         #: native ids of Python threads started since the baseline, noted as they started (a
         #: live set): a joined thread's OS thread lingering a moment is no native-only thread
         self._born = python_natives if python_natives is not None else set()
+        #: the ignore rules, known while settling: an ignored candidate is not waited for (its
+        #: verdict is known already), so one ignored background thread does not hold settle
+        #: until the deadline
+        self.rules = rules
+        if resources is not None:
+            resources.rules = rules
         self._seen_created = -1
         self.ended_at: float | None = None     # the last exit, or the deadline
         self.noticed_at: float | None = None   # when the watch saw that
@@ -179,7 +187,10 @@ class SettleWatch:
         return self._task
 
     def _pending_tasks(self) -> list[asyncio.Task]:
-        return [t for t in map(_deref, self.task_refs) if t is not None and not t.done()]
+        """Candidate tasks not finished yet (an ignored one is not waited for)."""
+        rules = self.rules
+        return [t for t in map(_deref, self.task_refs)
+                if t is not None and not t.done() and (rules is None or not rules.task_reason(t))]
 
     def _thread_alive(self, th: threading.Thread, os_ids: set[int] | None) -> bool:
         """Alive by its OS thread: a dummy (foreign) thread's is_alive() is always true on 3.11."""
@@ -199,15 +210,14 @@ class SettleWatch:
             if not self._thread_alive(th, os_ids):
                 self.exit_at[th] = now
                 self.busy_executors.discard(th)
-            elif RUNTIME_EXECUTOR_THREAD.match(th.name):
-                busy = executor_busy(th)
-                if busy:
+            elif runtime_pool(th) is not None:
+                if pool_thread_busy(th):
                     self.busy_executors.add(th)
                     pending = True
                 else:
                     self.busy_executors.discard(th)
-            else:
-                pending = True
+            elif self.rules is None or not self.rules.thread_reason(th):
+                pending = True  # an ignored thread is not waited for: its verdict is known
         if os_ids is not None and self.judges("threads"):
             known = self.baseline.native_ids | self._python_native | self._born
             for n in sorted(os_ids - known):
@@ -350,11 +360,11 @@ class SettleWatch:
             reason = rules.thread_reason(th)
             if reason is None and self.resources is not None and (pid := waitpid_pid(th)) in self.resources.ignored_pids:
                 reason = f"waits for ignored child pid {pid}"
-            if RUNTIME_EXECUTOR_THREAD.match(th.name) and not reason:
+            if (pool := runtime_pool(th)) and not reason:
                 if alive and th in self.busy_executors:
                     detail = f"{detail} (a runtime executor thread still running a job at the deadline)"
                 elif alive:
-                    reason = "runtime: asyncio's default executor, idle; it lives until the loop shuts down"
+                    reason = f"runtime: {pool}, idle; {POOL_LIFETIME[pool]}"
             state = "ignored" if reason else ("leaked" if alive else "exited")
             if reason:
                 detail = f"{detail} ({reason})"
@@ -390,7 +400,42 @@ class SettleWatch:
             gc.unfreeze()
         # for the settled counts and the drift; not part of the verdict
         final = Census.take(self._loop) if self._final_census else None
-        return SettleOutcome(tuple(leftovers), (settled_at - closed_at) * 1000, verdict_ms, final, paused_ms)
+        return SettleOutcome(tuple(leftovers), (settled_at - closed_at) * 1000, verdict_ms, final, paused_ms,
+                             self.everything_exited)
+
+
+#: how long an idle thread of each runtime pool lives
+POOL_LIFETIME = {
+    "asyncio's default executor": "it lives until the loop shuts down",
+    "anyio's worker threads": "it exits after 10 s idle, or when its event loop closes",
+}
+
+
+def runtime_pool(thread: threading.Thread) -> str | None:
+    """The event loop runtime's own thread pool the thread belongs to, if any: its idle
+    threads are machinery, not leftovers (a busy one is waited for)."""
+    if RUNTIME_EXECUTOR_THREAD.match(thread.name):
+        return "asyncio's default executor"
+    cls = type(thread)
+    if cls.__name__ == "WorkerThread" and cls.__module__.startswith("anyio."):
+        return "anyio's worker threads"
+    return None
+
+
+def pool_thread_busy(thread: threading.Thread) -> bool:
+    """Whether a runtime pool thread is running a job: asyncio's executor workers by their
+    ``_WorkItem.run`` frame; anyio's are idle while their innermost frame (below threading's
+    waits) is the job queue's ``get``."""
+    if RUNTIME_EXECUTOR_THREAD.match(thread.name):
+        return executor_busy(thread)
+    frame = sys._current_frames().get(thread.ident or -1)
+    while frame is not None and _path(frame).endswith("/threading.py"):
+        frame = frame.f_back
+    return not (frame is not None and frame.f_code.co_name == "get" and _path(frame).endswith("/queue.py"))
+
+
+def _path(frame: Any) -> str:
+    return frame.f_code.co_filename.replace("\\", "/")
 
 
 def executor_busy(thread: threading.Thread) -> bool:

@@ -56,6 +56,7 @@ class WatchResult:
     at_end: dict[str, int]                # what a plain count right at the end would have said
     label: str = ""                       # what was watched (a test's node id)
     notes: tuple[str, ...] = ()           # what could not be judged here, and why
+    settled: bool = False                 # everything waited for exited before the deadline
 
     @property
     def clean(self) -> bool:
@@ -90,7 +91,8 @@ class WatchResult:
 
     def as_dict(self) -> dict[str, Any]:
         return {"label": self.label, "verdict": self.verdict, "settle_timeout_s": self.settle_timeout_s,
-                "settle_ms": self.settle_ms, "verdict_ms": self.verdict_ms, "at_end": dict(self.at_end),
+                "settle_ms": self.settle_ms, "verdict_ms": self.verdict_ms, "settled": self.settled,
+                "at_end": dict(self.at_end),
                 "leftovers": [x.as_dict() for x in self.leftovers], "notes": list(self.notes)}
 
 
@@ -195,7 +197,7 @@ class Watch:
                            sites=tracker.sites if tracker is not None else None, tracker=tracker,
                            since=self.started_at, resources=resources, loop=loop,
                            kinds=frozenset(self.options.judge), unfreeze=False, final_census=False,
-                           python_natives=self._births.native_ids)
+                           python_natives=self._births.native_ids, rules=self._rules())
 
     def _plain_count(self, at_end: Census, own: weakref.WeakSet) -> dict[str, int]:
         """What counting right at the end would have said: new tasks and threads alive."""
@@ -251,7 +253,7 @@ class Watch:
         failing = any(x.state in FAILING for x in outcome.leftovers)
         return WatchResult("leaked" if failing else "clean", outcome.leftovers, self.options.settle_timeout_s,
                            round(outcome.settle_ms, 2), round(outcome.verdict_ms, 2), self._at_end,
-                           self.label, tuple(notes))
+                           self.label, tuple(notes), outcome.settled)
 
 
 class watch:

@@ -291,3 +291,28 @@ def test_an_os_thread_python_started_is_not_a_native_leftover() -> None:
         assert judge({native[0]}) == []
     finally:
         release.set()
+
+
+def test_an_ignored_leftover_is_not_waited_for(release: threading.Event) -> None:
+    """Its verdict is known at once: settling ends when everything else has exited."""
+    with watch(settle_timeout_s=60, ignore_threads=["background-*"]) as w:
+        threading.Thread(target=release.wait, name="background-poller", daemon=True).start()
+    assert w.verdict == "clean"
+    assert [x.state for x in w.leftovers] == ["ignored"]
+    assert w.result.settled   # ended because nothing else was pending, not at the 60 s deadline
+    with watch(settle_timeout_s=SHORT, on_leak="ignore") as w:
+        threading.Thread(target=release.wait, name="background-poller", daemon=True).start()
+    assert not w.result.settled
+
+
+def test_anyio_idle_worker_thread_is_runtime_machinery() -> None:
+    anyio = pytest.importorskip("anyio")
+
+    async def main() -> None:
+        async with watch(settle_timeout_s=SHORT) as w:
+            await anyio.to_thread.run_sync(lambda: None)
+        [x] = w.leftovers
+        assert (x.name, x.state) == ("AnyIO worker thread", "ignored")
+        assert "runtime: anyio's worker threads, idle" in x.detail
+
+    anyio.run(main)
