@@ -73,8 +73,10 @@ def _facts(x: Leftover) -> list[str]:
 
 
 def _leaked_lines(x: Leftover, waited_ms: float) -> list[str]:
-    state = ("destroyed" if x.state == "destroyed" else f"leaked: {_STILL.get(x.kind, 'still there')} "
-             f"after {_ms(waited_ms)}")
+    still = _STILL.get(x.kind, "still there")
+    if x.kind == "process" and "a zombie" in x.detail:
+        still = "exited, never waited for,"
+    state = "destroyed" if x.state == "destroyed" else f"leaked: {still} after {_ms(waited_ms)}"
     lines = [f"  {headline(x)}  {state}"]
     lines += [f"    {fact}" for fact in _facts(x)]
     if x.stack:

@@ -23,7 +23,7 @@ import contextlib
 import inspect
 import warnings
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Coroutine, Iterator
 
 import pytest
 
@@ -50,18 +50,50 @@ INI = {
 SUPPORTED = hasattr(pytest, "StashKey")
 _OPTIONS = pytest.StashKey["WatchOptions"]() if SUPPORTED else None
 _STATE = pytest.StashKey["TestWatch"]() if SUPPORTED else None
-_STATS = pytest.StashKey["Stats"]() if SUPPORTED else None
 
 
-@dataclass
+@dataclass(eq=False)  # a registered plugin must be hashable
 class Stats:
-    """What the terminal summary says: tests judged, leaked, lingered."""
+    """What the terminal summary says: tests judged, leaked, lingered. Gathered from the teardown
+    reports (their ``busmon`` field), so under pytest-xdist the controller sees every worker's."""
 
     judged: int = 0
     leaked: list[str] = field(default_factory=list)
-    lingered: list[tuple[str, str, float]] = field(default_factory=list)   # node, what, ms
+    lingered: list[tuple[str, float]] = field(default_factory=list)        # node, slowest exit (ms)
     unjudged: list[tuple[str, str]] = field(default_factory=list)          # node, why
     not_failed: set[str] = field(default_factory=set)   # leaked under on_leak = warn | ignore
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        info = getattr(report, "busmon", None)
+        if report.when != "teardown" or not isinstance(info, dict):
+            return
+        if info.get("error"):
+            self.unjudged.append((report.nodeid, info["error"]))
+            return
+        self.judged += 1
+        if info.get("leaked"):
+            self.leaked.append(report.nodeid)
+            if not info.get("failed"):
+                self.not_failed.add(report.nodeid)
+        elif info.get("lingered_ms") is not None:
+            self.lingered.append((report.nodeid, info["lingered_ms"]))
+
+    def pytest_terminal_summary(self, terminalreporter: Any) -> None:
+        if not (self.judged or self.unjudged):
+            return
+        parts = [f"{self.judged} test{'s' if self.judged != 1 else ''} judged"]
+        if self.leaked:
+            parts.append(f"{len(self.leaked)} leaked")
+            told = [n for n in self.leaked if n in self.not_failed]
+            if told:
+                parts[-1] += f" ({len(told)} not failed: on_leak = warn or ignore)"
+        if self.lingered:
+            node, ms = max(self.lingered, key=lambda x: x[1])
+            parts.append(f"{len(self.lingered)} clean once their leftovers exited (the slowest {ms:,.1f} ms: {node})")
+        terminalreporter.write_sep("-", "busmon", bold=True)
+        terminalreporter.write_line("busmon: " + ", ".join(parts))
+        for node, why in self.unjudged:
+            terminalreporter.write_line(f"busmon: {node}: {why}")
 
 
 # -- options ---------------------------------------------------------------------------------
@@ -70,6 +102,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("busmon", "busmon: what a test leaves running (tasks, threads, sockets, processes)")
     group.addoption("--busmon", action="store_true", default=False,
                     help="judge every test for what it leaves running (one test: @pytest.mark.busmon)")
+    group.addoption("--no-busmon", action="store_true", default=False, dest="no_busmon",
+                    help="judge no test, whatever the markers and --busmon say (tests that use the "
+                         "busmon fixture still are)")
     for name, (_, kind, help_text) in INI.items():
         parser.addini(name, help_text, type=kind)  # type: ignore[arg-type]
 
@@ -82,7 +117,7 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers", "busmon(**options): fail the test if it leaves tasks, threads, timers, sockets or "
         "processes running after its teardown; options: settle_timeout_s, ignore_tasks, ignore_threads, "
-        "ignore_sockets, ignore_processes, judge, trace_creation, on_leak, enabled")
+        "ignore_sockets, ignore_processes, judge, trace_creation, poll_ms, on_leak, enabled")
     values: dict[str, Any] = {}
     for name, (option, kind, _) in INI.items():
         value = config.getini(name)
@@ -96,7 +131,7 @@ def pytest_configure(config: pytest.Config) -> None:
                                                                       prefix="busmon_")
     except WatchOptionError as exc:
         raise pytest.UsageError(str(exc)) from None
-    config.stash[_STATS] = Stats()
+    config.pluginmanager.register(Stats(), "busmon-summary")
 
 
 def _ini_file(config: pytest.Config) -> str:
@@ -104,29 +139,40 @@ def _ini_file(config: pytest.Config) -> str:
 
 
 def _marker_options(item: pytest.Item, base: WatchOptions) -> WatchOptions | None:
-    """The item's options, or None when it is not to be watched."""
-    marker = item.get_closest_marker("busmon")
-    watched = item.config.getoption("busmon") or marker is not None or "busmon" in getattr(item, "fixturenames", ())
-    if not watched:
+    """The item's options, or None when it is not to be watched.
+
+    Markers apply from the farthest (module ``pytestmark``, class) to the closest (the test):
+    a closer one's values win, ignore rules add up; the ini file's are under all of them.
+    ``--no-busmon`` watches only the tests that ask for the ``busmon`` fixture.
+    """
+    from probes.watch_options import WatchOptionError, flag
+
+    markers = list(item.iter_markers("busmon"))[::-1]
+    uses_fixture = "busmon" in getattr(item, "fixturenames", ())
+    if item.config.getoption("no_busmon") and not uses_fixture:
         return None
-    if marker is None:
-        return base
-    where = f"{item.nodeid}: @pytest.mark.busmon"
-    if marker.args:
-        raise pytest.UsageError(f"{where}: takes options as keywords (e.g. settle_timeout_s=5), "
-                                f"got {marker.args[0]!r}")
-    kwargs = dict(marker.kwargs)
-    enabled = kwargs.pop("enabled", True)
-    if not isinstance(enabled, bool):
-        raise pytest.UsageError(f"{where}: enabled: expected True or False, got {enabled!r}")
-    from probes.watch_options import WatchOptionError
-    try:
-        options = base.merged(kwargs, where=where)
-    except WatchOptionError as exc:
-        raise pytest.UsageError(str(exc)) from None
-    return options if enabled or "busmon" in item.fixturenames else None
+    if not (item.config.getoption("busmon") or markers or uses_fixture):
+        return None
+    options, enabled = base, True
+    for marker in markers:
+        where = f"{item.nodeid}: @pytest.mark.busmon"
+        if marker.args:
+            raise pytest.UsageError(f"{where}: takes options as keywords (e.g. settle_timeout_s=5), "
+                                    f"got {marker.args[0]!r}")
+        kwargs = dict(marker.kwargs)
+        if "enabled" in kwargs:
+            value = kwargs.pop("enabled")
+            if flag(value) is None:
+                raise pytest.UsageError(f"{where}: enabled: expected True or False, got {value!r}")
+            enabled = bool(flag(value))
+        try:
+            options = options.merged(kwargs, where=where)
+        except WatchOptionError as exc:
+            raise pytest.UsageError(str(exc)) from None
+    return options if enabled or uses_fixture else None
 
 
+@pytest.hookimpl(trylast=True)  # after -k / -m deselected what will not run
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     if not SUPPORTED:
         return
@@ -246,8 +292,13 @@ class TestWatch:
         self.start()
         return result
 
-    async def acheck(self) -> WatchResult:
+    def acheck(self) -> Coroutine[Any, Any, WatchResult]:
         """The verdict so far, in an async test, on its loop (a new baseline follows)."""
+        if self.harness.loop is None:
+            raise RuntimeError("busmon.acheck() in a sync test: use busmon.check()")
+        return self._acheck()
+
+    async def _acheck(self) -> WatchResult:
         assert self.watch is not None, "acheck() is for the test body"
         self.watch.options = self.options
         result = await self.watch.settle()
@@ -332,50 +383,66 @@ def _judged(item: pytest.Item, call: pytest.CallInfo[None], state: TestWatch, re
         state.call_failed = True
     if call.when != "teardown":
         return
-    stats = item.config.stash[_STATS]
     result = state.result
     if result is None:
         if state.error:
-            stats.unjudged.append((item.nodeid, state.error))
+            report.busmon = {"error": state.error}  # type: ignore[attr-defined]
         return
-    stats.judged += 1
+    failed = False
     report.user_properties.append(("busmon", result.summary()))
     if result.leaked:
-        stats.leaked.append(item.nodeid)
         text = result.report("after the test's teardown")
         if state.options.on_leak != "raise":  # told, not failed: a suite adopting busmon step by step
-            stats.not_failed.add(item.nodeid)
             if state.options.on_leak == "warn":
                 from probes.leak_text import short_line
 
                 item.warn(LeakWarning(f"busmon: {short_line(result.leaked)} (-rP shows the report)"))
             report.sections.append(("busmon after teardown", text))
         elif report.passed:
+            failed = True
             report.outcome = "failed"
-            report.longrepr = LeakRepr(text, item, result)
+            report.longrepr = leak_longrepr(text, item, result)
         else:
+            failed = True
             report.sections.append(("busmon", text))
-    elif result.lingered:
-        longest = max(result.lingered, key=lambda x: x.exited_after_ms or 0.0)
-        stats.lingered.append((item.nodeid, result.summary(), longest.exited_after_ms or 0.0))
-        # shown with -rP / -rA (pytest shows a passed test's sections named "…teardown")
+    elif result.leftovers or result.notes:
+        # what lingered, what the rules ignored, what could not be judged: shown with -rP / -rA
+        # (pytest shows a passed test's sections whose name says "teardown")
         report.sections.append(("busmon after teardown", result.report("after the test's teardown")))
+    lingered = max((x.exited_after_ms or 0.0 for x in result.lingered), default=None)
+    # read by the summary, here or (under pytest-xdist) on the controller
+    report.busmon = {"verdict": result.verdict, "leaked": bool(result.leaked),  # type: ignore[attr-defined]
+                     "failed": failed, "lingered_ms": lingered}
 
 
 class LeakWarning(pytest.PytestWarning):
     """A leak under ``on_leak = warn``: in the warnings summary, and the test still passes."""
 
 
+def leak_longrepr(text: str, item: pytest.Item, result: WatchResult) -> Any:
+    """The report as pytest's own exception representation when this pytest has it: its short
+    summary then says what leaked, and pytest-xdist carries it whole from its workers (a repr of
+    busmon's own class would reach the controller as plain text, without the short line)."""
+    from probes.leak_text import short_line
+
+    path, lineno, _ = item.location
+    message = f"busmon: {short_line(result.leaked)}"
+    try:
+        from _pytest._code.code import ReprExceptionInfo, ReprFileLocation, ReprTracebackNative
+
+        return ReprExceptionInfo(ReprTracebackNative([line + "\n" for line in text.splitlines()]),
+                                 ReprFileLocation(path, (lineno or 0) + 1, message))
+    except (ImportError, TypeError):  # another pytest's internals: the text, and our own short line
+        return LeakRepr(text, path, (lineno or 0) + 1, message)
+
+
 class LeakRepr:
     """A failing test's leak report as pytest shows it: the text in full, and one line for the
     short summary (``ERROR test_x.py::test_y - busmon: leaked 3 tasks: …``)."""
 
-    def __init__(self, text: str, item: pytest.Item, result: WatchResult) -> None:
-        from probes.leak_text import short_line
-
+    def __init__(self, text: str, path: str, lineno: int, message: str) -> None:
         self.text = text
-        path, lineno, _ = item.location
-        self.reprcrash = _Crash(path, (lineno or 0) + 1, f"busmon: {short_line(result.leaked)}")
+        self.reprcrash = _Crash(path, lineno, message)
 
     def toterminal(self, tw: Any) -> None:
         for line in self.text.splitlines():
@@ -390,23 +457,3 @@ class _Crash:
     path: str
     lineno: int
     message: str
-
-
-def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
-    stats = config.stash.get(_STATS, None) if SUPPORTED else None
-    if stats is None or not (stats.judged or stats.unjudged):
-        return
-    tr = terminalreporter
-    parts = [f"{stats.judged} test{'s' if stats.judged != 1 else ''} judged"]
-    if stats.leaked:
-        parts.append(f"{len(stats.leaked)} leaked")
-        told = [n for n in stats.leaked if n in stats.not_failed]
-        if told:
-            parts[-1] += f" ({len(told)} not failed: on_leak = warn or ignore)"
-    if stats.lingered:
-        node, _, ms = max(stats.lingered, key=lambda x: x[2])
-        parts.append(f"{len(stats.lingered)} clean once their leftovers exited (the slowest {ms:,.1f} ms: {node})")
-    tr.write_sep("-", "busmon", bold=True)
-    tr.write_line("busmon: " + ", ".join(parts))
-    for node, why in stats.unjudged:
-        tr.write_line(f"busmon: {node}: {why}")

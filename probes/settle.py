@@ -60,7 +60,7 @@ class SettleWatch:
                  loop: asyncio.AbstractEventLoop | None | Literal["running"] = "running",
                  kinds: frozenset[str] | None = None, unfreeze: bool = True,
                  final_census: bool = True, python_natives: set[int] | None = None,
-                 rules: IgnoreRules | None = None) -> None:
+                 rules: IgnoreRules | None = None, ended: str = "close") -> None:
         self.baseline = baseline
         self.closed_at = closed_at
         self.deadline = closed_at + timeout_s
@@ -87,6 +87,7 @@ class SettleWatch:
         #: verdict is known already), so one ignored background thread does not hold settle
         #: until the deadline
         self.rules = rules
+        self.ended = ended   # what the watch started after, in its words ("close", "the end")
         if resources is not None:
             resources.rules = rules
         self._seen_created = -1
@@ -173,7 +174,7 @@ class SettleWatch:
             if handle not in self.baseline.timers and handle not in self.info:
                 self.timers.append(handle)
                 self.info[handle] = (callback_name(handle), callback_component(handle),
-                                     f"due {max(0.0, handle.when() - self._loop.time()):.3f} s after close",
+                                     f"due {max(0.0, handle.when() - self._loop.time()):.3f} s after {self.ended}",
                                      (), None)
         return scheduled
 

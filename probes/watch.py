@@ -197,7 +197,7 @@ class Watch:
                            sites=tracker.sites if tracker is not None else None, tracker=tracker,
                            since=self.started_at, resources=resources, loop=loop,
                            kinds=frozenset(self.options.judge), unfreeze=False, final_census=False,
-                           python_natives=self._births.native_ids, rules=self._rules())
+                           python_natives=self._births.native_ids, rules=self._rules(), ended="the end")
 
     def _plain_count(self, at_end: Census, own: weakref.WeakSet) -> dict[str, int]:
         """What counting right at the end would have said: new tasks and threads alive."""

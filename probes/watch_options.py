@@ -82,14 +82,17 @@ def _convert(name: str, value: Any, where: str, shown: str) -> Any:
             raise wrong("a whole number of milliseconds ≥ 1")
         return int(number)
     if name == "trace_creation":
-        flag = _flag(value)
-        if flag is None:
+        if (given := flag(value)) is None:
             raise wrong("true or false")
-        return flag
+        return given
     if name == "on_leak":
         if value not in ON_LEAK:
             raise wrong(" | ".join(repr(x) for x in ON_LEAK))
         return value
+    if name == "judge":  # "tasks threads", "tasks, threads", ["tasks", "threads"]
+        items = [value] if isinstance(value, str) else value
+        if isinstance(items, (list, tuple)) and all(isinstance(x, str) for x in items):
+            value = [kind for x in items for kind in x.replace(",", " ").split()]
     patterns = _strings(value)
     if patterns is None:
         raise wrong("a pattern or a list of patterns" if name.startswith("ignore") else
@@ -120,7 +123,8 @@ def _number(value: Any) -> float | None:
     return None
 
 
-def _flag(value: Any) -> bool | None:
+def flag(value: Any) -> bool | None:
+    """True/False, or the words an ini file or a marker would use for them; None otherwise."""
     if isinstance(value, bool):
         return value
     if isinstance(value, str):

@@ -407,3 +407,95 @@ def test_fixture_gives_the_verdict_so_far(pytester: pytest.Pytester) -> None:
                 busmon.check()
     """)
     result.assert_outcomes(passed=3)
+
+
+# -- markers at every level, switching off, and where the text goes ------------------------------
+
+def test_markers_add_up_from_module_to_test(pytester: pytest.Pytester) -> None:
+    """A module's or class's marker sets options for its tests; a test's own marker overrides
+    values and adds ignore rules."""
+    result = run(pytester, """
+        import threading, pytest
+        RELEASE = threading.Event()
+        pytestmark = pytest.mark.busmon(ignore_threads=["module-*"], settle_timeout_s=0.2)
+
+        class TestGroup:
+            pytestmark = pytest.mark.busmon(ignore_threads=["class-*"])
+
+            @pytest.mark.busmon(ignore_threads=["test-*"], judge="tasks, threads")
+            def test_all_three_ignored(self):
+                for name in ("module-1", "class-1", "test-1"):
+                    threading.Thread(target=RELEASE.wait, name=name, daemon=True).start()
+
+        def test_module_rule_only():
+            threading.Thread(target=RELEASE.wait, name="test-2", daemon=True).start()
+
+        def test_release():
+            RELEASE.set()
+    """)
+    result.assert_outcomes(passed=3, errors=1)
+    result.stdout.fnmatch_lines([
+        "*ERROR at teardown of test_module_rule_only*",
+        "waited up to 0.2 s*",
+        "*ERROR test_inline.py::test_module_rule_only - busmon: leaked 1 thread: test-*",
+    ])
+    assert "test_all_three_ignored - busmon" not in result.stdout.str()
+
+
+def test_no_busmon_switches_it_off_but_for_the_fixture(pytester: pytest.Pytester) -> None:
+    source = """
+        import threading, pytest
+        RELEASE = threading.Event()
+
+        @pytest.mark.busmon(settle_timeout_s=0.2)
+        def test_marked_leak():
+            threading.Thread(target=RELEASE.wait, daemon=True).start()
+
+        def test_asks_for_the_fixture(busmon):
+            assert busmon.check().verdict == "clean"
+
+        def test_release():
+            RELEASE.set()
+    """
+    result = run(pytester, source, "--busmon", "--no-busmon")
+    result.assert_outcomes(passed=3)
+    result.stdout.fnmatch_lines(["busmon: 1 test judged"])
+
+
+def test_passing_test_shows_what_was_ignored_and_why_with_rP(pytester: pytest.Pytester) -> None:
+    result = run(pytester, """
+        import threading, pytest
+        RELEASE = threading.Event()
+
+        @pytest.mark.busmon(ignore_threads=["poller"])
+        def test_with_a_known_poller():
+            threading.Thread(target=RELEASE.wait, name="poller", daemon=True).start()
+
+        def test_release():
+            RELEASE.set()
+    """, "-rP")
+    result.assert_outcomes(passed=2)
+    result.stdout.fnmatch_lines(["*busmon after teardown*", "busmon: test_inline.py::test_with_a_known_poller is clean",
+                                 "ignored:", "  thread poller: ident *, native * (ignore rule 'poller')"])
+
+
+def test_fixture_methods_say_which_one_to_use(pytester: pytest.Pytester) -> None:
+    result = run(pytester, """
+        import pytest
+
+        def test_sync(busmon):
+            with pytest.raises(RuntimeError, match="in a sync test: use busmon.check"):
+                busmon.acheck()
+    """)
+    result.assert_outcomes(passed=1)
+
+
+def test_under_xdist_the_reason_and_the_summary_survive(pytester: pytest.Pytester) -> None:
+    pytest.importorskip("xdist")
+    result = run(pytester, SYNC, "-n", "2", "-p", "xdist")
+    result.assert_outcomes(passed=4, errors=1)
+    result.stdout.fnmatch_lines([
+        "busmon: test_inline.py::test_leaks_a_thread leaked 1 thread",
+        "busmon: 3 tests judged, 1 leaked, 1 clean once their leftovers exited*",
+        "*ERROR test_inline.py::test_leaks_a_thread - busmon: leaked 1 thread: forgott*",
+    ])
