@@ -153,6 +153,11 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 SERVERS = os.environ["BUSMON_TEST_KAFKA"]
 KEPT = []
 
+@pytest.fixture(autouse=True, scope="module")
+def forget_the_kept_ones():  # their complaint about being unclosed stays in this session
+    yield
+    KEPT.clear()
+
 def topic():
     return "t-" + uuid.uuid4().hex[:8]
 
