@@ -28,7 +28,8 @@ def rule_reason(patterns: Iterable[str], *names: str) -> str | None:
 class IgnoreRules:
     tasks: tuple[str, ...] = ()      # coroutine qualname (or task name) patterns
     threads: tuple[str, ...] = ()    # thread name patterns
-    sockets: tuple[str, ...] = ()    # descriptors: address (a bare number is a port), target or label
+    sockets: tuple[str, ...] = ()    # descriptors: address (host:port, host, or a bare port), owner
+                                     # (the component: nats, aiokafka), target or label
     processes: tuple[str, ...] = ()  # child command lines; an ignored child takes its pipes and
                                      # asyncio's waitpid thread with it
 
@@ -45,13 +46,19 @@ class IgnoreRules:
             if pattern.isdigit():  # a port, either end
                 if any(x.rsplit(":", 1)[-1] == pattern for x in ends):
                     return f"ignore rule {pattern!r}"
-            elif reason := rule_reason((pattern,), d.peer or "", d.local or "", d.target, d.label()):
+            elif reason := rule_reason((pattern,), d.peer or "", d.local or "", *map(_host, ends),
+                                       d.target, d.label(), d.component):
                 return reason
         return None
 
     def process_reason(self, c: Any) -> str | None:
         """``c``: a ``probes.children.Child``."""
         return rule_reason(self.processes, c.cmdline)
+
+
+def _host(address: str) -> str:
+    """``127.0.0.1`` of ``127.0.0.1:4222``; ``::1`` of ``[::1]:4222``."""
+    return address.rsplit(":", 1)[0].strip("[]")
 
 
 def type_reason(patterns: Iterable[str], name: str) -> str | None:

@@ -7,6 +7,7 @@ What exited while busmon waited is listed as lingering, never as a failure.
 
 from __future__ import annotations
 
+import re
 from typing import TYPE_CHECKING, Iterable
 
 from bus.deadline import innermost
@@ -18,6 +19,7 @@ if TYPE_CHECKING:
 _PLURAL = {"process": "processes"}
 _STILL = {"task": "still running", "thread": "still running", "process": "still running",
           "timer": "still scheduled", "socket": "still open", "fd": "still open"}
+_DEFAULT_TASK_NAME = re.compile(r"^Task-\d+$")
 #: the stack lines shown per leftover (the innermost ones: that is where it is stuck)
 STACK_LINES = 12
 
@@ -37,6 +39,11 @@ def leftover_counts(leftovers: Iterable[Leftover]) -> str:
         counts[x.kind] = counts.get(x.kind, 0) + 1
     parts = [f"{n} {kind if n == 1 else _PLURAL.get(kind, kind + 's')}" for kind, n in counts.items()]
     return parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
+
+
+def _task_name(x: Leftover) -> str:
+    """A task by the name it was given, else (``Task-12``) by its coroutine."""
+    return _qualname(x) if _DEFAULT_TASK_NAME.match(x.name) else x.name
 
 
 def _qualname(x: Leftover) -> str:
@@ -79,6 +86,8 @@ def _leaked_lines(x: Leftover, waited_ms: float) -> list[str]:
     state = "destroyed" if x.state == "destroyed" else f"leaked: {still} after {_ms(waited_ms)}"
     lines = [f"  {headline(x)}  {state}"]
     lines += [f"    {fact}" for fact in _facts(x)]
+    if x.kind == "fd" and x.name.startswith("epoll"):
+        lines.append("    an event loop's selector: was an event loop created and never closed?")
     if x.stack:
         if where := innermost([f for f in x.stack if not f.startswith("awaiting ")] or list(x.stack)):
             lines.append(f"    now at {where}")
@@ -95,7 +104,7 @@ def _plural(n: int, word: str) -> str:
 
 def short_line(leftovers: list[Leftover], limit: int = 3) -> str:
     """``leaked 3 tasks and 1 socket: Client._read_loop, Client._flusher, …`` for one line."""
-    names = list(dict.fromkeys(_qualname(x) if x.kind == "task" else x.name for x in by_kind(leftovers)))
+    names = list(dict.fromkeys(_task_name(x) if x.kind == "task" else x.name for x in by_kind(leftovers)))
     more = ", …" if len(names) > limit else ""
     return f"leaked {leftover_counts(leftovers)}: {', '.join(names[:limit])}{more}"
 

@@ -61,7 +61,7 @@ class Stats:
     leaked: list[str] = field(default_factory=list)
     lingered: list[tuple[str, float]] = field(default_factory=list)        # node, slowest exit (ms)
     unjudged: list[tuple[str, str]] = field(default_factory=list)          # node, why
-    not_failed: set[str] = field(default_factory=set)   # leaked under on_leak = warn | ignore
+    not_failed: dict[str, str] = field(default_factory=dict)   # leaked, not failed: node → on_leak
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         info = getattr(report, "busmon", None)
@@ -74,7 +74,7 @@ class Stats:
         if info.get("leaked"):
             self.leaked.append(report.nodeid)
             if not info.get("failed"):
-                self.not_failed.add(report.nodeid)
+                self.not_failed[report.nodeid] = str(info.get("on_leak"))
         elif info.get("lingered_ms") is not None:
             self.lingered.append((report.nodeid, info["lingered_ms"]))
 
@@ -84,9 +84,11 @@ class Stats:
         parts = [f"{self.judged} test{'s' if self.judged != 1 else ''} judged"]
         if self.leaked:
             parts.append(f"{len(self.leaked)} leaked")
-            told = [n for n in self.leaked if n in self.not_failed]
+            modes = list(self.not_failed.values())
+            told = [f"{modes.count(m)} {'warned of' if m == 'warn' else 'ignored'}" for m in ("warn", "ignore")
+                    if m in modes]
             if told:
-                parts[-1] += f" ({len(told)} not failed: on_leak = warn or ignore)"
+                parts[-1] += f" ({', '.join(told)}: on_leak, not failed)"
         if self.lingered:
             node, ms = max(self.lingered, key=lambda x: x[1])
             parts.append(f"{len(self.lingered)} clean once their leftovers exited (the slowest {ms:,.1f} ms: {node})")
@@ -166,7 +168,7 @@ def _marker_options(item: pytest.Item, base: WatchOptions) -> WatchOptions | Non
                 raise pytest.UsageError(f"{where}: enabled: expected True or False, got {value!r}")
             enabled = bool(flag(value))
         try:
-            options = options.merged(kwargs, where=where)
+            options = options.merged(kwargs, where=where, also=("enabled",))
         except WatchOptionError as exc:
             raise pytest.UsageError(str(exc)) from None
     return options if enabled or uses_fixture else None
@@ -179,12 +181,19 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     base = config.stash.get(_OPTIONS, None)
     if base is None:
         return
+    mistakes: list[str] = []
     for item in items:
         if not isinstance(item, pytest.Function):
             continue
-        options = _marker_options(item, base)
+        try:
+            options = _marker_options(item, base)
+        except pytest.UsageError as exc:  # every bad marker, one line each, then stop
+            mistakes.append(str(exc))
+            continue
         if options is not None:
             item.stash[_OPTIONS] = options
+    if mistakes:
+        raise pytest.UsageError("\n".join(dict.fromkeys(mistakes)))
 
 
 # -- the test's loop -------------------------------------------------------------------------
@@ -201,6 +210,7 @@ class Harness:
 
 def _is_async(item: pytest.Item) -> bool:
     fn = getattr(item, "obj", None)
+    fn = getattr(getattr(fn, "hypothesis", None), "inner_test", fn)  # a @given test wraps the real one
     return inspect.iscoroutinefunction(fn) or inspect.isasyncgenfunction(fn)
 
 
@@ -222,6 +232,10 @@ def find_harness(item: pytest.Function, request: pytest.FixtureRequest, stack: c
             return Harness(note=f"tasks not judged: anyio runs this test on {name}; busmon judges asyncio tasks")
         runner = stack.enter_context(get_runner(name, options))
         return Harness(runner.get_loop(), exclude=_anyio_runner_tasks)
+    case = getattr(getattr(item, "parent", None), "obj", None)
+    if isinstance(case, type) and any(c.__name__ == "IsolatedAsyncioTestCase" for c in case.__mro__):
+        return Harness(note="tasks not judged: unittest's IsolatedAsyncioTestCase runs each test on a loop "
+                            "of its own and closes it, cancelling what was left, before busmon's verdict")
     return Harness(note="tasks not judged: busmon keeps the loops of pytest-asyncio and anyio open for "
                         "the verdict, and neither runs this test")
 
@@ -284,6 +298,7 @@ class TestWatch:
 
     def check(self) -> WatchResult:
         """The verdict so far, in a sync test (a new baseline follows)."""
+        __tracebackhide__ = True
         if self.harness.loop is not None:
             raise RuntimeError("busmon.check() in an async test: use 'await busmon.acheck()'")
         assert self.watch is not None, "check() is for the test body"
@@ -294,6 +309,7 @@ class TestWatch:
 
     def acheck(self) -> Coroutine[Any, Any, WatchResult]:
         """The verdict so far, in an async test, on its loop (a new baseline follows)."""
+        __tracebackhide__ = True
         if self.harness.loop is None:
             raise RuntimeError("busmon.acheck() in a sync test: use busmon.check()")
         return self._acheck()
@@ -393,11 +409,11 @@ def _judged(item: pytest.Item, call: pytest.CallInfo[None], state: TestWatch, re
     if result.leaked:
         text = result.report("after the test's teardown")
         if state.options.on_leak != "raise":  # told, not failed: a suite adopting busmon step by step
-            if state.options.on_leak == "warn":
-                from probes.leak_text import short_line
-
-                item.warn(LeakWarning(f"busmon: {short_line(result.leaked)} (-rP shows the report)"))
             report.sections.append(("busmon after teardown", text))
+            if state.options.on_leak == "warn" and not _warned(item, result):
+                failed = True  # -W error made the warning an error: the test fails on it
+                report.outcome = "failed"
+                report.longrepr = leak_longrepr(text, item, result)
         elif report.passed:
             failed = True
             report.outcome = "failed"
@@ -412,11 +428,19 @@ def _judged(item: pytest.Item, call: pytest.CallInfo[None], state: TestWatch, re
     lingered = max((x.exited_after_ms or 0.0 for x in result.lingered), default=None)
     # read by the summary, here or (under pytest-xdist) on the controller
     report.busmon = {"verdict": result.verdict, "leaked": bool(result.leaked),  # type: ignore[attr-defined]
-                     "failed": failed, "lingered_ms": lingered}
+                     "failed": failed, "on_leak": state.options.on_leak, "lingered_ms": lingered}
 
 
-class LeakWarning(pytest.PytestWarning):
-    """A leak under ``on_leak = warn``: in the warnings summary, and the test still passes."""
+def _warned(item: pytest.Item, result: WatchResult) -> bool:
+    """Warn of a leak (``on_leak = warn``); False when the warning filters make it an error."""
+    from probes.leak_text import short_line
+    from probes.watch import LeakWarning
+
+    try:
+        item.warn(LeakWarning(f"busmon: {short_line(result.leaked)} (-rP shows the report)"))
+    except Warning:
+        return False
+    return True
 
 
 def leak_longrepr(text: str, item: pytest.Item, result: WatchResult) -> Any:

@@ -35,7 +35,7 @@ from probes.resources import Attribution, ResourceWatch
 from probes.settle import SettleOutcome, SettleWatch
 from probes.thread_births import ThreadBirths
 from probes.tracking import TaskTracker
-from probes.watch_options import KINDS, WatchOptions, check_options
+from probes.watch_options import KINDS, WatchOptionError, WatchOptions, check_options
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -105,7 +105,9 @@ class LeakError(AssertionError):
 
 
 class LeakWarning(UserWarning):
-    """Emitted by ``watch()`` (``on_leak="warn"``, the default) when the code leaked."""
+    """A leak told, not raised: by ``watch()`` (``on_leak="warn"``, its default) and by the pytest
+    plugin under ``busmon_on_leak = warn``. ``-W error`` turns it into a failure; filter it with
+    ``-W ignore::probes.watch.LeakWarning``."""
 
 
 class Watch:
@@ -272,7 +274,14 @@ class watch:
     As a decorator each call is watched afresh; :attr:`result` is the last call's.
     """
 
-    def __init__(self, **options: Any) -> None:
+    def __new__(cls, fn: Callable[..., Any] | None = None, /, **options: Any) -> Any:
+        if fn is None:
+            return super().__new__(cls)
+        if not callable(fn):
+            raise TypeError(f"watch(): takes options as keywords (e.g. settle_timeout_s=5), got {fn!r}")
+        return cls(**options)(fn)  # @watch without parentheses: the default options
+
+    def __init__(self, fn: Callable[..., Any] | None = None, /, **options: Any) -> None:
         self.options = WatchOptions(**check_options(options, "watch()"))
         self.result: WatchResult | None = None
         self._watch: Watch | None = None
@@ -362,4 +371,5 @@ class watch:
         return run  # type: ignore[return-value]
 
 
-__all__ = ["KINDS", "LeakError", "LeakWarning", "Watch", "WatchOptions", "WatchResult", "watch"]
+__all__ = ["KINDS", "LeakError", "LeakWarning", "Watch", "WatchOptionError", "WatchOptions", "WatchResult",
+           "watch"]

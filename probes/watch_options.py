@@ -36,10 +36,12 @@ class WatchOptions:
     trace_creation: bool = False                 # record where each task was created (costs per task)
     on_leak: str = "warn"                        # watch(): warn | raise | ignore
 
-    def merged(self, changes: Mapping[str, Any], where: str = "", prefix: str = "") -> WatchOptions:
+    def merged(self, changes: Mapping[str, Any], where: str = "", prefix: str = "",
+               also: tuple[str, ...] = ()) -> WatchOptions:
         """These options with ``changes`` applied (checked); ignore lists are extended, not
-        replaced, so a marker adds to the ini file's rules."""
-        checked = check_options(changes, where, prefix)
+        replaced, so a marker adds to the ini file's rules. ``also``: other names the caller
+        accepts (said in the message for an unknown one)."""
+        checked = check_options(changes, where, prefix, also)
         for name in ("ignore_tasks", "ignore_threads", "ignore_sockets", "ignore_processes"):
             if name in checked:
                 checked[name] = tuple(dict.fromkeys((*getattr(self, name), *checked[name])))
@@ -53,15 +55,17 @@ def _where(where: str) -> str:
     return f"{where}: " if where else ""
 
 
-def check_options(values: Mapping[str, Any], where: str = "", prefix: str = "") -> dict[str, Any]:
+def check_options(values: Mapping[str, Any], where: str = "", prefix: str = "",
+                  also: tuple[str, ...] = ()) -> dict[str, Any]:
     """``values`` converted to the types of :class:`WatchOptions`; a wrong one raises
     :class:`WatchOptionError` naming ``where``, the option (as the user wrote it: ``prefix`` +
     name, ``busmon_judge`` in an ini file) and what it should be."""
     out: dict[str, Any] = {}
     for name, value in values.items():
         if name not in OPTION_NAMES:
-            close = difflib.get_close_matches(name, OPTION_NAMES, n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else f" (options: {', '.join(OPTION_NAMES)})"
+            known = OPTION_NAMES + also
+            close = difflib.get_close_matches(name, known, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else f" (options: {', '.join(known)})"
             raise WatchOptionError(f"{_where(where)}unknown option {name!r}{hint}")
         out[name] = _convert(name, value, where, prefix + name)
     return out
@@ -127,6 +131,8 @@ def flag(value: Any) -> bool | None:
     """True/False, or the words an ini file or a marker would use for them; None otherwise."""
     if isinstance(value, bool):
         return value
+    if type(value) is int and value in (0, 1):
+        return bool(value)
     if isinstance(value, str):
         return {"true": True, "yes": True, "1": True, "on": True,
                 "false": False, "no": False, "0": False, "off": False}.get(value.strip().lower())

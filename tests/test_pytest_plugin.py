@@ -200,7 +200,7 @@ def test_on_leak_warn_or_ignore_tells_without_failing(pytester: pytest.Pytester)
         "busmon: test_inline.py::test_warned leaked 1 thread",
         "*busmon after teardown*",
         "busmon: test_inline.py::test_ignored leaked 1 thread",
-        "busmon: 2 tests judged, 2 leaked (2 not failed: on_leak = warn or ignore)",
+        "busmon: 2 tests judged, 2 leaked (1 warned of, 1 ignored: on_leak, not failed)",
     ])
 
 
@@ -285,7 +285,7 @@ def test_pytest_asyncio_auto_mode(pytester: pytest.Pytester) -> None:
         "  task takes_a_few_turns_to_stop (test_inline · slow-to-stop): exited after * ms",
         "busmon: 3 tests judged, 1 leaked, 1 clean once their leftovers exited (the slowest *: "
         "test_inline.py::test_cancels_without_awaiting)",
-        "*ERROR test_inline.py::test_leaks_a_task - busmon: leaked 1 task: Event.wa*",
+        "*ERROR test_inline.py::test_leaks_a_task - busmon: leaked 1 task: forgott*",
     ])
 
 
@@ -294,7 +294,7 @@ def test_pytest_asyncio_strict_mode(pytester: pytest.Pytester) -> None:
         "@pytest.fixture", "@pytest_asyncio.fixture").replace("import asyncio, pytest", "import asyncio, pytest, pytest_asyncio")
     result = run(pytester, source, ini=ASYNCIO_STRICT)
     result.assert_outcomes(passed=3, errors=1)
-    result.stdout.fnmatch_lines(["*ERROR test_inline.py::test_leaks_a_task - busmon: leaked 1 task: Event.wa*"])
+    result.stdout.fnmatch_lines(["*ERROR test_inline.py::test_leaks_a_task - busmon: leaked 1 task: forgott*"])
 
 
 @pytest.mark.parametrize("scope", ["module", "session"])
@@ -367,7 +367,7 @@ async def test_fixture_cleans_what_the_body_started(tasks_closed_at_teardown):
 def test_anyio_plugin(pytester: pytest.Pytester) -> None:
     result = run(pytester, ANYIO, "-p", "no:asyncio", ini="[pytest]\n")
     result.assert_outcomes(passed=3, errors=1)
-    result.stdout.fnmatch_lines(["*ERROR test_inline.py::test_leaks_a_task - busmon: leaked 1 task: Event.wa*"])
+    result.stdout.fnmatch_lines(["*ERROR test_inline.py::test_leaks_a_task - busmon: leaked 1 task: forgott*"])
     assert "_run_tests_and_fixtures" not in result.stdout.str()  # anyio's own runner task is not the test's
 
 
@@ -498,4 +498,88 @@ def test_under_xdist_the_reason_and_the_summary_survive(pytester: pytest.Pyteste
         "busmon: test_inline.py::test_leaks_a_thread leaked 1 thread",
         "busmon: 3 tests judged, 1 leaked, 1 clean once their leftovers exited*",
         "*ERROR test_inline.py::test_leaks_a_thread - busmon: leaked 1 thread: forgott*",
+    ])
+
+
+def test_warnings_as_errors_make_a_warned_leak_fail(pytester: pytest.Pytester) -> None:
+    """Under -W error a LeakWarning is an error: the test fails on it (never an INTERNALERROR)."""
+    result = run(pytester, """
+        import threading, pytest
+        RELEASE = threading.Event()
+
+        @pytest.mark.busmon(on_leak="warn", settle_timeout_s=0.2)
+        def test_warned():
+            threading.Thread(target=RELEASE.wait, name="warned-about", daemon=True).start()
+
+        def test_release():
+            RELEASE.set()
+    """, "-W", "error::probes.watch.LeakWarning")
+    result.assert_outcomes(passed=2, errors=1)
+    assert "INTERNALERROR" not in result.stdout.str() + result.stderr.str()
+    result.stdout.fnmatch_lines(["*ERROR test_inline.py::test_warned - busmon: leaked 1 thread: warned-about"])
+
+
+def test_async_hypothesis_test_is_judged_on_its_loop(pytester: pytest.Pytester) -> None:
+    pytest.importorskip("hypothesis")
+    result = run(pytester, """
+        import asyncio, pytest
+        from hypothesis import given, settings, strategies as st
+
+        HELD = []
+
+        @pytest.mark.busmon(settle_timeout_s=0.2)
+        @settings(max_examples=3, deadline=None)
+        @given(st.integers())
+        async def test_leaks_per_example(x):
+            HELD.append(asyncio.create_task(asyncio.Event().wait(), name=f"example-{x}"))
+    """)
+    result.assert_outcomes(passed=1, errors=1)
+    result.stdout.fnmatch_lines(["busmon: test_inline.py::test_leaks_per_example leaked 3 tasks"])
+
+
+def test_every_bad_marker_is_told_at_once(pytester: pytest.Pytester) -> None:
+    result = run(pytester, """
+        import pytest
+
+        @pytest.mark.busmon(settle=1)
+        def test_a():
+            pass
+
+        @pytest.mark.busmon(judge="thread")
+        def test_b():
+            pass
+    """)
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    assert result.stderr.lines[:2] == [
+        "ERROR: test_inline.py::test_a: @pytest.mark.busmon: unknown option 'settle' (options: settle_timeout_s, "
+        "poll_ms, ignore_tasks, ignore_threads, ignore_sockets, ignore_processes, judge, trace_creation, "
+        "on_leak, enabled)",
+        "test_inline.py::test_b: @pytest.mark.busmon: judge: unknown kind 'thread' (did you mean 'threads'?); "
+        "expected some of tasks, threads, timers, sockets, fds, processes",
+    ]
+
+
+def test_unittest_cases(pytester: pytest.Pytester) -> None:
+    """A TestCase is judged like a sync test; IsolatedAsyncioTestCase closes its own loop inside
+    the test, so its tasks cannot be judged, and -rP says so."""
+    result = run(pytester, """
+        import asyncio, threading, unittest
+        RELEASE = threading.Event()
+
+        class Plain(unittest.TestCase):
+            def test_leaks_a_thread(self):
+                threading.Thread(target=RELEASE.wait, name="from-testcase", daemon=True).start()
+
+        class Isolated(unittest.IsolatedAsyncioTestCase):
+            async def test_on_its_own_loop(self):
+                await asyncio.sleep(0)
+
+        def test_release():
+            RELEASE.set()
+    """, "--busmon", "-rPE", "-o", "busmon_settle_timeout_s=0.2")
+    result.assert_outcomes(passed=3, errors=1)
+    result.stdout.fnmatch_lines([
+        "*busmon after teardown*",
+        "note: tasks not judged: unittest's IsolatedAsyncioTestCase runs each test on a loop of its own*",
+        "*ERROR test_inline.py::Plain::test_leaks_a_thread - busmon: leaked 1 thre*",
     ])

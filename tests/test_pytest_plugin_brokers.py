@@ -63,6 +63,10 @@ async def nc():
 async def handler(msg):
     pass
 
+@pytest.mark.busmon(ignore_tasks=["Client._*"], ignore_sockets=["nats"])
+async def test_a_client_kept_on_purpose_is_ignored_by_its_owner():
+    KEPT.append(await nats.connect(URL))
+
 @pytest.mark.busmon
 async def test_fixture_closes_what_the_test_subscribed(nc):
     await nc.subscribe("orders", cb=handler)
@@ -75,7 +79,7 @@ def test_nats_forgotten_close_fails_naming_the_tasks_and_socket(
         pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, nats_broker: Broker, harness: str) -> None:
     monkeypatch.setenv("BUSMON_TEST_NATS", nats_broker.url)
     result = run(pytester, harness, NATS_TESTS)
-    result.assert_outcomes(passed=3, errors=1)
+    result.assert_outcomes(passed=4, errors=1)
     port = nats_broker.url.rsplit(":", 1)[1]
     result.stdout.fnmatch_lines([
         "*ERROR at teardown of test_forgets_close*",
@@ -90,7 +94,7 @@ def test_nats_forgotten_close_fails_naming_the_tasks_and_socket(
         f"  socket tcp → 127.0.0.1:{port} (nats)  leaked: still open after 5?? ms",
         "    fd *, local 127.0.0.1:*, ESTABLISHED",
         "    created at nats/aio/transport.py:* in connect",
-        "busmon: 3 tests judged, 1 leaked*",
+        "busmon: 4 tests judged, 1 leaked*",
         "*ERROR test_inline.py::test_forgets_close - busmon: leaked 3 tasks and 1 sock*",
     ])
     text = result.stdout.str()

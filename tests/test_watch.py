@@ -316,3 +316,24 @@ def test_anyio_idle_worker_thread_is_runtime_machinery() -> None:
         assert "runtime: anyio's worker threads, idle" in x.detail
 
     anyio.run(main)
+
+
+def test_watch_without_parentheses_and_a_positional_mistake() -> None:
+    @watch
+    def plain(x: int) -> int:
+        return 2 * x
+
+    assert plain(2) == 4 and plain.__name__ == "plain"
+    with pytest.raises(TypeError, match="takes options as keywords"):
+        watch(5)
+
+
+def test_sockets_ignored_by_host() -> None:
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        port = server.getsockname()[1]
+        with watch(settle_timeout_s=SHORT, ignore_sockets=["127.0.0.1"], judge=["sockets"]) as w:
+            conn = socket.create_connection(("127.0.0.1", port))
+        conn.close()
+    assert w.verdict == "clean"
+    [x] = w.leftovers
+    assert (x.kind, x.state) == ("socket", "ignored") and "ignore rule '127.0.0.1'" in x.detail
