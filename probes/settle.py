@@ -263,13 +263,17 @@ class SettleWatch:
             if remaining <= 0:
                 self.ended_at = self.noticed_at = now
                 return
-            waiting = next((th for th in self.threads if th not in self.exit_at and th.is_alive()
-                            and th not in self.busy_executors and not isinstance(th, threading._DummyThread)),
-                           None)
+            waiting = next((th for th in self.threads if self._awaitable(th)), None)
             if waiting is not None:
                 waiting.join(min(remaining, self.poll))
             else:
                 time.sleep(min(remaining, self.poll))  # the poll interval: nothing here has an exit event
+
+    def _awaitable(self, th: threading.Thread) -> bool:
+        """A thread still pending whose exit ``join()`` can wait for (not a foreign thread, not an
+        idle pool thread, not one the rules ignore)."""
+        return (th not in self.exit_at and th.is_alive() and not isinstance(th, threading._DummyThread)
+                and runtime_pool(th) is None and (self.rules is None or not self.rules.thread_reason(th)))
 
     def verdict_blocking(self, rules: IgnoreRules) -> SettleOutcome:
         """:meth:`verdict` for code with no event loop running."""
