@@ -13,7 +13,10 @@ from bus.errors import BusConfigError
 from bus.protocol import EventBus
 from bus.secrets import redact_url, register_options, resolve_env
 
-SCHEMES = ("memory", "kafka", "nats", "nats+js")
+SCHEMES = ("memory", "kafka", "nats", "nats+js", "faststream+kafka", "faststream+nats", "faststream+nats+js")
+#: the default port of each broker scheme
+DEFAULT_PORTS = {"kafka": 9092, "nats": 4222, "nats+js": 4222, "faststream+kafka": 9092,
+                 "faststream+nats": 4222, "faststream+nats+js": 4222}
 
 
 def load_factory(path: str) -> Callable[..., Any]:
@@ -64,7 +67,9 @@ def _missing_methods(bus: Any) -> list[str]:
     return [m for m in BUS_METHODS if not callable(getattr(bus, m, None))]
 
 
-_BACKEND_MODULES = {"memory": "bus.memory", "kafka": "bus.kafka", "nats": "bus.nats", "nats+js": "bus.nats"}
+_BACKEND_MODULES = {"memory": "bus.memory", "kafka": "bus.kafka", "nats": "bus.nats", "nats+js": "bus.nats",
+                    "faststream+kafka": "faststream.kafka", "faststream+nats": "faststream.nats",
+                    "faststream+nats+js": "faststream.nats"}
 
 
 def preload(url: str) -> None:
@@ -88,7 +93,11 @@ def known_options(scheme: str) -> list[str]:
 
     classes: list[type] = [BaseBus]
     secrets: tuple[str, ...] = ()
-    if scheme == "memory":
+    if scheme.startswith("faststream+"):
+        from bus.faststream_bus import FastStreamBus
+
+        classes = [FastStreamBus]
+    elif scheme == "memory":
         from bus.memory import MemoryBus
 
         classes.append(MemoryBus)
@@ -133,6 +142,15 @@ def create_bus(url: str = "memory://", /, **options: Any) -> EventBus:
             target = parse_target(url, 9092)
             options = resolve_env(merge_userinfo(target, options), KAFKA_SECRETS)
             return KafkaBus(target.addresses(), **options)
+        if scheme.startswith("faststream+") and scheme in SCHEMES:
+            from bus.faststream_bus import FastStreamBus
+
+            target = parse_target(url, DEFAULT_PORTS[scheme])
+            if target.user or target.password:
+                raise BusConfigError(f"{scheme}://: credentials are not supported on the FastStream backends",
+                                     option="url")
+            prefix = "" if scheme == "faststream+kafka" else "nats://"
+            return FastStreamBus(scheme, [f"{prefix}{a}" for a in target.addresses().split(",")], **options)
         if scheme in ("nats", "nats+js"):
             from bus.nats import JetStreamBus, NatsBus
 

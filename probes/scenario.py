@@ -26,8 +26,16 @@ BUILTIN_BACKENDS = {
     "kafka": "kafka://127.0.0.1:9092",
     "nats": "nats://127.0.0.1:4222",
     "nats-js": "nats+js://127.0.0.1:4222",
+    # FastStream on the same brokers (pip install 'busmon[faststream]')
+    "faststream-kafka": "faststream+kafka://127.0.0.1:9092",
+    "faststream-nats": "faststream+nats://127.0.0.1:4222",
+    "faststream-nats-js": "faststream+nats+js://127.0.0.1:4222",
 }
-_SCHEME_OF = {"memory": "memory", "kafka": "kafka", "nats": "nats", "nats-js": "nats+js"}
+_SCHEME_OF = {"memory": "memory", "kafka": "kafka", "nats": "nats", "nats-js": "nats+js",
+              "faststream-kafka": "faststream+kafka", "faststream-nats": "faststream+nats",
+              "faststream-nats-js": "faststream+nats+js"}
+#: a backend that is another's with more (JetStream is NATS): that one's [bus.<name>] applies first
+_WIDER = {"nats-js": "nats", "faststream-nats-js": "faststream-nats"}
 
 
 class ScenarioError(ValueError):
@@ -107,7 +115,7 @@ class Scenario:
 
     def option_tables(self) -> list[str]:
         """The ``[bus.<name>]`` tables that apply to this backend, most general first."""
-        names = ["nats", "nats-js"] if self.backend == "nats-js" else [self.backend]
+        names = [_WIDER[self.backend], self.backend] if self.backend in _WIDER else [self.backend]
         return [n for n in names if isinstance(self.bus_options.get(n), dict)]
 
     def with_target(self, backend: str | None = None, url: str | None = None,
