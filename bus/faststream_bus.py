@@ -11,7 +11,8 @@ raw bytes (the pitfalls a hand-written adapter falls into, each found the hard w
   int 42): a raw decoder hands the handler the frame as sent, and the handler takes it as a
   plain positional argument (``Context("message")`` resolves through a worker thread per message);
 - JetStream streams are declared only inside ``broker.start()``: declared here per topic; a
-  group is one durable per (group, topic), and nats-py requires the queue name to equal it;
+  group is one durable pull consumer per (group, topic) (a push consumer's queue would have to
+  equal its durable in nats-py, and FastStream warns against durable push consumers);
 - FastStream's Kafka subscriber returns from ``start()`` before the consumer has partitions:
   ``subscribe()`` here returns once it has them (bounded), reading busmon's fresh topics from
   their earliest offset, so nothing published after ``subscribe()`` returned can be missed.
@@ -36,6 +37,9 @@ log = logging.getLogger("bus.faststream")
 SCHEMES = ("faststream+kafka", "faststream+nats", "faststream+nats+js")
 #: how often a Kafka subscription looks whether its consumer has partitions yet
 ASSIGNMENT_POLL_S = 0.02
+#: a JetStream group member pulls up to this many messages at once, waiting up to this long
+PULL_BATCH = 64
+PULL_WAIT_S = 1.0
 
 
 def _import_faststream(scheme: str) -> Any:
@@ -246,8 +250,10 @@ class FastStreamBus:
         stream = m.JStream(_stream_name(topic), subjects=[topic], declare=False)
         if group is None:
             return self.broker.subscriber(topic, stream=stream, deliver_policy=m.DeliverPolicy.ALL, **common)
-        durable = _durable(group, topic)  # one per (group, topic); nats-py needs queue == durable
-        return self.broker.subscriber(topic, stream=stream, durable=durable, queue=durable,
+        # a group is one durable pull consumer per (group, topic), its members pulling from it in
+        # turn (FastStream's advice; a push consumer's queue must equal its durable in nats-py)
+        return self.broker.subscriber(topic, stream=stream, durable=_durable(group, topic),
+                                      pull_sub=m.PullSub(batch_size=PULL_BATCH, timeout=PULL_WAIT_S),
                                       deliver_policy=m.DeliverPolicy.ALL, **common)
 
     async def _declare_stream(self, topic: str) -> None:

@@ -122,6 +122,8 @@ class RunContext:
         self.interrupted = False
         self.closing = False
         self.baseline_at: float | None = None  # close and settle have begun: an interruption lets them finish
+        #: this run's own tag, in its topic names and (``group_per_run``) its consumer group's
+        self.tag = uuid.uuid4().hex[:6]
 
     def abandon(self, task: asyncio.Task, what: str) -> None:
         """A task running the bus's code would not stop: it is the bus's leftover now."""
@@ -353,8 +355,18 @@ def snapshot(ctx: RunContext, name: str, census: Census | None = None) -> PhaseS
 
 
 def topics_for(ctx: RunContext) -> list[str]:
-    stem = f"busmon-{_slug(ctx.spec.name)}-{uuid.uuid4().hex[:6]}"
+    stem = f"busmon-{_slug(ctx.spec.name)}-{ctx.tag}"
     return [f"{stem}-{i}" for i in range(ctx.spec.topics)]
+
+
+def group_for(ctx: RunContext) -> str | None:
+    """The run's consumer group: the scenario's name with the run's tag (``billing-3f9a2c``), so
+    no run joins a group an earlier run left behind on the broker; as written when
+    ``group_per_run = false``."""
+    spec = ctx.spec.subscribe
+    if spec.group is None or not spec.group_per_run:
+        return spec.group
+    return f"{spec.group}-{ctx.tag}"
 
 
 async def call(ctx: RunContext, awaitable: Any, deadline_s: float, what: str) -> Any:
@@ -423,6 +435,7 @@ async def subscribe(ctx: RunContext) -> None:
     assert bus is not None
     ctx.topics = topics_for(ctx)
     loop = asyncio.get_running_loop()
+    group = group_for(ctx)
     budget = ctx.scenario.deadlines.subscribe_s
     deadline = loop.time() + budget
     for topic in ctx.topics:
@@ -431,7 +444,7 @@ async def subscribe(ctx: RunContext) -> None:
             uid = group_uid if group_uid is not None else ctx.audit.unit(topic)
             left = deadline - loop.time()
             try:
-                sub = await call(ctx, bus.subscribe(topic, ctx.audit.handler(uid), group=spec.group),
+                sub = await call(ctx, bus.subscribe(topic, ctx.audit.handler(uid), group=group),
                                  max(0.0, left), f"subscribe({topic!r})")
             except PhaseFailed as exc:
                 if exc.kind == "deadline":

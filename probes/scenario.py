@@ -47,6 +47,9 @@ class SubscribeSpec:
     count: int = 1            # subscriptions per topic
     group: str | None = None  # all of a topic's subscriptions share this group
     until_s: float | None = None  # unsubscribe this long after subscribing (a deadline scope)
+    #: the group's name gets the run's own suffix (``billing-3f9a2c``), so a ladder's later runs
+    #: never join a group an earlier run left on the broker; False: the name as written
+    group_per_run: bool = True
 
 
 @dataclass(frozen=True)
@@ -175,7 +178,7 @@ RUN_FIELDS: dict[str, Check] = {
     "load_timeout_s": _NUM(0, strict=True),
 }
 SUBSCRIBE_FIELDS: dict[str, Check] = {
-    "count": _INT(1, 10_000), "group": _STR, "until_s": _NUM(0, strict=True),
+    "count": _INT(1, 10_000), "group": _STR, "until_s": _NUM(0, strict=True), "group_per_run": _BOOL,
 }
 PROBE_FIELDS: dict[str, Check] = {
     "interval_ms": _INT(10), "settle_timeout_s": _NUM(0), "settle_poll_ms": _INT(1),

@@ -481,3 +481,15 @@ class Hoarder(Wrapped):
     async def publish(self, topic: str, envelope: Envelope) -> None:
         self.sent.append(envelope)
         await super().publish(topic, envelope)
+
+
+#: the groups GroupRecorder buses were asked to subscribe with, in order
+GROUPS_SEEN: list[str | None] = []
+
+
+class GroupRecorder(Wrapped):
+    """Notes the consumer group of every subscription (a well-behaved bus otherwise)."""
+
+    async def subscribe(self, topic: str, handler: Handler, *, group: str | None = None):
+        GROUPS_SEEN.append(group)
+        return await super().subscribe(topic, handler, group=group)

@@ -165,3 +165,36 @@ def test_an_empty_ignore_pattern_is_a_usage_error(tmp_path, monkeypatch, capsys)
     bad.write_text('name = "s"\n[probes]\nignore_sockets = ["127.0.0.1:9092", " "]\n[[runs]]\nname = "r"\n')
     code, _, err = run_cli(["play", str(bad), "--headless"], monkeypatch, capsys)
     assert code == 2 and "probes.ignore_sockets: expected a list of non-empty patterns" in err
+
+
+@pytest.mark.parametrize(("per_run", "expected"), [(True, "fresh"), (False, "as written")])
+def test_consumer_group_gets_each_runs_own_suffix_unless_asked_not_to(per_run: bool, expected: str) -> None:
+    from probes.scenario import parse_scenario
+    from tests import leaky_buses
+
+    leaky_buses.GROUPS_SEEN.clear()
+    sc = parse_scenario(f"""
+        name = "groups"
+        backend = "tests.leaky_buses:GroupRecorder"
+        [defaults]
+        topics = 1
+        [defaults.subscribe]
+        count = 2
+        group = "billing"
+        group_per_run = {str(per_run).lower()}
+        [[runs]]
+        name = "one"
+        messages = 10
+        [[runs]]
+        name = "two"
+        messages = 10
+    """.replace("\n        ", "\n"))
+    with Session(sc, lambda e: None) as session:
+        result = session.play()
+    assert [r.verdict for r in result.runs] == ["clean", "clean"]
+    first, second = leaky_buses.GROUPS_SEEN[:2], leaky_buses.GROUPS_SEEN[2:]
+    assert len(set(first)) == 1 and len(set(second)) == 1   # a run's subscriptions share the group
+    if expected == "fresh":
+        assert first[0].startswith("billing-") and second[0].startswith("billing-") and first[0] != second[0]
+    else:
+        assert first[0] == second[0] == "billing"

@@ -1,0 +1,212 @@
+"""The FastStream backends keep busmon's bus contract on real brokers, and their shutdown is
+FastStream's own: clean with ``broker.stop()``, leaked (nats' and aiokafka's tasks named) without.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from pathlib import Path
+
+import pytest
+
+from bus import BusClosedError, BusConnectError, Envelope, create_bus
+from bus.errors import BusConfigError
+from probes.scenario import load_scenario, parse_scenario
+from probes.session import Session
+from tests.brokers import free_port
+from tests.helpers import Collector, live_tasks, live_threads, publish_many
+
+pytest.importorskip("faststream", reason="the FastStream backends need: pip install 'busmon[faststream]'")
+
+SAMPLES = Path(__file__).resolve().parents[1] / "sample_configs"
+N, KEYS = 300, 20
+BACKENDS = ["faststream-kafka", "faststream-nats", "faststream-nats-js"]
+
+
+@pytest.fixture(params=BACKENDS)
+def fs_backend(request: pytest.FixtureRequest) -> str:
+    return request.param
+
+
+def fs_url(request: pytest.FixtureRequest, backend: str) -> str:
+    broker = request.getfixturevalue("kafka_broker" if backend == "faststream-kafka" else "nats_broker")
+    scheme = {"faststream-kafka": "faststream+kafka", "faststream-nats": "faststream+nats",
+              "faststream-nats-js": "faststream+nats+js"}[backend]
+    return f"{scheme}://{broker.url.split('://', 1)[1]}"
+
+
+def fs_options(backend: str) -> dict:
+    # unconfirmed Kafka publishing and JetStream in memory keep the suite fast
+    return {"faststream-kafka": {"confirm": False}, "faststream-nats-js": {"storage": "memory"}}.get(backend, {})
+
+
+@pytest.fixture
+async def fs_bus(request: pytest.FixtureRequest, fs_backend: str):
+    bus = create_bus(fs_url(request, fs_backend), **fs_options(fs_backend))
+    await bus.start()
+    yield bus
+    await bus.close()
+
+
+async def test_per_key_order_with_several_subscribers(fs_bus, topic):
+    subs = [Collector(f"sub{i}") for i in range(2)]
+    for c in subs:
+        await fs_bus.subscribe(topic, c)
+    await publish_many(fs_bus, topic, N, KEYS)
+    for c in subs:
+        await c.wait_for(N)
+        by_key = c.by_key()
+        assert len(c.received) == N and len(by_key) == KEYS
+        assert all(seqs == list(range(1, len(seqs) + 1)) for seqs in by_key.values()), c.name
+    assert fs_bus.counters.published == N and fs_bus.counters.delivered == 2 * N
+
+
+async def test_once_per_group(fs_bus, topic):
+    group, other = Collector("group g"), Collector("group h")
+    await fs_bus.subscribe(topic, group, group="g")
+    await fs_bus.subscribe(topic, group, group="g")
+    await fs_bus.subscribe(topic, other, group="h")
+    await publish_many(fs_bus, topic, N, KEYS)
+    await other.wait_for(N)
+    await group.wait_for(N)
+    seen = [(e.key, e.seq) for e in group.received]
+    assert len(seen) == N and len(set(seen)) == N, "each envelope once within the group"
+
+
+async def test_handler_errors_are_counted_and_delivery_goes_on(fs_bus, topic):
+    ok = Collector("ok")
+
+    async def flaky(e: Envelope) -> None:
+        if e.seq % 10 == 5:
+            raise RuntimeError("boom")
+        await ok(e)
+
+    await fs_bus.subscribe(topic, flaky)
+    await publish_many(fs_bus, topic, 100, keys=2)
+    await ok.wait_for(90)
+    assert fs_bus.counters.handler_errors == 10
+
+
+async def test_unsubscribe_stops_delivery(fs_bus, topic):
+    first, sentinel = Collector("first"), Collector("sentinel")
+    sub = await fs_bus.subscribe(topic, first)
+    await publish_many(fs_bus, topic, 10, keys=2)
+    await first.wait_for(10)
+    await sub.unsubscribe()
+    await sub.unsubscribe()  # idempotent
+    await fs_bus.subscribe(topic, sentinel)
+    await publish_many(fs_bus, topic, 10, keys=2)
+    await sentinel.wait_for(10)
+    assert len(first.received) == 10
+
+
+async def test_close_is_faststreams_stop_and_leaves_nothing(request, fs_backend, topic):
+    tasks_before, threads_before = live_tasks(), live_threads()
+    bus = create_bus(fs_url(request, fs_backend), **fs_options(fs_backend))
+    await bus.start()
+    c = Collector()
+    await bus.subscribe(topic, c)
+    await bus.subscribe(topic, Collector(), group="grp")
+    await publish_many(bus, topic, 50, keys=5)
+    await c.wait_for(50)
+    await asyncio.gather(bus.close(), bus.close())  # idempotent, concurrent-safe
+    left = live_tasks() - tasks_before
+    assert not left, f"tasks alive after close: {[t.get_coro() for t in left]}"
+    assert live_threads() <= threads_before
+    with pytest.raises(BusClosedError):
+        await bus.publish(topic, Envelope(key="k", type="t", payload=b""))
+
+
+@pytest.mark.parametrize("scheme", ["faststream+kafka", "faststream+nats", "faststream+nats+js"])
+async def test_unreachable_broker_fails_fast_and_cleanly(scheme):
+    tasks_before = live_tasks()
+    bus = create_bus(f"{scheme}://127.0.0.1:{free_port()}", connect_timeout=2.0)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    with pytest.raises(BusConnectError, match=rf"^{scheme.replace('+', '.')} 127.0.0.1:\d+: "):
+        await bus.start()
+    assert loop.time() - started < 10
+    await bus.close()
+    assert not live_tasks() - tasks_before
+
+
+def test_a_missing_faststream_is_one_line(monkeypatch):
+    for name in ("faststream.kafka", "faststream.nats"):
+        monkeypatch.setitem(sys.modules, name, None)  # as if the extra were not installed
+    with pytest.raises(BusConfigError, match=r"^faststream\+nats:// needs FastStream, an optional part of "
+                                             r"busmon: pip install 'busmon\[faststream\]'"):
+        create_bus("faststream+nats://127.0.0.1:4222")
+
+
+def test_bad_options_name_themselves():
+    with pytest.raises(BusConfigError, match="unknown option 'confrim'; did you mean 'confirm'"):
+        create_bus("faststream+kafka://127.0.0.1:9092", confrim=False)
+    with pytest.raises(BusConfigError, match="max_workers must be a whole number >= 1"):
+        create_bus("faststream+nats://127.0.0.1:4222", max_workers=0)
+
+
+LADDER = """
+name = "FastStream ladder"
+backend = "{backend}"
+url = "{url}"
+[bus]
+{options}
+stop_broker = {stop}
+[probes]
+settle_timeout_s = {settle}
+[defaults]
+keys = 20
+topics = 2
+[defaults.subscribe]
+group = "billing"
+[[runs]]
+name = "low"
+messages = 200
+[[runs]]
+name = "high"
+messages = 1000
+"""
+
+
+def ladder(request, backend: str, stop: bool) -> str:
+    options = "\n".join(f"{k} = {str(v).lower() if isinstance(v, bool) else repr(v)}"
+                        for k, v in fs_options(backend).items()).replace("'", '"')
+    return LADDER.format(backend=backend, url=fs_url(request, backend), options=options,
+                         stop=str(stop).lower(), settle=5 if stop else 1)
+
+
+def test_the_ladder_is_clean_with_faststreams_stop(request, fs_backend):
+    sc = parse_scenario(ladder(request, fs_backend, stop=True))
+    with Session(sc, lambda e: None) as session:
+        result = session.play()
+    for r in result.runs:
+        assert r.verdict == "clean", (fs_backend, r.name, r.error, [x for x in r.leftovers if x.state == "leaked"])
+        assert r.delivery["lost"] == 0 and r.delivery["duplicated"] == 0
+        assert r.delivery["received"] == r.delivery["sent"] == {"low": 200, "high": 1000}[r.name]
+        assert r.drift == {"tasks": 0, "threads": 0}, (fs_backend, r.name, r.drift)
+
+
+EXPECTED_TASKS = {"faststream-kafka": ("AIOKafkaClient._md_synchronizer", "AIOKafkaConnection._read"),
+                  "faststream-nats": ("Client._read_loop", "Client._ping_interval", "Client._flusher"),
+                  "faststream-nats-js": ("Client._read_loop", "Client._ping_interval", "Client._flusher")}
+
+
+def test_without_the_stop_the_leak_is_named(request, fs_backend):
+    """The negative control: close without ``broker.stop()``."""
+    sc = parse_scenario(ladder(request, fs_backend, stop=False))
+    with Session(sc, lambda e: None) as session:
+        result = session.play()
+    first = result.runs[0]
+    assert first.verdict == "leaked"
+    leaked = {x.detail.split(" (")[0] for x in first.leftovers if x.state == "leaked" and x.kind == "task"}
+    for name in EXPECTED_TASKS[fs_backend]:
+        assert name in leaked, (fs_backend, sorted(leaked))
+    component = "aiokafka" if fs_backend == "faststream-kafka" else "nats"
+    assert any(x.kind == "socket" and x.component == component and x.state == "leaked" for x in first.leftovers)
+
+
+def test_sample_configs_load():
+    for name in ("faststream.toml",):
+        sc = load_scenario(SAMPLES / name)
+        assert sc.backend.startswith("faststream-")
