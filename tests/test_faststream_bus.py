@@ -210,3 +210,22 @@ def test_sample_configs_load():
     for name in ("faststream.toml",):
         sc = load_scenario(SAMPLES / name)
         assert sc.backend.startswith("faststream-")
+
+
+def test_compare_puts_faststream_beside_busmons_own_bus(request, monkeypatch, capsys):
+    from tui import cli
+
+    hostport = request.getfixturevalue("nats_broker").url.split("://", 1)[1]
+    monkeypatch.setattr(sys, "argv", ["busmon", "compare", str(SAMPLES / "compare.toml"), "--backends",
+                                      "nats,faststream-nats", "--url", f"nats=nats://{hostport}",
+                                      "--url", f"faststream-nats=faststream+nats://{hostport}"])
+    monkeypatch.setenv("COLUMNS", "160")
+    with pytest.raises(SystemExit) as info:
+        cli.main()
+    out = capsys.readouterr().out
+    assert info.value.code == 0, out
+    table = out[out.index("busmon compare:"):]
+    header = next(line for line in table.splitlines() if "faststream-n" in line and "=" not in line)
+    assert header.split() == ["nats", "faststream-n"], header   # side by side, one column each
+    assert "faststream-n = faststream-nats" in table              # the legend for the short name
+    assert table.count("clean") >= 5   # the title, and each run on each backend
