@@ -13,10 +13,11 @@ from bus.errors import BusConfigError
 from bus.protocol import EventBus
 from bus.secrets import redact_url, register_options, resolve_env
 
-SCHEMES = ("memory", "kafka", "nats", "nats+js", "faststream+kafka", "faststream+nats", "faststream+nats+js")
+SCHEMES = ("memory", "kafka", "nats", "nats+js", "faststream+kafka", "faststream+nats", "faststream+nats+js",
+           "raw+kafka", "raw+nats")
 #: the default port of each broker scheme
 DEFAULT_PORTS = {"kafka": 9092, "nats": 4222, "nats+js": 4222, "faststream+kafka": 9092,
-                 "faststream+nats": 4222, "faststream+nats+js": 4222}
+                 "faststream+nats": 4222, "faststream+nats+js": 4222, "raw+kafka": 9092, "raw+nats": 4222}
 
 
 def load_factory(path: str) -> Callable[..., Any]:
@@ -69,7 +70,7 @@ def _missing_methods(bus: Any) -> list[str]:
 
 _BACKEND_MODULES = {"memory": "bus.memory", "kafka": "bus.kafka", "nats": "bus.nats", "nats+js": "bus.nats",
                     "faststream+kafka": "faststream.kafka", "faststream+nats": "faststream.nats",
-                    "faststream+nats+js": "faststream.nats"}
+                    "faststream+nats+js": "faststream.nats", "raw+kafka": "aiokafka", "raw+nats": "nats"}
 
 
 def preload(url: str) -> None:
@@ -97,6 +98,10 @@ def known_options(scheme: str) -> list[str]:
         from bus.faststream_bus import FastStreamBus
 
         classes = [FastStreamBus]
+    elif scheme.startswith("raw+"):
+        from bus.raw_clients import RawKafkaBus, RawNatsBus, _Raw
+
+        classes = [_Raw, RawKafkaBus if scheme == "raw+kafka" else RawNatsBus]
     elif scheme == "memory":
         from bus.memory import MemoryBus
 
@@ -151,6 +156,16 @@ def create_bus(url: str = "memory://", /, **options: Any) -> EventBus:
                                      option="url")
             prefix = "" if scheme == "faststream+kafka" else "nats://"
             return FastStreamBus(scheme, [f"{prefix}{a}" for a in target.addresses().split(",")], **options)
+        if scheme in ("raw+kafka", "raw+nats"):
+            from bus.raw_clients import RawKafkaBus, RawNatsBus
+
+            target = parse_target(url, DEFAULT_PORTS[scheme])
+            if target.user or target.password:
+                raise BusConfigError(f"{scheme}://: credentials are not supported on the raw-client backends",
+                                     option="url")
+            if scheme == "raw+kafka":
+                return RawKafkaBus(target.addresses().split(","), **options)
+            return RawNatsBus([f"nats://{a}" for a in target.addresses().split(",")], **options)
         if scheme in ("nats", "nats+js"):
             from bus.nats import JetStreamBus, NatsBus
 

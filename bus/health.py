@@ -21,7 +21,8 @@ from bus.connection import parse_target
 REFUSED, SILENT, UP, UNRESOLVED = "unreachable", "not responding", "up", "unresolvable"
 
 _DEFAULT_PORTS = {"kafka": 9092, "nats": 4222, "nats+js": 4222,
-                  "faststream+kafka": 9092, "faststream+nats": 4222, "faststream+nats+js": 4222}
+                  "faststream+kafka": 9092, "faststream+nats": 4222, "faststream+nats+js": 4222,
+                  "raw+kafka": 9092, "raw+nats": 4222}
 # ApiVersions (key 18) v0, correlation id 1, client id "busmon-health"
 _CLIENT_ID = b"busmon-health"
 _KAFKA_API_VERSIONS = struct.pack(">hhih", 18, 0, 1, len(_CLIENT_ID)) + _CLIENT_ID

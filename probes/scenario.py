@@ -30,10 +30,13 @@ BUILTIN_BACKENDS = {
     "faststream-kafka": "faststream+kafka://127.0.0.1:9092",
     "faststream-nats": "faststream+nats://127.0.0.1:4222",
     "faststream-nats-js": "faststream+nats+js://127.0.0.1:4222",
+    # the clients themselves, nothing in between (what a bus or a framework costs, in compare)
+    "raw-kafka": "raw+kafka://127.0.0.1:9092",
+    "raw-nats": "raw+nats://127.0.0.1:4222",
 }
 _SCHEME_OF = {"memory": "memory", "kafka": "kafka", "nats": "nats", "nats-js": "nats+js",
               "faststream-kafka": "faststream+kafka", "faststream-nats": "faststream+nats",
-              "faststream-nats-js": "faststream+nats+js"}
+              "faststream-nats-js": "faststream+nats+js", "raw-kafka": "raw+kafka", "raw-nats": "raw+nats"}
 #: a backend that is another's with more (JetStream is NATS): that one's [bus.<name>] applies first
 _WIDER = {"nats-js": "nats", "faststream-nats-js": "faststream-nats"}
 
