@@ -189,11 +189,12 @@ class FastStreamBus:
         if self.state in ("closing", "closed"):
             return
         self.state = "closing"
-        self._subscriptions.clear()
         try:
             if self.broker is not None and self.stop_broker:
                 await self._call(self.broker.stop(), self.close_timeout, "broker.stop()")
         finally:
+            # only now: FastStream holds run-time subscribers weakly, and stop() must still find them
+            self._subscriptions.clear()
             self.state = "closed"
 
     async def _stop_quietly(self) -> None:
