@@ -71,6 +71,9 @@ def _missing_methods(bus: Any) -> list[str]:
 _BACKEND_MODULES = {"memory": "bus.memory", "kafka": "bus.kafka", "nats": "bus.nats", "nats+js": "bus.nats",
                     "faststream+kafka": "faststream.kafka", "faststream+nats": "faststream.nats",
                     "faststream+nats+js": "faststream.nats", "raw+kafka": "aiokafka", "raw+nats": "nats"}
+#: what a backend's library imports lazily, on first use (FastStream: anyio's asyncio backend)
+_LAZY_MODULES = {"faststream+kafka": ("anyio._backends._asyncio",), "faststream+nats": ("anyio._backends._asyncio",),
+                 "faststream+nats+js": ("anyio._backends._asyncio",)}
 
 
 def preload(url: str) -> None:
@@ -80,8 +83,9 @@ def preload(url: str) -> None:
     try:
         if is_import_path(url):
             load_factory(url)
-        elif (module := _BACKEND_MODULES.get(urlsplit(url).scheme if "://" in url else "")) is not None:
-            importlib.import_module(module)
+        elif (module := _BACKEND_MODULES.get(scheme := urlsplit(url).scheme if "://" in url else "")) is not None:
+            for name in (module, *_LAZY_MODULES.get(scheme, ())):
+                importlib.import_module(name)
     except Exception:
         return
 

@@ -15,6 +15,7 @@ import ipaddress
 import linecache
 import re
 import socket
+import sys
 import time
 import uuid
 import weakref
@@ -124,6 +125,8 @@ class RunContext:
         self.baseline_at: float | None = None  # close and settle have begun: an interruption lets them finish
         #: this run's own tag, in its topic names and (``group_per_run``) its consumer group's
         self.tag = uuid.uuid4().hex[:6]
+        #: the modules imported when the run's baseline was taken (see ``busmon_roots``)
+        self.modules_before: frozenset[str] = frozenset()
 
     def abandon(self, task: asyncio.Task, what: str) -> None:
         """A task running the bus's code would not stop: it is the bus's leftover now."""
@@ -170,6 +173,7 @@ async def _run_once(ctx: RunContext) -> RunResult:
         # created. settle() unfreezes them.
         gc.freeze()
     ctx.baseline_at = time.monotonic()
+    ctx.modules_before = frozenset(sys.modules)
     st.base_fds, st.baseline_at = ctx.baseline.fds, ctx.baseline_at
     if loopwatch is not None:
         loopwatch.reset()
@@ -615,8 +619,12 @@ def busmon_roots(ctx: RunContext) -> list[Any]:
     # linecache.cache: the loop watchdog reads source lines to name a stall, which loads whole
     # files mid-run (hundreds of strings that appear during load); a cache bounded by the source
     # files, never by the envelopes, and invisible to the holder walk while the baseline is frozen
+    # modules first imported during the run (a library importing its backend lazily on first
+    # use: anyio's asyncio backend under FastStream, ~460 functions): an import happens once,
+    # it never grows with the envelopes, so what the module holds is not retained memory
+    imported = [m for name, m in list(sys.modules.items()) if name not in ctx.modules_before and m is not None]
     return [ctx.audit, ctx.phases, ctx.state, ctx.published, ctx.own, ctx.stuck,
-            ctx.instruments.loopwatch, *ctx.instruments.roots, linecache.cache]
+            ctx.instruments.loopwatch, *ctx.instruments.roots, linecache.cache, *imported]
 
 
 def stall_line(stall: Any, limit_ms: float) -> str:

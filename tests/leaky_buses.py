@@ -493,3 +493,21 @@ class GroupRecorder(Wrapped):
     async def subscribe(self, topic: str, handler: Handler, *, group: str | None = None):
         GROUPS_SEEN.append(group)
         return await super().subscribe(topic, handler, group=group)
+
+
+class LazyImporter(Wrapped):
+    """Imports a module the first time it closes (freshly each run), as FastStream's stop()
+    first uses anyio's asyncio backend: a one-time import, not memory that grows with the
+    envelopes."""
+
+    async def start(self) -> None:
+        import sys
+
+        sys.modules.pop("tests.lazy_heavy_module", None)
+        await super().start()
+
+    async def close(self) -> None:
+        import importlib
+
+        importlib.import_module("tests.lazy_heavy_module")
+        await super().close()

@@ -568,3 +568,26 @@ def test_module_caches_of_the_runtime_and_of_busmon_are_not_the_bus():
     assert runtime_cache("module mylib.cache: SEEN (list of 2,000)") is None
     assert runtime_cache("tests.leaky_buses.Hoarder.sent (list of 2,000)") is None
     assert runtime_cache("") is None
+
+
+def test_a_module_imported_during_the_run_is_not_retained_memory():
+    """A library that imports part of itself on first use makes hundreds of objects during the
+    first run, after the half-load checkpoint: once, never growing with the envelopes (FastStream's
+    stop() importing anyio's asyncio backend did, ~460 functions)."""
+    from probes.scenario import parse_scenario
+    from probes.session import Session
+
+    sc = parse_scenario("""
+name = "lazy import"
+backend = "tests.leaky_buses:LazyImporter"
+[defaults]
+keys = 10
+[[runs]]
+name = "first"
+messages = 500
+""")
+    with Session(sc, lambda e: None) as session:
+        result = session.play()
+    run = result.runs[0]
+    assert run.retained() == [], run.retained()
+    assert run.verdict == "clean", [x for x in run.leftovers if x.state == "leaked"]
