@@ -156,8 +156,7 @@ def create_bus(url: str = "memory://", /, **options: Any) -> EventBus:
 
             target = parse_target(url, DEFAULT_PORTS[scheme])
             if target.user or target.password:
-                raise BusConfigError(f"{scheme}://: credentials are not supported on the FastStream backends",
-                                     option="url")
+                raise BusConfigError(f"{scheme}://: credentials are not supported on the FastStream backends")
             prefix = "" if scheme == "faststream+kafka" else "nats://"
             return FastStreamBus(scheme, [f"{prefix}{a}" for a in target.addresses().split(",")], **options)
         if scheme in ("raw+kafka", "raw+nats"):
@@ -165,8 +164,7 @@ def create_bus(url: str = "memory://", /, **options: Any) -> EventBus:
 
             target = parse_target(url, DEFAULT_PORTS[scheme])
             if target.user or target.password:
-                raise BusConfigError(f"{scheme}://: credentials are not supported on the raw-client backends",
-                                     option="url")
+                raise BusConfigError(f"{scheme}://: credentials are not supported on the raw-client backends")
             if scheme == "raw+kafka":
                 return RawKafkaBus(target.addresses().split(","), **options)
             return RawNatsBus([f"nats://{a}" for a in target.addresses().split(",")], **options)

@@ -50,8 +50,9 @@ def _import_faststream(scheme: str) -> Any:
         else:
             import faststream.nats as module
     except ImportError as exc:
-        raise BusConfigError(f"{scheme}:// needs FastStream, an optional part of busmon: "
-                             f"pip install 'busmon[faststream]' ({exc})", option="url") from None
+        raise BusConfigError(f"{scheme}:// needs FastStream, an optional part of busmon: install busmon "
+                             f"with its faststream extra (in busmon's folder: pip install -e '.[faststream]')"
+                             f" ({exc})") from None
     return module
 
 

@@ -41,6 +41,14 @@ def leftover_counts(leftovers: Iterable[Leftover]) -> str:
     return parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
 
 
+def display_name(x: Leftover) -> str:
+    """How a leftover is named on one line: a task with asyncio's default name (``Task-9``) by
+    its coroutine first (``Client._read_loop (Task-9)``); anything else by its name."""
+    if x.kind == "task" and _DEFAULT_TASK_NAME.match(x.name):
+        return f"{_qualname(x)} ({x.name})"
+    return x.name
+
+
 def _task_name(x: Leftover) -> str:
     """A task by the name it was given, else (``Task-12``) by its coroutine."""
     return _qualname(x) if _DEFAULT_TASK_NAME.match(x.name) else x.name

@@ -150,7 +150,8 @@ def test_a_missing_faststream_is_one_line(monkeypatch):
     for name in ("faststream.kafka", "faststream.nats"):
         monkeypatch.setitem(sys.modules, name, None)  # as if the extra were not installed
     with pytest.raises(BusConfigError, match=r"^faststream\+nats:// needs FastStream, an optional part of "
-                                             r"busmon: pip install 'busmon\[faststream\]'"):
+                                             r"busmon: install busmon with its faststream extra \(in "
+                                             r"busmon's folder: pip install -e '\.\[faststream\]'\)"):
         create_bus("faststream+nats://127.0.0.1:4222")
 
 
@@ -251,3 +252,32 @@ def test_compare_puts_faststream_beside_busmons_own_bus_and_the_raw_client(reque
     assert header.split() == ["raw-nats", "nats", "faststream-n"], header   # side by side
     assert "faststream-n = faststream-nats" in table              # the legend for the short name
     assert table.count("clean") >= 7   # the title, and each run on each backend
+
+
+@pytest.mark.parametrize("stop", [True, False], ids=["with-stop", "stop-left-out"])
+def test_the_sample_plays_on_each_faststream_backend(request, faststream_backend, stop, tmp_path, monkeypatch,
+                                                      capsys):
+    """The issue's done-criterion: ``busmon play sample_configs/faststream.toml --headless`` is clean
+    on each of the three, with the per-phase task table; with the stop left out, the leak is named."""
+    from tui import cli
+
+    sample = (SAMPLES / "faststream.toml").read_text()
+    if not stop:
+        sample = sample.replace("stop_broker = true", "stop_broker = false")
+    scenario = tmp_path / "faststream.toml"
+    scenario.write_text(sample.replace("settle_timeout_s = 5", "settle_timeout_s = 5" if stop else "settle_timeout_s = 1"))
+    report = tmp_path / "report.md"
+    monkeypatch.setattr(sys, "argv", ["busmon", "play", str(scenario), "--headless", "--url",
+                                      fs_url(request, faststream_backend), "--report", str(report)])
+    monkeypatch.setenv("COLUMNS", "160")
+    with pytest.raises(SystemExit) as info:
+        cli.main()
+    out = capsys.readouterr().out
+    text = report.read_text()
+    if stop:
+        assert info.value.code == 0, out
+        assert "| baseline |" in text and "| settle |" in text, text[:2000]   # the per-phase task table
+    else:
+        assert info.value.code == 1, out
+        expected = EXPECTED_TASKS[faststream_backend][0]
+        assert expected in out or expected in text, out

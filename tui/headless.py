@@ -15,6 +15,7 @@ from rich.table import Table
 from bus.deadline import innermost
 from bus.secrets import ScrubbedStream
 from probes.findings import leaks, rows
+from probes.leak_text import display_name
 from probes.model import RunResult, PhaseSnapshot, PhaseStarted, Sample, ScenarioResult, signed
 from tui.report import rss_drift_cell, stall_cell
 from probes.scenario import Scenario
@@ -166,7 +167,7 @@ def leak_lines(result: ScenarioResult) -> list[str]:
             component = "" if x.component in (x.name, "unknown") else f"  [dim]({escape(x.component)})[/]"
             what = ("[bold yellow]stall[/]" if x.kind == "stall"  # 'loop blocked 251 ms in load'
                     else f"[bold red]{x.state}[/] {x.kind}")
-            lines.append(f"{what} [bold]{escape(x.name)}[/]{component}  [dim]run {escape(r.name)}[/]")
+            lines.append(f"{what} [bold]{escape(display_name(x))}[/]{component}  [dim]run {escape(r.name)}[/]")
             if x.state == "destroyed" or x.kind in ("timer", "socket", "fd", "process", "memory", "stall"):
                 lines.append(f"    {escape(x.detail)}")
             elif x.kind == "thread" and "waits here until" in x.detail:
