@@ -345,7 +345,12 @@ def _busmon_guard(request: pytest.FixtureRequest) -> Iterator[TestWatch | None]:
         yield None
         return
     with contextlib.ExitStack() as stack:
-        state = TestWatch(item, options, find_harness(item, request, stack))
+        try:
+            harness = find_harness(item, request, stack)
+        except Exception as exc:  # a harness busmon does not know this well: judge without its tasks
+            harness = Harness(note=f"tasks not judged: the test's event loop was not found "
+                                   f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})")
+        state = TestWatch(item, options, harness)
         item.stash[_STATE] = state
         yield state
         try:

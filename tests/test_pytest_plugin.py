@@ -583,3 +583,24 @@ def test_unittest_cases(pytester: pytest.Pytester) -> None:
         "note: tasks not judged: unittest's IsolatedAsyncioTestCase runs each test on a loop of its own*",
         "*ERROR test_inline.py::Plain::test_leaks_a_thread - busmon: leaked 1 thre*",
     ])
+
+
+def test_a_loop_busmon_cannot_find_is_said_not_a_broken_test(pytester: pytest.Pytester,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """If a harness changes under busmon (its loop fixture renamed), the test still runs and is
+    judged for threads, sockets and processes; -rP says why its tasks were not."""
+    import probes.pytest_plugin as plugin
+
+    def lost(*_: object) -> None:
+        raise LookupError("fixture '_function_scoped_runner' not found")
+
+    monkeypatch.setattr(plugin, "find_harness", lost)
+    result = run(pytester, """
+        import asyncio, pytest
+
+        @pytest.mark.busmon
+        async def test_async():
+            await asyncio.sleep(0)
+    """, "-rP")
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines(["note: tasks not judged: the test's event loop was not found (LookupError: *"])
