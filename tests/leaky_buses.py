@@ -511,3 +511,10 @@ class LazyImporter(Wrapped):
 
         importlib.import_module("tests.lazy_heavy_module")
         await super().close()
+
+
+class FailsThenStuckClose(StuckClose):
+    """Publishing fails (the broker is gone), and then close() hangs as well."""
+
+    async def publish(self, topic: str, envelope: Envelope) -> None:
+        raise ConnectionError("the broker went away")

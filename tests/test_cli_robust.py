@@ -606,3 +606,20 @@ def test_an_unknown_key_suggests_the_near_one():
     with pytest.raises(ScenarioError, match=r"f.toml:2: probes.setle_timeout_s: unknown key; did you mean "
                                             r"settle_timeout_s\? expected one of"):
         parse_scenario("[probes]\nsetle_timeout_s = 1\n", "f.toml")
+
+
+def test_a_close_that_fails_after_a_failure_is_said_on_the_terminal(tmp_path):
+    """The run's failure is the first line; a close that then failed as well is said under it
+    (before, only the JSON report's failure.close had it)."""
+    import os
+
+    scenario = tmp_path / "s.toml"
+    scenario.write_text('name = "close after failure"\nbackend = "tests.leaky_buses:FailsThenStuckClose"\n'
+                        '[deadlines]\nclose_s = 0.5\n[probes]\nsettle_timeout_s = 0.2\n'
+                        '[[runs]]\nname = "one"\nmessages = 10\n')
+    out = subprocess.run([sys.executable, "-m", "tui.cli", "play", str(scenario), "--headless"],
+                         capture_output=True, text=True, timeout=60, cwd=str(Path(__file__).resolve().parents[1]),
+                         env={**os.environ, "COLUMNS": "200"})
+    assert out.returncode == 3, out.stdout + out.stderr
+    said = out.stdout + out.stderr   # the run lines go where the progress goes
+    assert "close failed as well: close() did not return within 0.5 s" in said, said

@@ -98,6 +98,8 @@ def _show(event: object, progress: Progress, bars: dict[str, int], console: Cons
         if r.error:
             line += f" — {escape(r.error)}"
         progress.console.print(line, soft_wrap=True)
+        if close_problem := (r.failure or {}).get("close"):  # after the failure, close failed too
+            progress.console.print(f"    close failed as well: {escape(close_problem)}", soft_wrap=True)
         for note in r.notes:
             progress.console.print(f"    [dim]{escape(note)}[/]", soft_wrap=True)
 
