@@ -100,12 +100,14 @@ def known_options(scheme: str) -> list[str]:
     secrets: tuple[str, ...] = ()
     if scheme.startswith("faststream+"):
         from bus.faststream_bus import FastStreamBus
+        from bus.thin import ThinBus
 
-        classes = [FastStreamBus]
+        classes = [ThinBus, FastStreamBus]
     elif scheme.startswith("raw+"):
-        from bus.raw_clients import RawKafkaBus, RawNatsBus, _Raw
+        from bus.raw_clients import RawKafkaBus, RawNatsBus
+        from bus.thin import ThinBus
 
-        classes = [_Raw, RawKafkaBus if scheme == "raw+kafka" else RawNatsBus]
+        classes = [ThinBus, RawKafkaBus if scheme == "raw+kafka" else RawNatsBus]
     elif scheme == "memory":
         from bus.memory import MemoryBus
 

@@ -22,21 +22,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from typing import Any, Callable
 
-from bus.codec import DecodeError, decode, encode
-from bus.counters import BusCounters
-from bus.deadline import CallTimeout, LibraryCancelled, bounded
+from bus.deadline import bounded
 from bus.envelope import Envelope
-from bus.errors import BusClosedError, BusConfigError, BusConnectError, BusError
+from bus.errors import BusConfigError
 from bus.protocol import Handler
+from bus.thin import ThinBus, check_seconds
 
 log = logging.getLogger("bus.faststream")
 
 SCHEMES = ("faststream+kafka", "faststream+nats", "faststream+nats+js")
-#: how often a Kafka subscription looks whether its consumer has partitions yet
-ASSIGNMENT_POLL_S = 0.02
 #: a JetStream group member pulls up to this many messages at once, waiting up to this long
 PULL_BATCH = 64
 PULL_WAIT_S = 1.0
@@ -80,7 +76,7 @@ class FastStreamSubscription:
         await self.bus._call(self.subscriber.stop(), self.bus.close_timeout, f"unsubscribe({self.topic!r})")
 
 
-class FastStreamBus:
+class FastStreamBus(ThinBus):
     """busmon's bus on a FastStream broker: ``faststream+kafka://``, ``faststream+nats://``,
     ``faststream+nats+js://``.
 
@@ -94,16 +90,15 @@ class FastStreamBus:
     handlers in flight at stop).
     """
 
+    log = log
+
     def __init__(self, scheme: str, servers: list[str], *, confirm: bool = True, max_workers: int = 1,
                  partitions: int = 4, storage: str = "file", stop_broker: bool = True,
-                 connect_timeout: float = 5.0, subscribe_timeout: float = 60.0, close_timeout: float = 10.0,
-                 graceful_timeout: float = 5.0, drain_timeout: float | None = None) -> None:
+                 graceful_timeout: float = 5.0, **options: Any) -> None:
         if scheme not in SCHEMES:
             raise BusConfigError(f"{scheme}://: expected one of {', '.join(s + '://' for s in SCHEMES)}")
-        for name, value in (("connect_timeout", connect_timeout), ("subscribe_timeout", subscribe_timeout),
-                            ("close_timeout", close_timeout), ("graceful_timeout", graceful_timeout)):
-            if type(value) not in (int, float) or not value > 0:
-                raise ValueError(f"{name} must be a number of seconds > 0, got {value!r}")
+        super().__init__(servers, **options)
+        check_seconds("graceful_timeout", graceful_timeout)
         for name, value in (("max_workers", max_workers), ("partitions", partitions)):
             if type(value) is not int or value < 1:
                 raise ValueError(f"{name} must be a whole number >= 1, got {value!r}")
@@ -113,34 +108,19 @@ class FastStreamBus:
         if storage not in ("file", "memory"):
             raise ValueError(f"storage must be 'file' or 'memory', got {storage!r}")
         self.scheme = scheme
-        self.servers = servers
         self.confirm = confirm
         self.max_workers = max_workers
         self.partitions = partitions
         self.storage = storage
         self.stop_broker = stop_broker
-        self.connect_timeout = connect_timeout
-        self.subscribe_timeout = subscribe_timeout
-        self.close_timeout = close_timeout
         self.graceful_timeout = graceful_timeout
-        # busmon fits a built-in bus's drain inside its close deadline; here FastStream's
-        # graceful_timeout is that drain
-        if drain_timeout is not None:
-            self.graceful_timeout = max(0.1, min(graceful_timeout, drain_timeout))
+        # busmon's drain, fitted inside its close deadline, is FastStream's graceful stop here
+        if self.drain_timeout is not None:
+            self.graceful_timeout = max(0.1, min(graceful_timeout, self.drain_timeout))
         self.module = _import_faststream(scheme)
-        self.counters = BusCounters()
         self.broker: Any = None
-        self.state = "new"
         self._subscriptions: set[FastStreamSubscription] = set()
         self._streams: set[str] = set()
-        self._seq: dict[str, int] = {}
-        self._errors_logged: set[type] = set()
-
-    def __repr__(self) -> str:
-        return f"<FastStreamBus {self.describe()} {self.state}>"
-
-    def describe(self) -> str:
-        return f"{self.scheme}://{','.join(s.split('://', 1)[-1] for s in self.servers)}"
 
     @property
     def kafka(self) -> bool:
@@ -150,20 +130,10 @@ class FastStreamBus:
     def jetstream(self) -> bool:
         return self.scheme == "faststream+nats+js"
 
-    async def _call(self, call: Any, timeout: float, what: str) -> Any:
-        """One call into FastStream under a deadline; a timeout or the library's own
-        cancellation is a :class:`BusError` naming the call."""
-        try:
-            return await bounded(call, timeout, what, name="bus.faststream.call")
-        except (CallTimeout, LibraryCancelled) as exc:
-            raise BusError(str(exc)) from None
-
     # -- lifecycle ---------------------------------------------------------------------------
 
     async def start(self) -> None:
-        if self.state != "new":
-            raise BusClosedError(f"start() on a bus that is {self.state}")
-        self.state = "starting"
+        self._starting()
         m = self.module
         if self.kafka:
             # aiokafka's request timeout stays at its 40 s: a JoinGroup request waits for every
@@ -179,9 +149,7 @@ class FastStreamBus:
         except Exception as exc:
             await self._stop_quietly()
             self.state = "closed"
-            where = ",".join(s.split("://", 1)[-1] for s in self.servers)
-            reason = str(exc) or type(exc).__name__
-            raise BusConnectError(f"{self.scheme} {where}: {reason}") from None
+            raise self._connect_error(exc) from None
         self.state = "started"
 
     async def close(self) -> None:
@@ -209,27 +177,19 @@ class FastStreamBus:
     # -- publishing ----------------------------------------------------------------------------
 
     async def publish(self, topic: str, envelope: Envelope) -> None:
-        if self.state != "started":
-            raise BusClosedError(f"publish() on a bus that is {self.state}")
-        if not envelope.seq or not envelope.ts_ns:
-            seq = envelope.seq or self._seq.get(envelope.key, 0) + 1
-            envelope = envelope._replace(seq=seq, ts_ns=envelope.ts_ns or time.monotonic_ns())
-        self._seq[envelope.key] = envelope.seq
-        frame = encode(envelope)
+        envelope, frame = self._frame(envelope)
         if self.kafka:
             await self.broker.publish(frame, topic, key=envelope.key.encode(), no_confirm=not self.confirm)
         elif self.jetstream and self.confirm:
             await self.broker.publish(frame, topic, stream=_stream_name(topic))
         else:
             await self.broker.publish(frame, topic)
-        self.counters.published += 1
-        self.counters.bytes_out += len(frame)
+        self._published(frame)
 
     # -- subscribing ---------------------------------------------------------------------------
 
     async def subscribe(self, topic: str, handler: Handler, *, group: str | None = None) -> FastStreamSubscription:
-        if self.state != "started":
-            raise BusClosedError(f"subscribe() on a bus that is {self.state}")
+        self._started("subscribe()")
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.subscribe_timeout
         subscriber = await self._subscriber(topic, group)
@@ -237,8 +197,8 @@ class FastStreamBus:
         await self._call(subscriber.start(), max(0.01, deadline - loop.time()), f"subscribe({topic!r})")
         sub = FastStreamSubscription(self, subscriber, topic, group)
         self._subscriptions.add(sub)  # FastStream holds run-time subscribers only weakly
-        if self.kafka:
-            await self._assigned(subscriber, topic, deadline)
+        if self.kafka:  # FastStream's start() returns before the consumer has its partitions
+            await self._assigned(lambda: getattr(subscriber, "consumer", None), topic, deadline)
         return sub
 
     async def _subscriber(self, topic: str, group: str | None) -> Any:
@@ -272,41 +232,12 @@ class FastStreamBus:
                          self.subscribe_timeout, f"add_stream({name!r})")
         self._streams.add(name)
 
-    async def _assigned(self, subscriber: Any, topic: str, deadline: float) -> None:
-        """Until the Kafka consumer has its partitions (a group has joined): FastStream's
-        ``start()`` returns before that."""
-        loop = asyncio.get_running_loop()
-        while True:
-            consumer = getattr(subscriber, "consumer", None)
-            if consumer is not None and consumer.assignment():
-                return
-            if loop.time() >= deadline:
-                raise BusError(f"subscribe({topic!r}): the Kafka consumer had no partitions within "
-                               f"{self.subscribe_timeout:g} s (group join)")
-            await asyncio.sleep(ASSIGNMENT_POLL_S)  # aiokafka has no event for an assignment
-
     def _deliverer(self, handler: Handler) -> Callable[[bytes], Any]:
-        """What FastStream calls per message: decode busmon's frame, count, run the handler. A
-        handler's error is counted here, not handed to FastStream (which would nack and so
-        redeliver on JetStream)."""
-        counters = self.counters
+        """What FastStream calls per message, with the body as sent (the raw decoder's)."""
+        deliver_frame = self._deliver
 
         async def deliver(body: bytes) -> None:
-            try:
-                envelope = decode(body)
-            except DecodeError:
-                counters.decode_errors += 1
-                return
-            counters.delivered += 1
-            counters.bytes_in += len(body)
-            try:
-                await handler(envelope)
-            except Exception as exc:
-                counters.handler_errors += 1
-                if type(exc) not in self._errors_logged:
-                    self._errors_logged.add(type(exc))
-                    log.warning("handler raised %s: %s (counted; further ones of this type are not logged)",
-                                type(exc).__name__, exc)
+            await deliver_frame(handler, body)
 
         return deliver
 

@@ -11,85 +11,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from typing import Any
 
-from bus.codec import DecodeError, decode, encode
-from bus.counters import BusCounters
-from bus.deadline import CallTimeout, LibraryCancelled, bounded, cancel_and_wait
+from bus.deadline import bounded, cancel_and_wait
 from bus.envelope import Envelope
-from bus.errors import BusClosedError, BusConnectError, BusError
 from bus.protocol import Handler
+from bus.thin import ThinBus
 
 log = logging.getLogger("bus.raw")
 
 SCHEMES = ("raw+kafka", "raw+nats")
-
-
-class _Raw:
-    """What both raw buses share: state, stamping, counting a delivery, bounded calls."""
-
-    scheme = "raw"
-
-    def __init__(self, servers: list[str], *, connect_timeout: float = 5.0, subscribe_timeout: float = 60.0,
-                 close_timeout: float = 10.0, drain_timeout: float | None = None) -> None:
-        for name, value in (("connect_timeout", connect_timeout), ("subscribe_timeout", subscribe_timeout),
-                            ("close_timeout", close_timeout)):
-            if type(value) not in (int, float) or not value > 0:
-                raise ValueError(f"{name} must be a number of seconds > 0, got {value!r}")
-        self.servers = servers
-        self.connect_timeout = connect_timeout
-        self.subscribe_timeout = subscribe_timeout
-        self.close_timeout = close_timeout
-        self.counters = BusCounters()
-        self.state = "new"
-        self._seq: dict[str, int] = {}
-        self._errors_logged: set[type] = set()
-
-    def describe(self) -> str:
-        return f"{self.scheme}://{','.join(s.split('://', 1)[-1] for s in self.servers)}"
-
-    def __repr__(self) -> str:
-        return f"<{type(self).__name__} {self.describe()} {self.state}>"
-
-    async def _call(self, call: Any, timeout: float, what: str) -> Any:
-        try:
-            return await bounded(call, timeout, what, name="bus.raw.call")
-        except (CallTimeout, LibraryCancelled) as exc:
-            raise BusError(str(exc)) from None
-
-    def _frame(self, envelope: Envelope) -> tuple[Envelope, bytes]:
-        if self.state != "started":
-            raise BusClosedError(f"publish() on a bus that is {self.state}")
-        if not envelope.seq or not envelope.ts_ns:
-            seq = envelope.seq or self._seq.get(envelope.key, 0) + 1
-            envelope = envelope._replace(seq=seq, ts_ns=envelope.ts_ns or time.monotonic_ns())
-        self._seq[envelope.key] = envelope.seq
-        frame = encode(envelope)
-        self.counters.published += 1
-        self.counters.bytes_out += len(frame)
-        return envelope, frame
-
-    async def _deliver(self, handler: Handler, body: bytes) -> None:
-        try:
-            envelope = decode(body)
-        except DecodeError:
-            self.counters.decode_errors += 1
-            return
-        self.counters.delivered += 1
-        self.counters.bytes_in += len(body)
-        try:
-            await handler(envelope)
-        except Exception as exc:
-            self.counters.handler_errors += 1
-            if type(exc) not in self._errors_logged:
-                self._errors_logged.add(type(exc))
-                log.warning("handler raised %s: %s (counted; further ones of this type are not logged)",
-                            type(exc).__name__, exc)
-
-    def _started(self, what: str) -> None:
-        if self.state != "started":
-            raise BusClosedError(f"{what} on a bus that is {self.state}")
 
 
 class RawNatsSubscription:
@@ -102,35 +33,34 @@ class RawNatsSubscription:
             await self.bus._call(self.sub.unsubscribe(), self.bus.close_timeout, "unsubscribe()")
 
 
-class RawNatsBus(_Raw):
+class RawNatsBus(ThinBus):
     """nats-py core: ``nc.publish``; ``nc.subscribe(topic, queue=group, cb=…)``, live once the
     server has the subscription (a flush); close is ``nc.close()``."""
 
     scheme = "raw+nats"
+    log = log
 
     def __init__(self, servers: list[str], **options: Any) -> None:
         super().__init__(servers, **options)
         self.nc: Any = None
 
     async def start(self) -> None:
-        if self.state != "new":
-            raise BusClosedError(f"start() on a bus that is {self.state}")
+        self._starting()
         import nats
 
-        self.state = "starting"
         try:
             self.nc = await bounded(nats.connect(self.servers, allow_reconnect=False,
                                                  connect_timeout=self.connect_timeout),
                                     self.connect_timeout, "connect", name="bus.raw.call")
         except Exception as exc:
             self.state = "closed"
-            raise BusConnectError(f"{self.scheme} {','.join(s.split('://', 1)[-1] for s in self.servers)}: "
-                                  f"{exc or type(exc).__name__}") from None
+            raise self._connect_error(exc) from None
         self.state = "started"
 
     async def publish(self, topic: str, envelope: Envelope) -> None:
         _, frame = self._frame(envelope)
         await self.nc.publish(topic, frame)
+        self._published(frame)
 
     async def subscribe(self, topic: str, handler: Handler, *, group: str | None = None) -> RawNatsSubscription:
         self._started("subscribe()")
@@ -167,12 +97,13 @@ class RawKafkaSubscription:
         await self.bus._call(self.consumer.stop(), self.bus.close_timeout, "consumer.stop()")
 
 
-class RawKafkaBus(_Raw):
+class RawKafkaBus(ThinBus):
     """aiokafka: one producer (``send``, the record's future not awaited); per subscription a
     consumer (a group joins, ``group=None`` is assigned every partition) read by one loop task
     that runs the handler per record. Topics are created with ``partitions`` (4)."""
 
     scheme = "raw+kafka"
+    log = log
 
     def __init__(self, servers: list[str], *, partitions: int = 4, **options: Any) -> None:
         super().__init__(servers, **options)
@@ -186,12 +117,10 @@ class RawKafkaBus(_Raw):
         self._subscriptions: set[RawKafkaSubscription] = set()
 
     async def start(self) -> None:
-        if self.state != "new":
-            raise BusClosedError(f"start() on a bus that is {self.state}")
+        self._starting()
         from aiokafka import AIOKafkaProducer
         from aiokafka.admin import AIOKafkaAdminClient
 
-        self.state = "starting"
         self.producer = AIOKafkaProducer(bootstrap_servers=self.bootstrap)
         self.admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap)
         try:
@@ -200,7 +129,7 @@ class RawKafkaBus(_Raw):
         except Exception as exc:
             await self._stop_clients()
             self.state = "closed"
-            raise BusConnectError(f"{self.scheme} {self.bootstrap}: {exc or type(exc).__name__}") from None
+            raise self._connect_error(exc) from None
         self.state = "started"
 
     async def _topic(self, topic: str) -> None:
@@ -219,6 +148,7 @@ class RawKafkaBus(_Raw):
     async def publish(self, topic: str, envelope: Envelope) -> None:
         envelope, frame = self._frame(envelope)
         await self.producer.send(topic, value=frame, key=envelope.key.encode())
+        self._published(frame)
 
     async def subscribe(self, topic: str, handler: Handler, *, group: str | None = None) -> RawKafkaSubscription:
         self._started("subscribe()")
@@ -227,8 +157,7 @@ class RawKafkaBus(_Raw):
         await self._topic(topic)
         consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, group_id=group,
                                     auto_offset_reset="earliest", enable_auto_commit=group is not None)
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.subscribe_timeout
+        deadline = asyncio.get_running_loop().time() + self.subscribe_timeout
         try:
             if group is None:
                 await self._call(consumer.start(), self.subscribe_timeout, "consumer.start()")
@@ -236,10 +165,7 @@ class RawKafkaBus(_Raw):
             else:
                 consumer.subscribe([topic])
                 await self._call(consumer.start(), self.subscribe_timeout, "consumer.start()")
-                while not consumer.assignment():  # a group join; aiokafka has no event for it
-                    if loop.time() >= deadline:
-                        raise BusError(f"subscribe({topic!r}): no partitions within {self.subscribe_timeout:g} s")
-                    await asyncio.sleep(0.02)
+                await self._assigned(lambda: consumer, topic, deadline)
         except BaseException:
             await bounded(consumer.stop(), self.close_timeout, "consumer.stop()", name="bus.raw.call")
             raise
