@@ -248,21 +248,26 @@ class SettleWatch:
             pending = True
         return pending or bool(self._pending_tasks())
 
+    def _look(self) -> float | None:
+        """One look at everything pending: None once the watch has ended (everything exited, or
+        the deadline passed, and when is noted), else the seconds left to the deadline."""
+        now = time.monotonic()
+        if not self._check(now, self._scan()):
+            self.everything_exited = True
+            self.ended_at = max([self.closed_at, *self.exit_at.values()])
+            self.noticed_at = time.monotonic()
+            return None
+        remaining = self.deadline - now
+        if remaining <= 0:
+            self.ended_at = self.noticed_at = now
+            return None
+        return remaining
+
     def wait_blocking(self) -> None:
         """The same watch for code with no event loop running (``loop=None``): this thread
         waits, on a pending thread's exit when there is one (``join``), else one poll."""
         assert self._loop is None or not self._loop.is_running(), "a running loop: await verdict()"
-        while True:
-            now = time.monotonic()
-            if not self._check(now, self._scan()):
-                self.everything_exited = True
-                self.ended_at = max([self.closed_at, *self.exit_at.values()])
-                self.noticed_at = time.monotonic()
-                return
-            remaining = self.deadline - now
-            if remaining <= 0:
-                self.ended_at = self.noticed_at = now
-                return
+        while (remaining := self._look()) is not None:
             waiting = next((th for th in self.threads if self._awaitable(th)), None)
             if waiting is not None:
                 waiting.join(min(remaining, self.poll))
@@ -283,17 +288,7 @@ class SettleWatch:
     async def _watch(self) -> None:
         """Until nothing the run created is pending, or the deadline: tasks as events, the rest
         polled every ``poll_ms``."""
-        while True:
-            now = time.monotonic()
-            if not self._check(now, self._scan()):
-                self.everything_exited = True
-                self.ended_at = max([self.closed_at, *self.exit_at.values()])
-                self.noticed_at = time.monotonic()
-                return
-            remaining = self.deadline - now
-            if remaining <= 0:
-                self.ended_at = self.noticed_at = now
-                return
+        while (remaining := self._look()) is not None:
             pending = self._pending_tasks()
             # an event for tasks; the timeout doubles as the poll interval for everything else
             if pending:
