@@ -58,3 +58,34 @@ async def publish_many(bus, topic: str, n: int, keys: int, payload: bytes = b"x"
     for i in range(n):
         await bus.publish(topic, Envelope(key=f"k{i % keys}", type="test", payload=payload))
 
+
+
+def assert_in_order_no_loss(c: Collector, n: int, keys: int) -> None:
+    """``c`` got all ``n`` envelopes of ``keys`` keys, each key's once and in order."""
+    by_key = c.by_key()
+    assert len(c.received) == n, f"{c.name}: {len(c.received)} != {n}"
+    assert len(by_key) == keys
+    for key, seqs in by_key.items():
+        assert seqs == list(range(1, len(seqs) + 1)), f"{c.name}: key {key} out of order or doubled"
+
+
+def assert_nothing_left(tasks_before: set[asyncio.Task], threads_before: set[int]) -> None:
+    """No task and no thread alive now that was not alive before (a bus's close)."""
+    left = live_tasks() - tasks_before
+    assert not left, f"tasks alive after close: {[(t.get_name(), t.get_coro()) for t in left]}"
+    assert live_threads() <= threads_before, "threads alive after close"
+
+
+async def check_unsubscribe_stops_delivery(bus, topic: str) -> None:
+    """After ``unsubscribe()`` (twice: idempotent) its handler gets nothing more, while a new
+    subscription on the topic gets what follows."""
+    first, sentinel = Collector("first"), Collector("sentinel")
+    sub = await bus.subscribe(topic, first)
+    await publish_many(bus, topic, 10, keys=2)
+    await first.wait_for(10)
+    await sub.unsubscribe()
+    await sub.unsubscribe()  # idempotent
+    await bus.subscribe(topic, sentinel)
+    await publish_many(bus, topic, 10, keys=2)
+    await sentinel.wait_for(10)
+    assert len(first.received) == 10

@@ -10,18 +10,11 @@ import pytest
 from bus import BusClosedError, BusConnectError, Envelope, create_bus
 from tests.brokers import free_port
 from tests.conftest import backend_options
-from tests.helpers import Collector, live_tasks, live_threads, publish_many
+from tests.helpers import (Collector, assert_in_order_no_loss, assert_nothing_left,
+                           check_unsubscribe_stops_delivery, live_tasks, live_threads, publish_many)
 
 N = 1000
 KEYS = 50
-
-
-def assert_in_order_no_loss(c: Collector, n: int, keys: int) -> None:
-    by_key = c.by_key()
-    assert len(c.received) == n, f"{c.name}: {len(c.received)} != {n}"
-    assert len(by_key) == keys
-    for key, seqs in by_key.items():
-        assert seqs == list(range(1, len(seqs) + 1)), f"{c.name}: key {key} out of order or doubled"
 
 
 async def test_per_key_order_many_keys_several_subscribers(bus, topic):
@@ -119,16 +112,7 @@ async def test_backpressure_bounds_what_the_bus_holds(url, backend, topic):
 
 
 async def test_unsubscribe_stops_delivery(bus, topic):
-    first, sentinel = Collector("first"), Collector("sentinel")
-    sub = await bus.subscribe(topic, first)
-    await publish_many(bus, topic, 10, keys=2)
-    await first.wait_for(10)
-    await sub.unsubscribe()
-    await sub.unsubscribe()  # idempotent
-    await bus.subscribe(topic, sentinel)
-    await publish_many(bus, topic, 10, keys=2)
-    await sentinel.wait_for(10)
-    assert len(first.received) == 10
+    await check_unsubscribe_stops_delivery(bus, topic)
 
 
 async def test_close_leaves_nothing_it_started(url, backend, topic):
@@ -141,9 +125,7 @@ async def test_close_leaves_nothing_it_started(url, backend, topic):
     await publish_many(bus, topic, 100, keys=5)
     await c.wait_for(100)
     await bus.close()
-    left = live_tasks() - tasks_before
-    assert not left, f"tasks alive after close: {[t.get_name() for t in left]}"
-    assert live_threads() <= threads_before, "threads alive after close"
+    assert_nothing_left(tasks_before, threads_before)
 
 
 async def test_close_is_idempotent_and_concurrent_safe(bus, topic):

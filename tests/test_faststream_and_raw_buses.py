@@ -16,7 +16,8 @@ from bus.errors import BusConfigError
 from probes.scenario import load_scenario, parse_scenario
 from probes.session import Session
 from tests.brokers import free_port
-from tests.helpers import Collector, live_tasks, live_threads, publish_many
+from tests.helpers import (Collector, assert_in_order_no_loss, assert_nothing_left,
+                           check_unsubscribe_stops_delivery, live_tasks, live_threads, publish_many)
 
 SAMPLES = Path(__file__).resolve().parents[1] / "sample_configs"
 N, KEYS = 300, 20
@@ -68,9 +69,7 @@ async def test_per_key_order_with_several_subscribers(fs_bus, topic):
     await publish_many(fs_bus, topic, N, KEYS)
     for c in subs:
         await c.wait_for(N)
-        by_key = c.by_key()
-        assert len(c.received) == N and len(by_key) == KEYS
-        assert all(seqs == list(range(1, len(seqs) + 1)) for seqs in by_key.values()), c.name
+        assert_in_order_no_loss(c, N, KEYS)
     assert fs_bus.counters.published == N and fs_bus.counters.delivered == 2 * N
 
 
@@ -102,16 +101,7 @@ async def test_handler_errors_are_counted_and_delivery_goes_on(fs_bus, topic):
 
 
 async def test_unsubscribe_stops_delivery(fs_bus, topic):
-    first, sentinel = Collector("first"), Collector("sentinel")
-    sub = await fs_bus.subscribe(topic, first)
-    await publish_many(fs_bus, topic, 10, keys=2)
-    await first.wait_for(10)
-    await sub.unsubscribe()
-    await sub.unsubscribe()  # idempotent
-    await fs_bus.subscribe(topic, sentinel)
-    await publish_many(fs_bus, topic, 10, keys=2)
-    await sentinel.wait_for(10)
-    assert len(first.received) == 10
+    await check_unsubscribe_stops_delivery(fs_bus, topic)
 
 
 async def test_close_is_faststreams_stop_and_leaves_nothing(request, fs_backend, topic):
@@ -124,9 +114,7 @@ async def test_close_is_faststreams_stop_and_leaves_nothing(request, fs_backend,
     await publish_many(bus, topic, 50, keys=5)
     await c.wait_for(50)
     await asyncio.gather(bus.close(), bus.close())  # idempotent, concurrent-safe
-    left = live_tasks() - tasks_before
-    assert not left, f"tasks alive after close: {[t.get_coro() for t in left]}"
-    assert live_threads() <= threads_before
+    assert_nothing_left(tasks_before, threads_before)
     with pytest.raises(BusClosedError):
         await bus.publish(topic, Envelope(key="k", type="t", payload=b""))
 

@@ -234,6 +234,22 @@ def test_bad_options_are_one_line_usage_errors(pytester: pytest.Pytester, ini: s
 
 # -- async tests: pytest-asyncio and anyio ---------------------------------------------------
 
+#: a function fixture that cancels, at teardown, a task the test body started: busmon judges after
+#: it, so the test passes (shared by the pytest-asyncio and anyio sources below)
+FIXTURE_CLEANS_UP = """
+@pytest.fixture
+async def tasks_closed_at_teardown():
+    tasks = []
+    yield tasks
+    for t in tasks:
+        t.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+
+@pytest.mark.busmon
+async def test_fixture_cleans_what_the_body_started(tasks_closed_at_teardown):
+    tasks_closed_at_teardown.append(asyncio.create_task(asyncio.Event().wait(), name="fixture-owned"))
+"""
+
 ASYNC = """
 import asyncio, pytest
 
@@ -255,19 +271,7 @@ async def test_cancels_without_awaiting():
     task = asyncio.create_task(takes_a_few_turns_to_stop(asyncio.Event()), name="slow-to-stop")
     await asyncio.sleep(0)
     task.cancel()   # and never awaited: it finishes after the test
-
-@pytest.fixture
-async def tasks_closed_at_teardown():
-    tasks = []
-    yield tasks
-    for t in tasks:
-        t.cancel()
-    await asyncio.gather(*tasks, return_exceptions=True)
-
-@pytest.mark.busmon
-async def test_fixture_cleans_what_the_body_started(tasks_closed_at_teardown):
-    tasks_closed_at_teardown.append(asyncio.create_task(asyncio.Event().wait(), name="fixture-owned"))
-"""
+""" + FIXTURE_CLEANS_UP
 
 
 def test_pytest_asyncio_auto_mode(pytester: pytest.Pytester) -> None:
@@ -349,19 +353,7 @@ async def test_leaks_a_task():
 @pytest.mark.busmon
 async def test_clean():
     await asyncio.sleep(0)
-
-@pytest.fixture
-async def tasks_closed_at_teardown():
-    tasks = []
-    yield tasks
-    for t in tasks:
-        t.cancel()
-    await asyncio.gather(*tasks, return_exceptions=True)
-
-@pytest.mark.busmon
-async def test_fixture_cleans_what_the_body_started(tasks_closed_at_teardown):
-    tasks_closed_at_teardown.append(asyncio.create_task(asyncio.Event().wait(), name="fixture-owned"))
-"""
+""" + FIXTURE_CLEANS_UP
 
 
 def test_anyio_plugin(pytester: pytest.Pytester) -> None:
