@@ -3,18 +3,31 @@
 Run by hand from the repository root (it starts its own Tansu and nats-server on
 loopback ports and stops them)::
 
-    python -m bench.bus_throughput [--json bench/results/bus_throughput.json] [--repeat 3]
+    python -m bench.bus_throughput [--repeat 5] [--only memory,nats,nats+js,kafka]
+                                   [--loop asyncio|uvloop] [--json bench/results/bus_throughput.json]
 
-"End to end" is from the first publish until the handler has seen every
-envelope. Both sides build each ``Envelope`` inside the timed loop (as an
-application does), so the raw ceiling carries the same objects as the bus. Latency is handler time minus the publish timestamp (same process,
-monotonic clock). Each pair runs interleaved (raw, bus, raw, bus, ...) ``--repeat`` times; the best run of each is kept.
+**Throughput** is end to end: from the first publish until the handler has seen every
+envelope, flat out, 256-byte payloads over 100 keys, one subscriber. Both sides build
+each ``Envelope`` inside the timed loop (as an application does), so the raw side
+carries the same objects as the bus. Two handlers: one that does nothing (``noop``) and
+one that awaits ``asyncio.sleep(0)`` (``await``), so the path where a handler completes
+at once and the path where it suspends are both measured. The raw broker clients carry
+bytes (an 8-byte timestamp and the payload), what an application would hand them.
+
+**Latency** is handler time minus the publish timestamp (same process, monotonic
+clock), at a paced rate (1,000 and 10,000 envelopes/s, ``noop`` handler): p50 and p99.
+
+**Method**: each comparison runs as pairs, raw and bus back to back in one process
+(the order alternates from pair to pair), ``--repeat`` pairs per case. Reported: the
+median of the per-pair ratios with their min–max, and the median of each side.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import platform
+import statistics
 import struct
 import sys
 import time
@@ -22,6 +35,7 @@ import uuid
 import zlib
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Awaitable, Callable
 
 from bench.results_file import write_results
 from bus import Envelope, create_bus
@@ -29,11 +43,15 @@ from bus import Envelope, create_bus
 KEYS = 100
 PAYLOAD = b"x" * 256
 TS = struct.Struct(">Q")
+KEY_NAMES = [f"k{i}" for i in range(KEYS)]
+KINDS = ("noop", "await")
+#: (envelopes/s, seconds) for the latency cases
+RATES = ((1_000, 3.0), (10_000, 2.0))
+TARGETS = {"memory": 0.8, "nats": 0.85, "nats+js": 0.85, "kafka": 0.85}
 
 
 @dataclass
 class Result:
-    case: str
     messages: int
     seconds: float
     per_s: float
@@ -41,10 +59,10 @@ class Result:
     p99_ms: float
 
 
-def summarize(case: str, n: int, seconds: float, lat_ns: list[int]) -> Result:
+def summarize(n: int, seconds: float, lat_ns: list[int]) -> Result:
     lat_ns.sort()
     pct = lambda q: lat_ns[min(len(lat_ns) - 1, int(q * len(lat_ns)))] / 1e6  # noqa: E731
-    return Result(case, n, round(seconds, 4), round(n / seconds, 1), round(pct(0.50), 3), round(pct(0.99), 3))
+    return Result(n, round(seconds, 4), round(n / seconds, 1), round(pct(0.50), 3), round(pct(0.99), 3))
 
 
 class Sink:
@@ -61,53 +79,96 @@ class Sink:
             self.done.set()
 
 
-KEY_NAMES = [f"k{i}" for i in range(KEYS)]
-
-
 def make(i: int) -> Envelope:
     """Each publisher builds its envelope as it goes, as an application would."""
     return Envelope(key=KEY_NAMES[i % KEYS], type="bench", payload=PAYLOAD)
 
 
+class Pacer:
+    """Holds a publisher to ``rate`` envelopes/s (None: flat out). Sleeps only when more than
+    a millisecond ahead, so at 10,000/s it publishes in bursts of about ten."""
+
+    def __init__(self, rate: int | None) -> None:
+        self.interval = 1.0 / rate if rate else 0.0
+        self.t0 = 0.0
+
+    def start(self) -> None:
+        self.t0 = time.perf_counter()
+
+    async def before(self, i: int) -> None:
+        if self.interval:
+            ahead = self.t0 + i * self.interval - time.perf_counter()
+            if ahead > 0.001:
+                await asyncio.sleep(ahead)  # pacing to the rate, not waiting for anything
+
+
+def count_of(rate: int | None, seconds: float, n: int) -> int:
+    return int(rate * seconds) if rate else n
+
+
 # -- the bus, any backend --------------------------------------------------------
 
-async def run_bus(case: str, url: str, n: int, **options) -> Result:
+async def run_bus(url: str, n: int, kind: str, rate: int | None = None, **options) -> Result:
     bus = create_bus(url, **options)
     await bus.start()
     topic = f"bench-{uuid.uuid4().hex[:8]}"
     sink = Sink(n)
 
-    async def handler(e: Envelope) -> None:
-        sink.hit(e.ts_ns)
+    if kind == "noop":
+        async def handler(e: Envelope) -> None:
+            sink.hit(e.ts_ns)
+    else:
+        async def handler(e: Envelope) -> None:
+            await asyncio.sleep(0)
+            sink.hit(e.ts_ns)
 
+    pacer = Pacer(rate)
     try:
         await bus.subscribe(topic, handler)
         t0 = time.perf_counter()
+        pacer.start()
         for i in range(n):
+            await pacer.before(i)
             await bus.publish(topic, make(i))
         await asyncio.wait_for(sink.done.wait(), 120)
         elapsed = time.perf_counter() - t0
     finally:
         await bus.close()
-    return summarize(case, n, elapsed, sink.lat)
+    return summarize(n, elapsed, sink.lat)
 
 
 # -- raw ceilings ----------------------------------------------------------------
 
-async def run_raw_queue(n: int, workers: int = 256, queue_size: int = 128) -> Result:
+def raw_handler(kind: str, sink: Sink) -> Callable[[int], Awaitable[None]]:
+    if kind == "noop":
+        async def handle(ts: int) -> None:
+            sink.hit(ts)
+    else:
+        async def handle(ts: int) -> None:
+            await asyncio.sleep(0)
+            sink.hit(ts)
+    return handle
+
+
+async def run_raw_queue(n: int, kind: str, rate: int | None = None, workers: int = 256,
+                        queue_size: int = 128) -> Result:
     """asyncio.Queue fan-out to keyed workers: the in-process ceiling."""
     sink = Sink(n)
+    handle = raw_handler(kind, sink)
     queues = [asyncio.Queue(queue_size) for _ in range(workers)]
 
     async def work(q: asyncio.Queue) -> None:
         while True:
             e, ts = await q.get()
-            sink.hit(ts)
+            await handle(ts)
             q.task_done()
 
     tasks = [asyncio.create_task(work(q)) for q in queues]
+    pacer = Pacer(rate)
     t0 = time.perf_counter()
+    pacer.start()
     for i in range(n):
+        await pacer.before(i)
         e = make(i)
         await queues[zlib.crc32(e.key.encode()) % workers].put((e, time.monotonic_ns()))
     await sink.done.wait()
@@ -115,10 +176,10 @@ async def run_raw_queue(n: int, workers: int = 256, queue_size: int = 128) -> Re
     for t in tasks:
         t.cancel()
     await asyncio.gather(*tasks, return_exceptions=True)
-    return summarize("raw asyncio.Queue x256", n, elapsed, sink.lat)
+    return summarize(n, elapsed, sink.lat)
 
 
-async def run_raw_kafka(bootstrap: str, n: int) -> Result:
+async def run_raw_kafka(bootstrap: str, n: int, kind: str, rate: int | None = None) -> Result:
     from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
     from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
@@ -133,6 +194,7 @@ async def run_raw_kafka(bootstrap: str, n: int) -> Result:
     await producer.start()
     await consumer.start()
     sink = Sink(n)
+    handle = raw_handler(kind, sink)
     try:
         await consumer.topics()
         tps = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
@@ -144,46 +206,53 @@ async def run_raw_kafka(bootstrap: str, n: int) -> Result:
             while not sink.done.is_set():
                 for records in (await consumer.getmany(timeout_ms=500)).values():
                     for r in records:
-                        sink.hit(TS.unpack_from(r.value)[0])
+                        await handle(TS.unpack_from(r.value)[0])
 
         reader = asyncio.create_task(consume())
-        keys = [f"k{i % KEYS}".encode() for i in range(n)]
+        keys = [k.encode() for k in KEY_NAMES]
+        pacer = Pacer(rate)
         t0 = time.perf_counter()
-        for k in keys:
-            await producer.send(topic, TS.pack(time.monotonic_ns()) + PAYLOAD, key=k)
+        pacer.start()
+        for i in range(n):  # the raw client carries bytes: what an application gives it
+            await pacer.before(i)
+            await producer.send(topic, TS.pack(time.monotonic_ns()) + PAYLOAD, key=keys[i % KEYS])
         await asyncio.wait_for(sink.done.wait(), 120)
         elapsed = time.perf_counter() - t0
         await reader
     finally:
         await consumer.stop()
         await producer.stop()
-    return summarize("raw aiokafka", n, elapsed, sink.lat)
+    return summarize(n, elapsed, sink.lat)
 
 
-async def run_raw_nats(url: str, n: int) -> Result:
+async def run_raw_nats(url: str, n: int, kind: str, rate: int | None = None) -> Result:
     import nats
 
     nc = await nats.connect(url)
     sink = Sink(n)
+    handle = raw_handler(kind, sink)
     subject = f"raw-{uuid.uuid4().hex[:8]}"
 
     async def cb(msg) -> None:
-        sink.hit(TS.unpack_from(msg.data)[0])
+        await handle(TS.unpack_from(msg.data)[0])
 
     try:
         await nc.subscribe(subject, cb=cb, pending_msgs_limit=1 << 20, pending_bytes_limit=256 << 20)
         await nc.flush()
+        pacer = Pacer(rate)
         t0 = time.perf_counter()
-        for _ in range(n):
+        pacer.start()
+        for i in range(n):
+            await pacer.before(i)
             await nc.publish(subject, TS.pack(time.monotonic_ns()) + PAYLOAD)
         await asyncio.wait_for(sink.done.wait(), 120)
         elapsed = time.perf_counter() - t0
     finally:
         await nc.close()
-    return summarize("raw nats-py", n, elapsed, sink.lat)
+    return summarize(n, elapsed, sink.lat)
 
 
-async def run_raw_jetstream(url: str, n: int) -> Result:
+async def run_raw_jetstream(url: str, n: int, kind: str, rate: int | None = None) -> Result:
     import nats
     from nats.js import api
 
@@ -195,6 +264,7 @@ async def run_raw_jetstream(url: str, n: int) -> Result:
     psub = await js.pull_subscribe(subject, stream=stream, config=api.ConsumerConfig(
         deliver_policy=api.DeliverPolicy.NEW, ack_policy=api.AckPolicy.EXPLICIT, max_ack_pending=1024))
     sink = Sink(n)
+    handle = raw_handler(kind, sink)
 
     async def consume() -> None:
         while not sink.done.is_set():
@@ -203,89 +273,163 @@ async def run_raw_jetstream(url: str, n: int) -> Result:
             except nats.errors.TimeoutError:
                 continue
             for m in msgs:
-                sink.hit(TS.unpack_from(m.data)[0])
+                await handle(TS.unpack_from(m.data)[0])
                 await m.ack()
 
     try:
         reader = asyncio.create_task(consume())
+        pacer = Pacer(rate)
         t0 = time.perf_counter()
-        for _ in range(n):
+        pacer.start()
+        for i in range(n):
+            await pacer.before(i)
             await js.publish_async(subject, TS.pack(time.monotonic_ns()) + PAYLOAD)
         await asyncio.wait_for(sink.done.wait(), 120)
         elapsed = time.perf_counter() - t0
         await reader
     finally:
         await nc.close()
-    return summarize("raw nats-py JetStream", n, elapsed, sink.lat)
+    return summarize(n, elapsed, sink.lat)
 
 
 # -- driver ----------------------------------------------------------------------
+
+Runner = Callable[..., Awaitable[Result]]
+
+
+@dataclass
+class Pair:
+    backend: str
+    case: str  # "noop", "await", or "1000/s" ...
+    bus: list[Result]
+    raw: list[Result]
+
+    def ratios(self) -> list[float]:
+        return [b.per_s / r.per_s for b, r in zip(self.bus, self.raw)]
+
+    def summary(self) -> dict:
+        med = lambda xs: statistics.median(xs)  # noqa: E731
+        ratios = self.ratios()
+        return {
+            "backend": self.backend, "case": self.case,
+            "bus_per_s": round(med([b.per_s for b in self.bus]), 1),
+            "raw_per_s": round(med([r.per_s for r in self.raw]), 1),
+            "ratio": round(med(ratios), 3), "ratio_min": round(min(ratios), 3), "ratio_max": round(max(ratios), 3),
+            "bus_p50_ms": round(med([b.p50_ms for b in self.bus]), 3),
+            "bus_p99_ms": round(med([b.p99_ms for b in self.bus]), 3),
+            "raw_p50_ms": round(med([r.p50_ms for r in self.raw]), 3),
+            "raw_p99_ms": round(med([r.p99_ms for r in self.raw]), 3),
+            "runs": {"bus": [asdict(b) for b in self.bus], "raw": [asdict(r) for r in self.raw]},
+        }
+
+
+async def measure(backend: str, case: str, repeat: int, bus_run: Callable[[], Awaitable[Result]],
+                  raw_run: Callable[[], Awaitable[Result]]) -> Pair:
+    pair = Pair(backend, case, [], [])
+    for i in range(repeat):  # interleaved, alternating order: drift in machine load hits both alike
+        if i % 2 == 0:
+            pair.raw.append(await raw_run())
+            pair.bus.append(await bus_run())
+        else:
+            pair.bus.append(await bus_run())
+            pair.raw.append(await raw_run())
+    s = pair.summary()
+    print(f"  {backend:8s} {case:9s} bus {s['bus_per_s']:>10,.0f}/s  raw {s['raw_per_s']:>10,.0f}/s  "
+          f"ratio {s['ratio']:.2f} ({s['ratio_min']:.2f}–{s['ratio_max']:.2f})  "
+          f"p50 bus {s['bus_p50_ms']:.3f} raw {s['raw_p50_ms']:.3f} ms", flush=True)
+    return pair
+
 
 async def main(args: argparse.Namespace) -> dict:
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     from tests.brokers import nats_server, tansu
 
-    pairs: list[tuple[str, Result, Result, float]] = []
-    r = args.repeat
+    throughput: list[Pair] = []
+    latency: list[Pair] = []
+    r, n = args.repeat, args.messages
+    want = set(args.only.split(",")) if args.only else set(TARGETS)
 
-    async def pair(name: str, bus_make, raw_make, target: float) -> None:
-        raws, buses = [], []
-        for _ in range(r):  # interleaved, so drift in machine load hits both sides alike
-            raws.append(await raw_make())
-            buses.append(await bus_make())
-        raw = max(raws, key=lambda x: x.per_s)
-        ours = max(buses, key=lambda x: x.per_s)
-        pairs.append((name, ours, raw, target))
-        print(f"  {name}: bus {ours.per_s:,.0f}/s vs raw {raw.per_s:,.0f}/s", flush=True)
+    async def backend(name: str, url: str, raw: Runner, **options) -> None:
+        for kind in KINDS:
+            throughput.append(await measure(
+                name, kind, r, lambda: run_bus(url, n[name], kind, **options), lambda: raw(n[name], kind)))
+        if args.no_latency:
+            return
+        for rate, seconds in RATES:
+            count = count_of(rate, seconds, 0)
+            latency.append(await measure(
+                name, f"{rate:,}/s", max(3, r // 2),
+                lambda: run_bus(url, count, "noop", rate, **options), lambda: raw(count, "noop", rate)))
 
-    n = args.messages
-    want = set(args.only.split(",")) if args.only else {"memory", "nats", "nats+js", "kafka"}
     if "memory" in want:
-        await pair("memory", lambda: run_bus("bus memory (256 workers)", "memory://", n["memory"]),
-                   lambda: run_raw_queue(n["memory"]), 0.6)
+        await backend("memory", "memory://", run_raw_queue)
     if want & {"nats", "nats+js"}:
         with nats_server() as broker:
-            js_url = broker.url.replace("nats://", "nats+js://")
             if "nats" in want:
-                await pair("nats", lambda: run_bus("bus nats", broker.url, n["nats"]),
-                           lambda: run_raw_nats(broker.url, n["nats"]), 0.85)
+                await backend("nats", broker.url, lambda *a: run_raw_nats(broker.url, *a))
             if "nats+js" in want:
-                await pair("nats+js", lambda: run_bus("bus nats+js", js_url, n["nats+js"], storage="memory"),
-                           lambda: run_raw_jetstream(broker.url, n["nats+js"]), 0.85)
+                await backend("nats+js", broker.url.replace("nats://", "nats+js://"),
+                              lambda *a: run_raw_jetstream(broker.url, *a), storage="memory")
     if "kafka" in want:
         with tansu() as broker:
             bootstrap = broker.url.split("://", 1)[1]
-            await pair("kafka", lambda: run_bus("bus kafka", broker.url, n["kafka"]),
-                       lambda: run_raw_kafka(bootstrap, n["kafka"]), 0.85)
+            await backend("kafka", broker.url, lambda *a: run_raw_kafka(bootstrap, *a))
 
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title="busmon bus throughput, end to end (best of %d)" % r)
-    for col in ("backend", "bus msg/s", "raw msg/s", "ratio", "target", "bus p50/p99 ms", "raw p50/p99 ms"):
-        table.add_column(col, justify="right" if col != "backend" else "left")
-    rows = []
-    for name, ours, raw, target in pairs:
-        ratio = ours.per_s / raw.per_s
-        table.add_row(name, f"{ours.per_s:,.0f}", f"{raw.per_s:,.0f}", f"{ratio:.2f}",
-                      f">= {target}", f"{ours.p50_ms:.2f} / {ours.p99_ms:.2f}",
-                      f"{raw.p50_ms:.2f} / {raw.p99_ms:.2f}")
-        rows.append({"backend": name, "bus": asdict(ours), "raw": asdict(raw),
-                     "ratio": round(ratio, 3), "target": target, "met": ratio >= target})
-    Console().print(table)
+    console = Console()
+    table = Table(title=f"throughput, end to end: median of {r} interleaved pairs ({args.loop} loop)")
+    for col in ("backend", "handler", "bus msg/s", "raw msg/s", "ratio (min–max)", "target", "bus p50/p99 ms",
+                "raw p50/p99 ms"):
+        table.add_column(col, justify="left" if col in ("backend", "handler") else "right")
+    for p in throughput:
+        s = p.summary()
+        target = TARGETS[p.backend]
+        table.add_row(p.backend, p.case, f"{s['bus_per_s']:,.0f}", f"{s['raw_per_s']:,.0f}",
+                      f"{s['ratio']:.2f} ({s['ratio_min']:.2f}–{s['ratio_max']:.2f})",
+                      f">= {target} {'✓' if s['ratio'] >= target else '✗'}",
+                      f"{s['bus_p50_ms']:.2f} / {s['bus_p99_ms']:.2f}", f"{s['raw_p50_ms']:.2f} / {s['raw_p99_ms']:.2f}")
+    console.print(table)
+    if latency:
+        table = Table(title="latency at a steady rate, noop handler (median of pairs)")
+        for col in ("backend", "rate", "bus p50 ms", "raw p50 ms", "added p50 ms", "bus p99 ms", "raw p99 ms"):
+            table.add_column(col, justify="left" if col in ("backend", "rate") else "right")
+        for p in latency:
+            s = p.summary()
+            table.add_row(p.backend, p.case, f"{s['bus_p50_ms']:.3f}", f"{s['raw_p50_ms']:.3f}",
+                          f"{s['bus_p50_ms'] - s['raw_p50_ms']:+.3f}", f"{s['bus_p99_ms']:.3f}",
+                          f"{s['raw_p99_ms']:.3f}")
+        console.print(table)
     return {
-        "repeat": r, "payload_bytes": len(PAYLOAD), "keys": KEYS, "results": rows,
+        "repeat": r, "loop": args.loop, "payload_bytes": len(PAYLOAD), "keys": KEYS, "messages": n,
+        "python": platform.python_version(),
+        "throughput": [p.summary() | {"target": TARGETS[p.backend],
+                                      "met": p.summary()["ratio"] >= TARGETS[p.backend]} for p in throughput],
+        "latency": [p.summary() for p in latency],
     }
 
 
-if __name__ == "__main__":
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", type=Path, default=Path("bench/results/bus_throughput.json"))
-    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--repeat", type=int, default=5, help="interleaved pairs per throughput case")
     parser.add_argument("--only", default="", help="comma-separated: memory,nats,nats+js,kafka")
-    parser.add_argument("--scale", type=float, default=1.0, help="multiply message counts")
-    a = parser.parse_args()
+    parser.add_argument("--scale", type=float, default=1.0, help="multiply the flat-out message counts")
+    parser.add_argument("--no-latency", action="store_true", help="skip the paced latency cases")
+    parser.add_argument("--loop", choices=("asyncio", "uvloop"), default="asyncio")
+    a = parser.parse_args(argv)
     base = {"memory": 200_000, "nats": 100_000, "nats+js": 50_000, "kafka": 50_000}
     a.messages = {k: int(v * a.scale) for k, v in base.items()}
-    out = asyncio.run(main(a))
+    return a
+
+
+if __name__ == "__main__":
+    a = parse_args()
+    if a.loop == "uvloop":
+        import uvloop  # optional: pip install uvloop
+
+        out = uvloop.run(main(a))
+    else:
+        out = asyncio.run(main(a))
     write_results(a.json, out)

@@ -46,6 +46,8 @@ class State(enum.Enum):
 
 
 _STARTED = State.STARTED  # a module constant: enum member lookup costs on every publish
+_new = tuple.__new__
+_monotonic_ns = time.monotonic_ns
 
 
 class BaseSubscription:
@@ -249,11 +251,12 @@ class BaseBus:
         """Publish one envelope; the bus stamps seq (per key) and ts_ns if they are 0."""
         if self.state is not _STARTED:
             self._check_started()
-        if not envelope.seq or not envelope.ts_ns:
-            seqs, key = self._seq, envelope.key
+        if not envelope[3] or not envelope[4]:  # stamped inline (this runs once per envelope)
+            seqs, key = self._seq, envelope[0]
             seq = seqs.get(key, 0) + 1
             seqs[key] = seq
-            envelope = envelope.stamped(seq, time.monotonic_ns())
+            envelope = _new(Envelope, (key, envelope[1], envelope[2], envelope[3] or seq,
+                                       envelope[4] or _monotonic_ns(), envelope[5]))
         if not self._publish_nowait(topic, envelope):
             await self._publish(topic, envelope)
         counters = self.counters

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from bus.base import BaseBus, BaseSubscription
 from bus.envelope import Envelope
 from bus.pool import key_hash
+
+#: publishes in a row before one yields to the loop (see ``_publish``)
+PUBLISH_BURST = 512
 from bus.protocol import Handler
 
 
@@ -28,20 +33,27 @@ class MemoryBus(BaseBus):
         self._topics: dict[str, dict[object, list[MemorySubscription]]] = {}
         # topic -> one tuple of members per group, rebuilt on (un)subscribe: the hot path reads it
         self._routes: dict[str, tuple[tuple[MemorySubscription, ...], ...]] = {}
+        self._unyielded = 0  # publishes since one last yielded to the loop
 
     def _publish_nowait(self, topic: str, envelope: Envelope) -> bool:
         routes = self._routes.get(topic)
         if routes is None:
             return True  # nobody listens: nothing to do
-        if len(routes) == 1 and len(routes[0]) == 1:  # the common case: one subscriber
+        self._unyielded += 1
+        if len(routes) == 1 and len(routes[0]) == 1 and self._unyielded < PUBLISH_BURST:  # the common case
             return self.pool.offer(routes[0][0], envelope)
         return False
 
     async def _publish(self, topic: str, envelope: Envelope) -> None:
+        pool = self.pool
+        if self._unyielded >= PUBLISH_BURST:
+            # handlers that finish at once run inside publish (the pool's eager dispatch): a
+            # publisher looping flat out would never suspend, and the loop would starve
+            self._unyielded = 0
+            await asyncio.sleep(0)
         routes = self._routes.get(topic)
         if routes is None:
             return
-        pool = self.pool
         for members in routes:
             target = members[0] if len(members) == 1 else members[key_hash(envelope.key) % len(members)]
             if not pool.offer(target, envelope):

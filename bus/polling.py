@@ -20,21 +20,19 @@ from bus.protocol import Handler
 log = logging.getLogger("bus")
 
 
-def decode_or_count(bus: BaseBus, data: bytes, where: str) -> Envelope | None:
-    """Decode a frame from the wire; garbage is counted (and logged once), never raised."""
-    try:
-        return decode(data)
-    except DecodeError as exc:
-        bus.counters.decode_errors += 1
-        if bus.counters.decode_errors == 1:
-            log.error("undecodable message on %s: %s (logged once)", where, exc)
-        return None
+def count_undecodable(bus: BaseBus, exc: DecodeError, where: str) -> None:
+    """Garbage from the wire is counted (and logged once), never raised."""
+    bus.counters.decode_errors += 1
+    if bus.counters.decode_errors == 1:
+        log.error("undecodable message on %s: %s (logged once)", where, exc)
 
 
 class PollingSubscription(BaseSubscription):
     """Subclasses say how to fetch a batch, read a payload, and close the intake."""
 
     task_prefix = "bus.consumer"
+    #: whether ``_token`` gives something to settle after each handler
+    tokens = False
 
     def __init__(self, bus: BaseBus, topic: str, handler: Handler, group: str | None) -> None:
         super().__init__(bus, topic, handler, group)
@@ -84,17 +82,22 @@ class PollingSubscription(BaseSubscription):
                 batch = await self._fetch()
             finally:
                 self._fetching = False
+            envelopes: list[Envelope] = []
+            tokens: list[Any] = []
             for raw in batch:
-                envelope = decode_or_count(self.bus, self._payload(raw), self.topic)
-                if envelope is None:
+                try:
+                    envelopes.append(decode(self._payload(raw)))
+                except DecodeError as exc:
+                    count_undecodable(self.bus, exc, self.topic)
                     await self._reject(raw)
                     continue
-                token = self._token(raw)
-                if not pool.offer(self, envelope, token):
-                    await pool.submit(self, envelope, token)
+                tokens.append(self._token(raw))
+            # one hand-off per worker for the whole batch; what did not fit waits for room
+            for _, envelope, token in pool.offer_many(self, envelopes, tokens if self.tokens else None):
+                await pool.submit(self, envelope, token)
             # handed out: a stop cancels the next fetch, and the cancelled task's traceback keeps
             # this frame (and a whole batch of records) alive as long as the task object is
-            batch = raw = envelope = token = None
+            batch = raw = envelopes = tokens = None  # type: ignore[assignment]
 
     async def _stop(self, deadline: float) -> None:
         if self._stopped:

@@ -2,20 +2,35 @@
 
 An envelope's key picks its worker by a stable hash (CRC-32), so per-key order
 holds however many keys and publishers there are, while different keys run in
-parallel. Each worker has a bounded queue: when it is full, ``submit`` waits
-(backpressure) instead of dropping or growing without limit.
+parallel. Each worker has a bounded queue (a *lane*): when it is full, ``submit``
+waits (backpressure) instead of dropping or growing without limit.
+
+**Eager dispatch.** Handing an envelope to a worker task costs an event-loop
+wake-up per envelope. When the key's worker has nothing queued and nothing in
+flight, the pool runs the delivery right away in the caller's step, until the
+handler first suspends (what Python 3.12's eager task factory does for tasks); a
+handler that completes without suspending never leaves the caller. A handler that
+does suspend is handed, where it stands, to its worker, which finishes it before
+anything queued behind it. While the first step runs, ``asyncio.current_task()``
+is the worker's task and the handler runs in the worker's context, so timeouts,
+task groups and context variables behave as they do on the worker. Order holds
+because the lane counts as busy from the first step until the handler's end.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
+import types
 import zlib
-from typing import Any, Callable, Protocol
+from collections import deque
+from typing import Any, Callable, Coroutine, Generator, Protocol, Sequence
 
 from bus.counters import BusCounters
 from bus.deadline import CANCEL_GRACE_S, cancel_and_wait
 from bus.envelope import Envelope
+from bus.errors import BusClosedError
 from bus.protocol import Handler
 
 log = logging.getLogger("bus.pool")
@@ -25,7 +40,39 @@ DEFAULT_QUEUE_SIZE = 128
 # each worker is a task created up front: a million of them takes minutes and gigabytes
 MAX_WORKERS = 65_536
 MAX_QUEUE_SIZE = 1_000_000
+#: handlers run eagerly inside one another (a handler that publishes to a key whose
+#: worker is idle) at most this deep; deeper ones are queued, so chains cannot exhaust the stack
+MAX_EAGER_DEPTH = 16
 
+_CoroutineType = types.CoroutineType
+
+#: which task is running, switched as Python 3.12's eager tasks do (``_swap_current_task``);
+#: on 3.11 the dict that the C tasks and ``current_task()`` read, switched in place (a call less)
+_CURRENT: dict[asyncio.AbstractEventLoop, asyncio.Task] | None = None
+if hasattr(asyncio.tasks, "_swap_current_task"):
+    _swap_current_task = asyncio.tasks._swap_current_task
+else:
+    _CURRENT = asyncio.tasks._current_tasks
+
+    def _swap_current_task(loop: asyncio.AbstractEventLoop, task: asyncio.Task | None) -> asyncio.Task | None:
+        assert _CURRENT is not None
+        prev = _CURRENT.get(loop)
+        if task is None:
+            _CURRENT.pop(loop, None)
+        else:
+            _CURRENT[loop] = task
+        return prev
+
+
+async def _awaiting(awaitable: Any) -> None:
+    """A handler that returned an awaitable other than a coroutine (a future, say)."""
+    await awaitable
+
+
+def _cancelling() -> bool:
+    """Is the running task being cancelled (rather than a handler raising CancelledError itself)?"""
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
 
 _hashes: dict[str, int] = {}
 
@@ -50,8 +97,69 @@ class Target(Protocol):
         """Called after the handler when the backend gave a token (e.g. to ack)."""
 
 
+Item = tuple[Target, Envelope, Any]
+
+
+class _Lane:
+    """One worker's queue and state."""
+
+    __slots__ = ("items", "busy", "resume", "wake", "room", "drained", "context", "task")
+
+    def __init__(self) -> None:
+        self.items: deque[Item] = deque()
+        #: a delivery is in flight (its eager first step, or in the worker)
+        self.busy = False
+        #: a delivery whose first step ran eagerly and then suspended: (coroutine, what it yielded)
+        self.resume: tuple[Coroutine[Any, Any, None], Any] | None = None
+        #: the idle worker waits on this
+        self.wake: asyncio.Future[None] | None = None
+        #: publishers waiting for room (backpressure), first come first served
+        self.room: deque[asyncio.Future[None]] = deque()
+        #: callers of ``drain`` waiting for this lane to be idle
+        self.drained: list[asyncio.Future[None]] = []
+        #: the context every delivery of this lane runs in: its worker task's
+        self.context = contextvars.copy_context()
+        self.task: asyncio.Task[None] | None = None
+
+
+@types.coroutine
+def _finish(coro: Coroutine[Any, Any, None], yielded: Any,
+            error: BaseException | None = None) -> Generator[Any, None, None]:
+    """Drive ``coro`` to its end from where its eager first step stopped, in the worker.
+
+    ``yielded`` is what that step yielded: a future it waits on (the worker's task waits
+    on it in its place), or ``None`` for a bare yield such as ``asyncio.sleep(0)`` (the
+    loop iteration that woke the worker was the one it asked for). ``error`` is thrown in
+    instead (the worker was cancelled before it could resume the handler). From then on
+    what the task sends or throws is passed on, so the handler sees its awaits complete,
+    or its cancellation, exactly as if it had run in the worker from the start.
+    """
+    try:
+        if error is not None:
+            if asyncio.isfuture(yielded) and not yielded.done():
+                yielded.cancel()  # as a task's cancel() cancels the future it waits on
+            yielded = coro.throw(error)
+        elif yielded is None:
+            yielded = coro.send(None)
+        elif asyncio.isfuture(yielded) and yielded.done():  # nothing left to wait for
+            yielded._asyncio_future_blocking = False
+            yielded = coro.send(None)
+        while True:
+            try:
+                yield yielded
+            except GeneratorExit:
+                coro.close()
+                raise
+            except BaseException as exc:  # the task's cancellation, or a bad yield
+                yielded = coro.throw(exc)
+            else:
+                yielded = coro.send(None)
+    except StopIteration:
+        return
+
+
 class KeyedWorkerPool:
-    """Fixed set of named worker tasks, each draining its own bounded queue."""
+    """Fixed set of named worker tasks, each draining its own bounded lane."""
 
     def __init__(
         self,
@@ -61,6 +169,7 @@ class KeyedWorkerPool:
         queue_size: int = DEFAULT_QUEUE_SIZE,
         name: str = "bus.pool",
         on_death: Callable[[asyncio.Task, BaseException | None], None] | None = None,
+        eager: bool = True,
     ) -> None:
         for option, value, most in (("workers", workers, MAX_WORKERS), ("queue_size", queue_size, MAX_QUEUE_SIZE)):
             if type(value) is not int or not 1 <= value <= most:
@@ -69,11 +178,14 @@ class KeyedWorkerPool:
         self._n = workers
         self._queue_size = queue_size
         self._name = name
-        self._queues: list[asyncio.Queue[tuple[Target, Envelope, Any]]] = []
+        self._lanes: list[_Lane] = []
         self._tasks: list[asyncio.Task[None]] = []
         self._seen_errors: set[type[BaseException]] = set()
         self._on_death = on_death
         self._stopping = False
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._depth = 0  # eager first steps running inside one another
+        self._max_depth = MAX_EAGER_DEPTH if eager else 0
 
     @property
     def workers(self) -> int:
@@ -84,19 +196,20 @@ class KeyedWorkerPool:
         return tuple(self._tasks)
 
     def start(self) -> None:
-        """Create the queues and worker tasks on the running loop."""
+        """Create the lanes and worker tasks on the running loop."""
         if self._tasks:
             return
-        self._queues = [asyncio.Queue(self._queue_size) for _ in range(self._n)]
-        self._tasks = [
-            asyncio.create_task(self._work(q), name=f"{self._name}.worker-{i}")
-            for i, q in enumerate(self._queues)
-        ]
-        for t in self._tasks:
-            t.add_done_callback(self._worker_done)
+        self._loop = asyncio.get_running_loop()
+        self._lanes = [_Lane() for _ in range(self._n)]
+        for i, lane in enumerate(self._lanes):
+            lane.task = asyncio.create_task(self._work(lane), name=f"{self._name}.worker-{i}",
+                                            context=lane.context)
+            lane.task.add_done_callback(lambda task, lane=lane: self._worker_done(task, lane))
+            self._tasks.append(lane.task)
 
-    def _worker_done(self, task: asyncio.Task) -> None:
+    def _worker_done(self, task: asyncio.Task, lane: _Lane) -> None:
         """A worker only ends when the pool stops it; any other end is a fault, said at once."""
+        lane.busy = True  # nothing runs on its lane any more, eagerly or not: envelopes queue up
         exc = None if task.cancelled() else task.exception()
         if not self._stopping and self._on_death is not None:
             self._on_death(task, exc)
@@ -107,62 +220,263 @@ class KeyedWorkerPool:
 
     def pending(self) -> int:
         """Envelopes queued and not yet taken by a worker."""
-        return sum(q.qsize() for q in self._queues)
+        return sum(len(lane.items) for lane in self._lanes)
+
+    # -- handing envelopes over -------------------------------------------------
 
     def offer(self, target: Target, envelope: Envelope, token: Any = None) -> bool:
-        """Queue without waiting; False when the key's queue is full (then await ``submit``)."""
+        """Deliver now if the key's worker is idle, else queue without waiting; False when
+        the key's lane is full (then await ``submit``)."""
         key = envelope[0]
         h = _hashes.get(key)
-        queue = self._queues[(h if h is not None else key_hash(key)) % self._n]
-        if queue.full():
-            return False
-        queue.put_nowait((target, envelope, token))
+        lane = self._lanes[(h if h is not None else key_hash(key)) % self._n]
+        if lane.busy or lane.items or self._depth >= self._max_depth:
+            if len(lane.items) >= self._queue_size:
+                return False
+            lane.items.append((target, envelope, token))
+            if lane.wake is not None:
+                self._wake(lane)
+            return True
+        if token is not None:  # a settle follows the handler: the delivery loop does both
+            self._start(lane, self._deliver_all(deque(((target, envelope, token),))))
+            return True
+        if target.active:  # the plain case, with nothing around the handler's own coroutine
+            counters = self._counters
+            counters.delivered += 1
+            counters.bytes_in += len(envelope[2])
+            try:
+                coro = target.handler(envelope)
+            except Exception as exc:
+                self._handler_failed(exc)
+                return True
+            self._start(lane, coro if coro.__class__ is _CoroutineType else _awaiting(coro))
         return True
 
-    async def submit(self, target: Target, envelope: Envelope, token: Any = None) -> None:
-        """Queue ``envelope`` for ``target`` on its key's worker; wait while that queue is full."""
-        queue = self._queues[key_hash(envelope.key) % self._n]
-        if queue.full():
-            await queue.put((target, envelope, token))
-        else:
-            queue.put_nowait((target, envelope, token))
+    def offer_many(self, target: Target, envelopes: Sequence[Envelope],
+                   tokens: Sequence[Any] | None = None) -> list[Item]:
+        """Hand over a fetched batch (a Kafka ``getmany``, a JetStream pull, NATS's pending
+        messages): each worker gets its share as one delivery run, eagerly if it is idle, else
+        queued behind one wake-up, instead of one hand-off per envelope.
 
-    async def _work(self, queue: asyncio.Queue[tuple[Target, Envelope, Any]]) -> None:
-        counters = self._counters
+        Returns, in order, what did not fit (a full lane): ``await submit`` each of those.
+        """
+        n = self._n
+        groups: dict[int, deque[Item]] = {}
+        for i, envelope in enumerate(envelopes):
+            key = envelope[0]
+            h = _hashes.get(key)
+            index = (h if h is not None else key_hash(key)) % n
+            item = (target, envelope, None if tokens is None else tokens[i])
+            group = groups.get(index)
+            if group is None:
+                groups[index] = deque((item,))
+            else:
+                group.append(item)
+        left: list[Item] = []
+        size = self._queue_size
+        for index, group in groups.items():
+            lane = self._lanes[index]
+            eager = not lane.busy and not lane.items and self._depth < self._max_depth
+            run = group
+            if eager and len(group) > size:  # what the run holds is bounded like a queue
+                run = deque(group.popleft() for _ in range(size))
+            if not eager or group is not run:
+                items = lane.items
+                while group and len(items) < size:
+                    items.append(group.popleft())
+                left.extend(group)
+                if lane.wake is not None and items:
+                    self._wake(lane)
+            if eager:
+                self._start(lane, self._deliver_all(run))
+        return left
+
+    async def submit(self, target: Target, envelope: Envelope, token: Any = None) -> None:
+        """Hand ``envelope`` to ``target`` on its key's worker; wait while that lane is full."""
+        if self.offer(target, envelope, token):
+            return
+        if self._stopping:
+            raise BusClosedError("the bus closed while this publish waited for room in its queue")
+        lane = self._lanes[key_hash(envelope[0]) % self._n]
+        loop = asyncio.get_running_loop()
         while True:
-            target, envelope, token = await queue.get()
+            room = loop.create_future()
+            lane.room.append(room)
             try:
-                if not target.active:
-                    continue
-                ok = True
-                counters.delivered += 1
-                counters.bytes_in += len(envelope.payload)
+                await room
+            except BaseException:
+                room.cancel()
                 try:
-                    await target.handler(envelope)
-                except Exception as exc:  # a handler's bug must not kill the worker
-                    ok = False
-                    counters.handler_errors += 1
-                    if type(exc) not in self._seen_errors:
-                        self._seen_errors.add(type(exc))
-                        log.error("handler raised %s (logged once per kind)", type(exc).__name__,
-                                  exc_info=exc)
-                if token is not None:
-                    try:
-                        await target.settle(token, ok)
-                    except Exception as exc:  # an ack that fails must not kill the worker either
-                        counters.handler_errors += 1
-                        log.debug("settling a delivery failed: %r", exc)
+                    lane.room.remove(room)
+                except ValueError:  # it was let in already: pass the room on
+                    self._let_in(lane)
+                raise
+            if self.offer(target, envelope, token):
+                return
+
+    @staticmethod
+    def _wake(lane: _Lane) -> None:
+        wake, lane.wake = lane.wake, None
+        if wake is not None and not wake.done():
+            wake.set_result(None)
+
+    def _let_in(self, lane: _Lane) -> None:
+        """Wake the first publisher waiting for room in ``lane``, if there is room."""
+        while lane.room and len(lane.items) < self._queue_size:
+            room = lane.room.popleft()
+            if not room.done():
+                room.set_result(None)
+                return
+
+    # -- running deliveries -----------------------------------------------------
+
+    def _start(self, lane: _Lane, coro: Coroutine[Any, Any, None]) -> None:
+        """Run ``coro``'s first step now, as ``lane``'s worker (its task current, its context);
+        if it suspends, the worker finishes it before anything queued behind it."""
+        loop = self._loop
+        lane.busy = True
+        self._depth += 1
+        current = _CURRENT
+        if current is not None:
+            caller = current.get(loop)
+            current[loop] = lane.task  # type: ignore[index,assignment]
+        else:
+            caller = _swap_current_task(loop, lane.task)
+        try:
+            yielded = lane.context.run(coro.send, None)
+        except StopIteration:
+            self._idle(lane)
+            return
+        except (KeyboardInterrupt, SystemExit):
+            lane.busy = False
+            raise
+        except BaseException as exc:  # a handler's error, or CancelledError it raised itself
+            self._handler_failed(exc)
+            self._idle(lane)
+            return
+        finally:
+            if current is None:
+                _swap_current_task(loop, caller)
+            elif caller is None:
+                del current[loop]  # type: ignore[arg-type]
+            else:
+                current[loop] = caller  # type: ignore[index]
+            self._depth -= 1
+        lane.resume = (coro, yielded)
+        self._wake(lane)
+
+    def _idle(self, lane: _Lane) -> None:
+        """A delivery on ``lane`` ended: wake its worker for what queued meanwhile, or tell
+        whoever waits for the lane to drain."""
+        lane.busy = False
+        if lane.items:
+            self._wake(lane)
+        elif lane.drained:
+            waiters, lane.drained = lane.drained, []
+            for fut in waiters:
+                if not fut.done():
+                    fut.set_result(None)
+
+    async def _deliver_all(self, items: deque[Item], lane: _Lane | None = None) -> None:
+        """Deliver ``items`` in order: each handler, then its settle (ack) if it has a token.
+
+        Handlers are awaited here directly: a run of envelopes costs one coroutine, not one
+        per envelope. ``lane`` is given when ``items`` is its queue (taking one makes room).
+        """
+        counters = self._counters
+        while items:
+            target, envelope, token = items.popleft()
+            if lane is not None and lane.room:
+                self._let_in(lane)
+            if not target.active:
+                continue
+            counters.delivered += 1
+            counters.bytes_in += len(envelope[2])
+            ok = True
+            try:
+                await target.handler(envelope)
+            except Exception as exc:  # a handler's bug must not end the run (or kill the worker)
+                ok = False
+                self._handler_failed(exc)
+            except asyncio.CancelledError as exc:
+                if _cancelling():
+                    raise
+                ok = False
+                self._handler_failed(exc)
+            if token is not None:
+                try:
+                    await target.settle(token, ok)
+                except Exception as exc:  # an ack that fails must not end the run either
+                    self._settle_failed(exc)
+
+    def _handler_failed(self, exc: BaseException) -> None:
+        self._counters.handler_errors += 1
+        if type(exc) not in self._seen_errors:
+            self._seen_errors.add(type(exc))
+            log.error("handler raised %s (logged once per kind)", type(exc).__name__, exc_info=exc)
+
+    def _settle_failed(self, exc: BaseException) -> None:
+        self._counters.handler_errors += 1
+        log.debug("settling a delivery failed: %r", exc)
+
+    async def _work(self, lane: _Lane) -> None:
+        loop = asyncio.get_running_loop()
+        items = lane.items
+        while True:
+            if lane.resume is None and not items:
+                wake = lane.wake = loop.create_future()
+                try:
+                    await wake
+                except asyncio.CancelledError:
+                    lane.wake = None
+                    if lane.resume is None:
+                        raise
+                    # a delivery was handed over and not yet resumed: it gets the cancellation, as
+                    # it would have in the worker; it may be its own timeout, which it takes back
+                    await self._resume(lane, asyncio.CancelledError())
+                    if _cancelling():
+                        raise
+                continue
+            if lane.resume is not None:
+                await self._resume(lane)
+                continue
+            lane.busy = True
+            try:
+                await self._deliver_all(items, lane)
             finally:
-                queue.task_done()
+                self._idle(lane)
+
+    async def _resume(self, lane: _Lane, error: BaseException | None = None) -> None:
+        """Finish, in the worker, a delivery whose first step ran eagerly and suspended."""
+        assert lane.resume is not None
+        coro, yielded = lane.resume
+        lane.resume = None
+        try:
+            await _finish(coro, yielded, error)
+        except Exception as exc:  # a lone handler's error (a run catches its own)
+            self._handler_failed(exc)
+        except asyncio.CancelledError as exc:
+            if _cancelling():
+                raise
+            self._handler_failed(exc)
+        finally:
+            self._idle(lane)
+
+    # -- the end ---------------------------------------------------------------------
 
     async def drain(self, timeout: float) -> bool:
-        """Wait until every queued envelope has been handled; False if ``timeout`` passed first."""
-        if not self._queues:
+        """Wait until every queued or in-flight envelope has been handled; False if ``timeout``
+        passed first."""
+        if not self._lanes:
             return True
+        loop = asyncio.get_running_loop()
         try:
             async with asyncio.timeout(timeout):
-                for q in self._queues:
-                    await q.join()
+                for lane in self._lanes:
+                    while lane.busy or lane.items:
+                        fut = loop.create_future()
+                        lane.drained.append(fut)
+                        await fut
         except TimeoutError:
             return False
         return True
@@ -173,4 +487,14 @@ class KeyedWorkerPool:
         self._stopping = True
         refused = await cancel_and_wait(self._tasks, grace)
         self._tasks = []
+        for lane in self._lanes:
+            for room in lane.room:  # a publisher still waiting for room: the pool is gone
+                if not room.done():
+                    room.set_exception(BusClosedError(
+                        "the bus closed while this publish waited for room in its queue"))
+            lane.room.clear()
+            if lane.resume is not None:  # its worker ended before it could finish the delivery
+                coro, _ = lane.resume
+                lane.resume = None
+                coro.close()
         return refused
