@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-import time
 from typing import Any
 
 import nats
@@ -31,7 +30,6 @@ from bus.polling import PollingSubscription, count_undecodable
 from bus.protocol import Handler
 
 log = logging.getLogger("bus.nats")
-_monotonic_ns = time.monotonic_ns
 
 
 def client_tasks(nc: Client) -> list[asyncio.Task]:
@@ -209,10 +207,7 @@ class NatsBus(BaseBus):
             self._check_started()
         key, type_, payload, seq, ts_ns, headers = envelope
         if not seq or not ts_ns:
-            seqs = self._seq
-            stamp = seqs.get(key, 0) + 1
-            seqs[key] = stamp
-            seq, ts_ns = seq or stamp, ts_ns or _monotonic_ns()
+            seq, ts_ns = self._stamp(key, seq, ts_ns)
         await self.nc.publish(topic, frame(key, type_, payload, seq, ts_ns, headers))  # type: ignore[union-attr]
         counters = self.counters
         counters.published += 1

@@ -46,22 +46,12 @@ MAX_EAGER_DEPTH = 16
 
 _CoroutineType = types.CoroutineType
 
-#: which task is running, switched as Python 3.12's eager tasks do (``_swap_current_task``);
-#: on 3.11 the dict that the C tasks and ``current_task()`` read, switched in place (a call less)
-_CURRENT: dict[asyncio.AbstractEventLoop, asyncio.Task] | None = None
-if hasattr(asyncio.tasks, "_swap_current_task"):
-    _swap_current_task = asyncio.tasks._swap_current_task
-else:
-    _CURRENT = asyncio.tasks._current_tasks
-
-    def _swap_current_task(loop: asyncio.AbstractEventLoop, task: asyncio.Task | None) -> asyncio.Task | None:
-        assert _CURRENT is not None
-        prev = _CURRENT.get(loop)
-        if task is None:
-            _CURRENT.pop(loop, None)
-        else:
-            _CURRENT[loop] = task
-        return prev
+#: which task is running is switched as Python 3.12's eager tasks do (``_swap_current_task``);
+#: 3.11 has no such call: there, the dict that the C tasks and ``current_task()`` read
+_swap_current_task: Callable[[asyncio.AbstractEventLoop, asyncio.Task | None], asyncio.Task | None] | None = \
+    getattr(asyncio.tasks, "_swap_current_task", None)
+_CURRENT: dict[asyncio.AbstractEventLoop, asyncio.Task] | None = \
+    asyncio.tasks._current_tasks if _swap_current_task is None else None  # type: ignore[attr-defined]
 
 
 async def _awaiting(awaitable: Any) -> None:
@@ -73,6 +63,7 @@ def _cancelling() -> bool:
     """Is the running task being cancelled (rather than a handler raising CancelledError itself)?"""
     task = asyncio.current_task()
     return task is not None and task.cancelling() > 0
+
 
 _hashes: dict[str, int] = {}
 
@@ -130,32 +121,29 @@ def _finish(coro: Coroutine[Any, Any, None], yielded: Any,
     ``yielded`` is what that step yielded: a future it waits on (the worker's task waits
     on it in its place), or ``None`` for a bare yield such as ``asyncio.sleep(0)`` (the
     loop iteration that woke the worker was the one it asked for). ``error`` is thrown in
-    instead (the worker was cancelled before it could resume the handler). From then on
-    what the task sends or throws is passed on, so the handler sees its awaits complete,
-    or its cancellation, exactly as if it had run in the worker from the start.
+    instead (the worker was cancelled before it could resume it). Once nothing is left to
+    wait for, ``yield from`` hands the coroutine to the task itself: from then on its awaits
+    and its cancellation pass in C, exactly as if it had run in the worker from the start.
     """
-    try:
-        if error is not None:
-            if asyncio.isfuture(yielded) and not yielded.done():
-                yielded.cancel()  # as a task's cancel() cancels the future it waits on
-            yielded = coro.throw(error)
-        elif yielded is None:
-            yielded = coro.send(None)
-        elif asyncio.isfuture(yielded) and yielded.done():  # nothing left to wait for
-            yielded._asyncio_future_blocking = False
-            yielded = coro.send(None)
-        while True:
+    while True:
+        if error is None:
+            if yielded is None or (asyncio.isfuture(yielded) and yielded.done()):
+                return (yield from coro)  # type: ignore[misc]
             try:
-                yield yielded
+                yield yielded  # the task waits on the future for it
             except GeneratorExit:
                 coro.close()
                 raise
             except BaseException as exc:  # the task's cancellation, or a bad yield
-                yielded = coro.throw(exc)
+                error = exc
             else:
-                yielded = coro.send(None)
-    except StopIteration:
-        return
+                return (yield from coro)  # type: ignore[misc]
+        elif asyncio.isfuture(yielded) and not yielded.done():
+            yielded.cancel()  # as a task's cancel() cancels the future it waits on
+        try:
+            yielded, error = coro.throw(error), None
+        except StopIteration:
+            return None
 
 
 class KeyedWorkerPool:
@@ -341,7 +329,7 @@ class KeyedWorkerPool:
             caller = current.get(loop)
             current[loop] = lane.task  # type: ignore[index,assignment]
         else:
-            caller = _swap_current_task(loop, lane.task)
+            caller = _swap_current_task(loop, lane.task)  # type: ignore[misc]
         try:
             yielded = lane.context.run(coro.send, None)
         except StopIteration:
@@ -356,7 +344,7 @@ class KeyedWorkerPool:
             return
         finally:
             if current is None:
-                _swap_current_task(loop, caller)
+                _swap_current_task(loop, caller)  # type: ignore[misc]
             elif caller is None:
                 del current[loop]  # type: ignore[arg-type]
             else:
@@ -488,13 +476,24 @@ class KeyedWorkerPool:
         refused = await cancel_and_wait(self._tasks, grace)
         self._tasks = []
         for lane in self._lanes:
+            lane.task = None  # a cancelled task keeps its CancelledError and traceback: let both go
+            lane.busy = True  # and nothing starts on the lane any more
             for room in lane.room:  # a publisher still waiting for room: the pool is gone
                 if not room.done():
                     room.set_exception(BusClosedError(
                         "the bus closed while this publish waited for room in its queue"))
             lane.room.clear()
-            if lane.resume is not None:  # its worker ended before it could finish the delivery
-                coro, _ = lane.resume
+            if lane.resume is not None:  # its worker ended before it ever took the delivery:
+                coro, yielded = lane.resume  # it is cancelled here, as it would have been there
                 lane.resume = None
-                coro.close()
+                if asyncio.isfuture(yielded):
+                    yielded.cancel()
+                try:
+                    lane.context.run(coro.throw, asyncio.CancelledError())
+                except (StopIteration, asyncio.CancelledError):
+                    pass
+                except Exception as exc:
+                    self._handler_failed(exc)
+                else:  # it would not stop: it gets no second chance
+                    coro.close()
         return refused
