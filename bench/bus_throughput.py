@@ -7,12 +7,13 @@ loopback ports and stops them)::
                                    [--loop asyncio|uvloop] [--json bench/results/bus_throughput.json]
 
 **Throughput** is end to end: from the first publish until the handler has seen every
-envelope, flat out, 256-byte payloads over 100 keys, one subscriber. Both sides build
-each ``Envelope`` inside the timed loop (as an application does), so the raw side
-carries the same objects as the bus. Two handlers: one that does nothing (``noop``) and
-one that awaits ``asyncio.sleep(0)`` (``await``), so the path where a handler completes
-at once and the path where it suspends are both measured. The raw broker clients carry
-bytes (an 8-byte timestamp and the payload), what an application would hand them.
+envelope, flat out, 256-byte payloads over 100 keys, one subscriber. Both sides start
+each message from the same application event, an ``Envelope`` built inside the timed
+loop; the bus is given it, the raw client gets its payload behind an 8-byte timestamp
+(and its key, for Kafka). ``--raw-input bytes`` gives the raw client ready-made bytes
+instead, which charges building the event to the bus. Two handlers: one that does
+nothing (``noop``) and one that awaits ``asyncio.sleep(0)`` (``await``), so the path where
+a handler completes at once and the path where it suspends are both measured.
 
 **Latency** is handler time minus the publish timestamp (same process, monotonic
 clock), at a paced rate (1,000 and 10,000 envelopes/s, ``noop`` handler): p50 and p99.
@@ -80,8 +81,22 @@ class Sink:
 
 
 def make(i: int) -> Envelope:
-    """Each publisher builds its envelope as it goes, as an application would."""
+    """Each publisher builds its event as it goes, as an application would."""
     return Envelope(key=KEY_NAMES[i % KEYS], type="bench", payload=PAYLOAD)
+
+
+#: what the raw clients start from each message: the application's event (``"envelope"``, the
+#: same object the bus is given) or ready-made bytes (``"bytes"``); set by ``--raw-input``
+RAW_INPUT = "envelope"
+_RAW_KEYS = [k.encode() for k in KEY_NAMES]
+
+
+def raw_message(i: int) -> tuple[bytes, bytes]:
+    """(key, value) for a raw client: the event's key, and an 8-byte timestamp before its payload."""
+    if RAW_INPUT == "envelope":
+        e = make(i)
+        return e.key.encode(), TS.pack(time.monotonic_ns()) + e.payload
+    return _RAW_KEYS[i % KEYS], TS.pack(time.monotonic_ns()) + PAYLOAD
 
 
 class Pacer:
@@ -209,13 +224,13 @@ async def run_raw_kafka(bootstrap: str, n: int, kind: str, rate: int | None = No
                         await handle(TS.unpack_from(r.value)[0])
 
         reader = asyncio.create_task(consume())
-        keys = [k.encode() for k in KEY_NAMES]
         pacer = Pacer(rate)
         t0 = time.perf_counter()
         pacer.start()
-        for i in range(n):  # the raw client carries bytes: what an application gives it
+        for i in range(n):
             await pacer.before(i)
-            await producer.send(topic, TS.pack(time.monotonic_ns()) + PAYLOAD, key=keys[i % KEYS])
+            key, value = raw_message(i)
+            await producer.send(topic, value, key=key)
         await asyncio.wait_for(sink.done.wait(), 120)
         elapsed = time.perf_counter() - t0
         await reader
@@ -244,7 +259,7 @@ async def run_raw_nats(url: str, n: int, kind: str, rate: int | None = None) -> 
         pacer.start()
         for i in range(n):
             await pacer.before(i)
-            await nc.publish(subject, TS.pack(time.monotonic_ns()) + PAYLOAD)
+            await nc.publish(subject, raw_message(i)[1])
         await asyncio.wait_for(sink.done.wait(), 120)
         elapsed = time.perf_counter() - t0
     finally:
@@ -283,7 +298,7 @@ async def run_raw_jetstream(url: str, n: int, kind: str, rate: int | None = None
         pacer.start()
         for i in range(n):
             await pacer.before(i)
-            await js.publish_async(subject, TS.pack(time.monotonic_ns()) + PAYLOAD)
+            await js.publish_async(subject, raw_message(i)[1])
         await asyncio.wait_for(sink.done.wait(), 120)
         elapsed = time.perf_counter() - t0
         await reader
@@ -379,7 +394,8 @@ async def main(args: argparse.Namespace) -> dict:
     from rich.table import Table
 
     console = Console()
-    table = Table(title=f"throughput, end to end: median of {r} interleaved pairs ({args.loop} loop)")
+    table = Table(title=f"throughput, end to end: median of {r} interleaved pairs "
+                        f"({args.loop} loop, raw input: {RAW_INPUT})")
     for col in ("backend", "handler", "bus msg/s", "raw msg/s", "ratio (min–max)", "target", "bus p50/p99 ms",
                 "raw p50/p99 ms"):
         table.add_column(col, justify="left" if col in ("backend", "handler") else "right")
@@ -402,7 +418,7 @@ async def main(args: argparse.Namespace) -> dict:
                           f"{s['raw_p99_ms']:.3f}")
         console.print(table)
     return {
-        "repeat": r, "loop": args.loop, "payload_bytes": len(PAYLOAD), "keys": KEYS, "messages": n,
+        "repeat": r, "loop": args.loop, "raw_input": RAW_INPUT, "payload_bytes": len(PAYLOAD), "keys": KEYS, "messages": n,
         "python": platform.python_version(),
         "throughput": [p.summary() | {"target": TARGETS[p.backend],
                                       "met": p.summary()["ratio"] >= TARGETS[p.backend]} for p in throughput],
@@ -418,6 +434,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--scale", type=float, default=1.0, help="multiply the flat-out message counts")
     parser.add_argument("--no-latency", action="store_true", help="skip the paced latency cases")
     parser.add_argument("--loop", choices=("asyncio", "uvloop"), default="asyncio")
+    parser.add_argument("--raw-input", choices=("envelope", "bytes"), default="envelope",
+                        help="what the raw clients start from each message (see above)")
     a = parser.parse_args(argv)
     base = {"memory": 200_000, "nats": 100_000, "nats+js": 50_000, "kafka": 50_000}
     a.messages = {k: int(v * a.scale) for k, v in base.items()}
@@ -426,6 +444,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 if __name__ == "__main__":
     a = parse_args()
+    RAW_INPUT = a.raw_input
     if a.loop == "uvloop":
         import uvloop  # optional: pip install uvloop
 

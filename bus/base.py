@@ -263,13 +263,6 @@ class BaseBus:
         counters.published += 1
         counters.bytes_out += len(envelope.payload)
 
-    def _stamp(self, key: str, seq: int, ts_ns: int) -> tuple[int, int]:
-        """The sequence number and timestamp a publish fills in where they are 0 (what ``publish``
-        does inline, for the backends that frame the fields themselves)."""
-        seqs = self._seq
-        stamp = seqs[key] = seqs.get(key, 0) + 1
-        return seq or stamp, ts_ns or _monotonic_ns()
-
     async def subscribe(
         self, topic: str, handler: Handler, *, group: str | None = None
     ) -> BaseSubscription:

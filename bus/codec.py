@@ -29,10 +29,11 @@ _U16 = struct.Struct(">H")
 _unpack = _FIXED.unpack_from
 _SIZE = _FIXED.size
 # the fixed header in two parts: what changes per envelope, and what is the same for a
-# (key, type) pair, kept encoded with the key and type that follow it
-_HEAD = struct.Struct(">2sBBQQ")
+# (key, type) pair, kept encoded with the key and type that follow it (per key, with its
+# last type: a key's envelopes mostly share one)
+_pack_head = struct.Struct(">2sBBQQ").pack
 _LENGTHS = struct.Struct(">HHH")
-_tails: dict[tuple[str, str], bytes] = {}
+_tails: dict[str, tuple[str, bytes]] = {}
 MAX_TAILS = 100_000
 
 
@@ -48,17 +49,18 @@ def encode(envelope: Envelope) -> bytes:
 def frame(key_s: str, type_s: str, payload: bytes, seq: int, ts_ns: int,
           headers: Mapping[str, str] = _NO_HEADERS) -> bytes:
     """Encode an envelope's fields into one frame (a publish stamps and frames in one go)."""
-    if not headers:
-        tail = _tails.get((key_s, type_s))
-        if tail is not None:
-            return b"".join((_HEAD.pack(MAGIC, VERSION, 0, seq, ts_ns), tail, payload))
+    if headers is _NO_HEADERS:
+        cached = _tails.get(key_s)
+        if cached is not None and (cached[0] is type_s or cached[0] == type_s):
+            return b"".join((_pack_head(MAGIC, VERSION, 0, seq, ts_ns), cached[1], payload))
     key = key_s.encode()
     type_ = type_s.encode()
     if not headers and len(key) <= 0xFFFF and len(type_) <= 0xFFFF:  # the common case
         if len(_tails) >= MAX_TAILS:  # an unbounded key space must not grow memory
             _tails.clear()
-        tail = _tails[(key_s, type_s)] = _LENGTHS.pack(len(key), len(type_), 0) + key + type_
-        return b"".join((_HEAD.pack(MAGIC, VERSION, 0, seq, ts_ns), tail, payload))
+        tail = _LENGTHS.pack(len(key), len(type_), 0) + key + type_
+        _tails[key_s] = (type_s, tail)
+        return b"".join((_pack_head(MAGIC, VERSION, 0, seq, ts_ns), tail, payload))
     if len(key) > 0xFFFF or len(type_) > 0xFFFF:
         raise ValueError("envelope key and type must each fit in 65535 bytes")
     parts = [_FIXED.pack(MAGIC, VERSION, 0, seq, ts_ns, len(key), len(type_), len(headers)), key, type_]
@@ -81,13 +83,15 @@ def decode(frame: bytes) -> Envelope:
                 and end <= len(frame) and frame.__class__ is bytes:
             return _new(Envelope, (frame[_SIZE:_SIZE + key_len].decode(), frame[_SIZE + key_len:end].decode(),
                                    frame[end:], seq, ts_ns, _NO_HEADERS))
-    except (struct.error, UnicodeDecodeError):
+    except (struct.error, UnicodeDecodeError, TypeError):
         pass
     return _decode_checked(frame)
 
 
 def _decode_checked(frame: bytes) -> Envelope:
     """Decode with every check, saying what is wrong."""
+    if not isinstance(frame, (bytes, bytearray, memoryview)):
+        raise DecodeError(f"no frame: {type(frame).__name__}")  # a Kafka tombstone has no value
     try:
         magic, version, _flags, seq, ts_ns, key_len, type_len, n_headers = _FIXED.unpack_from(frame)
     except struct.error as exc:

@@ -1,8 +1,8 @@
 """Broker confirmations of publishes, checked in order without a callback per message.
 
 A done-callback per publish costs one event-loop handle per message; instead
-the futures queue up and the finished ones at the head are reaped on each
-publish, in bulk at close.
+the futures queue up and the finished ones at the head are reaped in bulk, once
+:data:`REAP_EVERY` are outstanding, and at close.
 """
 
 from __future__ import annotations
@@ -12,6 +12,9 @@ import logging
 from collections import deque
 
 from bus.counters import BusCounters
+
+#: outstanding confirmations that trigger a reap of the finished ones
+REAP_EVERY = 64
 
 
 class Confirmations:
@@ -29,15 +32,22 @@ class Confirmations:
     def add(self, future: asyncio.Future) -> None:
         pending = self._pending
         pending.append(future)
-        while pending and pending[0].done():
-            self._check(pending.popleft())
+        if len(pending) >= REAP_EVERY:  # the finished ones at the head, now and then, in bulk
+            self.reap()
 
-    def _check(self, future: asyncio.Future) -> None:
-        if future.cancelled() or future.exception() is not None:
-            self._counters.publish_errors += 1
-            if self._counters.publish_errors == 1:
-                self._log.error("%s publish failed: %r (logged once)", self._what,
-                                None if future.cancelled() else future.exception())
+    def reap(self) -> None:
+        """Check and drop the confirmations that have come, in order from the oldest."""
+        pending = self._pending
+        while pending and pending[0].done():
+            future = pending.popleft()
+            if future.cancelled() or future.exception() is not None:
+                self._failed(future)
+
+    def _failed(self, future: asyncio.Future) -> None:
+        self._counters.publish_errors += 1
+        if self._counters.publish_errors == 1:
+            self._log.error("%s publish failed: %r (logged once)", self._what,
+                            None if future.cancelled() else future.exception())
 
     async def wait(self, timeout: float) -> int:
         """Wait for every outstanding confirmation; return how many were still unconfirmed when
@@ -45,12 +55,12 @@ class Confirmations:
         pending = self._pending
         if pending:
             await asyncio.wait(list(pending), timeout=max(0.0, timeout))
-        while pending and pending[0].done():
-            self._check(pending.popleft())
+        self.reap()
         unconfirmed = 0
         for future in pending:
             if future.done():
-                self._check(future)
+                if future.cancelled() or future.exception() is not None:
+                    self._failed(future)
                 continue
             future.cancel()
             unconfirmed += 1

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import operator
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaConnectionError, TopicAlreadyExistsError
 
-from bus.base import _STARTED, BaseBus
+from bus.base import _STARTED, _monotonic_ns, BaseBus
 from bus.confirmations import Confirmations
 from bus.codec import frame
 from bus.envelope import Envelope
@@ -50,6 +51,7 @@ class KafkaSubscription(PollingSubscription):
     """One consumer and one named loop task (``bus.kafka.consumer:<topic>``) feeding the pool."""
 
     task_prefix = "bus.kafka.consumer"
+    payload_of = operator.attrgetter("value")  # None for a tombstone: undecodable, counted
 
     def __init__(self, bus: KafkaBus, topic: str, handler: Handler, group: str | None,
                  consumer: AIOKafkaConsumer) -> None:
@@ -59,9 +61,6 @@ class KafkaSubscription(PollingSubscription):
     async def _fetch(self) -> list[Any]:
         batches = await self.consumer.getmany(timeout_ms=500)
         return [record for records in batches.values() for record in records]
-
-    def _payload(self, raw: Any) -> bytes:
-        return raw.value or b""
 
     async def _close_intake(self) -> None:
         problems: list[str] = []
@@ -223,8 +222,10 @@ class KafkaBus(BaseBus):
         if self.state is not _STARTED:
             self._check_started()
         key, type_, payload, seq, ts_ns, headers = envelope
-        if not seq or not ts_ns:
-            seq, ts_ns = self._stamp(key, seq, ts_ns)
+        if not seq or not ts_ns:  # stamped inline, as in BaseBus.publish: once per envelope
+            seqs = self._seq
+            stamp = seqs[key] = seqs.get(key, 0) + 1
+            seq, ts_ns = seq or stamp, ts_ns or _monotonic_ns()
         if topic not in self._topics:
             await self.ensure_topic(topic)
         self._confirmations.add(await self._producer.send(  # type: ignore[union-attr]

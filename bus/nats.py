@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import operator
 import re
 from typing import Any
 
@@ -18,7 +19,7 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js import api as js_api
 
-from bus.base import _STARTED, BaseBus, BaseSubscription, State
+from bus.base import _STARTED, _monotonic_ns, BaseBus, BaseSubscription, State
 from bus.confirmations import Confirmations
 from bus.codec import DecodeError, decode, encode, frame
 from bus.envelope import Envelope
@@ -206,8 +207,10 @@ class NatsBus(BaseBus):
         if self.state is not _STARTED:
             self._check_started()
         key, type_, payload, seq, ts_ns, headers = envelope
-        if not seq or not ts_ns:
-            seq, ts_ns = self._stamp(key, seq, ts_ns)
+        if not seq or not ts_ns:  # stamped inline, as in BaseBus.publish: once per envelope
+            seqs = self._seq
+            stamp = seqs[key] = seqs.get(key, 0) + 1
+            seq, ts_ns = seq or stamp, ts_ns or _monotonic_ns()
         await self.nc.publish(topic, frame(key, type_, payload, seq, ts_ns, headers))  # type: ignore[union-attr]
         counters = self.counters
         counters.published += 1
@@ -283,7 +286,8 @@ class JetStreamSubscription(PollingSubscription):
     pool; each message is acked after its handler ran."""
 
     task_prefix = "bus.nats-js.consumer"
-    tokens = True
+    payload_of = operator.attrgetter("data")
+    settles = True  # each message is acked after its handler
     bus: JetStreamBus
 
     def __init__(self, bus: JetStreamBus, topic: str, handler: Handler, group: str | None,
@@ -296,12 +300,6 @@ class JetStreamSubscription(PollingSubscription):
             return await self.psub.fetch(self.bus.fetch_batch, timeout=self.bus.fetch_timeout)
         except nats.errors.TimeoutError:
             return []
-
-    def _payload(self, raw: Any) -> bytes:
-        return raw.data
-
-    def _token(self, raw: Any) -> Any:
-        return raw
 
     async def _reject(self, raw: Any) -> None:
         await raw.term()  # never redeliver garbage

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any
+from typing import Any, Callable
 
 from bus.base import BaseBus, BaseSubscription
 from bus.codec import DecodeError, decode
@@ -28,11 +28,13 @@ def count_undecodable(bus: BaseBus, exc: DecodeError, where: str) -> None:
 
 
 class PollingSubscription(BaseSubscription):
-    """Subclasses say how to fetch a batch, read a payload, and close the intake."""
+    """Subclasses say how to fetch a batch, where a record's frame is, and how to close the intake."""
 
     task_prefix = "bus.consumer"
-    #: whether ``_token`` gives something to settle after each handler
-    tokens = False
+    #: a raw record's frame (an attribute getter: this runs once per record)
+    payload_of: Callable[[Any], bytes]
+    #: whether each record is settled (acked) after its handler: the record is the token
+    settles = False
 
     def __init__(self, bus: BaseBus, topic: str, handler: Handler, group: str | None) -> None:
         super().__init__(bus, topic, handler, group)
@@ -44,13 +46,6 @@ class PollingSubscription(BaseSubscription):
     async def _fetch(self) -> list[Any]:
         """The next batch of raw records (may be empty)."""
         raise NotImplementedError
-
-    def _payload(self, raw: Any) -> bytes:
-        raise NotImplementedError
-
-    def _token(self, raw: Any) -> Any:
-        """What ``settle`` gets after the handler (JetStream: the message to ack)."""
-        return None
 
     async def _reject(self, raw: Any) -> None:
         """A record that did not decode (already counted)."""
@@ -83,17 +78,19 @@ class PollingSubscription(BaseSubscription):
             finally:
                 self._fetching = False
             envelopes: list[Envelope] = []
-            tokens: list[Any] = []
+            tokens: list[Any] | None = [] if self.settles else None
+            payload_of = self.payload_of
             for raw in batch:
                 try:
-                    envelopes.append(decode(self._payload(raw)))
+                    envelopes.append(decode(payload_of(raw)))
                 except DecodeError as exc:
                     count_undecodable(self.bus, exc, self.topic)
                     await self._reject(raw)
                     continue
-                tokens.append(self._token(raw))
+                if tokens is not None:
+                    tokens.append(raw)
             # one hand-off per worker for the whole batch; what did not fit waits for room
-            for _, envelope, token in pool.offer_many(self, envelopes, tokens if self.tokens else None):
+            for _, envelope, token in pool.offer_many(self, envelopes, tokens):
                 await pool.submit(self, envelope, token)
             # handed out: a stop cancels the next fetch, and the cancelled task's traceback keeps
             # this frame (and a whole batch of records) alive as long as the task object is

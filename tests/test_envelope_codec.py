@@ -68,6 +68,7 @@ async def test_garbage_from_the_wire_is_counted_not_fatal(request, backend, topi
             try:
                 # the same record key as the good envelope below: one partition, so in order
                 await p.send_and_wait(topic, b"not an envelope", key=b"k")
+                await p.send_and_wait(topic, None, key=b"k")  # a tombstone: no value at all
             finally:
                 await p.stop()
         else:
@@ -86,7 +87,7 @@ async def test_garbage_from_the_wire_is_counted_not_fatal(request, backend, topi
         # the garbage was written first and read first (one partition, one subject, one stream):
         # once the good envelope has arrived, the garbage has been counted
         await c.wait_for(1)
-        assert bus.counters.decode_errors == 1
+        assert bus.counters.decode_errors == (2 if backend == "kafka" else 1)
         assert c.received[0].payload == b"ok"
     finally:
         await bus.close()
