@@ -24,11 +24,24 @@ from probes.components import task_component, thread_component
 from probes.timers import bus_timers
 
 _PROCESS = psutil.Process(os.getpid())
+#: where Linux lists this process's threads, one directory per thread id
+_TASK_DIR = "/proc/self/task"
+_HAS_TASK_DIR = os.path.isdir(_TASK_DIR)
 
 
 def os_thread_ids() -> set[int] | None:
     """Every OS thread of this process, Python's and native ones alike; None when the OS will
-    not say (then nothing can be judged exited or alive by it)."""
+    not say (then nothing can be judged exited or alive by it).
+
+    On Linux the ids are the names in ``/proc/self/task``: psutil's ``threads()`` also opens and
+    reads each thread's ``stat`` file (its CPU times), a file per thread at every look (settling
+    looks every 10 ms): with 1,000 threads the verdict took ~50 ms that way, 11–15 ms with this
+    and children.py's lighter reads (bench/scaling.py)."""
+    if _HAS_TASK_DIR:
+        try:
+            return {int(tid) for tid in os.listdir(_TASK_DIR)}
+        except (OSError, ValueError):
+            pass
     try:
         return {t.id for t in _PROCESS.threads()}
     except (psutil.Error, OSError):

@@ -53,11 +53,21 @@ def _child_pids(pid: int) -> list[int]:
     except OSError:
         return out
     for tid in tids:
+        # os.open/os.read rather than open(): no buffered file object per thread (there is a
+        # file per thread, and settling reads them all at every poll)
         try:
-            with open(f"{_PROC}/{pid}/task/{tid}/children", "rb") as f:
-                out.extend(int(x) for x in f.read().split())
+            fd = os.open(f"{_PROC}/{pid}/task/{tid}/children", os.O_RDONLY)
+        except OSError:
+            continue
+        try:
+            data = b""
+            while chunk := os.read(fd, 65536):
+                data += chunk
+            out.extend(int(x) for x in data.split())
         except (OSError, ValueError):
             continue
+        finally:
+            os.close(fd)
     return out
 
 

@@ -30,7 +30,7 @@ from bus.secrets import redact_options, redact_url, scrub
 from bus.deadline import CallTimeout, LibraryCancelled, bounded, cancel_and_wait, innermost, task_stack
 from bus.health import broker_addresses, check_broker
 from probes.audit import DeliveryAudit
-from probes.census import Census, components_of_tasks, components_of_threads, os_thread_count
+from probes.census import Census, components_of_threads, os_thread_count
 from probes.gate import AutoGate
 from probes.fds import UNSUPPORTED_NOTE
 from probes.model import FailureNoted, PhaseSnapshot, PhaseStarted, RunResult
@@ -178,7 +178,7 @@ async def _run_once(ctx: RunContext) -> RunResult:
     if loopwatch is not None:
         loopwatch.reset()
     ctx.retained = RetainedProbe(trace=probes.trace_memory, ignore_types=tuple(probes.ignore_types))
-    ctx.retained.start()
+    ctx.retained.start(frozen=True)  # frozen above
     snapshot(ctx, "baseline", ctx.baseline)
     deadlines = ctx.scenario.deadlines
     try:
@@ -224,14 +224,16 @@ async def _run_once(ctx: RunContext) -> RunResult:
             close_failure = await close(ctx, deadlines.close_s)
     finally:
         closed_at = time.monotonic()
-        at_close = Census.take()
-        resources = ResourceWatch(ctx.baseline.fds, ctx.baseline.children,
-                                  Attribution(inst.sockets, inst.processes, ctx.brokers))
-        # watch exits from now on, even while the settle phase waits for its key press
-        watch = SettleWatch(ctx.baseline, at_close, closed_at, timeout_s=probes.settle_timeout_s,
-                            poll_ms=probes.settle_poll_ms, exclude=ctx.own, sites=ctx.tracker.sites,
-                            stuck=dict(ctx.stuck), tracker=ctx.tracker, since=ctx.baseline_at,
-                            resources=resources, rules=ignore_rules(probes))
+        with inst.own_work():  # full scans, busmon's: never a stall of the bus's
+            created = ctx.tracker.created if ctx.tracker.installed else None
+            at_close = Census.take()
+            resources = ResourceWatch(ctx.baseline.fds, ctx.baseline.children,
+                                      Attribution(inst.sockets, inst.processes, ctx.brokers))
+            # watch exits from now on, even while the settle phase waits for its key press
+            watch = SettleWatch(ctx.baseline, at_close, closed_at, timeout_s=probes.settle_timeout_s,
+                                poll_ms=probes.settle_poll_ms, exclude=ctx.own, sites=ctx.tracker.sites,
+                                stuck=dict(ctx.stuck), tracker=ctx.tracker, since=ctx.baseline_at,
+                                resources=resources, rules=ignore_rules(probes), created_at_close=created)
         ctx.own.add(watch.start())
         snapshot(ctx, "close", at_close)  # the naive count, right after close returned
         at_close = None  # a weak reference per live task: let it go before memory is judged
@@ -331,31 +333,42 @@ def describe_error(exc: BaseException) -> str:
 
 
 def snapshot(ctx: RunContext, name: str, census: Census | None = None) -> PhaseSnapshot:
+    # a full scan is busmon's own blocking work (with 100,000 idle tasks, ~80 ms with its
+    # census): never a stall of the bus's
+    with ctx.instruments.own_work():
+        snap = _snapshot(ctx, name, census)
+    ctx.phases.append(snap)
+    # short phases may fall between samples
+    ctx.state.note_peak(name, snap.tasks, snap.threads, snap.os_threads)
+    ctx.sink(snap)
+    return snap
+
+
+def _snapshot(ctx: RunContext, name: str, census: Census | None) -> PhaseSnapshot:
     census = census or Census.take()
-    tasks = [t for t in census.tasks if t not in ctx.own]
+    # busmon's own tasks of this run, held strongly for a moment: a plain set is asked at C
+    # speed, a WeakSet makes a weak reference per question (one per task alive)
+    own = set(ctx.own)
+    own_refs = {weakref.ref(t) for t in own}
     if ctx.tracker.installed:
         ctx.tracker.counts()  # classify new tasks now, at the boundary, not during the next phase
-    by_component = components_of_tasks(tasks, ctx.tracker.component_of)
+    tasks, by_task = ctx.tracker.count_components(census.task_refs - own_refs)
+    by_component = dict(sorted(by_task.items(), key=lambda kv: (-kv[1], kv[0])))
     by_component.update(components_of_threads(census.threads))
     new_tasks = new_threads = 0
     if ctx.baseline is not None:
         nt, nth, _ = census.new_since(ctx.baseline)
-        new_tasks = len([t for t in nt if t not in ctx.own])
+        new_tasks = len([t for t in nt if t not in own])
         new_threads = len(nth)
     sockets = processes = 0
     if ctx.baseline is not None:
         sockets = census.new_sockets(ctx.baseline)
         processes = len(census.children - ctx.baseline.children)
     lw = ctx.instruments.loopwatch
-    snap = PhaseSnapshot(name, ctx.state.elapsed(), len(tasks), len(census.threads),
+    return PhaseSnapshot(name, ctx.state.elapsed(), tasks, len(census.threads),
                          os_thread_count(), by_component, new_tasks, new_threads, sockets,
                          len(census.fds or ()), processes, rss_mb(),
                          lw.lag(name) if lw is not None else {})
-    ctx.phases.append(snap)
-    # short phases may fall between samples
-    ctx.state.note_peak(name, snap.tasks, snap.threads, snap.os_threads)
-    ctx.sink(snap)
-    return snap
 
 
 def topics_for(ctx: RunContext) -> list[str]:

@@ -60,7 +60,8 @@ class SettleWatch:
                  loop: asyncio.AbstractEventLoop | None | Literal["running"] = "running",
                  kinds: frozenset[str] | None = None, unfreeze: bool = True,
                  final_census: bool = True, python_natives: set[int] | None = None,
-                 rules: IgnoreRules | None = None, ended: str = "close") -> None:
+                 rules: IgnoreRules | None = None, ended: str = "close",
+                 created_at_close: int | None = None) -> None:
         self.baseline = baseline
         self.closed_at = closed_at
         self.deadline = closed_at + timeout_s
@@ -90,7 +91,9 @@ class SettleWatch:
         self.ended = ended   # what the watch started after, in its words ("close", "the end")
         if resources is not None:
             resources.rules = rules
-        self._seen_created = -1
+        #: the tracker's count of tasks created when ``at_close`` was taken (None: unknown): the
+        #: tasks of the loop are listed again only once one was created since
+        self._seen_created = created_at_close if created_at_close is not None else -1
         self.ended_at: float | None = None     # the last exit, or the deadline
         self.noticed_at: float | None = None   # when the watch saw that
         self.everything_exited = False
@@ -184,7 +187,11 @@ class SettleWatch:
         self.exit_at.setdefault(weakref.ref(task), time.monotonic())
 
     def start(self) -> asyncio.Task:
+        tracker = self.tracker if self.tracker is not None and self.tracker.installed else None
+        before = tracker.created if tracker is not None else None
         self._task = asyncio.create_task(self._watch(), name="busmon.settle-watch")
+        if tracker is not None and before == self._seen_created:
+            self._seen_created = tracker.created  # the one task created since is this watch's own
         return self._task
 
     def _pending_tasks(self) -> list[asyncio.Task]:
@@ -373,6 +380,9 @@ class SettleWatch:
             if alive:
                 stack = tuple(thread_stack(th)) or stack
             leftovers.append(Leftover("thread", name, component, state, ms(exit_at.get(th)), stack, None, detail))
+        # busmon's own reading, made during the run: one int per OS thread, so with a thousand
+        # threads alive it would be judged the run's retained memory if still held when judged
+        del os_ids
         for n in self.native:
             after = exit_at.get(("native", n))
             state = "exited" if after else ("unknown" if self.os_unknown else "leaked")
