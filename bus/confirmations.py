@@ -1,8 +1,8 @@
 """Broker confirmations of publishes, checked in order without a callback per message.
 
 A done-callback per publish costs one event-loop handle per message; instead
-the futures queue up and the finished ones at the head are reaped in bulk, once
-:data:`REAP_EVERY` are outstanding, and at close.
+the futures queue up and the finished ones at the head are reaped in bulk, every
+:data:`REAP_EVERY` publishes, and at close.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from collections import deque
 
 from bus.counters import BusCounters
 
-#: outstanding confirmations that trigger a reap of the finished ones
+#: publishes between two reaps of the finished confirmations
 REAP_EVERY = 64
 
 
@@ -25,14 +25,16 @@ class Confirmations:
         self._log = log
         self._what = what
         self._pending: deque[asyncio.Future] = deque()
+        self._added = 0  # since the last reap
 
     def __len__(self) -> int:
         return len(self._pending)
 
     def add(self, future: asyncio.Future) -> None:
-        pending = self._pending
-        pending.append(future)
-        if len(pending) >= REAP_EVERY:  # the finished ones at the head, now and then, in bulk
+        self._pending.append(future)
+        self._added += 1
+        if self._added >= REAP_EVERY:  # the finished ones at the head, now and then, in bulk
+            self._added = 0
             self.reap()
 
     def reap(self) -> None:

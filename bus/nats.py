@@ -88,8 +88,8 @@ class NatsSubscription(BaseSubscription):
                     envelopes.append(decode(m.data))
                 except DecodeError as exc:
                     count_undecodable(bus, exc, self.topic)
-            for _, envelope, _ in bus.pool.offer_many(self, envelopes):
-                await bus.pool.submit(self, envelope)
+            if left := bus.pool.offer_many(self, envelopes):
+                await bus.pool.submit_many(left)
         finally:
             for m in msgs[1:]:  # what nats-py's own loop does for each message it takes
                 sub._pending_size -= len(m.data)

@@ -79,19 +79,24 @@ class PollingSubscription(BaseSubscription):
                 self._fetching = False
             envelopes: list[Envelope] = []
             tokens: list[Any] | None = [] if self.settles else None
-            payload_of = self.payload_of
-            for raw in batch:
-                try:
-                    envelopes.append(decode(payload_of(raw)))
-                except DecodeError as exc:
-                    count_undecodable(self.bus, exc, self.topic)
-                    await self._reject(raw)
-                    continue
+            try:  # the whole batch at C speed; one bad record sends it through the careful loop
+                envelopes = list(map(decode, map(self.payload_of, batch)))
                 if tokens is not None:
-                    tokens.append(raw)
+                    tokens = batch
+            except DecodeError:
+                envelopes = []
+                for raw in batch:
+                    try:
+                        envelopes.append(decode(self.payload_of(raw)))
+                    except DecodeError as exc:
+                        count_undecodable(self.bus, exc, self.topic)
+                        await self._reject(raw)
+                        continue
+                    if tokens is not None:
+                        tokens.append(raw)
             # one hand-off per worker for the whole batch; what did not fit waits for room
-            for _, envelope, token in pool.offer_many(self, envelopes, tokens):
-                await pool.submit(self, envelope, token)
+            if left := pool.offer_many(self, envelopes, tokens):
+                await pool.submit_many(left)
             # handed out: a stop cancels the next fetch, and the cancelled task's traceback keeps
             # this frame (and a whole batch of records) alive as long as the task object is
             batch = raw = envelopes = tokens = None  # type: ignore[assignment]
