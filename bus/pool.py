@@ -252,13 +252,13 @@ class KeyedWorkerPool:
         messages): each worker gets its share as one delivery run, eagerly if it is idle, else
         queued behind one wake-up, instead of one hand-off per envelope.
 
-        Returns, in order, what did not fit (a full lane): ``await submit`` each of those.
+        Returns, in order, what did not fit (a full lane): ``await submit_many(left)``.
         """
         n = self._n
         groups: dict[int, deque[Item]] = {}
         get_hash, get_group = _hashes.get, groups.get
-        items = zip(repeat(target), envelopes, repeat(None) if tokens is None else tokens)
-        for item in items:
+        triples = zip(repeat(target), envelopes, repeat(None) if tokens is None else tokens)
+        for item in triples:
             key = item[1][0]
             h = get_hash(key)
             index = (h if h is not None else key_hash(key)) % n
