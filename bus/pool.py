@@ -545,5 +545,8 @@ class KeyedWorkerPool:
                 except Exception as exc:
                     self._handler_failed(exc)
                 else:  # it would not stop: it gets no second chance
-                    coro.close()
+                    try:
+                        coro.close()
+                    except RuntimeError as exc:  # it ignored GeneratorExit as well
+                        log.warning("a handler would not stop when its pool stopped: %s", exc)
         return refused

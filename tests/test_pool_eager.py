@@ -319,3 +319,26 @@ async def test_a_stopped_pool_keeps_none_of_its_worker_tasks():
     await pool.stop()
     gc.collect()
     assert [r for r in refs if r() is not None] == []
+
+
+async def test_stop_gives_up_on_a_handed_over_handler_that_will_not_stop():
+    """Cancelled before its worker took it, a handler that swallows the cancellation and waits
+    again is closed; stop() itself returns."""
+    pool = KeyedWorkerPool(BusCounters(), workers=1)
+    pool.start()
+    forever = asyncio.Event()
+    seen: list[str] = []
+
+    async def stubborn(e: Envelope) -> None:
+        try:
+            await forever.wait()
+        except asyncio.CancelledError:
+            seen.append("cancelled, waits again")
+            try:
+                await forever.wait()
+            finally:
+                seen.append("closed")
+
+    pool.offer(Target(stubborn), env("k", 1))
+    await pool.stop()
+    assert seen == ["cancelled, waits again", "closed"]
