@@ -6,12 +6,14 @@
 from bus.codec import DecodeError, decode, encode
 from bus.counters import BusCounters
 from bus.envelope import Envelope
-from bus.errors import BusClosedError, BusConfigError, BusConnectError, BusError
+from bus.errors import (BusCloseError, BusClosedError, BusConfigError, BusConnectError, BusError, BusFault,
+                        BusRefusedError)
 from bus.factory import create_bus, load_factory
 from bus.protocol import EventBus, Handler, Subscription
 
 __all__ = [
-    "BusClosedError", "BusConfigError", "BusConnectError", "BusCounters", "BusError",
+    "BusCloseError", "BusClosedError", "BusConfigError", "BusConnectError", "BusCounters", "BusError",
+    "BusFault", "BusRefusedError",
     "DecodeError", "Envelope", "EventBus", "Handler", "Subscription", "create_bus",
     "decode", "encode", "load_factory",
 ]

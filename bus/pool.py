@@ -174,6 +174,7 @@ class KeyedWorkerPool:
         self._name = name
         self._lanes: list[_Lane] = []
         self._tasks: list[asyncio.Task[None]] = []
+        self._worker_set: frozenset[asyncio.Task[None]] = frozenset()
         self._seen_errors: set[type[BaseException]] = set()
         self._on_death = on_death
         self._stopping = False
@@ -200,6 +201,7 @@ class KeyedWorkerPool:
                                             context=lane.context)
             lane.task.add_done_callback(lambda task, lane=lane: self._worker_done(task, lane))
             self._tasks.append(lane.task)
+        self._worker_set = frozenset(self._tasks)
 
     def _worker_done(self, task: asyncio.Task, lane: _Lane) -> None:
         """A worker only ends when the pool stops it; any other end is a fault, said at once."""
@@ -293,6 +295,11 @@ class KeyedWorkerPool:
         if self._stopping:
             raise BusClosedError("the bus closed while this publish waited for room in its queue")
         lane = self._lanes[key_hash(envelope[0]) % self._n]
+        if self._from_a_handler():
+            lane.items.append((target, envelope, token))
+            if lane.wake is not None:
+                self._wake(lane)
+            return
         loop = asyncio.get_running_loop()
         while True:
             room = loop.create_future()
@@ -332,6 +339,13 @@ class KeyedWorkerPool:
                 return
             if self._stopping:
                 raise BusClosedError("the bus closed while this publish waited for room in its queue")
+            if self._from_a_handler():
+                for index, queue in waiting.items():
+                    lane = self._lanes[index]
+                    lane.items.extend(queue)
+                    if lane.wake is not None:
+                        self._wake(lane)
+                return
             room = loop.create_future()  # one wake-up, from whichever of these lanes has room first
             lanes = [self._lanes[index] for index in waiting]
             for lane in lanes:
@@ -345,6 +359,16 @@ class KeyedWorkerPool:
                         lane.room.remove(room)
                     except ValueError:
                         pass
+
+    def _from_a_handler(self) -> bool:
+        """Is this hand-off made by a handler of this pool (its publish to the same bus)?
+
+        Then it never waits for room: the room it would wait for is made by this very worker,
+        or by one that may be waiting on it in turn, and both would wait for good. Such a
+        hand-off may take a lane past its bound, by what handlers publish per delivery.
+        """
+        task = asyncio.current_task()
+        return task is not None and task in self._worker_set
 
     @staticmethod
     def _wake(lane: _Lane) -> None:
@@ -525,6 +549,7 @@ class KeyedWorkerPool:
         self._stopping = True
         refused = await cancel_and_wait(self._tasks, grace)
         self._tasks = []
+        self._worker_set = frozenset()
         for lane in self._lanes:
             lane.task = None  # a cancelled task keeps its CancelledError and traceback: let both go
             lane.busy = True  # and nothing starts on the lane any more

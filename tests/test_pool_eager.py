@@ -342,3 +342,32 @@ async def test_stop_gives_up_on_a_handed_over_handler_that_will_not_stop():
     pool.offer(Target(stubborn), env("k", 1))
     await pool.stop()
     assert seen == ["cancelled, waits again", "closed"]
+
+
+@pytest.mark.parametrize("crossed", [False, True])
+async def test_handlers_publishing_to_the_same_bus_never_wait_on_themselves(crossed):
+    """A burst fills the lanes; each handler publishes onward on the same bus: to its own key
+    (its own full lane), or crossed, to the other key, whose handler publishes back. Waiting
+    for room would wait for good; handlers' publishes go past the bound instead, and
+    everything arrives, in order."""
+    bus = create_bus("memory://", workers=2, queue_size=4)
+    await bus.start()
+    got = Collector("b")
+    n = 300
+    other = next(k for k in (f"k{i}" for i in range(2, 100)) if bus.pool.worker_for(k) != bus.pool.worker_for("k1"))
+    onward = {"k1": other, other: "k1"} if crossed else {"k1": "k1", other: other}
+
+    async def forward(e: Envelope) -> None:
+        await asyncio.sleep(0)  # suspends: the burst queues up behind it
+        await bus.publish("b", Envelope(key=onward[e.key], type="t", payload=b"", seq=e.seq, ts_ns=1))
+
+    try:
+        await bus.subscribe("a", forward)
+        await bus.subscribe("b", got)
+        for seq in range(1, n + 1):
+            for k in ("k1", other):
+                await bus.publish("a", Envelope(key=k, type="t", payload=b"", seq=seq, ts_ns=1))
+        await got.wait_for(2 * n, timeout=10)
+    finally:
+        await bus.close()
+    assert got.by_key() == {"k1": list(range(1, n + 1)), other: list(range(1, n + 1))}
