@@ -16,6 +16,7 @@ import re
 import time
 from typing import Any
 
+from bus.codec import frame
 from bus.counters import BusCounters
 from bus.envelope import Envelope
 from bus.deadline import CallTimeout, LibraryCancelled, bounded, innermost
@@ -262,6 +263,17 @@ class BaseBus:
         counters = self.counters
         counters.published += 1
         counters.bytes_out += len(envelope.payload)
+
+    def _frame(self, envelope: Envelope) -> tuple[str, bytes, int]:
+        """What a broker backend sends: the envelope stamped as ``publish`` stamps it (its
+        ``seq`` and ``ts_ns`` where 0), framed in one step without the stamped copy; returns
+        (key, frame, payload size)."""
+        key, type_, payload, seq, ts_ns, headers = envelope
+        if not seq or not ts_ns:
+            seqs = self._seq
+            stamp = seqs[key] = seqs.get(key, 0) + 1
+            seq, ts_ns = seq or stamp, ts_ns or _monotonic_ns()
+        return key, frame(key, type_, payload, seq, ts_ns, headers), len(payload)
 
     async def subscribe(
         self, topic: str, handler: Handler, *, group: str | None = None

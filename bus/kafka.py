@@ -17,9 +17,8 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListen
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaConnectionError, TopicAlreadyExistsError
 
-from bus.base import _STARTED, _monotonic_ns, BaseBus
+from bus.base import _STARTED, BaseBus
 from bus.confirmations import Confirmations
-from bus.codec import frame
 from bus.envelope import Envelope
 from bus.connection import KafkaSecurity
 from bus.errors import BusConnectError, BusError, BusRefusedError
@@ -221,18 +220,14 @@ class KafkaBus(BaseBus):
         aiokafka (the hot path: each layer saved shows against the raw client)."""
         if self.state is not _STARTED:
             self._check_started()
-        key, type_, payload, seq, ts_ns, headers = envelope
-        if not seq or not ts_ns:  # stamped inline, as in BaseBus.publish: once per envelope
-            seqs = self._seq
-            stamp = seqs[key] = seqs.get(key, 0) + 1
-            seq, ts_ns = seq or stamp, ts_ns or _monotonic_ns()
+        key, data, size = self._frame(envelope)
         if topic not in self._topics:
             await self.ensure_topic(topic)
         self._confirmations.add(await self._producer.send(  # type: ignore[union-attr]
-            topic, value=frame(key, type_, payload, seq, ts_ns, headers), key=key.encode()))
+            topic, value=data, key=key.encode()))
         counters = self.counters
         counters.published += 1
-        counters.bytes_out += len(payload)
+        counters.bytes_out += size
 
     async def _subscribe(self, topic: str, handler: Handler, group: str | None) -> KafkaSubscription:
         await self.ensure_topic(topic)

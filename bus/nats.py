@@ -19,9 +19,9 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js import api as js_api
 
-from bus.base import _STARTED, _monotonic_ns, BaseBus, BaseSubscription, State
+from bus.base import _STARTED, BaseBus, BaseSubscription, State
 from bus.confirmations import Confirmations
-from bus.codec import DecodeError, decode, encode, frame
+from bus.codec import DecodeError, decode, encode
 from bus.envelope import Envelope
 from bus.deadline import cancel_and_wait
 from bus.connection import NatsSecurity
@@ -206,15 +206,11 @@ class NatsBus(BaseBus):
         straight to nats-py (the hot path: each layer saved shows against the raw client)."""
         if self.state is not _STARTED:
             self._check_started()
-        key, type_, payload, seq, ts_ns, headers = envelope
-        if not seq or not ts_ns:  # stamped inline, as in BaseBus.publish: once per envelope
-            seqs = self._seq
-            stamp = seqs[key] = seqs.get(key, 0) + 1
-            seq, ts_ns = seq or stamp, ts_ns or _monotonic_ns()
-        await self.nc.publish(topic, frame(key, type_, payload, seq, ts_ns, headers))  # type: ignore[union-attr]
+        _, data, size = self._frame(envelope)
+        await self.nc.publish(topic, data)  # type: ignore[union-attr]
         counters = self.counters
         counters.published += 1
-        counters.bytes_out += len(payload)
+        counters.bytes_out += size
 
     async def _subscribe(self, topic: str, handler: Handler, group: str | None) -> NatsSubscription:
         assert self.nc is not None

@@ -162,7 +162,6 @@ class KeyedWorkerPool:
         queue_size: int = DEFAULT_QUEUE_SIZE,
         name: str = "bus.pool",
         on_death: Callable[[asyncio.Task, BaseException | None], None] | None = None,
-        eager: bool = True,
     ) -> None:
         for option, value, most in (("workers", workers, MAX_WORKERS), ("queue_size", queue_size, MAX_QUEUE_SIZE)):
             if type(value) is not int or not 1 <= value <= most:
@@ -180,7 +179,6 @@ class KeyedWorkerPool:
         self._stopping = False
         self._loop: asyncio.AbstractEventLoop | None = None
         self._depth = 0  # eager first steps running inside one another
-        self._max_depth = MAX_EAGER_DEPTH if eager else 0
 
     @property
     def workers(self) -> int:
@@ -226,7 +224,7 @@ class KeyedWorkerPool:
         key = envelope[0]
         h = _hashes.get(key)
         lane = self._lanes[(h if h is not None else key_hash(key)) % self._n]
-        if lane.busy or lane.items or self._depth >= self._max_depth:
+        if lane.busy or lane.items or self._depth >= MAX_EAGER_DEPTH:
             if len(lane.items) >= self._queue_size:
                 return False
             lane.items.append((target, envelope, token))
@@ -273,7 +271,7 @@ class KeyedWorkerPool:
         size = self._queue_size
         for index, group in groups.items():
             lane = self._lanes[index]
-            eager = not lane.busy and not lane.items and self._depth < self._max_depth
+            eager = not lane.busy and not lane.items and self._depth < MAX_EAGER_DEPTH
             run = group
             if eager and len(group) > size:  # what the run holds is bounded like a queue
                 run = deque(group.popleft() for _ in range(size))
