@@ -45,19 +45,8 @@ from typing import Any, Callable
 from rich.console import Console
 from rich.table import Table
 
+from bench.probe_overhead import LINGER  # the same lingering bus: verdict latency as that bench measures it
 from bench.results_file import write_results
-
-LINGER = """
-name = "verdict latency"
-backend = "tests.leaky_buses:SlowExit"
-[bus]
-linger_ms = 300
-[probes]
-settle_timeout_s = 5
-[[runs]]
-name = "linger"
-messages = 1000
-"""
 
 LOAD = """
 name = "rss"
