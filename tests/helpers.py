@@ -89,3 +89,20 @@ async def check_unsubscribe_stops_delivery(bus, topic: str) -> None:
     await publish_many(bus, topic, 10, keys=2)
     await sentinel.wait_for(10)
     assert len(first.received) == 10
+
+
+async def check_handler_errors_are_counted(bus, topic: str, n: int) -> None:
+    """A handler that raises on every tenth envelope: each failure is counted, and delivery goes
+    on to all the others."""
+    ok = Collector("ok")
+
+    async def flaky(e: Envelope) -> None:
+        if e.seq % 10 == 5:
+            raise RuntimeError("boom")
+        await ok(e)
+
+    await bus.subscribe(topic, flaky)
+    await publish_many(bus, topic, n, keys=2)
+    await ok.wait_for(n - n // 10)
+    assert bus.counters.handler_errors == n // 10
+    assert len(ok.received) == n - n // 10

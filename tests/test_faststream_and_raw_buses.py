@@ -16,7 +16,7 @@ from bus.errors import BusConfigError
 from probes.scenario import load_scenario, parse_scenario
 from probes.session import Session
 from tests.brokers import free_port
-from tests.helpers import (Collector, assert_in_order_no_loss, assert_nothing_left,
+from tests.helpers import (Collector, assert_in_order_no_loss, assert_nothing_left, check_handler_errors_are_counted,
                            check_unsubscribe_stops_delivery, live_tasks, live_threads, publish_many)
 
 SAMPLES = Path(__file__).resolve().parents[1] / "sample_configs"
@@ -87,17 +87,7 @@ async def test_once_per_group(fs_bus, topic):
 
 
 async def test_handler_errors_are_counted_and_delivery_goes_on(fs_bus, topic):
-    ok = Collector("ok")
-
-    async def flaky(e: Envelope) -> None:
-        if e.seq % 10 == 5:
-            raise RuntimeError("boom")
-        await ok(e)
-
-    await fs_bus.subscribe(topic, flaky)
-    await publish_many(fs_bus, topic, 100, keys=2)
-    await ok.wait_for(90)
-    assert fs_bus.counters.handler_errors == 10
+    await check_handler_errors_are_counted(fs_bus, topic, 100)
 
 
 async def test_unsubscribe_stops_delivery(fs_bus, topic):

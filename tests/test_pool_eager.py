@@ -213,8 +213,7 @@ async def test_a_batch_fills_lanes_to_their_bound_and_hands_back_the_rest_in_ord
     assert [e.seq for _, e, _ in left] == [7, 8, 9, 10]
     assert pool.pending() == 3
     publisher = asyncio.create_task(_submit_all(pool, target, [e for _, e, _ in left]))
-    await asyncio.wait([publisher], timeout=0.05)
-    assert not publisher.done(), "the rest wait for room"
+    await _waiting_for_room(pool, publisher)  # the rest wait for room
     gate.set()
     await publisher
     await got.wait_for(10)
@@ -225,6 +224,18 @@ async def test_a_batch_fills_lanes_to_their_bound_and_hands_back_the_rest_in_ord
 async def _submit_all(pool: KeyedWorkerPool, target: Target, envelopes: list[Envelope]) -> None:
     for e in envelopes:
         await pool.submit(target, e)
+
+
+async def _waiting_for_room(pool: KeyedWorkerPool, publisher: asyncio.Task, deadline_s: float = 5.0) -> None:
+    """Return once ``publisher`` waits for room in one of the pool's lanes (polled, with a
+    deadline); fail if it ends first."""
+    loop = asyncio.get_running_loop()
+    end = loop.time() + deadline_s
+    while not any(lane.room for lane in pool._lanes):
+        assert not publisher.done(), "it never waited for room"
+        assert loop.time() < end, f"not waiting for room after {deadline_s} s"
+        await asyncio.sleep(0)  # a turn of the loop for it to get there
+    assert not publisher.done()
 
 
 async def test_drain_waits_for_a_handler_that_began_eagerly_and_suspended():
@@ -273,8 +284,7 @@ async def test_a_publisher_waiting_for_room_is_told_when_the_pool_stops():
     pool.offer(target, env("k", 1))  # in flight
     pool.offer(target, env("k", 2))  # queued: the lane is full
     waiting = asyncio.create_task(pool.submit(target, env("k", 3)))
-    await asyncio.wait([waiting], timeout=0.02)
-    assert not waiting.done()
+    await _waiting_for_room(pool, waiting)
     await pool.stop()
     with pytest.raises(BusClosedError):
         await waiting
@@ -297,7 +307,6 @@ async def test_a_flat_out_publisher_on_the_memory_bus_still_lets_the_loop_run():
     try:
         await bus.subscribe("t", got)
         t = asyncio.create_task(ticker())
-        await asyncio.sleep(0)
         start = ticks
         for i in range(20_000):
             await bus.publish("t", Envelope(key=f"k{i % 10}", type="t", payload=b""))

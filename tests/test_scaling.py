@@ -125,7 +125,7 @@ async def test_an_uninstalled_tracker_lets_go_of_the_tasks_it_watched():
     finished = tracker.finished
     release.set()
     await task
-    await asyncio.sleep(0)
+    await asyncio.sleep(0)  # the done-callbacks its end scheduled have run (a tracker's would have)
     assert tracker.finished == finished and tracker.counts() == {}
     ref = weakref.ref(task)
     del task
