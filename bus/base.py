@@ -16,7 +16,7 @@ import re
 import time
 from typing import Any
 
-from bus.codec import frame
+from bus.codec import Framer
 from bus.counters import BusCounters
 from bus.envelope import Envelope
 from bus.deadline import CallTimeout, LibraryCancelled, bounded, innermost
@@ -113,7 +113,8 @@ class BaseBus:
         self.tasks = OwnedTasks()
         self.state = State.NEW
         self._subscriptions: set[BaseSubscription] = set()
-        self._seq: dict[str, int] = {}
+        #: per key, the last sequence number stamped (and, for the broker backends, its frame's tail)
+        self._framer = Framer()
         self._close_task: asyncio.Task | None = None
         self._closing_at = 0.0  # the loop's clock when close began
         #: the first failure noticed outside any call (a consumer loop or worker that died, a
@@ -253,27 +254,14 @@ class BaseBus:
         if self.state is not _STARTED:
             self._check_started()
         if not envelope[3] or not envelope[4]:  # stamped inline (this runs once per envelope)
-            seqs, key = self._seq, envelope[0]
-            seq = seqs.get(key, 0) + 1
-            seqs[key] = seq
-            envelope = _new(Envelope, (key, envelope[1], envelope[2], envelope[3] or seq,
+            seq = self._framer.next_seq(envelope[0])
+            envelope = _new(Envelope, (envelope[0], envelope[1], envelope[2], envelope[3] or seq,
                                        envelope[4] or _monotonic_ns(), envelope[5]))
         if not self._publish_nowait(topic, envelope):
             await self._publish(topic, envelope)
         counters = self.counters
         counters.published += 1
         counters.bytes_out += len(envelope.payload)
-
-    def _frame(self, envelope: Envelope) -> tuple[str, bytes, int]:
-        """What a broker backend sends: the envelope stamped as ``publish`` stamps it (its
-        ``seq`` and ``ts_ns`` where 0), framed in one step without the stamped copy; returns
-        (key, frame, payload size)."""
-        key, type_, payload, seq, ts_ns, headers = envelope
-        if not seq or not ts_ns:
-            seqs = self._seq
-            stamp = seqs[key] = seqs.get(key, 0) + 1
-            seq, ts_ns = seq or stamp, ts_ns or _monotonic_ns()
-        return key, frame(key, type_, payload, seq, ts_ns, headers), len(payload)
 
     async def subscribe(
         self, topic: str, handler: Handler, *, group: str | None = None

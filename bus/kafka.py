@@ -220,14 +220,14 @@ class KafkaBus(BaseBus):
         aiokafka (the hot path: each layer saved shows against the raw client)."""
         if self.state is not _STARTED:
             self._check_started()
-        key, data, size = self._frame(envelope)
+        data = self._framer.frame(envelope)
         if topic not in self._topics:
             await self.ensure_topic(topic)
         self._confirmations.add(await self._producer.send(  # type: ignore[union-attr]
-            topic, value=data, key=key.encode()))
+            topic, value=data, key=envelope[0].encode()))
         counters = self.counters
         counters.published += 1
-        counters.bytes_out += size
+        counters.bytes_out += len(envelope[2])
 
     async def _subscribe(self, topic: str, handler: Handler, group: str | None) -> KafkaSubscription:
         await self.ensure_topic(topic)

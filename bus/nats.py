@@ -206,11 +206,10 @@ class NatsBus(BaseBus):
         straight to nats-py (the hot path: each layer saved shows against the raw client)."""
         if self.state is not _STARTED:
             self._check_started()
-        _, data, size = self._frame(envelope)
-        await self.nc.publish(topic, data)  # type: ignore[union-attr]
+        await self.nc.publish(topic, self._framer.frame(envelope))  # type: ignore[union-attr]
         counters = self.counters
         counters.published += 1
-        counters.bytes_out += size
+        counters.bytes_out += len(envelope[2])
 
     async def _subscribe(self, topic: str, handler: Handler, group: str | None) -> NatsSubscription:
         assert self.nc is not None

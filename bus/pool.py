@@ -49,6 +49,9 @@ MAX_QUEUE_SIZE = 1_000_000
 #: worker is idle) at most this deep; deeper ones are queued, so chains cannot exhaust the stack
 MAX_EAGER_DEPTH = 16
 
+#: keys whose hash (and lane) is remembered; past this the memo starts over
+MAX_REMEMBERED_KEYS = 100_000
+
 _CoroutineType = types.CoroutineType
 
 #: which task is running is switched as Python 3.12's eager tasks do (``_swap_current_task``);
@@ -77,7 +80,7 @@ def key_hash(key: str) -> int:
     """CRC-32 of the key, memoised: the same keys recur on every publish."""
     h = _hashes.get(key)
     if h is None:
-        if len(_hashes) > 100_000:  # unbounded key spaces must not grow memory
+        if len(_hashes) > MAX_REMEMBERED_KEYS:  # unbounded key spaces must not grow memory
             _hashes.clear()
         h = _hashes[key] = zlib.crc32(key.encode())
     return h
@@ -179,6 +182,8 @@ class KeyedWorkerPool:
         self._stopping = False
         self._loop: asyncio.AbstractEventLoop | None = None
         self._depth = 0  # eager first steps running inside one another
+        #: each key's lane, looked up once per key (bounded like the hashes)
+        self._lane_of: dict[str, _Lane] = {}
 
     @property
     def workers(self) -> int:
@@ -194,6 +199,7 @@ class KeyedWorkerPool:
             return
         self._loop = asyncio.get_running_loop()
         self._lanes = [_Lane() for _ in range(self._n)]
+        self._lane_of.clear()
         for i, lane in enumerate(self._lanes):
             lane.task = asyncio.create_task(self._work(lane), name=f"{self._name}.worker-{i}",
                                             context=lane.context)
@@ -207,6 +213,18 @@ class KeyedWorkerPool:
         exc = None if task.cancelled() else task.exception()
         if not self._stopping and self._on_death is not None:
             self._on_death(task, exc)
+
+    def _lane(self, key: str) -> _Lane:
+        """The lane that owns ``key``."""
+        return self._lane_of.get(key) or self._lane_for(key)
+
+    def _lane_for(self, key: str) -> _Lane:
+        """The lane that owns ``key``, worked out and remembered (``_lane_of`` misses it)."""
+        lane_of = self._lane_of
+        if len(lane_of) >= MAX_REMEMBERED_KEYS:  # unbounded key spaces must not grow memory
+            lane_of.clear()
+        lane = lane_of[key] = self._lanes[key_hash(key) % self._n]
+        return lane
 
     def worker_for(self, key: str) -> int:
         """The index of the worker that owns ``key`` (stable across runs)."""
@@ -222,8 +240,7 @@ class KeyedWorkerPool:
         """Deliver now if the key's worker is idle, else queue without waiting; False when
         the key's lane is full (then await ``submit``)."""
         key = envelope[0]
-        h = _hashes.get(key)
-        lane = self._lanes[(h if h is not None else key_hash(key)) % self._n]
+        lane = self._lane_of.get(key) or self._lane_for(key)  # inline: the memory bus's hot path
         if lane.busy or lane.items or self._depth >= MAX_EAGER_DEPTH:
             if len(lane.items) >= self._queue_size:
                 return False
@@ -254,23 +271,52 @@ class KeyedWorkerPool:
 
         Returns, in order, what did not fit (a full lane): ``await submit_many(left)``.
         """
-        n = self._n
-        groups: dict[int, deque[Item]] = {}
-        get_hash, get_group = _hashes.get, groups.get
-        triples = zip(repeat(target), envelopes, repeat(None) if tokens is None else tokens)
-        for item in triples:
-            key = item[1][0]
-            h = get_hash(key)
-            index = (h if h is not None else key_hash(key)) % n
-            group = get_group(index)
+        if tokens is not None:
+            return self._offer_settled(target, envelopes, tokens)
+        # grouped by lane as bare envelopes: an (target, envelope, token) item is only made for
+        # what has to queue (this loop runs once per envelope delivered)
+        groups: dict[_Lane, list[Envelope]] = {}
+        lane_of, get_group = self._lane_of.get, groups.get
+        for envelope in envelopes:
+            key = envelope[0]
+            lane = lane_of(key) or self._lane_for(key)
+            group = get_group(lane)
             if group is None:
-                groups[index] = deque((item,))
+                groups[lane] = [envelope]
+            else:
+                group.append(envelope)
+        left: list[Item] = []
+        size = self._queue_size
+        for lane, group in groups.items():
+            if not lane.busy and not lane.items and self._depth < MAX_EAGER_DEPTH:
+                if len(group) <= size:
+                    self._start(lane, self._deliver_run(target, group))
+                    continue
+                self._start(lane, self._deliver_run(target, group[:size]))  # bounded like a queue
+                group = group[size:]
+            items = lane.items
+            room = size - len(items)
+            items.extend([(target, e, None) for e in group[:room]])
+            left.extend([(target, e, None) for e in group[room:]])
+            if lane.wake is not None and items:
+                self._wake(lane)
+        return left
+
+    def _offer_settled(self, target: Target, envelopes: Sequence[Envelope], tokens: Sequence[Any]) -> list[Item]:
+        """:meth:`offer_many` for deliveries settled (acked) after their handler."""
+        groups: dict[_Lane, deque[Item]] = {}
+        lane_of, get_group = self._lane_of.get, groups.get
+        for item in zip(repeat(target), envelopes, tokens):
+            key = item[1][0]
+            lane = lane_of(key) or self._lane_for(key)
+            group = get_group(lane)
+            if group is None:
+                groups[lane] = deque((item,))
             else:
                 group.append(item)
         left: list[Item] = []
         size = self._queue_size
-        for index, group in groups.items():
-            lane = self._lanes[index]
+        for lane, group in groups.items():
             eager = not lane.busy and not lane.items and self._depth < MAX_EAGER_DEPTH
             run = group
             if eager and len(group) > size:  # what the run holds is bounded like a queue
@@ -292,7 +338,7 @@ class KeyedWorkerPool:
             return
         if self._stopping:
             raise BusClosedError("the bus closed while this publish waited for room in its queue")
-        lane = self._lanes[key_hash(envelope[0]) % self._n]
+        lane = self._lane(envelope[0])
         if self._from_a_handler():
             lane.items.append((target, envelope, token))
             if lane.wake is not None:
@@ -319,33 +365,30 @@ class KeyedWorkerPool:
         waiting for room in *any* of their lanes, not for each in turn: waiting on one full lane
         while the others run dry would leave their workers idle (with handlers that await, a
         third of the throughput)."""
-        n = self._n
-        waiting: dict[int, deque[Item]] = {}
+        waiting: dict[_Lane, deque[Item]] = {}
         for item in items:
             key = item[1][0]
-            h = _hashes.get(key)
-            waiting.setdefault((h if h is not None else key_hash(key)) % n, deque()).append(item)
+            waiting.setdefault(self._lane(key), deque()).append(item)
         loop = asyncio.get_running_loop()
         while waiting:
-            for index in list(waiting):
-                queue = waiting[index]
+            for lane in list(waiting):
+                queue = waiting[lane]
                 while queue and self.offer(*queue[0]):
                     queue.popleft()
                 if not queue:
-                    del waiting[index]
+                    del waiting[lane]
             if not waiting:
                 return
             if self._stopping:
                 raise BusClosedError("the bus closed while this publish waited for room in its queue")
             if self._from_a_handler():
-                for index, queue in waiting.items():
-                    lane = self._lanes[index]
+                for lane, queue in waiting.items():
                     lane.items.extend(queue)
                     if lane.wake is not None:
                         self._wake(lane)
                 return
             room = loop.create_future()  # one wake-up, from whichever of these lanes has room first
-            lanes = [self._lanes[index] for index in waiting]
+            lanes = list(waiting)
             for lane in lanes:
                 lane.room.append(room)
             try:
@@ -468,6 +511,25 @@ class KeyedWorkerPool:
                     await target.settle(token, ok)
                 except Exception as exc:  # an ack that fails must not end the run either
                     self._settle_failed(exc)
+
+    async def _deliver_run(self, target: Target, envelopes: list[Envelope]) -> None:
+        """Deliver a batch's share for one lane, in order (no settles): :meth:`_deliver_all`
+        without an item per envelope."""
+        counters = self._counters
+        handler = target.handler
+        for envelope in envelopes:
+            if not target.active:
+                return
+            counters.delivered += 1
+            counters.bytes_in += len(envelope[2])
+            try:
+                await handler(envelope)
+            except Exception as exc:  # a handler's bug must not end the run (or kill the worker)
+                self._handler_failed(exc)
+            except asyncio.CancelledError as exc:
+                if _cancelling():
+                    raise
+                self._handler_failed(exc)
 
     def _handler_failed(self, exc: BaseException) -> None:
         self._counters.handler_errors += 1

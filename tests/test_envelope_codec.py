@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from bus import DecodeError, Envelope, create_bus, decode, encode
+from bus import codec
+from bus.codec import Framer
 from bus.errors import BusConfigError
 from tests.helpers import Collector
 
@@ -35,6 +39,57 @@ def test_round_trip_keeps_every_field():
 def test_garbage_is_a_decode_error(frame):
     with pytest.raises(DecodeError):
         decode(frame)
+
+
+names = st.text(min_size=1, max_size=40)
+envelopes = st.builds(Envelope, key=names, type=names, payload=st.binary(max_size=64),
+                      seq=st.integers(0, 2**64 - 1), ts_ns=st.integers(0, 2**64 - 1),
+                      headers=st.dictionaries(st.text(max_size=8), st.text(max_size=8), max_size=2))
+
+
+@settings(max_examples=300, deadline=None)
+@given(envelopes, st.integers(0, 40))
+def test_a_known_key_decodes_the_same_fast_and_careful(e, cut):
+    """The second frame of a (key, type) pair takes the decoder's fast path: it must read the
+    same envelope, give bytes from any bytes-like frame, and refuse the same garbage."""
+    frame = encode(e)
+    assert decode(frame) == e  # the careful path, which learns the key and type
+    assert decode(frame) == e  # the fast path
+    for view in (bytearray(frame), memoryview(frame)):
+        got = decode(view)
+        assert got == e and type(got.payload) is bytes
+    if cut < len(frame) and (cut < len(frame) - len(e.payload) or e.headers):
+        with pytest.raises(DecodeError):  # cut inside what precedes the payload
+            decode(frame[:cut])
+
+
+def test_the_decoders_memo_of_names_is_bounded(monkeypatch):
+    monkeypatch.setattr(codec, "MAX_NAMES", 10)
+    monkeypatch.setattr(codec, "_names", {})
+    for i in range(25):
+        assert decode(encode(Envelope(key=f"key-{i}", type="t", payload=b""))).key == f"key-{i}"
+    assert 0 < len(codec._names) <= 10
+
+
+def test_the_framer_stamps_per_key_as_publish_does_and_frames_like_encode():
+    framer = Framer()
+    sent = [Envelope(key=k, type=t, payload=p) for k, t, p in
+            [("a", "x", b"1"), ("b", "x", b"2"), ("a", "y", b"3"), ("a", "x", b"4"), ("b", "x", b"")]]
+    sent.append(Envelope(key="a", type="x", payload=b"5", headers={"h": "v"}))
+    sent.append(Envelope(key="a", type="x", payload=b"6", seq=99, ts_ns=7))  # given: kept
+    got = [decode(framer.frame(e)) for e in sent]
+    assert [(g.key, g.type, g.payload, g.seq) for g in got] == [
+        ("a", "x", b"1", 1), ("b", "x", b"2", 1), ("a", "y", b"3", 2), ("a", "x", b"4", 3),
+        ("b", "x", b"", 2), ("a", "x", b"5", 4), ("a", "x", b"6", 99)]
+    assert got[5].headers == {"h": "v"} and got[6].ts_ns == 7
+    assert all(g.ts_ns > 0 for g in got)
+    assert all(framer.frame(g) == encode(g) for g in got)  # stamped already: the very same bytes
+    assert framer.next_seq("a") == 5 and framer.next_seq("new") == 1
+
+
+def test_the_framer_refuses_a_key_too_long_for_the_frame():
+    with pytest.raises(ValueError, match="65535"):
+        Framer().frame(Envelope(key="k" * 70_000, type="t", payload=b""))
 
 
 @pytest.mark.parametrize("url", ["redis://x", "kafka://", "nats://host:notaport", "nomodule.here:make",
