@@ -127,11 +127,13 @@ class Framer:
 def decode(frame: bytes) -> Envelope:
     """Decode one frame; raise :class:`DecodeError` on anything malformed."""
     # the common case (a known key and type, no headers, well formed) in as few steps as
-    # possible: this runs once per delivery
+    # possible: this runs once per delivery. A remembered (lengths, key, type) also vouches
+    # that the frame has no headers and is long enough: one cut short, or with headers,
+    # cannot match one
     try:
-        prefix, seq, ts_ns, key_len, type_len, n_headers = _unpack_fast(frame)
-        end = _SIZE + key_len + type_len
-        if prefix == _PREFIX and not n_headers and end <= len(frame) and frame.__class__ is bytes:
+        prefix, seq, ts_ns, key_len, type_len, _ = _unpack_fast(frame)
+        if prefix == _PREFIX and frame.__class__ is bytes:
+            end = _SIZE + key_len + type_len
             names = _names.get(frame[_LENGTHS_AT:end])
             if names is not None:
                 return _new(Envelope, (names[0], names[1], frame[end:], seq, ts_ns, _NO_HEADERS))

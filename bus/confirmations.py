@@ -40,10 +40,15 @@ class Confirmations:
     def reap(self) -> None:
         """Check and drop the confirmations that have come, in order from the oldest."""
         pending = self._pending
+        popleft = pending.popleft
         while pending and pending[0].done():
-            future = pending.popleft()
-            if future.cancelled() or future.exception() is not None:
-                self._failed(future)
+            future = popleft()
+            try:
+                if future.exception() is None:  # one call for the common case: it succeeded
+                    continue
+            except asyncio.CancelledError:
+                pass
+            self._failed(future)
 
     def _failed(self, future: asyncio.Future) -> None:
         self._counters.publish_errors += 1

@@ -224,7 +224,7 @@ class KafkaBus(BaseBus):
         if topic not in self._topics:
             await self.ensure_topic(topic)
         self._confirmations.add(await self._producer.send(  # type: ignore[union-attr]
-            topic, value=data, key=envelope[0].encode()))
+            topic, data, envelope[0].encode()))  # (topic, value, key)
         counters = self.counters
         counters.published += 1
         counters.bytes_out += len(envelope[2])
