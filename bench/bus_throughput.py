@@ -19,7 +19,8 @@ a handler completes at once and the path where it suspends are both measured.
 clock), at a paced rate (1,000 and 10,000 envelopes/s, ``noop`` handler): p50 and p99.
 
 **Method**: each comparison runs as pairs, raw and bus back to back in one process
-(the order alternates from pair to pair), ``--repeat`` pairs per case. Reported: the
+(the order alternates from pair to pair), ``--repeat`` pairs per case, each run after a
+full garbage collection; one uncounted warm-up pair per backend first. Reported: the
 median of the per-pair ratios with their min–max, and the median of each side.
 """
 
@@ -27,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import platform
 import statistics
 import struct
@@ -338,16 +340,23 @@ class Pair:
         }
 
 
+async def fresh(run: Callable[[], Awaitable[Result]]) -> Result:
+    """One run, after a full collection: neither side pays for the garbage of the run before
+    it (a full collection of this process takes tens of milliseconds, a tenth of a short run)."""
+    gc.collect()
+    return await run()
+
+
 async def measure(backend: str, case: str, repeat: int, bus_run: Callable[[], Awaitable[Result]],
                   raw_run: Callable[[], Awaitable[Result]]) -> Pair:
     pair = Pair(backend, case, [], [])
     for i in range(repeat):  # interleaved, alternating order: drift in machine load hits both alike
         if i % 2 == 0:
-            pair.raw.append(await raw_run())
-            pair.bus.append(await bus_run())
+            pair.raw.append(await fresh(raw_run))
+            pair.bus.append(await fresh(bus_run))
         else:
-            pair.bus.append(await bus_run())
-            pair.raw.append(await raw_run())
+            pair.bus.append(await fresh(bus_run))
+            pair.raw.append(await fresh(raw_run))
     s = pair.summary()
     print(f"  {backend:8s} {case:9s} bus {s['bus_per_s']:>10,.0f}/s  raw {s['raw_per_s']:>10,.0f}/s  "
           f"ratio {s['ratio']:.2f} ({s['ratio_min']:.2f}–{s['ratio_max']:.2f})  "
@@ -365,6 +374,10 @@ async def main(args: argparse.Namespace) -> dict:
     want = set(args.only.split(",")) if args.only else set(TARGETS)
 
     async def backend(name: str, url: str, raw: Runner, **options) -> None:
+        # one pair first, not counted: a fresh broker's first topics and connections are slower
+        # than its later ones, and the first pair would measure that rather than the bus
+        await run_bus(url, n[name] // 5, "noop", **options)
+        await raw(n[name] // 5, "noop")
         for kind in KINDS:
             throughput.append(await measure(
                 name, kind, r, lambda: run_bus(url, n[name], kind, **options), lambda: raw(n[name], kind)))

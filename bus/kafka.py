@@ -19,6 +19,7 @@ from aiokafka.errors import KafkaConnectionError, TopicAlreadyExistsError
 
 from bus.base import _STARTED, BaseBus
 from bus.confirmations import Confirmations
+from bus.kafka_placement import Placement
 from bus.envelope import Envelope
 from bus.connection import KafkaSecurity
 from bus.errors import BusConnectError, BusError, BusRefusedError
@@ -146,6 +147,7 @@ class KafkaBus(BaseBus):
         self._topics: set[str] = set()
         self._topic_lock = asyncio.Lock()
         self._confirmations = Confirmations(self.counters, log, "kafka")
+        self._placement = Placement()
 
     def describe(self) -> str:
         return f"kafka://{self.bootstrap_servers}"
@@ -179,10 +181,12 @@ class KafkaBus(BaseBus):
             client_id=self.client_id,
             linger_ms=self.linger_ms,
             max_batch_size=self.max_batch_size,
+            partitioner=self._placement.partitioner,
             request_timeout_ms=max(self._timeout_ms(), 10000),
             **self.security.client_kwargs(),
         )
         await self._producer.start()
+        self._producer.client.cluster.add_listener(self._placement.forget)
         self._admin = AIOKafkaAdminClient(
             bootstrap_servers=self.bootstrap_servers,
             client_id=f"{self.client_id}-admin",
@@ -221,13 +225,28 @@ class KafkaBus(BaseBus):
         if self.state is not _STARTED:
             self._check_started()
         data = self._framer.frame(envelope)
-        if topic not in self._topics:
-            await self.ensure_topic(topic)
-        self._confirmations.add(await self._producer.send(  # type: ignore[union-attr]
-            topic, data, envelope[0].encode()))  # (topic, value, key)
+        placed = self._placement.topics.get(topic)
+        where = placed.get(envelope[0]) if placed is not None else None
+        if where is not None:  # (topic, value, key, partition)
+            future = await self._producer.send(topic, data, where[0], where[1])  # type: ignore[union-attr]
+        else:
+            future = await self._send_placing(topic, envelope[0], data)
+        self._confirmations.add(future)
         counters = self.counters
         counters.published += 1
         counters.bytes_out += len(envelope[2])
+
+    async def _send_placing(self, topic: str, key: str, data: bytes) -> asyncio.Future:
+        """Send a record of a key whose partition is not known yet: aiokafka places it, and the
+        bus remembers where, for the key's next records (see bus.kafka_placement)."""
+        if topic not in self._topics:
+            await self.ensure_topic(topic)
+        producer = self._producer
+        assert producer is not None
+        key_bytes = key.encode()
+        future = await producer.send(topic, data, key_bytes)
+        self._placement.learn(topic, key, key_bytes, producer.client.cluster)
+        return future
 
     async def _subscribe(self, topic: str, handler: Handler, group: str | None) -> KafkaSubscription:
         await self.ensure_topic(topic)
