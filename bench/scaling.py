@@ -23,7 +23,8 @@ Run by hand from the repository root (memory bus, no broker needed; ~3 minutes):
 4. **dashboard**: the Textual app (off screen, 120x40, driven by Textual's Pilot) during a paced
    load, with 0 and 100,000 idle tasks on the arena loop: panel renders per second, samples
    reaching the UI per second and how late, and the time from pressing ``q`` mid-load to the
-   app having exited (the run closed, settled and judged, the arena stopped).
+   banner saying it is quitting, and to the app having exited (the run closed, settled and
+   judged, the arena stopped); each run in a fresh interpreter, as ``busmon`` runs.
 
 ``python -m bench.scaling live --idle-tasks 100000 -- [busmon arguments]`` runs the real
 command line (``busmon …``) with that many idle tasks added on the arena loop before the first
@@ -386,6 +387,7 @@ async def dashboard_run(idle: int, messages: int, rate: int, watch_s: float) -> 
     from tui.controller import Controller
     from tui.widgets import PhaseChart
     from tui.widgets.throughput import Rates
+    from tui.widgets.verdict import VerdictBanner
 
     renders: list[float] = []
     rates_renders: list[float] = []
@@ -417,6 +419,15 @@ async def dashboard_run(idle: int, messages: int, rate: int, watch_s: float) -> 
         rates_renders.append(time.monotonic())
         return rates_render(self)
 
+    banner_waiting = VerdictBanner.waiting
+    quitting_shown: list[float] = []
+
+    def counted_waiting(self: VerdictBanner, text: str) -> None:
+        if text.startswith("quitting"):
+            quitting_shown.append(time.monotonic())
+        banner_waiting(self, text)
+
+    VerdictBanner.waiting = counted_waiting  # type: ignore[method-assign]
     sc = parse_scenario(DASHBOARD.format(messages=messages, rate=rate), "dashboard.toml")
     controller = IdleController(sc, interactive=False)
     session = controller.session
@@ -445,8 +456,12 @@ async def dashboard_run(idle: int, messages: int, rate: int, watch_s: float) -> 
                 assert loop.time() < deadline, "q did not quit within 60 s"
                 await asyncio.sleep(0.005)
             q_exit_s = time.monotonic() - t_q
+            # the app's answer: its banner said it was quitting (pressing a key through the pilot
+            # returns only once the app is idle, so this is timed where the banner is told)
+            q_answer_s = quitting_shown[0] - t_q if quitting_shown else float("nan")
     finally:
         PhaseChart.render, Rates.render = chart_render, rates_render  # type: ignore[method-assign]
+        VerdictBanner.waiting = banner_waiting  # type: ignore[method-assign]
         controller.shutdown()
     results = controller.session.results
     return {
@@ -458,6 +473,7 @@ async def dashboard_run(idle: int, messages: int, rate: int, watch_s: float) -> 
         "sample_late_ms": _ms([1000 * late for _, late in in_window]) if in_window else None,
         "sample_late": [round(1000 * late, 3) for _, late in in_window],
         "q_to_exit_ms": round(1000 * q_exit_s, 1),
+        "q_answered_ms": round(1000 * q_answer_s, 1),
         "exit_code": app.return_code,
         "run_verdict": results[0].verdict if results else None,
         "run_failure": (results[0].failure or {}).get("kind") if results else None,
@@ -465,18 +481,30 @@ async def dashboard_run(idle: int, messages: int, rate: int, watch_s: float) -> 
     }
 
 
+def dashboard_in_child(idle: int, watch_s: float) -> dict[str, Any]:
+    """:func:`dashboard_run` in a fresh interpreter, as ``busmon`` runs: one after another in one
+    process, each run found the heap its predecessors left (the third quit 36 % slower than the first)."""
+    import json
+    import subprocess
+
+    proc = subprocess.run([sys.executable, "-m", "bench.scaling", "dashboard-child", str(idle), str(watch_s)],
+                          capture_output=True, text=True, check=True, timeout=600,
+                          cwd=Path(__file__).resolve().parents[1])
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
 def dashboard_part(idle_points: tuple[int, ...], repeat: int, watch_s: float) -> list[dict[str, Any]]:
     rows = []
     for idle in idle_points:
         runs = []
         for _ in range(repeat):
-            r = asyncio.run(dashboard_run(idle, messages=200_000, rate=20_000, watch_s=watch_s))
+            r = dashboard_in_child(idle, watch_s)
             runs.append(r)
-            gc.collect()
             print(f"  dashboard, {idle:,} idle tasks: charts drawn {r['chart_renders_per_s']:.1f}/s, numbers "
                   f"{r['numbers_renders_per_s']:.1f}/s, samples reaching the UI {r['samples_applied_per_s']:.1f}/s "
                   f"(late median {r['sample_late_ms']['median'] if r['sample_late_ms'] else '-'} ms, "
-                  f"gap max {r['sample_gap_ms_max']} ms), q → exit {r['q_to_exit_ms']:.0f} ms", flush=True)
+                  f"gap max {r['sample_gap_ms_max']} ms), q answered {r['q_answered_ms']:.0f} ms, "
+                  f"→ exit {r['q_to_exit_ms']:.0f} ms", flush=True)
         rows.append({
             "idle_tasks": idle,
             "chart_renders_per_s": _ms([r["chart_renders_per_s"] for r in runs]),
@@ -485,6 +513,7 @@ def dashboard_part(idle_points: tuple[int, ...], repeat: int, watch_s: float) ->
             "sample_late_ms": _ms([x for r in runs for x in r["sample_late"]]),
             "sample_gap_ms_max": max(r["sample_gap_ms_max"] or 0 for r in runs),
             "q_to_exit_ms": _ms([r["q_to_exit_ms"] for r in runs]),
+            "q_answered_ms": _ms([r["q_answered_ms"] for r in runs]),
             "runs": runs,
         })
     return rows
@@ -563,17 +592,24 @@ def print_tables(out: dict[str, Any]) -> None:
         t = Table(title=f"the dashboard (off screen, 120x40) during a paced load: median / max of {out['repeat']} "
                         f"runs (sample lateness: every sample)")
         for col in ("idle tasks", "tasks chart drawn /s", "numbers drawn /s", "samples reaching the UI /s",
-                    "sample late ms", "longest gap between samples ms", "q (mid-load) → app exited ms"):
+                    "sample late ms", "longest gap between samples ms", "q (mid-load) → banner says quitting ms",
+                    "q → app exited ms"):
             t.add_column(col, justify="right")
         for r in out["dashboard"]:
             t.add_row(f"{r['idle_tasks']:,}", _cell(r["chart_renders_per_s"]), _cell(r["numbers_renders_per_s"]),
                       _cell(r["samples_applied_per_s"]), _cell(r["sample_late_ms"]), f"{r['sample_gap_ms_max']:.0f}",
-                      _cell(r["q_to_exit_ms"], "{:.0f}"))
+                      _cell(r["q_answered_ms"], "{:.0f}"), _cell(r["q_to_exit_ms"], "{:.0f}"))
         console.print(t)
 
 
 def main() -> None:
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    if len(sys.argv) > 1 and sys.argv[1] == "dashboard-child":
+        import json
+
+        print(json.dumps(asyncio.run(dashboard_run(int(sys.argv[2]), messages=200_000, rate=20_000,
+                                                   watch_s=float(sys.argv[3])))))
+        return
     if len(sys.argv) > 1 and sys.argv[1] == "rss-child":
         import json
 
