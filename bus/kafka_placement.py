@@ -1,7 +1,7 @@
 """Which partition a key's records go to, worked out once per key rather than per record.
 
 aiokafka places a keyed record with its default partitioner: murmur2 of the key, in
-pure Python, on every ``send`` (about a microsecond, a tenth of what a publish costs).
+pure Python, on every ``send`` (about a microsecond of the ~8 µs a record costs the process).
 A key's partition only changes when the topic's partitions do, so the bus works it out
 once, with the same partitioner over the same partition list aiokafka would use, and
 passes it to ``send``. Every metadata update (new partitions, a new leader) forgets all
