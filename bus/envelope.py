@@ -7,6 +7,17 @@ from typing import Mapping, NamedTuple
 
 _NO_HEADERS: Mapping[str, str] = MappingProxyType({})
 _new = tuple.__new__
+#: the wire frame gives a key, a type and each header name and value 16 bits of length: every
+#: backend refuses a longer one here, not only those that frame (the memory bus would carry it)
+MAX_FIELD_BYTES = 0xFFFF
+#: a str this long or shorter fits however it encodes (UTF-8: at most 4 bytes a character)
+_SURELY_FITS = MAX_FIELD_BYTES // 4
+
+
+def _check_fits(field: str, text: str) -> None:
+    if len(text) > _SURELY_FITS and len(text.encode("utf-8", "surrogatepass")) > MAX_FIELD_BYTES:
+        raise ValueError(f"Envelope.{field} must be at most {MAX_FIELD_BYTES} bytes in UTF-8, "
+                         f"got {len(text.encode('utf-8', 'surrogatepass')):,}")
 
 
 class _Fields(NamedTuple):
@@ -46,6 +57,9 @@ class Envelope(_Fields):
             raise ValueError(f"Envelope.key must be a non-empty str, got {key!r}")
         if type.__class__ is not str or not type:
             raise ValueError(f"Envelope.type must be a non-empty str, got {type!r}")
+        if len(key) > _SURELY_FITS or len(type) > _SURELY_FITS:  # only a long one is encoded to check
+            _check_fits("key", key)
+            _check_fits("type", type)
         if payload.__class__ is not bytes:
             if not isinstance(payload, (bytearray, memoryview)):
                 raise ValueError(f"Envelope.payload must be bytes, got {payload.__class__.__name__}")
@@ -63,6 +77,9 @@ class Envelope(_Fields):
                 isinstance(k, str) and isinstance(v, str) for k, v in headers.items()
             ):
                 raise ValueError("Envelope.headers must map str to str")
+            for name, value in headers.items():
+                _check_fits(f"headers[{name[:40]!r}] name", name)
+                _check_fits(f"headers[{name[:40]!r}]", value)
             headers = MappingProxyType(dict(headers))
         return _new(cls, (key, type, payload, seq, ts_ns, headers))
 
