@@ -382,6 +382,7 @@ async def dashboard_run(idle: int, messages: int, rate: int, watch_s: float) -> 
     """The app off screen with ``idle`` idle tasks on the arena: renders, samples reaching the UI,
     and q (pressed during the load) to exit."""
     from probes.model import Sample
+    from probes.sampler import Sampler
     from probes.scenario import parse_scenario
     from tui.app import BusmonApp
     from tui.controller import Controller
@@ -402,10 +403,23 @@ async def dashboard_run(idle: int, messages: int, rate: int, watch_s: float) -> 
             idle_tasks = self.session.arena.run(_idle_tasks(idle, release))
             self._future = self.session.arena.submit(self._play(), name="busmon.session")
 
+    # when each sample was taken, by the sampler's own clock reading (a sample's ``t_s`` is on its
+    # run's clock, which restarts at each run's start: samples taken before it, applied after,
+    # came out tens of milliseconds "early")
+    taken: dict[int, tuple[Sample, float]] = {}
+    sampler_read = Sampler.read
+
+    def timed_read(self: Sampler) -> Sample:
+        sample = sampler_read(self)
+        taken[id(sample)] = (sample, time.monotonic())  # the sample held: its id stays its own
+        return sample
+
     class CountedApp(BusmonApp):
         def _on_sample(self, s: Sample) -> None:
             now = time.monotonic()
-            applied.append((now, now - (session.state.t0 + s.t_s)))
+            entry = taken.pop(id(s), None)
+            if entry is not None and entry[0] is s:
+                applied.append((now, now - entry[1]))
             super()._on_sample(s)
 
     chart_render, rates_render = PhaseChart.render, Rates.render
@@ -428,6 +442,7 @@ async def dashboard_run(idle: int, messages: int, rate: int, watch_s: float) -> 
         banner_waiting(self, text)
 
     VerdictBanner.waiting = counted_waiting  # type: ignore[method-assign]
+    Sampler.read = timed_read  # type: ignore[method-assign]
     sc = parse_scenario(DASHBOARD.format(messages=messages, rate=rate), "dashboard.toml")
     controller = IdleController(sc, interactive=False)
     session = controller.session
@@ -462,6 +477,7 @@ async def dashboard_run(idle: int, messages: int, rate: int, watch_s: float) -> 
     finally:
         PhaseChart.render, Rates.render = chart_render, rates_render  # type: ignore[method-assign]
         VerdictBanner.waiting = banner_waiting  # type: ignore[method-assign]
+        Sampler.read = sampler_read  # type: ignore[method-assign]
         controller.shutdown()
     results = controller.session.results
     return {
