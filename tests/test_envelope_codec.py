@@ -58,7 +58,7 @@ def test_a_known_key_decodes_the_same_fast_and_careful(e, cut):
     for view in (bytearray(frame), memoryview(frame)):
         got = decode(view)
         assert got == e and type(got.payload) is bytes
-    if cut < len(frame) and (cut < len(frame) - len(e.payload) or e.headers):
+    if cut < len(frame) - len(e.payload):
         with pytest.raises(DecodeError):  # cut inside what precedes the payload
             decode(frame[:cut])
 
