@@ -291,16 +291,22 @@ def rss_run(messages: int, keys: int = 100) -> dict[str, Any]:
             "marks": marks, "rss_by_phase": dict(snaps), "samples": len(readings)}
 
 
-def rss_in_child(messages: int, keys: int) -> dict[str, Any]:
-    """:func:`rss_run` in a fresh interpreter: a process's RSS keeps its high-water mark (memory
-    freed is reused, rarely returned), so a run after another would hide its growth."""
+def in_child(part: str, *args: object) -> dict[str, Any]:
+    """One measurement (``python -m bench.scaling PART-child ARGS``) in a fresh interpreter; its
+    result is the JSON on the child's last line."""
     import json
     import subprocess
 
-    proc = subprocess.run([sys.executable, "-m", "bench.scaling", "rss-child", str(messages), str(keys)],
+    proc = subprocess.run([sys.executable, "-m", "bench.scaling", f"{part}-child", *map(str, args)],
                           capture_output=True, text=True, check=True, timeout=600,
                           cwd=Path(__file__).resolve().parents[1])
     return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def rss_in_child(messages: int, keys: int) -> dict[str, Any]:
+    """:func:`rss_run` in a fresh interpreter: a process's RSS keeps its high-water mark (memory
+    freed is reused, rarely returned), so a run after another would hide its growth."""
+    return in_child("rss", messages, keys)
 
 
 # -- 3. the audit's own memory -------------------------------------------------------------
@@ -500,13 +506,7 @@ async def dashboard_run(idle: int, messages: int, rate: int, watch_s: float) -> 
 def dashboard_in_child(idle: int, watch_s: float) -> dict[str, Any]:
     """:func:`dashboard_run` in a fresh interpreter, as ``busmon`` runs: one after another in one
     process, each run found the heap its predecessors left (the third quit 36 % slower than the first)."""
-    import json
-    import subprocess
-
-    proc = subprocess.run([sys.executable, "-m", "bench.scaling", "dashboard-child", str(idle), str(watch_s)],
-                          capture_output=True, text=True, check=True, timeout=600,
-                          cwd=Path(__file__).resolve().parents[1])
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    return in_child("dashboard", idle, watch_s)
 
 
 def dashboard_part(idle_points: tuple[int, ...], repeat: int, watch_s: float) -> list[dict[str, Any]]:
@@ -620,16 +620,13 @@ def print_tables(out: dict[str, Any]) -> None:
 
 def main() -> None:
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    if len(sys.argv) > 1 and sys.argv[1] == "dashboard-child":
+    children = {"dashboard-child": lambda idle, watch_s: asyncio.run(dashboard_run(
+                    int(idle), messages=200_000, rate=20_000, watch_s=float(watch_s))),
+                "rss-child": lambda messages, keys: rss_run(int(messages), int(keys))}
+    if len(sys.argv) > 1 and sys.argv[1] in children:  # one measurement for in_child()
         import json
 
-        print(json.dumps(asyncio.run(dashboard_run(int(sys.argv[2]), messages=200_000, rate=20_000,
-                                                   watch_s=float(sys.argv[3])))))
-        return
-    if len(sys.argv) > 1 and sys.argv[1] == "rss-child":
-        import json
-
-        print(json.dumps(rss_run(int(sys.argv[2]), int(sys.argv[3]))))
+        print(json.dumps(children[sys.argv[1]](*sys.argv[2:])))
         return
     if len(sys.argv) > 1 and sys.argv[1] == "live":
         p = argparse.ArgumentParser(prog="python -m bench.scaling live")

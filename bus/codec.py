@@ -59,11 +59,7 @@ def encode(envelope: Envelope) -> bytes:
 def frame(key_s: str, type_s: str, payload: bytes, seq: int, ts_ns: int,
           headers: Mapping[str, str] = _NO_HEADERS) -> bytes:
     """Encode an envelope's fields into one frame."""
-    key = key_s.encode()
-    type_ = type_s.encode()
-    if len(key) > 0xFFFF or len(type_) > 0xFFFF:
-        raise ValueError("envelope key and type must each fit in 65535 bytes")
-    parts = [_FIXED.pack(MAGIC, VERSION, 0, seq, ts_ns, len(key), len(type_), len(headers)), key, type_]
+    parts = [_pack_head(_PREFIX, seq, ts_ns), _tail(key_s, type_s, len(headers))]
     for name, value in headers.items():
         name_b, value_b = name.encode(), value.encode()
         if len(name_b) > 0xFFFF or len(value_b) > 0xFFFF:
@@ -73,13 +69,14 @@ def frame(key_s: str, type_s: str, payload: bytes, seq: int, ts_ns: int,
     return b"".join(parts)
 
 
-def _tail(key_s: str, type_s: str) -> bytes:
-    """A plain frame's lengths, key and type, encoded: what follows the stamp."""
+def _tail(key_s: str, type_s: str, n_headers: int = 0) -> bytes:
+    """What follows a frame's stamp: the lengths and header count, the key and the type, encoded
+    (a :class:`Framer` keeps a plain frame's per key)."""
     key = key_s.encode()
     type_ = type_s.encode()
     if len(key) > 0xFFFF or len(type_) > 0xFFFF:
         raise ValueError("envelope key and type must each fit in 65535 bytes")
-    return _LENGTHS.pack(len(key), len(type_), 0) + key + type_
+    return _LENGTHS.pack(len(key), len(type_), n_headers) + key + type_
 
 
 class Framer:

@@ -15,9 +15,11 @@ _SURELY_FITS = MAX_FIELD_BYTES // 4
 
 
 def _check_fits(field: str, text: str) -> None:
-    if len(text) > _SURELY_FITS and len(text.encode("utf-8", "surrogatepass")) > MAX_FIELD_BYTES:
-        raise ValueError(f"Envelope.{field} must be at most {MAX_FIELD_BYTES} bytes in UTF-8, "
-                         f"got {len(text.encode('utf-8', 'surrogatepass')):,}")
+    if len(text) <= _SURELY_FITS:
+        return
+    size = len(text.encode("utf-8", "surrogatepass"))
+    if size > MAX_FIELD_BYTES:
+        raise ValueError(f"Envelope.{field} must be at most {MAX_FIELD_BYTES} bytes in UTF-8, got {size:,}")
 
 
 class _Fields(NamedTuple):

@@ -293,7 +293,7 @@ class JetStreamSubscription(PollingSubscription):
     pool; each message is acked after its handler ran."""
 
     task_prefix = "bus.nats-js.consumer"
-    payload_of = operator.attrgetter("data")
+    payload_of = _data_of
     settles = True  # each message is acked after its handler
     bus: JetStreamBus
 

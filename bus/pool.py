@@ -285,51 +285,43 @@ class KeyedWorkerPool:
                 groups[lane] = [envelope]
             else:
                 group.append(envelope)
-        left: list[Item] = []
-        size = self._queue_size
-        for lane, group in groups.items():
-            if not lane.busy and not lane.items and self._depth < MAX_EAGER_DEPTH:
-                if len(group) <= size:
-                    self._start(lane, self._deliver_run(target, group))
-                    continue
-                self._start(lane, self._deliver_run(target, group[:size]))  # bounded like a queue
-                group = group[size:]
-            items = lane.items
-            room = size - len(items)
-            items.extend([(target, e, None) for e in group[:room]])
-            left.extend([(target, e, None) for e in group[room:]])
-            if lane.wake is not None and items:
-                self._wake(lane)
-        return left
+        return self._hand_over(target, groups, settled=False)
 
     def _offer_settled(self, target: Target, envelopes: Sequence[Envelope], tokens: Sequence[Any]) -> list[Item]:
         """:meth:`offer_many` for deliveries settled (acked) after their handler."""
-        groups: dict[_Lane, deque[Item]] = {}
+        groups: dict[_Lane, list[Item]] = {}
         lane_of, get_group = self._lane_of.get, groups.get
         for item in zip(repeat(target), envelopes, tokens):
             key = item[1][0]
             lane = lane_of(key) or self._lane_for(key)
             group = get_group(lane)
             if group is None:
-                groups[lane] = deque((item,))
+                groups[lane] = [item]
             else:
                 group.append(item)
+        return self._hand_over(target, groups, settled=True)
+
+    def _hand_over(self, target: Target, groups: dict[_Lane, list[Any]], settled: bool) -> list[Item]:
+        """Each lane's share of a batch (bare envelopes, or items when ``settled``): run at once if
+        the lane is idle (at most a queue's worth), the rest queued up to the bound; returns, in
+        order, what did not fit."""
         left: list[Item] = []
         size = self._queue_size
         for lane, group in groups.items():
-            eager = not lane.busy and not lane.items and self._depth < MAX_EAGER_DEPTH
-            run = group
-            if eager and len(group) > size:  # what the run holds is bounded like a queue
-                run = deque(group.popleft() for _ in range(size))
-            if not eager or group is not run:
-                items = lane.items
-                while group and len(items) < size:
-                    items.append(group.popleft())
-                left.extend(group)
-                if lane.wake is not None and items:
-                    self._wake(lane)
-            if eager:
-                self._start(lane, self._deliver_all(run))
+            if not lane.busy and not lane.items and self._depth < MAX_EAGER_DEPTH:
+                run = group if len(group) <= size else group[:size]  # bounded like a queue
+                self._start(lane, self._deliver_all(deque(run)) if settled else self._deliver_run(target, run))
+                if run is group:
+                    continue
+                group = group[size:]
+            if not settled:
+                group = [(target, e, None) for e in group]
+            items = lane.items
+            room = size - len(items)
+            items.extend(group[:room])
+            left.extend(group[room:])
+            if lane.wake is not None and items:
+                self._wake(lane)
         return left
 
     async def submit(self, target: Target, envelope: Envelope, token: Any = None) -> None:
