@@ -27,7 +27,7 @@ from bus.deadline import cancel_and_wait
 from bus.connection import NatsSecurity
 from bus.errors import BusConnectError, BusError, BusFault, BusRefusedError
 from bus.refusal import address, nats_refusal
-from bus.polling import PollingSubscription, count_undecodable
+from bus.polling import PollingSubscription, count_undecodable, decode_batch
 from bus.protocol import Handler
 
 log = logging.getLogger("bus.nats")
@@ -84,10 +84,7 @@ class NatsSubscription(BaseSubscription):
         msgs = [msg]
         msgs += [get() for _ in range(waiting)]
         try:
-            try:  # the whole batch at C speed; one bad message sends it through the careful loop
-                envelopes = list(map(decode, map(_data_of, msgs)))
-            except DecodeError:
-                envelopes = self._decode_each(msgs)
+            envelopes = decode_batch(bus, msgs, _data_of, self.topic)[0]
             if left := bus.pool.offer_many(self, envelopes):
                 await bus.pool.submit_many(left)
         finally:
@@ -96,16 +93,6 @@ class NatsSubscription(BaseSubscription):
             done = queue.task_done
             for _ in range(waiting):
                 done()
-
-    def _decode_each(self, msgs: list[Msg]) -> list[Envelope]:
-        """Decode what can be; count what cannot."""
-        envelopes = []
-        for m in msgs:
-            try:
-                envelopes.append(decode(m.data))
-            except DecodeError as exc:
-                count_undecodable(self.bus, exc, self.topic)
-        return envelopes
 
     async def _stop(self, deadline: float) -> None:
         if self._stopped or self.sub is None:

@@ -27,6 +27,29 @@ def count_undecodable(bus: BaseBus, exc: DecodeError, where: str) -> None:
         log.error("undecodable message on %s: %s (logged once)", where, exc)
 
 
+def decode_batch(bus: BaseBus, raws: list[Any], payload_of: Callable[[Any], bytes],
+                 where: str) -> tuple[list[Envelope], list[Any], list[Any]]:
+    """A fetched batch decoded: the envelopes, the records they came from, and the records that
+    did not decode (counted). The whole batch at C speed; one bad record sends it through the
+    careful loop."""
+    try:
+        return list(map(decode, map(payload_of, raws))), raws, []
+    except DecodeError:
+        pass
+    envelopes: list[Envelope] = []
+    kept: list[Any] = []
+    bad: list[Any] = []
+    for raw in raws:
+        try:
+            envelopes.append(decode(payload_of(raw)))
+        except DecodeError as exc:
+            count_undecodable(bus, exc, where)
+            bad.append(raw)
+        else:
+            kept.append(raw)
+    return envelopes, kept, bad
+
+
 class PollingSubscription(BaseSubscription):
     """Subclasses say how to fetch a batch, where a record's frame is, and how to close the intake."""
 
@@ -77,29 +100,16 @@ class PollingSubscription(BaseSubscription):
                 batch = await self._fetch()
             finally:
                 self._fetching = False
-            envelopes: list[Envelope] = []
-            tokens: list[Any] | None = [] if self.settles else None
-            try:  # the whole batch at C speed; one bad record sends it through the careful loop
-                envelopes = list(map(decode, map(self.payload_of, batch)))
-                if tokens is not None:
-                    tokens = batch
-            except DecodeError:
-                envelopes = []
-                for raw in batch:
-                    try:
-                        envelopes.append(decode(self.payload_of(raw)))
-                    except DecodeError as exc:
-                        count_undecodable(self.bus, exc, self.topic)
-                        await self._reject(raw)
-                        continue
-                    if tokens is not None:
-                        tokens.append(raw)
+            envelopes, kept, bad = decode_batch(self.bus, batch, self.payload_of, self.topic)
+            for raw in bad:
+                await self._reject(raw)
+            tokens = kept if self.settles else None
             # one hand-off per worker for the whole batch; what did not fit waits for room
             if left := pool.offer_many(self, envelopes, tokens):
                 await pool.submit_many(left)
             # handed out: a stop cancels the next fetch, and the cancelled task's traceback keeps
             # this frame (and a whole batch of records) alive as long as the task object is
-            batch = raw = envelopes = tokens = None  # type: ignore[assignment]
+            batch = raw = envelopes = tokens = kept = bad = None  # type: ignore[assignment]
 
     async def _stop(self, deadline: float) -> None:
         if self._stopped:
