@@ -33,8 +33,9 @@ _FAST = sys.platform.startswith("linux") and os.path.isdir(f"{_PROC}/self/task")
 class Child:
     pid: int
     started: float          # the process's start time: with the pid, its identity
-    cmdline: str
+    cmdline: str            # the whole command line, as the ignore rules match it
     status: str             # psutil's: running, sleeping, zombie, ...
+    argv: tuple[str, ...] = ()  # its words as the process was given them (empty: not readable)
 
     @property
     def key(self) -> tuple[int, float]:
@@ -43,6 +44,42 @@ class Child:
     @property
     def zombie(self) -> bool:
         return self.status == psutil.STATUS_ZOMBIE
+
+    @property
+    def program(self) -> str:
+        """The executable by its name (``python``), not its path."""
+        first = self.argv[0] if self.argv else self.cmdline
+        return os.path.basename(first) or first or "?"
+
+    def short(self, limit: int) -> str:
+        """The command line for one line of text: see :func:`short_command`."""
+        return short_command(self.argv, limit) if self.argv else _cut(self.cmdline, limit)
+
+
+def short_command(argv: tuple[str, ...] | list[str], limit: int) -> str:
+    """``python -c import sys; sys.stdin.buffer.read()``: a command line within ``limit``
+    characters that keeps its arguments.
+
+    The executable goes by its name (its folder is what makes a line long, and it depends on
+    where the venv is); when the line is still too long, an argument that is an existing file
+    keeps its file name (``…/serve.py``: never a ``-c`` program that happens to hold a ``/``);
+    only then is the end cut. The result never depends on the folder the executable is in.
+    """
+    words = [os.path.basename(argv[0]) or argv[0], *argv[1:]]
+    line = " ".join(words)
+    if len(line) > limit:
+        words = [words[0], *(_short_path(w) for w in words[1:])]
+        line = " ".join(words)
+    return _cut(line, limit)
+
+
+def _short_path(word: str) -> str:
+    head, tail = os.path.split(word)
+    return f"…/{tail}" if head and tail and os.path.isfile(word) else word
+
+
+def _cut(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: max(0, limit - 1)] + "…"
 
 
 def _child_pids(pid: int) -> list[int]:
@@ -77,14 +114,15 @@ def _describe(proc: psutil.Process) -> Child | None:
             status = proc.status()
             started = proc.create_time()
             try:
-                cmd = " ".join(proc.cmdline()) or proc.name()
+                argv = tuple(proc.cmdline())
             except (psutil.AccessDenied, psutil.ZombieProcess):
-                cmd = proc.name()
+                argv = ()
+            cmd = " ".join(argv) or proc.name()
     except psutil.NoSuchProcess:
         return None
     except psutil.Error:
         return Child(proc.pid, 0.0, "?", "unknown")
-    return Child(proc.pid, started, cmd or "?", status)
+    return Child(proc.pid, started, cmd or "?", status, argv)
 
 
 def children() -> dict[tuple[int, float], Child]:

@@ -152,7 +152,7 @@ class ResourceWatch:
                 facts.append("the peer closed its end; this process never closed its own")
             component = d.component
             if child is not None:
-                facts.append(f"shared with child pid {child.pid} ({_short(child.cmdline, 40)})")
+                facts.append(f"shared with child pid {child.pid} ({child.short(50)})")
                 component = self._process_component(child)
             # a socket is named by where it goes (its local end and state are in the detail)
             name = f"{d.kind} → {d.peer}" if sock and d.peer else d.label()
@@ -170,14 +170,14 @@ class ResourceWatch:
             else:
                 state = "leaked"
                 facts = ["a zombie: it exited, but nothing waited for it"] if c.zombie else [f"still {c.status}"]
-            out.append(Leftover("process", f"pid {c.pid}: {_short(_program_first(c.cmdline), 50)}", component, state,
+            out.append(Leftover("process", f"pid {c.pid}: {c.short(50)}", component, state,
                                 ms(after), (),
                                 owner[1] if owner else None, ", ".join([f"pid {c.pid}", *facts, f"command: {c.cmdline}"])))
         return out
 
     def _process_component(self, c: proc_probe.Child) -> str:
         owner = self.attribution.processes.owner(c.pid) if self.attribution.processes else None
-        return "process:" + (owner[0] if owner else _program(c.cmdline))
+        return "process:" + (owner[0] if owner else c.program)
 
     def _pipe_child(self, d: fd_probe.Descriptor) -> proc_probe.Child | None:
         """The child process at the other end of a pipe (the usual leftover of a subprocess)."""
@@ -208,23 +208,8 @@ def waitpid_detail(thread: threading.Thread, watch: ResourceWatch | None) -> str
     if pid is None:
         return None
     child = watch.child_of(pid) if watch is not None else None
-    what = f"child process {pid}" + (f" ({_short(child.cmdline, 60)})" if child else "")
+    what = f"child process {pid}" + (f" ({child.short(60)})" if child else "")
     return f"asyncio waits here until {what} exits"
-
-
-def _program_first(cmdline: str) -> str:
-    """The command line with the program by its name, not its path (the detail has the pid)."""
-    program, _, rest = cmdline.partition(" ")
-    return f"{os.path.basename(program) or program} {rest}".strip()
-
-
-def _program(cmdline: str) -> str:
-    first = cmdline.split(" ", 1)[0] if cmdline else "?"
-    return os.path.basename(first) or "?"
-
-
-def _short(text: str, n: int = 80) -> str:
-    return text if len(text) <= n else text[: n - 1] + "…"
 
 
 def brokers_of(backend: str, resolve: Iterable[tuple[str, int]] = ()) -> dict[str, str]:

@@ -101,11 +101,33 @@ def test_child_process_left_running_is_named_with_pid_command_line_and_creator()
     pid = proc.name.split(":")[0].removeprefix("pid ")
     # asyncio's waitpid thread is no longer a mystery: it names the child it waits for
     (waiter,) = [x for x in found(run, "thread") if x.name.startswith("asyncio-waitpid-")]
-    assert f"child process {pid}" in waiter.detail and "sys.stdin" in waiter.detail
+    assert f"child process {pid}" in waiter.detail and "sys.stdin.buffer.read()" in waiter.detail
     # the pipe to its stdin is the child's too
     pipes = [x for x in found(run, "fd", "leaked") if x.name.startswith("pipe")]
     assert pipes and f"shared with child pid {pid}" in pipes[0].detail and pipes[0].component == "process:tests"
     assert run.phase("settle").processes == 1
+
+
+DEEP = "/tmp/" + "a-folder-with-a-rather-long-name/" * 6 + "busmon/.venv/bin"
+
+
+@pytest.mark.parametrize("folder", ["/v/bin", DEEP, "/tmp/with spaces/.venv/bin"])
+def test_a_childs_command_line_keeps_its_arguments_wherever_its_executable_lives(folder, tmp_path):
+    """The executable is shortened, never the arguments: the same line from any clone's venv."""
+    from probes.children import Child, short_command
+
+    argv = (f"{folder}/python", "-c", "import sys; sys.stdin.buffer.read()")
+    assert short_command(argv, 50) == "python -c import sys; sys.stdin.buffer.read()"
+    child = Child(1, 0.0, " ".join(argv), "sleeping", argv)
+    assert child.program == "python" and child.short(60) == short_command(argv, 60)
+    # a long script path keeps its file name and the arguments after it; code is left whole
+    path = tmp_path / "a folder with spaces" / ("deep-" * 10) / "serve.py"
+    path.parent.mkdir(parents=True)
+    path.write_text("")
+    assert short_command((f"{folder}/python", str(path), "--port", "4222"), 40) == "python …/serve.py --port 4222"
+    assert short_command((f"{folder}/python", "-c", "print(1/2)"), 20) == "python -c print(1/2)"
+    # only what is still too long is cut, at its end
+    assert short_command((f"{folder}/python", "-c", "x" * 80), 20) == "python -c " + "x" * 9 + "…"
 
 
 def test_ignore_rule_by_command_line_labels_the_child():
