@@ -3,7 +3,9 @@ fixture. Installed with busmon (a ``pytest11`` entry point); it does nothing unl
 
 When is what measured, and on which loop:
 
-- the **baseline** is taken right before the test body, after its fixtures are set up;
+- the **baseline** is taken before the test's function fixtures are set up (after those of wider
+  scope, which belong to the harness): what a function fixture starts and never stops is the
+  test's leak;
 - the **verdict** comes after the test's function fixtures are torn down, on the test's own
   event loop: busmon's guard fixture is set up first (right after the loop's owner, which it
   requests), so it is torn down last, while the loop is still open. Then busmon runs that loop
@@ -345,6 +347,7 @@ def _busmon_guard(request: pytest.FixtureRequest) -> Iterator[TestWatch | None]:
         yield None
         return
     with contextlib.ExitStack() as stack:
+        _set_up_the_harness_fixtures(item, request)
         try:
             harness = find_harness(item, request, stack)
         except Exception as exc:  # a harness busmon does not know this well: judge without its tasks
@@ -352,12 +355,32 @@ def _busmon_guard(request: pytest.FixtureRequest) -> Iterator[TestWatch | None]:
                                    f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})")
         state = TestWatch(item, options, harness)
         item.stash[_STATE] = state
+        state.start()   # the baseline: before the test's own function fixtures are set up
         yield state
         try:
             state.finish()
         except Exception as exc:  # busmon's own failure must not fail someone's test
             state.error = state.why_not = f"busmon could not judge this test: {type(exc).__name__}: {exc}"
             warnings.warn(pytest.PytestWarning(f"{item.nodeid}: {state.error}"), stacklevel=1)
+
+
+def _set_up_the_harness_fixtures(item: pytest.Function, request: pytest.FixtureRequest) -> None:
+    """Set up, before the baseline, every fixture of the test with a scope wider than the
+    function's: what a session, package, module or class fixture holds is the harness's, shared
+    with other tests, even when this is the first test that asks for it. Its function fixtures
+    come after the baseline: what they start and never stop is the test's leak."""
+    info = getattr(item, "_fixtureinfo", None)
+    defs = getattr(info, "name2fixturedefs", None) or {}
+    for name in list(item.fixturenames):
+        chain = defs.get(name)
+        if name in (GUARD, "busmon") or not chain or _scope(chain[-1]) == "function":
+            continue
+        request.getfixturevalue(name)
+
+
+def _scope(fixturedef: Any) -> str:
+    scope = getattr(fixturedef, "scope", "function")  # a str (pytest ≥ 8) or a Scope enum
+    return str(getattr(scope, "value", scope))
 
 
 @pytest.fixture
@@ -382,8 +405,6 @@ def pytest_runtest_setup(item: pytest.Item) -> Iterator[None]:
 @pytest.hookimpl(hookwrapper=True, trylast=True)
 def pytest_runtest_call(item: pytest.Item) -> Iterator[None]:
     state = item.stash.get(_STATE, None) if SUPPORTED else None
-    if state is not None:
-        state.start()   # the baseline: every fixture is set up, the body is next
     outcome = yield
     if state is not None and outcome.excinfo is not None:
         state.call_failed = True
@@ -400,7 +421,7 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
 def _judged(item: pytest.Item, call: pytest.CallInfo[None], state: TestWatch, report: pytest.TestReport) -> None:
     """The teardown report carries the verdict: failed with the leak report, or passed (with
     what lingered as a section, shown by -rP)."""
-    if call.when == "call" and not report.passed:
+    if call.when in ("setup", "call") and not report.passed:  # a fixture failed, or the test did
         state.call_failed = True
     if call.when != "teardown":
         return

@@ -596,3 +596,107 @@ def test_a_loop_busmon_cannot_find_is_said_not_a_broken_test(pytester: pytest.Py
     """, "-rP")
     result.assert_outcomes(passed=1)
     result.stdout.fnmatch_lines(["note: tasks not judged: the test's event loop was not found (LookupError: *"])
+
+
+# -- fixtures: the baseline comes before the test's function fixtures -----------------------------
+
+FIXTURES = """
+import asyncio, pytest, pytest_asyncio
+
+HELD = []
+
+@pytest.fixture
+async def forgets_its_task():
+    HELD.append(asyncio.create_task(asyncio.Event().wait(), name="fixture-forgot"))
+    yield
+
+@pytest.fixture
+async def stops_its_task():
+    task = asyncio.create_task(asyncio.Event().wait(), name="fixture-stopped")
+    yield
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+
+class Worker:
+    \"\"\"A fixture-owned service whose worker task the test replaces (a restart).\"\"\"
+    def __init__(self):
+        self.task = asyncio.create_task(asyncio.Event().wait(), name="worker-1")
+    async def restart(self):
+        old, self.task = self.task, asyncio.create_task(asyncio.Event().wait(), name="worker-2")
+        old.cancel()
+    async def stop(self):
+        self.task.cancel()
+        await asyncio.gather(self.task, return_exceptions=True)
+
+@pytest.fixture
+async def worker():
+    w = Worker()
+    yield w
+    await w.stop()
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def module_service():
+    task = asyncio.create_task(asyncio.Event().wait(), name="module-service")
+    yield task
+    task.cancel()
+
+@pytest.mark.busmon(settle_timeout_s=0.2)
+async def test_a_fixture_that_never_stops_its_task(forgets_its_task):
+    pass
+
+@pytest.mark.busmon
+async def test_a_fixture_that_stops_its_task(stops_its_task):
+    pass
+
+@pytest.mark.busmon
+async def test_a_worker_replaced_and_stopped_by_its_fixture(worker):
+    await worker.restart()
+
+@pytest.mark.busmon(settle_timeout_s=0.2)
+def test_a_sync_fixture_thread_never_joined(sync_thread):
+    pass
+"""
+
+SYNC_FIXTURE = """
+import threading
+
+RELEASE = threading.Event()
+
+@pytest.fixture(scope="session", autouse=True)
+def release_at_exit():
+    yield
+    RELEASE.set()
+
+@pytest.fixture
+def sync_thread():
+    threading.Thread(target=RELEASE.wait, name="fixture-thread", daemon=True).start()
+    yield
+"""
+
+
+@pytest.mark.parametrize("loop_scope", ["function", "module"])
+def test_what_a_function_fixture_starts_is_the_tests(pytester: pytest.Pytester, loop_scope: str) -> None:
+    """A function fixture is the test's: what it starts and never stops fails the test; what it
+    stops at teardown, or a worker the test replaced and the fixture stopped, is clean. A module
+    fixture first set up for this test is the harness's, never the test's."""
+    ini = ASYNCIO_AUTO.replace("= function", f"= {loop_scope}") + f"asyncio_default_test_loop_scope = {loop_scope}\n"
+    source = FIXTURES + SYNC_FIXTURE + """
+@pytest.mark.asyncio(loop_scope="module")
+@pytest.mark.busmon
+async def test_first_user_of_a_module_fixture(module_service):
+    assert not module_service.done()
+"""
+    result = run(pytester, source, "-rA", ini=ini)
+    result.assert_outcomes(passed=5, errors=2)
+    result.stdout.fnmatch_lines([
+        "busmon: test_inline.py::test_a_fixture_that_never_stops_its_task leaked 1 task",
+        "  task Event.wait (test_inline · fixture-forgot)  leaked: *",
+        "busmon: test_inline.py::test_a_sync_fixture_thread_never_joined leaked 1 thread",
+        "  thread fixture-thread  leaked: *",
+        "busmon: 5 tests judged, 2 leaked*",
+    ])
+    out = result.stdout.str()
+    # the replaced worker and its successor both exited by the verdict; the module fixture's task
+    # is the harness's: neither is named as a leak
+    assert "module-service" not in out
+    assert not [line for line in result.stdout.lines if "worker-" in line and "leaked" in line], out
