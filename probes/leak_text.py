@@ -2,7 +2,7 @@
 
 Each leftover gets a headline (kind, what it is, its component and name, and how long it was
 waited for), where it is now and its stack, and where it was created when that was traced.
-What exited while busmon waited is listed as lingering, never as a failure.
+What went while busmon waited (exited, closed, fired) is listed as lingering, never as a failure.
 """
 
 from __future__ import annotations
@@ -106,6 +106,17 @@ def _leaked_lines(x: Leftover, waited_ms: float) -> list[str]:
     return lines
 
 
+def gone_verb(x: Leftover) -> str:
+    """What happened to a leftover that went while busmon waited, in the words of its kind: a
+    task, thread or process *exited*, a socket or descriptor was *closed* (by the peer, when that
+    is what closed it), a timer *fired* or was *cancelled*."""
+    if x.kind in ("socket", "fd"):
+        return "closed by the peer" if x.detail and "closed by the peer" in x.detail else "closed"
+    if x.kind == "timer":
+        return "was cancelled" if x.detail.endswith("cancelled") else "fired"
+    return "exited"
+
+
 def _plural(n: int, word: str) -> str:
     return f"{n} {word if n == 1 else _PLURAL.get(word, word + 's')}"
 
@@ -117,6 +128,22 @@ def short_line(leftovers: list[Leftover], limit: int = 3) -> str:
     return f"leaked {leftover_counts(leftovers)}: {', '.join(names[:limit])}{more}"
 
 
+#: the states of a leftover busmon waited for (it was pending when the code ended)
+WAITED_FOR = ("leaked", "destroyed", "unknown", "exited")
+
+
+def _waited_line(result: WatchResult, context: str) -> str:
+    """How long busmon waited, and only when it waited for something: ``waited up to 2 s`` for a
+    leak (it waited the deadline out), ``waited 10.7 ms (up to 2 s)`` when all went in time,
+    ``nothing to wait for`` when nothing the code started was still there at its end."""
+    where = f", {context}," if context else ""
+    if not any(x.state in WAITED_FOR for x in result.leftovers):
+        return f"nothing to wait for {context}" if context else "nothing to wait for"
+    if result.leaked:
+        return f"waited up to {result.settle_timeout_s:g} s{where} for what it started to exit"
+    return f"waited {_ms(result.settle_ms)} (up to {result.settle_timeout_s:g} s){where} for what it started to exit"
+
+
 def leak_report(result: WatchResult, context: str = "") -> str:
     """The whole report: a summary line, every failing leftover in full, then one line per
     lingering, ignored or unknown one, and the notes."""
@@ -124,18 +151,16 @@ def leak_report(result: WatchResult, context: str = "") -> str:
     who = result.label or "the watched code"
     head = f"busmon: {who} leaked {leftover_counts(failing)}" if failing else f"busmon: {who} is clean"
     plain = result.at_end
-    waited = (f"waited up to {result.settle_timeout_s:g} s" + (f", {context}," if context else "")
-              + " for what it started to exit"
-              + f"; a plain count right at the end saw {_plural(plain.get('tasks', 0), 'new task')} "
-              f"and {_plural(plain.get('threads', 0), 'new thread')}")
-    lines = [head, waited]
+    lines = [head, _waited_line(result, context)
+             + f"; a plain count right at the end saw {_plural(plain.get('tasks', 0), 'new task')} "
+             f"and {_plural(plain.get('threads', 0), 'new thread')}"]
     for x in failing:
         lines.append("")
         lines += _leaked_lines(x, result.settle_ms)
     lingered = by_kind(result.lingered)
     if lingered:
-        lines += ["", "lingered (exited while busmon waited; not a failure):"]
-        lines += [f"  {headline(x)}: exited after {_ms(x.exited_after_ms)}" for x in lingered]
+        lines += ["", "lingered (gone while busmon waited; not a failure):"]
+        lines += [f"  {headline(x)}: {gone_verb(x)} after {_ms(x.exited_after_ms)}" for x in lingered]
     for title, state in (("ignored:", "ignored"), ("could not be judged:", "unknown")):
         some = [x for x in result.leftovers if x.state == state]
         if some:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
@@ -22,6 +23,9 @@ from probes.model import Leftover
 
 #: descriptor kinds judged as sockets (the rest are ``fd`` leftovers)
 SOCKET_KINDS = ("tcp", "udp", "unix", "socket")
+#: how long, after the verdict's GC closed one end of a pair, the other end's owner is given
+#: to close it (a server thread sees the peer go within a millisecond or two)
+PEER_GRACE_S = 0.25
 
 
 @dataclass
@@ -121,24 +125,37 @@ class ResourceWatch:
                 self.ignored_pids[c.pid] = reason
 
     def judge(self, rules: IgnoreRules, ms: Callable[[float | None], float | None],
-              after_gc: Callable[[], dict[int, str] | None] = fd_probe.fd_table) -> list[Leftover]:
-        """Classify every candidate. ``after_gc``: the descriptors open after the verdict's GC, to
-        tell a socket someone forgot from one only the garbage collector closed."""
+              after_gc: Callable[[], dict[int, str] | None] = fd_probe.fd_table,
+              gc_closed: frozenset[int] | None = None, judged_at: float | None = None) -> list[Leftover]:
+        """Classify every candidate. ``after_gc``: the descriptors open after the verdict's GC;
+        ``gc_closed``: those the GC's finalizers closed unclosed (``probes.gc_closures``). A
+        socket gone in between that the GC did not close, whose peer had closed (CLOSE_WAIT) or
+        was a socket here the GC closed, was closed by its owner because the peer went: "closed
+        by the peer" at ``judged_at``, not the GC's doing."""
         self.note_ignored(rules)
         out: list[Leftover] = []
         table = after_gc() if self.supported else None
         still = fd_probe.identities(table) if table is not None else set()
+        if table is not None and gc_closed:
+            table, still, judged_at = self._peers_closing(after_gc, table, still, gc_closed, judged_at)
         for item, d in self.fds.items():
             after = self.exit_at.get(item)
             sock = d.kind in SOCKET_KINDS
             if after is None and table is not None and item not in still:
-                state, detail = "destroyed", "closed only by the garbage collector: nothing called close()"
+                if (gc_closed is not None and d.fd not in gc_closed and sock
+                        and (d.status == "CLOSE_WAIT" or self._peer_collected(d, gc_closed))):
+                    state, after = "exited", judged_at
+                    detail = "closed by the peer: its owner closed it once the other end went"
+                else:  # the GC said it closed it, or nothing shows anyone else did
+                    state, detail = "destroyed", "closed only by the garbage collector: nothing called close()"
             elif after is not None:
                 if item not in self.fds_at_close and not sock and d.kind in ("file", "device"):
                     continue  # a file someone opened and closed while we settled: never the bus's
                 state, detail = "exited", ""
             else:
                 state, detail = "leaked", ""
+                if sock and gc_closed and self._peer_collected(d, gc_closed):
+                    detail = "its peer was closed by the garbage collector; its owner has not closed it"
             child = self._pipe_child(d) if d.kind == "pipe" else None
             reason = rules.socket_reason(d)
             if reason is None and child is not None and child.pid in self.ignored_pids:
@@ -174,6 +191,29 @@ class ResourceWatch:
                                 ms(after), (),
                                 owner[1] if owner else None, ", ".join([f"pid {c.pid}", *facts, f"command: {c.cmdline}"])))
         return out
+
+    def _peers_closing(self, after_gc: Callable[[], dict[int, str] | None], table: dict[int, str],
+                       still: set, gc_closed: frozenset[int], judged_at: float | None
+                       ) -> tuple[dict[int, str], set, float | None]:
+        """The other ends of the sockets the GC just closed: their owners (a server thread) close
+        them once they see the peer go. Looked at again, for at most ``PEER_GRACE_S``, until they
+        have: only then is it known who closed them."""
+        def waiting(still: set) -> bool:
+            return any(item in still and self._peer_collected(d, gc_closed) for item, d in self.fds.items()
+                       if d.kind in SOCKET_KINDS and self.exit_at.get(item) is None)
+
+        deadline = time.monotonic() + PEER_GRACE_S
+        while waiting(still) and time.monotonic() < deadline:
+            time.sleep(0.002)  # the poll interval of this short wait: a socket's close has no event
+            if (again := after_gc()) is None:
+                break
+            table, still = again, fd_probe.identities(again)
+            judged_at = time.monotonic()
+        return table, still, judged_at
+
+    def _peer_collected(self, d: fd_probe.Descriptor, gc_closed: frozenset[int]) -> bool:
+        """The socket's peer is a socket of this process that the GC closed (a loopback pair)."""
+        return any(o.fd in gc_closed and o.local == d.peer and o.peer == d.local for o in self.fds.values())
 
     def _process_component(self, c: proc_probe.Child) -> str:
         owner = self.attribution.processes.owner(c.pid) if self.attribution.processes else None

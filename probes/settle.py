@@ -23,6 +23,7 @@ from typing import Any, Callable, Literal
 from probes.census import Census, os_thread_ids, running_loop
 from probes.components import (RUNTIME_EXECUTOR_THREAD, coro_qualname, name_component, task_component,
                                thread_component)
+from probes.gc_closures import collect_noting_closed_fds
 from probes.model import Leftover
 from probes.ignore import IgnoreRules
 from probes.resources import ResourceWatch, waitpid_detail, waitpid_pid
@@ -332,7 +333,9 @@ class SettleWatch:
         judged_at = time.monotonic()
         exit_at, closed_at = self.exit_at, self.closed_at
         settled_at = self.ended_at if self.ended_at is not None else judged_at
-        gc.collect()  # the run's objects only: the baseline's were frozen (runner.run_once)
+        # the run's objects only: the baseline's were frozen (runner.run_once); which descriptors
+        # the collection closed is what "closed only by the garbage collector" rests on
+        gc_closed = collect_noting_closed_fds()
 
         def ms(t: float | None) -> float | None:
             return round((t - closed_at) * 1000, 2) if t is not None else None
@@ -397,7 +400,7 @@ class SettleWatch:
                 detail = f"{detail}; {'cancelled' if handle.cancelled() else 'fired'}"
             leftovers.append(Leftover("timer", name, component, state, ms(after), stack, None, detail))
         if self.resources is not None:
-            leftovers.extend(self.resources.judge(rules, ms))
+            leftovers.extend(self.resources.judge(rules, ms, gc_closed=gc_closed, judged_at=judged_at))
         order = {"leaked": 0, "destroyed": 1, "unknown": 2, "ignored": 3, "exited": 4}
         leftovers.sort(key=lambda x: (order[x.state], x.kind, x.component, x.name))
         if judge is not None:

@@ -285,7 +285,7 @@ def test_pytest_asyncio_auto_mode(pytester: pytest.Pytester) -> None:
         "    created at *test_inline.py:* in test_leaks_a_task",
         "busmon: test_inline.py::test_cancels_without_awaiting is clean",
         "*a plain count right at the end saw 1 new task and 0 new threads",
-        "lingered (exited while busmon waited; not a failure):",
+        "lingered (gone while busmon waited; not a failure):",
         "  task takes_a_few_turns_to_stop (test_inline · slow-to-stop): exited after * ms",
         "busmon: 3 tests judged, 1 leaked, 1 clean once their leftovers exited (the slowest *: "
         "test_inline.py::test_cancels_without_awaiting)",
