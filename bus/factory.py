@@ -56,8 +56,30 @@ def check_target(url: str, /, **options: Any) -> None:
             if missing := _missing_methods(factory):
                 raise BusConfigError(f"{url!r}: {factory.__name__} lacks {', '.join(missing)} (a bus needs "
                                      f"{', '.join(BUS_METHODS)}: see the README, Plug in your own bus)")
+        _check_call(url, factory, options)
         return
     create_bus(url, **options)
+
+
+def _check_call(url: str, factory: Callable[..., Any], options: dict[str, Any]) -> None:
+    """Refuse a factory that cannot be called with the scenario's options (``json:dumps`` needs
+    an argument busmon never gives): a configuration error, found before the first run, not the
+    same TypeError in every run. Its signature is checked; the factory is not called."""
+    import inspect
+
+    try:
+        signature = inspect.signature(factory)
+    except (TypeError, ValueError):  # no signature to read (some builtins): found when called
+        return
+    try:
+        signature.bind(**options)
+    except TypeError as exc:
+        m = re.search(r"unexpected keyword argument '([^']+)'", str(exc))
+        if m:
+            raise BusConfigError(f"{url!r} takes no option {m.group(1)!r}", option=m.group(1)) from None
+        given = f"the options {', '.join(sorted(options))}" if options else "no arguments"
+        raise BusConfigError(f"{url!r} cannot make a bus: busmon calls it with {given}, but it needs more "
+                             f"({exc})") from None
 
 
 #: what busmon calls on a bus

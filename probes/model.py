@@ -102,7 +102,7 @@ class Leftover:
 class RunResult:
     name: str
     backend: str
-    verdict: str                     # clean | leaked | failed
+    verdict: str                     # clean | leaked | failed | interrupted (Ctrl-C or q)
     phases: tuple[PhaseSnapshot, ...]
     settle_ms: float                 # close returned → last leftover exited (or the deadline)
     leftovers: tuple[Leftover, ...]
@@ -192,11 +192,13 @@ class ScenarioResult:
 
     @property
     def verdict(self) -> str:
+        """The worst of the runs' verdicts; ``interrupted`` when a run was cut short (or none
+        ended) and nothing worse was found."""
         verdicts = {r.verdict for r in self.runs}
-        for v in ("failed", "leaked"):
+        for v in ("failed", "leaked", "interrupted"):
             if v in verdicts:
                 return v
-        return "clean"
+        return "interrupted" if self.interrupted else "clean"
 
 
 def signed(n: int | None) -> str:
@@ -206,6 +208,6 @@ def signed(n: int | None) -> str:
     return f"+{n}" if n > 0 else str(n)
 
 
-EXIT_CODES = {"clean": 0, "leaked": 1, "failed": 3}
 EXIT_BAD_INPUT = 2
 EXIT_INTERRUPTED = 130
+EXIT_CODES = {"clean": 0, "leaked": 1, "failed": 3, "interrupted": EXIT_INTERRUPTED}

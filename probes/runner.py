@@ -25,7 +25,7 @@ from typing import Any, Callable
 from bus import Envelope, EventBus, create_bus
 from bus.base import DEFAULT_CLOSE_TIMEOUT_S, DEFAULT_DRAIN_TIMEOUT_S
 from bus.factory import is_import_path, preload
-from bus.errors import BusRefusedError
+from bus.errors import BusConfigError, BusRefusedError
 from bus.secrets import redact_options, redact_url, scrub
 from bus.deadline import CallTimeout, LibraryCancelled, bounded, cancel_and_wait, innermost, task_stack
 from bus.health import broker_addresses, check_broker
@@ -54,7 +54,7 @@ class PhaseFailed(Exception):
     def __init__(self, message: str, *, kind: str = "error", deadline_s: float | None = None,
                  stack: list[str] | None = None) -> None:
         super().__init__(message)
-        self.kind = kind                  # deadline | error | fault | interrupted
+        self.kind = kind                  # deadline | error | fault | interrupted | refused | config
         self.deadline_s = deadline_s
         self.stack = list(stack or [])
 
@@ -203,8 +203,11 @@ async def _run_once(ctx: RunContext) -> RunResult:
         _uncancel()
         ctx.failure = PhaseFailed("interrupted (Ctrl-C or quit)", kind="interrupted")
     except Exception as exc:  # the bus or broker failed: say so, then still close and settle
-        ctx.failure = exc if isinstance(exc, PhaseFailed) else PhaseFailed(
-            describe_error(exc), kind="refused" if isinstance(exc, BusRefusedError) else "error")
+        ctx.failure = exc if isinstance(exc, PhaseFailed) else PhaseFailed(describe_error(exc), kind=(
+            "refused" if isinstance(exc, BusRefusedError)
+            # the factory could not make a bus (it returned something else): every run would fail
+            # the same way, so it is the configuration's error, not the run's
+            else "config" if isinstance(exc, BusConfigError) and ctx.bus is None else "error"))
     failed_in = st.phase
     if ctx.failure is not None and ctx.load_started:
         # a load cut short: its rates are what got through until then, not zeros
@@ -267,7 +270,9 @@ async def _run_once(ctx: RunContext) -> RunResult:
             ctx.failure = PhaseFailed(stall_line(worst, probes.fail_on_stall_ms), kind="stall",
                                       stack=list(worst.stack))
             error = f"{worst.phase}: {ctx.failure}"
-    verdict = "failed" if error else ("leaked" if leaked else "clean")
+    # a run cut short by Ctrl-C or q is "interrupted" (what it found is still listed), not "failed"
+    verdict = (("interrupted" if ctx.failure is not None and ctx.failure.kind == "interrupted" else "failed")
+               if error else ("leaked" if leaked else "clean"))
     assert outcome.final is not None
     t, th, _ = outcome.final.new_since(ctx.first_baseline or ctx.baseline)
     drift = {"tasks": len([x for x in t if x not in ctx.own]), "threads": len(th)}
@@ -308,7 +313,8 @@ async def failure_line(ctx: RunContext, phase: str, failure: PhaseFailed) -> str
     """
     where = phase
     if phase == "load" and ctx.audit.expected:
-        where = f"load at {100 * ctx.state.published // max(1, ctx.spec.messages)} %"
+        # what was published (a bus may hold published envelopes undelivered): said as such
+        where = f"load at {100 * ctx.state.published // max(1, ctx.spec.messages)} % published"
     ctx.broker_status = None
     if failure.kind not in ("interrupted", "refused"):  # a refusal is the broker's answer: it is up
         try:

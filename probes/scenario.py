@@ -110,6 +110,8 @@ class Scenario:
     deadlines: DeadlineSpec = field(default_factory=DeadlineSpec)
     #: the line of each key in the file ("bus.kafka.partitions": 14), for errors found later
     lines: dict[str, int] = field(default_factory=dict, repr=False, compare=False)
+    #: the file has no [[runs]]: its one run, named "run", is made of [defaults] (said when played)
+    default_run: bool = False
 
     def options(self) -> dict[str, Any]:
         """The [bus] options for this scenario's backend: the shared keys, then each table that
@@ -323,6 +325,9 @@ class _Loader:
         return out
 
     def load(self, doc: dict[str, Any]) -> Scenario:
+        if not doc:  # never a silent default run
+            self.error("runs", "the file is empty; expected at least one [[runs]] table with a name and "
+                               "messages (see sample_configs/quickstart.toml)")
         for key in doc:
             if key not in TOP_FIELDS:
                 self.unknown(_key(key), TOP_FIELDS)
@@ -383,7 +388,7 @@ class _Loader:
         self.numbers(doc)
         return Scenario(name=name, backend=backend, url=url, bus_options=bus_options,
                         probes=probes, runs=tuple(runs), path=self.path, deadlines=deadlines,
-                        lines=dict(self.lines.where))
+                        lines=dict(self.lines.where), default_run="runs" not in doc)
 
     def numbers(self, doc: dict[str, Any]) -> None:
         """Refuse nan, inf, integers beyond 64 bits and deep nesting anywhere, [bus] included.

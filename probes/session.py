@@ -146,7 +146,7 @@ class Session:
                 self.results.append(result)
                 self.sink(RunFinished(result))
                 f = result.failure or {}
-                if stop_when_broker_down and f.get("phase") == "create" and (
+                if f.get("kind") == "config" or stop_when_broker_down and f.get("phase") == "create" and (
                         f.get("broker_down") or f.get("kind") == "refused"):
                     break  # every further run would fail the same way: say it once
 

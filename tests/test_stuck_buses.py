@@ -132,7 +132,7 @@ def test_ctrl_c_writes_the_partial_report_and_exits_130(tmp_path):
     doc = json.loads(report.read_text())
     assert doc["interrupted"] is True
     (run,) = doc["runs"]  # the second run never started
-    assert run["name"] == "first" and run["verdict"] == "failed"
+    assert run["name"] == "first" and run["verdict"] == "interrupted" and doc["verdict"] == "interrupted"
     assert "interrupted" in run["error"] and run["failure"]["phase"] == "load"
     assert [p["phase"] for p in run["phases"]][-2:] == ["close", "settle"]  # closed and settled
     assert 0 < run["delivery"]["published"] < 100000

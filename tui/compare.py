@@ -4,23 +4,26 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from rich import box
 from rich.console import Console
 from rich.markup import escape
-from rich.table import Table
+from rich.text import Text
 
-from tui.headless import VERDICT_STYLE, play_headless
+from tui.fit import FitTable
+from tui.headless import VERDICT_STYLE, play_headless, summary_table
+from tui.interrupts import Interrupts
 from bus.secrets import redact_url
 from probes.model import RunResult, ScenarioResult
 from probes.scenario import Scenario
 
 
-def play_compare(scenarios: list[Scenario], console: Console) -> ScenarioResult:
+def play_compare(scenarios: list[Scenario], console: Console,
+                 interrupts: Interrupts | None = None) -> ScenarioResult:
+    """Each scenario (one per backend) in turn; Ctrl-C ends the backend under way and skips the rest."""
     runs: list[RunResult] = []
     interrupted = False
     for sc in scenarios:
         console.print(f"[bold]{escape(sc.backend)}[/] ({escape(redact_url(sc.url))})")
-        result = play_headless(sc, console)
+        result = play_headless(sc, console, interrupts=interrupts)
         runs += [replace(r, backend=sc.backend) for r in result.runs]
         if result.interrupted:  # Ctrl-C: no further backend
             interrupted = True
@@ -28,17 +31,18 @@ def play_compare(scenarios: list[Scenario], console: Console) -> ScenarioResult:
     return ScenarioResult(scenarios[0].name if scenarios else "compare", tuple(runs), interrupted=interrupted)
 
 
-def compare_table(result: ScenarioResult) -> Table:
-    """Backends as columns, one block of rows per run: the comparison at a glance, in 80 columns."""
+def compare_table(result: ScenarioResult) -> FitTable | Text:
+    """Backends as columns, one block of rows per run: the comparison at a glance; backends that
+    do not fit the terminal beside each other are printed in groups (never a number cut)."""
+    if not result.runs:
+        return summary_table(result)  # says what happened instead of an empty table
     backends = list(dict.fromkeys(r.backend for r in result.runs))
     runs = list(dict.fromkeys(r.name for r in result.runs))
     by = {(r.name, r.backend): r for r in result.runs}
-    table = Table(title=f"busmon compare: {result.scenario} — "
-                        f"[{VERDICT_STYLE[result.verdict]}]{result.verdict}[/]", box=box.SIMPLE_HEAD)
-    table.add_column("", no_wrap=True)
+    word = result.verdict
+    table = FitTable(title=f"busmon compare: {escape(result.scenario)} — [{VERDICT_STYLE[word]}]{word}[/]")
     short = {b: _short_name(b) for b in backends}
-    for b in backends:
-        table.add_column(escape(short[b]), justify="right", no_wrap=True)
+    table.columns = [(escape(short[b]), []) for b in backends]
     renamed = [f"{short[b]} = {b}" for b in backends if short[b] != b]
     if renamed:
         table.caption = escape("; ".join(renamed))
@@ -47,14 +51,14 @@ def compare_table(result: ScenarioResult) -> Table:
         return [fn(by[(name, b)]) if (name, b) in by else "–" for b in backends]
 
     for name in runs:
-        table.add_row(f"[bold]{name}[/]", *cells(lambda r: f"[{VERDICT_STYLE[r.verdict]}]{r.verdict}[/]"))
-        table.add_row("  publish/s", *cells(lambda r: f"{r.throughput.get('publish_per_s', 0):,.0f}"))
-        table.add_row("  deliver/s", *cells(lambda r: f"{r.throughput.get('deliver_per_s', 0):,.0f}"))
-        table.add_row("  latency p50/p99 ms", *cells(_latency))
-        table.add_row("  peak tasks/threads", *cells(_peaks))
-        table.add_row("  Δ tasks close→settled", *cells(_close_settled))
-        table.add_row("  leaked/exited", *cells(lambda r: f"{r.count('leaked')}/{r.count('exited')}"))
-        table.add_row("  lost", *cells(lambda r: str(r.delivery.get("lost", 0))))
+        table.add_row(f"[bold]{escape(name)}[/]", cells(lambda r: f"[{VERDICT_STYLE[r.verdict]}]{r.verdict}[/]"))
+        table.add_row("  publish/s", cells(lambda r: f"{r.throughput.get('publish_per_s', 0):,.0f}"))
+        table.add_row("  deliver/s", cells(lambda r: f"{r.throughput.get('deliver_per_s', 0):,.0f}"))
+        table.add_row("  latency p50/p99 ms", cells(_latency))
+        table.add_row("  peak tasks/threads", cells(_peaks))
+        table.add_row("  Δ tasks close→settled", cells(_close_settled))
+        table.add_row("  leaked/exited", cells(lambda r: f"{r.count('leaked'):,}/{r.count('exited'):,}"))
+        table.add_row("  lost", cells(lambda r: f"{r.delivery.get('lost', 0):,}"))
         table.add_section()
     return table
 
@@ -69,17 +73,17 @@ def _short_name(backend: str) -> str:
 
 def _latency(r: RunResult) -> str:
     lat = r.throughput.get("latency_ms", {})
-    return f"{lat['p50']:.1f}/{lat['p99']:.1f}" if lat else "–"
+    return f"{lat['p50']:,.1f}/{lat['p99']:,.1f}" if lat else "–"
 
 
 def _peaks(r: RunResult) -> str:
     tasks = max((v.get("tasks", 0) for v in r.peaks.values()), default=0)
     threads = max((v.get("threads", 0) for v in r.peaks.values()), default=0)
-    return f"{tasks}/{threads}"
+    return f"{tasks:,}/{threads:,}"
 
 
 def _close_settled(r: RunResult) -> str:
     close, settled = r.task_delta("close"), r.task_delta("settle")
     if close is None or settled is None:
         return "–"
-    return f"{close:+d}→{settled:+d}"
+    return f"{close:+,d}→{settled:+,d}"

@@ -2,71 +2,121 @@
 
 from __future__ import annotations
 
+import contextlib
 import queue
 import time
-from typing import Callable
+from typing import Callable, Iterable
 
-from rich import box
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.table import Table
+from rich.console import RenderableType
+from rich.progress import BarColumn, Progress, ProgressColumn, Task, TextColumn, TimeElapsedColumn
+from rich.table import Column, Table
+from rich.text import Text
 
 from bus.deadline import innermost
 from bus.secrets import ScrubbedStream
 from probes.findings import leaks, rows
 from probes.leak_text import display_name
-from probes.model import RunResult, PhaseSnapshot, PhaseStarted, Sample, ScenarioResult, signed
+from probes.model import RunResult, PhaseSnapshot, PhaseStarted, Sample, ScenarioResult
 from tui.report import rss_drift_cell, stall_cell
 from probes.scenario import Scenario
 from probes.session import RunFinished, Session
+from tui.fit import FitTable
+from tui.interrupts import Interrupts
 
 _DONE = object()
-#: a second SIGINT sooner than this is the first one again (``timeout -s INT`` signals the
-#: process and its group), not a person pressing Ctrl-C twice
-SECOND_INTERRUPT_S = 1.0
-VERDICT_STYLE = {"clean": "bold green", "leaked": "bold red", "failed": "bold yellow"}
+_INTERRUPT = object()
+VERDICT_STYLE = {"clean": "bold green", "leaked": "bold red", "failed": "bold yellow", "interrupted": "bold yellow"}
 
 
 def play_headless(scenario: Scenario, console: Console | None = None,
-                  on_event: Callable[[object], None] | None = None) -> ScenarioResult:
-    """Play every run of ``scenario`` with a live progress display; return the result."""
+                  on_event: Callable[[object], None] | None = None,
+                  interrupts: Interrupts | None = None) -> ScenarioResult:
+    """Play every run of ``scenario`` with a live progress display; return the result.
+
+    Ctrl-C arrives as an event (see tui.interrupts): the first closes, settles and judges the run
+    under way and plays no further run; a second press returns the runs that finished at once.
+    Either way a result comes back, so the caller writes its report. ``interrupts`` is the
+    caller's, installed for longer (``busmon play`` keeps it until the report is written)."""
     console = console or Console(file=ScrubbedStream("stderr"))
+    own = interrupts is None
+    interrupts = interrupts or Interrupts()
     events: queue.SimpleQueue[object] = queue.SimpleQueue()
-    progress = Progress(
-        TextColumn("[bold]{task.fields[run]}[/] {task.fields[phase]:<9}"),
-        BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[live]}"),
-        TimeElapsedColumn(), console=console, transient=False,
-    )
+    progress = RunProgress(console)
     bars: dict[str, int] = {}
-    with Session(scenario, events.put) as session, progress:
-        future = session.arena.submit(session.play_runs(scenario.runs))
-        future.add_done_callback(lambda _: events.put(_DONE))
-        interrupted_at: float | None = None
-        while True:
-            try:
-                event = events.get()
-            except KeyboardInterrupt:
-                now = time.monotonic()
-                if interrupted_at is None:
-                    interrupted_at = now
-                    session.interrupt()
-                    progress.console.print("[bold yellow]interrupted[/]: closing the bus and settling, then "
-                                           "writing what was measured (Ctrl-C again to quit at once)")
-                elif now - interrupted_at > SECOND_INTERRUPT_S:
-                    # the person wants out now: the runs that finished, without the one under way
-                    progress.console.print("[bold yellow]interrupted again[/]: not waiting for the run "
-                                           "under way; reporting the runs that finished")
-                    return ScenarioResult(scenario.name, tuple(session.results), interrupted=True)
-                # else: the same Ctrl-C delivered twice (a wrapper signalling the process group)
-                continue
-            if event is _DONE:
-                break
-            if on_event is not None:
-                on_event(event)
-            _show(event, progress, bars, console)
-        result = future.result()
+    with interrupts if own else contextlib.nullcontext(), Session(scenario, events.put) as session, progress:
+        interrupts.wake = lambda: events.put(_INTERRUPT)  # SimpleQueue.put is reentrant: safe in a handler
+        try:
+            if interrupts.times:  # Ctrl-C before the session was up
+                events.put(_INTERRUPT)
+            future = session.arena.submit(session.play_runs(scenario.runs))
+            future.add_done_callback(lambda _: events.put(_DONE))
+            handled = 0
+            while True:
+                try:
+                    event = events.get()
+                except KeyboardInterrupt:  # no handler of ours (not the main thread's loop)
+                    interrupts.times.append(time.monotonic())
+                    event = _INTERRUPT
+                if event is _DONE:
+                    break
+                if event is _INTERRUPT:
+                    presses = interrupts.presses()  # two signals close together are one Ctrl-C
+                    if presses > handled and handled == 0:
+                        session.interrupt()
+                        progress.console.print("[bold yellow]interrupted[/]: closing the bus and settling, then "
+                                               "writing what was measured (Ctrl-C again to quit at once)")
+                    elif presses > handled:
+                        # the person wants out now: the runs that finished, without the one under way
+                        progress.console.print("[bold yellow]interrupted again[/]: not waiting for the run "
+                                               "under way; reporting the runs that finished")
+                        return ScenarioResult(scenario.name, tuple(session.results), interrupted=True)
+                    handled = presses
+                    continue
+                if on_event is not None:
+                    on_event(event)
+                _show(event, progress, bars, console)
+            result = future.result()
+        finally:
+            interrupts.wake = None
     return result
+
+
+class CountColumn(ProgressColumn):
+    """``9,939/40,000``: every count with its thousands separators, never cut."""
+
+    def __init__(self) -> None:
+        super().__init__(table_column=Column(no_wrap=True, justify="right"))
+
+    def render(self, task: Task) -> Text:
+        total = f"{int(task.total):,}" if task.total is not None else "?"
+        return Text(f"{int(task.completed):,}/{total}", style="progress.download")
+
+
+class RunProgress(Progress):
+    """One line per run (name, phase, bar, count, time) and, under them, the live figures of the
+    run under way, wrapped between figures when the terminal is narrow: only the bar shrinks,
+    a number is never cut."""
+
+    def __init__(self, console: Console) -> None:
+        super().__init__(
+            TextColumn("[bold]{task.fields[run]}[/] {task.fields[phase]:<9}", table_column=Column(no_wrap=True)),
+            BarColumn(bar_width=None), CountColumn(),
+            TimeElapsedColumn(table_column=Column(no_wrap=True)), console=console, transient=False,
+        )
+
+    def get_renderables(self) -> Iterable[RenderableType]:
+        yield self.make_tasks_table(self.tasks)
+        for task in self.tasks:
+            if task.visible and task.fields.get("live"):
+                yield Text(f"  {task.fields['live']}", overflow="fold")
+
+
+def live_figures(event: Sample) -> str:
+    """The run's figures under its progress line, every count with thousands separators."""
+    return (f"tasks {event.tasks:,} · threads {event.threads:,}/{event.os_threads:,} · "
+            f"publish {event.publish_per_s:,.0f}/s · deliver {event.deliver_per_s:,.0f}/s")
 
 
 def _show(event: object, progress: Progress, bars: dict[str, int], console: Console) -> None:
@@ -78,23 +128,22 @@ def _show(event: object, progress: Progress, bars: dict[str, int], console: Cons
     elif isinstance(event, Sample) and event.run in bars and event.phase != "settle":
         progress.update(
             bars[event.run], completed=event.delivered, total=event.expected or None,
-            live=f"tasks {event.tasks:>5}  threads {event.threads}/{event.os_threads}  "
-                 f"pub {event.publish_per_s:>9,.0f}/s  del {event.deliver_per_s:>9,.0f}/s",
+            live=live_figures(event),
         )
     elif isinstance(event, PhaseSnapshot) and event.phase in ("close", "settle"):
         what = "right after close" if event.phase == "close" else "after settling"
         # under 80 columns, so a pipe or CI log never wraps it mid-sentence
-        progress.console.print(f"    {what}: {event.tasks} tasks, {event.threads} threads ("
-                               f"+{event.new_tasks} tasks, +{event.new_threads} threads new)", soft_wrap=True)
+        progress.console.print(f"    {what}: {event.tasks:,} tasks, {event.threads:,} threads ("
+                               f"+{event.new_tasks:,} tasks, +{event.new_threads:,} threads new)", soft_wrap=True)
     elif isinstance(event, RunFinished):
         r = event.result
         if r.name in bars:
             progress.update(bars[r.name], phase=r.verdict, completed=r.delivery.get("received", 0),
                             total=r.delivery.get("sent", 0) or None, live="")
         style = VERDICT_STYLE.get(r.verdict, "")
-        line = (f"[{style}]{r.verdict.upper()}[/] run {escape(r.name)}: {len(leaks(r))} leaked, "
-                f"{r.count('exited')} exited during settle, {r.count('ignored')} ignored"
-                + (f", {len(r.stalls)} loop stalls" if r.stalls else ""))
+        line = (f"[{style}]{r.verdict.upper()}[/] run {escape(r.name)}: {len(leaks(r)):,} leaked, "
+                f"{r.count('exited'):,} exited during settle, {r.count('ignored'):,} ignored"
+                + (f", {len(r.stalls):,} loop stalls" if r.stalls else ""))
         if r.error:
             line += f" — {escape(r.error)}"
         progress.console.print(line, soft_wrap=True)
@@ -104,59 +153,62 @@ def _show(event: object, progress: Progress, bars: dict[str, int], console: Cons
             progress.console.print(f"    [dim]{escape(note)}[/]", soft_wrap=True)
 
 
-def summary_table(result: ScenarioResult) -> Table:
-    """Runs as columns, measures as rows: fits 80 columns for the post-mortem's four-run ladder."""
+def summary_table(result: ScenarioResult) -> FitTable | Text:
+    """Runs as columns, measures as rows; runs that do not fit the terminal beside each other
+    are printed in groups (never a number cut). A result with no run says so, not an empty
+    table under a verdict."""
     backends = ", ".join(dict.fromkeys(r.backend for r in result.runs))
-    cut_short = [r for r in result.runs if (r.failure or {}).get("kind") == "interrupted"]
-    failed = [r for r in result.runs if r.verdict == "failed"]
-    word = "interrupted" if failed and failed == cut_short else result.verdict  # q is not a failure
-    table = Table(title=f"{escape(result.scenario)} · {escape(backends)} · "
-                        f"[{VERDICT_STYLE[result.verdict]}]{word}[/]", box=box.SIMPLE_HEAD)
-    table.add_column("", no_wrap=True)
-    for r in result.runs:
-        table.add_column(escape(r.name), justify="right", no_wrap=True)
-
-    def row(label: str, cells: list[str]) -> None:
-        table.add_row(label, *cells)
-
+    if not result.runs:
+        what = ("interrupted before any run ended: nothing was measured" if result.interrupted
+                else "no run was played")
+        return Text.assemble((f"{result.scenario}: ", "bold"), (what, VERDICT_STYLE["interrupted"]))
+    word = result.verdict
+    table = FitTable(title=f"{escape(result.scenario)} · {escape(backends)} · "
+                           f"[{VERDICT_STYLE[word]}]{word}[/]")
     runs = result.runs
+    table.columns = [(escape(r.name), []) for r in runs]
+    row = table.add_row
 
     def loaded(r: RunResult, text: str) -> str:
         """A figure of the load, or – for a run that failed before its load began (not a zero)."""
         return text if r.phase("load") is not None or r.delivery.get("published", 0) else "–"
 
-    def verdict(r: RunResult) -> str:  # a run cut short by q or Ctrl-C says so, not just "failed"
-        word = "interrupted" if (r.failure or {}).get("kind") == "interrupted" else r.verdict
-        return f"[{VERDICT_STYLE[r.verdict]}]{word}[/]"
+    def n(value: int) -> str:
+        return f"{value:,}"
 
-    row("verdict", [verdict(r) for r in runs])
+    row("verdict", [f"[{VERDICT_STYLE[r.verdict]}]{r.verdict}[/]" for r in runs])
     row("received / sent", [loaded(r, f"{r.delivery.get('received', 0):,}/{r.delivery.get('sent', 0):,}")
                             for r in runs])
-    row("lost · dup · reordered", [loaded(r, f"{r.delivery.get('lost', 0)} · {r.delivery.get('duplicated', 0)} · "
-                                             f"{r.delivery.get('reordered', 0)}") for r in runs])
+    row("lost · dup · reordered", [loaded(r, f"{r.delivery.get('lost', 0):,} · {r.delivery.get('duplicated', 0):,} · "
+                                             f"{r.delivery.get('reordered', 0):,}") for r in runs])
     row("deliver/s", [loaded(r, f"{r.throughput.get('deliver_per_s', 0):,.0f}") for r in runs])
-    row("latency p99 ms", [loaded(r, f"{r.throughput['latency_ms']['p99']:.1f}") if r.throughput.get("latency_ms")
+    row("latency p99 ms", [loaded(r, f"{r.throughput['latency_ms']['p99']:,.1f}") if r.throughput.get("latency_ms")
                            else "–" for r in runs])
-    row("Δ tasks right after close", [signed(r.task_delta("close")) for r in runs])
-    row("Δ tasks after settling", [signed(r.task_delta("settle")) for r in runs])
-    row("[red]leaked[/]", [str(len(leaks(r))) for r in runs])
-    row("exited while settling", [str(r.count("exited")) for r in runs])
-    row("ignored", [str(r.count("ignored")) for r in runs])
+    row("Δ tasks right after close", [signed_count(r.task_delta("close")) for r in runs])
+    row("Δ tasks after settling", [signed_count(r.task_delta("settle")) for r in runs])
+    row("[red]leaked[/]", [n(len(leaks(r))) for r in runs])
+    row("exited while settling", [n(r.count("exited")) for r in runs])
+    row("ignored", [n(r.count("ignored")) for r in runs])
     row("settle ms", [f"{r.settle_ms:,.0f}" for r in runs])
     for label, kind in (("sockets left open", "socket"), ("other fds left open", "fd"),
                         ("child processes left", "process")):
-        row(label, [str(sum(1 for x in r.leftovers if x.kind == kind and x.state in ("leaked", "destroyed")))
+        row(label, [n(sum(1 for x in r.leftovers if x.kind == kind and x.state in ("leaked", "destroyed")))
                     for r in runs])
     row("retained memory", [", ".join(f"{f['type'].rsplit('.', 1)[-1]} ×{f['count']:,}" for f in r.retained()) or "0"
                             for r in runs])
     row("loop stalls", [stall_cell(r) for r in runs])
     row("rss Δ MB vs first baseline", [rss_drift_cell(r) for r in runs])
     if any(r.drift for r in runs):
-        row("drift vs first baseline", [f"{r.drift.get('tasks', 0)}t/{r.drift.get('threads', 0)}th" if r.drift
+        row("drift vs first baseline", [f"{r.drift.get('tasks', 0):,}t/{r.drift.get('threads', 0):,}th" if r.drift
                                         else "–" for r in runs])
     table.caption = ("Δ against each run's own baseline. 'Right after close' is the naive count "
                      "the post-mortem took; 'after settling' waits for exits, then GC.")
     return table
+
+
+def signed_count(n: int | None) -> str:
+    """``+3``, ``+12,345``, ``0``, ``-1``; ``–`` when there is nothing to compare."""
+    return "–" if n is None else f"{n:+,}" if n else "0"
 
 
 def leak_lines(result: ScenarioResult) -> list[str]:

@@ -7,6 +7,7 @@ from textual.widgets import Static
 from probes import findings
 from probes.logs import LogLine
 from probes.model import RunResult
+from tui.words import count, plural
 
 
 class VerdictBanner(Static):
@@ -15,6 +16,7 @@ class VerdictBanner(Static):
     VerdictBanner.-clean { background: $success; color: $text; text-style: bold; }
     VerdictBanner.-leaked { background: $error; color: $text; text-style: bold; }
     VerdictBanner.-failed { background: $warning; color: $text; text-style: bold; }
+    VerdictBanner.-interrupted { background: $warning; color: $text; text-style: bold; }
     """
 
     def show_state(self, banner: tuple[str, ...], final: RunResult | None, logs: tuple[LogLine, ...] = ()) -> None:
@@ -27,25 +29,25 @@ class VerdictBanner(Static):
             self.waiting(banner[1] if len(banner) > 1 else "")
 
     def waiting(self, text: str) -> None:
-        self.remove_class("-clean", "-leaked", "-failed")
+        self.remove_class("-clean", "-leaked", "-failed", "-interrupted")
         self.update(text)
 
     def failing(self, phase: str, error: str) -> None:
         """The run just failed: say where and why at once, while busmon closes and settles."""
-        self.remove_class("-clean", "-leaked", "-failed")
+        self.remove_class("-clean", "-leaked", "-failed", "-interrupted")
         self.add_class("-failed")
         self.update(f"FAILED in {phase}: {error} — closing the bus and settling…")
 
     def show(self, r: RunResult, logs: tuple[LogLine, ...] = ()) -> None:
-        self.remove_class("-clean", "-leaked", "-failed")
+        self.remove_class("-clean", "-leaked", "-failed", "-interrupted")
         self.add_class(f"-{r.verdict}")
         leaked = findings.leaks(r)
         exited, ignored = r.count("exited"), r.count("ignored")
         if r.verdict == "leaked":
             names = ", ".join(x.name for x in leaked[:3]) + (" …" if len(leaked) > 3 else "")
             text = f"LEAKED  run {r.name}: {len(leaked)} still alive after settling: {names}"
-        elif r.verdict == "failed":
-            text = f"FAILED  run {r.name}: {r.error}"
+        elif r.verdict in ("failed", "interrupted"):  # interrupted: Ctrl-C or q cut the run short
+            text = f"{r.verdict.upper()}  run {r.name}: {r.error}"
         else:
             text = f"CLEAN  run {r.name}: nothing it started is alive"
         extra = []
@@ -56,7 +58,7 @@ class VerdictBanner(Static):
             extra.append(f"{ignored} ignored")
         if (longest := r.worst_stall()) is not None:
             worst = longest["duration_ms"]
-            extra.append(f"{len(r.stalls)} loop stall{'s' if len(r.stalls) > 1 else ''} (worst {worst:,.0f} ms)")
+            extra.append(f"{count(len(r.stalls), 'loop stall')} (worst {worst:,.0f} ms)")
         if r.verdict == "leaked" and any(x.state == "leaked" for x in r.leftovers):
             extra.append(f"waited the full {r.settle_ms / 1000:.1f} s settle deadline")
         elif r.verdict == "clean":
@@ -65,6 +67,6 @@ class VerdictBanner(Static):
             extra.append(f"you looked {r.paused_ms / 1000:.1f} s later")
         if logs:  # the libraries' complaints, counted, never sprayed on the screen
             top = logs[0]
-            more = f" (+{len(logs) - 1} more kinds)" if len(logs) > 1 else ""
+            more = f" (+{len(logs) - 1} more {plural('kind', len(logs) - 1)})" if len(logs) > 1 else ""
             extra.append(f"library logs: {top.describe(70)}{more}")
         self.update(text + ("  ·  " + " · ".join(extra) if extra else ""))
