@@ -209,17 +209,30 @@ class LoopWatch:
         self._seen: _Seen | None = None
         self._halt = threading.Lock()  # held while the watchdog should run (see start)
         self._thread: threading.Thread | None = None
+        #: the loop's own ``run_forever`` before :meth:`start` (``track_runs``) wrapped it
+        self._run_forever: Any = None
 
     # -- control ---------------------------------------------------------------------------
 
-    def start(self) -> None:
+    def start(self, track_runs: bool = False) -> None:
         """Arm the heartbeat on the loop (from any thread; raises on a closed loop) and start
-        the watchdog."""
+        the watchdog.
+
+        ``track_runs``: the loop is run and stopped by someone else, in turns (a test's loop,
+        run for each async fixture and for the body); the time between its runs is not a stall.
+        Its ``run_forever`` is wrapped (on the instance, until :meth:`stop`) to say exactly when
+        it starts again, rather than hoping the watchdog wakes while it is stopped.
+        """
         if self._on:
             return
         self.last_beat = self._mark = None
         self._gen += 1
-        self._loop.call_soon_threadsafe(self._arm, self._gen)
+        if _running_loop() is self._loop:  # from a coroutine on it: watch from now, not its next turn
+            self._arm(self._gen)
+        else:
+            self._loop.call_soon_threadsafe(self._arm, self._gen)
+        if track_runs:
+            self._track_runs()
         self._on = True
         self._halt = threading.Lock()
         self._halt.acquire()  # released by stop(), which wakes the watchdog at once
@@ -229,13 +242,21 @@ class LoopWatch:
 
     def stop(self, timeout: float = 1.0) -> None:
         """End the heartbeat and the watchdog (joined, at most ``timeout``). Never raises: on
-        a closed loop nothing runs anyway, and a beat already due finds a newer generation."""
+        a closed loop nothing runs anyway, and a beat already due finds a newer generation.
+
+        On the loop's own thread, or with the loop stopped, the pending beat is cancelled here
+        and now: no timer of busmon's is left on a loop someone else owns."""
         if self._on:
             self._on = False
             self._gen += 1
             self._halt.release()
-            with contextlib.suppress(RuntimeError):  # closed
-                self._loop.call_soon_threadsafe(self._disarm)
+            self._untrack_runs()
+            loop = self._loop
+            if threading.get_ident() == self._ident or not loop.is_running():
+                self._disarm()
+            else:
+                with contextlib.suppress(RuntimeError):  # closed
+                    loop.call_soon_threadsafe(self._disarm)
         thread = self._thread
         if thread is not None and thread is not threading.current_thread():
             thread.join(timeout)
@@ -359,6 +380,37 @@ class LoopWatch:
             self._handle.cancel()
             self._handle = None
 
+    # -- a loop run in turns ---------------------------------------------------------------
+
+    def _track_runs(self) -> None:
+        loop = self._loop
+        if self._run_forever is not None or "run_forever" in vars(loop):
+            return  # someone else's wrapper is there: the watchdog's own look will have to do
+        own = loop.run_forever
+
+        def run_forever() -> None:
+            self._resumed()
+            return own()
+
+        try:
+            loop.run_forever = run_forever  # type: ignore[method-assign]
+        except AttributeError:  # a loop with no instance dict (uvloop): the watchdog's look
+            return
+        self._run_forever = run_forever
+
+    def _untrack_runs(self) -> None:
+        if self._run_forever is not None and vars(self._loop).get("run_forever") is self._run_forever:
+            del self._loop.run_forever
+        self._run_forever = None
+
+    def _resumed(self) -> None:
+        """The loop is about to run again (its own thread, before it runs anything): it last
+        provably ran now, whatever the gap since its last beat."""
+        now = time.monotonic()
+        self._mark = (now, self._own_total(now))
+        self.last_beat = now
+        self._paused = False
+
     # -- own work (any thread) -------------------------------------------------------------
 
     def _own_total(self, now: float) -> float:
@@ -399,7 +451,8 @@ class LoopWatch:
             if loop.is_closed():
                 return
             if not loop.is_running():
-                self._paused = True
+                if self._run_forever is None:  # tracked runs say when the loop resumes
+                    self._paused = True
                 continue
             mark = self._mark
             if mark is None:
@@ -433,6 +486,13 @@ class LoopWatch:
             return  # the stall ended while we looked: this stack is not its
         tally.add(blocking, component, stack, phase)
         self._seen = tally.seen()
+
+
+def _running_loop() -> asyncio.AbstractEventLoop | None:
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
 
 
 def _stall(seen: _Seen | None, start: float, bus: float, phase: str) -> Stall:

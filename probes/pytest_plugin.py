@@ -46,6 +46,10 @@ INI = {
     "busmon_judge": ("judge", "args", "kinds judged: tasks threads timers sockets fds processes"),
     "busmon_trace_creation": ("trace_creation", "string", "record where each task was created (true/false)"),
     "busmon_on_leak": ("on_leak", "string", "raise (fail the test, the default) | warn | ignore"),
+    "busmon_stall_ms": ("stall_ms", "string", "an async test's loop running nothing this long is a stall, "
+                        "warned of (ms; default 100; 0: not watched)"),
+    "busmon_fail_on_stall_ms": ("fail_on_stall_ms", "string", "a stall at least this long fails the test "
+                                "(ms; unset: stalls only warn)"),
 }
 #: pytest ≥ 7 (stash). On an older pytest the plugin stays out of the way: it registers nothing
 #: that could break a suite, and ``--busmon`` says what it needs.
@@ -121,7 +125,8 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers", "busmon(**options): fail the test if it leaves tasks, threads, timers, sockets or "
         "processes running after its teardown; options: settle_timeout_s, ignore_tasks, ignore_threads, "
-        "ignore_sockets, ignore_processes, judge, trace_creation, poll_ms, on_leak, enabled")
+        "ignore_sockets, ignore_processes, judge, trace_creation, poll_ms, on_leak, stall_ms, fail_on_stall_ms, "
+        "enabled")
     values: dict[str, Any] = {}
     for name, (option, kind, _) in INI.items():
         value = config.getini(name)
@@ -451,10 +456,46 @@ def _judged(item: pytest.Item, call: pytest.CallInfo[None], state: TestWatch, re
         # what lingered, what the rules ignored, what could not be judged: shown with -rP / -rA
         # (pytest shows a passed test's sections whose name says "teardown")
         report.sections.append(("busmon after teardown", result.report("after the test's teardown")))
+    failed = _told_stalls(item, state, result, report) or failed
     lingered = max((x.exited_after_ms or 0.0 for x in result.lingered), default=None)
     # read by the summary, here or (under pytest-xdist) on the controller
     report.busmon = {"verdict": result.verdict, "leaked": bool(result.leaked),  # type: ignore[attr-defined]
-                     "failed": failed, "on_leak": state.options.on_leak, "lingered_ms": lingered}
+                     "failed": failed, "on_leak": state.options.on_leak, "lingered_ms": lingered,
+                     "stalls": len(result.stalls)}
+
+
+#: the section of a test's stalls; "teardown" in its name: pytest shows it for a passed test (-rP)
+STALL_SECTION = "busmon stalls, setup to teardown"
+
+
+def _told_stalls(item: pytest.Item, state: TestWatch, result: WatchResult, report: pytest.TestReport) -> bool:
+    """The test's loop stalled (an async test, watched from the baseline to the verdict): a
+    section with each stall's blocking call and a :class:`~probes.watch.StallWarning`; the test
+    fails when a stall lasted ``fail_on_stall_ms`` or more (or ``-W error`` made the warning an
+    error). True when the stalls failed it."""
+    if not result.stalls:
+        return False
+    text = result.stall_report("during the test")
+    if not result.failing_stalls and _stall_warned(item, result):
+        report.sections.append((STALL_SECTION, text))
+        return False
+    if report.passed:
+        report.outcome = "failed"
+        report.longrepr = leak_longrepr(text, item, result, f"busmon: {result.stall_line()}")
+    else:  # failed already (a leak): its report says so, the stalls beside it
+        report.sections.append((STALL_SECTION, text))
+    return True
+
+
+def _stall_warned(item: pytest.Item, result: WatchResult) -> bool:
+    """Warn of the stalls; False when the warning filters make it an error."""
+    from probes.watch import StallWarning
+
+    try:
+        item.warn(StallWarning(f"busmon: {result.stall_line()} (-rP shows the stack)"))
+    except Warning:
+        return False
+    return True
 
 
 def _warned(item: pytest.Item, result: WatchResult) -> bool:
@@ -469,14 +510,14 @@ def _warned(item: pytest.Item, result: WatchResult) -> bool:
     return True
 
 
-def leak_longrepr(text: str, item: pytest.Item, result: WatchResult) -> Any:
+def leak_longrepr(text: str, item: pytest.Item, result: WatchResult, message: str = "") -> Any:
     """The report as pytest's own exception representation when this pytest has it: its short
     summary then says what leaked, and pytest-xdist carries it whole from its workers (a repr of
     busmon's own class would reach the controller as plain text, without the short line)."""
     from probes.leak_text import short_line
 
     path, lineno, _ = item.location
-    message = f"busmon: {short_line(result.leaked)}"
+    message = message or f"busmon: {short_line(result.leaked)}"
     try:
         from _pytest._code.code import ReprExceptionInfo, ReprFileLocation, ReprTracebackNative
 

@@ -11,11 +11,20 @@ then settle and judge after it. :class:`watch` wraps that as a context manager a
         await nc.close()
     w.verdict            # "clean" | "leaked"
     w.leftovers          # every candidate: leaked, exited (lingered), ignored…
+    w.result.stalls      # times the loop ran nothing for stall_ms (100 ms) or more, and who held it
+
+On a loop, the loop's watchdog (:class:`~probes.loopwatch.LoopWatch`, the one ``busmon play``
+uses) runs from the baseline to the verdict: a heartbeat timer on the loop and a thread that
+reads the loop thread's stack while a beat is late. Both are busmon's: the thread is alive
+before the baseline is taken and joined after the verdict, and the timer is busmon's, so
+neither is ever one of the code's leftovers. Blocking the loop is not a leak: a stall warns
+(:class:`StallWarning`) unless ``fail_on_stall_ms`` says one that long fails (:class:`StallError`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import gc
 import inspect
@@ -30,9 +39,11 @@ from probes.children import ProcessOwners
 from probes.fds import UNSUPPORTED_NOTE, SocketOwners
 from probes.ignore import IgnoreRules
 from probes.leak_text import leak_report, leftover_counts
+from probes.loopwatch import LoopWatch, Stall
 from probes.model import Leftover
 from probes.resources import Attribution, ResourceWatch
 from probes.settle import SettleOutcome, SettleWatch
+from probes.stall_text import failing, short_line, stall_report
 from probes.thread_births import ThreadBirths
 from probes.tracking import TaskTracker
 from probes.watch_options import KINDS, WatchOptionError, WatchOptions, check_options
@@ -57,6 +68,9 @@ class WatchResult:
     label: str = ""                       # what was watched (a test's node id)
     notes: tuple[str, ...] = ()           # what could not be judged here, and why
     settled: bool = False                 # everything waited for exited before the deadline
+    stalls: tuple[Stall, ...] = ()        # the loop ran nothing for stall_ms or more, oldest first
+    stall_ms: int | None = None           # the watchdog's threshold (None: the loop was not watched)
+    fail_on_stall_ms: float | None = None  # a stall this long fails (None: stalls only warn)
 
     @property
     def clean(self) -> bool:
@@ -75,14 +89,30 @@ class WatchResult:
     def ignored(self) -> list[Leftover]:
         return [x for x in self.leftovers if x.state == "ignored"]
 
+    @property
+    def failing_stalls(self) -> list[Stall]:
+        """The stalls at least ``fail_on_stall_ms`` long: they fail (none when it is unset)."""
+        return failing(self.stalls, self.fail_on_stall_ms)
+
+    def stall_report(self, during: str = "") -> str:
+        """Each stall, longest first: how long, the call that held the loop, its stack ('' if
+        none); ``during`` says what the watched code was (``during the test``)."""
+        return stall_report(self.stalls, self.stall_ms, self.fail_on_stall_ms, during)
+
+    def stall_line(self) -> str:
+        """One line on the longest stall ('' if none): for a warning or a short summary."""
+        return short_line(self.stalls) if self.stalls else ""
+
     def summary(self) -> str:
         """``3 tasks and 1 socket leaked`` / ``clean (2 tasks lingered 3.1 ms)``."""
         if self.leaked:
-            return f"{leftover_counts(self.leaked)} leaked"
-        if self.lingered:
+            text = f"{leftover_counts(self.leaked)} leaked"
+        elif self.lingered:
             longest = max((x.exited_after_ms or 0.0) for x in self.lingered)
-            return f"clean ({leftover_counts(self.lingered)} lingered, the last {longest:,.1f} ms)"
-        return "clean"
+            text = f"clean ({leftover_counts(self.lingered)} lingered, the last {longest:,.1f} ms)"
+        else:
+            text = "clean"
+        return f"{text}; {self.stall_line()}" if self.stalls else text
 
     def report(self, context: str = "") -> str:
         """The goleak-style text: each leftover with kind, name, component, how long it was
@@ -93,14 +123,26 @@ class WatchResult:
         return {"label": self.label, "verdict": self.verdict, "settle_timeout_s": self.settle_timeout_s,
                 "settle_ms": self.settle_ms, "verdict_ms": self.verdict_ms, "settled": self.settled,
                 "at_end": dict(self.at_end),
-                "leftovers": [x.as_dict() for x in self.leftovers], "notes": list(self.notes)}
+                "leftovers": [x.as_dict() for x in self.leftovers], "notes": list(self.notes),
+                "stalls": [x.as_dict() for x in self.stalls], "stall_ms": self.stall_ms,
+                "fail_on_stall_ms": self.fail_on_stall_ms}
 
 
 class LeakError(AssertionError):
-    """Raised by ``watch(on_leak="raise")``: the code left something running."""
+    """Raised by ``watch(on_leak="raise")``: the code left something running (the message also
+    has the stalls, when the loop had some)."""
 
     def __init__(self, result: WatchResult) -> None:
-        super().__init__(result.report())
+        super().__init__("\n".join(filter(None, (result.report(), result.stall_report()))))
+        self.result = result
+
+
+class StallError(AssertionError):
+    """Raised by ``watch(fail_on_stall_ms=...)``: the watched code blocked its event loop at least
+    that long (the message names the blocking call of each stall, with its stack)."""
+
+    def __init__(self, result: WatchResult) -> None:
+        super().__init__(result.stall_report())
         self.result = result
 
 
@@ -108,6 +150,13 @@ class LeakWarning(UserWarning):
     """A leak told, not raised: by ``watch()`` (``on_leak="warn"``, its default) and by the pytest
     plugin under ``busmon_on_leak = warn``. ``-W error`` turns it into a failure; filter it with
     ``-W ignore::probes.watch.LeakWarning``."""
+
+
+class StallWarning(UserWarning):
+    """The watched code blocked its event loop for ``stall_ms`` (100 ms) or more, told, not
+    raised: by ``watch()`` and by the pytest plugin, unless ``fail_on_stall_ms`` makes that stall
+    a failure. ``-W error`` turns it into one; ``-W ignore::probes.watch.StallWarning`` hides it;
+    ``stall_ms=0`` does not watch the loop at all."""
 
 
 class Watch:
@@ -134,6 +183,9 @@ class Watch:
         self._sockets: SocketOwners | None = None
         self._processes: ProcessOwners | None = None
         self._births = ThreadBirths()
+        self._loopwatch: LoopWatch | None = None
+        self._stall_ms: int | None = None             # the watchdog's threshold, when it ran
+        self._stalls: tuple[Stall, ...] = ()
         self._frozen = False
         self._at_end: dict[str, int] = {}
 
@@ -144,23 +196,37 @@ class Watch:
 
     def start(self, loop: asyncio.AbstractEventLoop | None = None) -> None:
         """The baseline: everything alive now (the tasks and timers of ``loop``, by default the
-        running one) is not the code's."""
+        running one) is not the code's. On a loop, its watchdog starts first, so its thread is
+        in the baseline; the baseline itself is busmon's own work, never a stall."""
         self.loop = loop or running_loop()
         if self.loop is not None and self.loop.is_closed():
             self.notes.append("tasks and timers not judged: the event loop was closed")
             self.loop = None
-        if self.judges("threads"):
-            self._births.install()
-        self.baseline = Census.take(self.loop)
-        self.started_at = time.monotonic()
-        if self.loop is not None:
-            self._instrument(self.loop)
-        if not gc.isenabled() or gc.get_freeze_count():
-            return
-        # the baseline's objects out of the collector's reach until the verdict: its GC then
-        # scans only what the code created (milliseconds, not a whole test process's heap)
-        gc.freeze()
-        self._frozen = True
+        self._stalls, self._stall_ms = (), None
+        if self.loop is not None and (threshold := self.options.watchdog_ms()) is not None:
+            self._stall_ms = threshold
+            self._loopwatch = LoopWatch(self.loop, stall_ms=threshold)
+            self._loopwatch.set_phase("run")
+            # a test's loop runs in turns (each async fixture, the body): not running is no stall
+            self._loopwatch.start(track_runs=not self.loop.is_running())
+        with self._own_work():
+            if self.judges("threads"):
+                self._births.install()
+            self.baseline = Census.take(self.loop)
+            self.started_at = time.monotonic()
+            if self.loop is not None:
+                self._instrument(self.loop)
+            if not gc.isenabled() or gc.get_freeze_count():
+                return
+            # the baseline's objects out of the collector's reach until the verdict: its GC then
+            # scans only what the code created (milliseconds, not a whole test process's heap)
+            gc.freeze()
+            self._frozen = True
+
+    def _own_work(self) -> contextlib.AbstractContextManager[None]:
+        """busmon's own blocking work on the watched loop (scans, GC): no stall of the code's."""
+        lw = self._loopwatch
+        return lw.own_work() if lw is not None else contextlib.nullcontext()
 
     def _instrument(self, loop: asyncio.AbstractEventLoop) -> None:
         if self.judges("tasks"):
@@ -174,7 +240,9 @@ class Watch:
             self._processes.install(loop)
 
     def stop(self) -> None:
-        """Put the loop back as it was (idempotent); called by the verdict, or instead of it."""
+        """Put the loop back as it was (idempotent); called by the verdict, or instead of it.
+        The watchdog's thread is joined here, its timer cancelled."""
+        self._stop_loopwatch()
         for part in (self._tracker, self._sockets, self._processes, self._births):
             if part is not None:
                 part.uninstall()
@@ -182,12 +250,22 @@ class Watch:
             gc.unfreeze()
             self._frozen = False
 
+    def _stop_loopwatch(self) -> None:
+        """Stop the watchdog (its thread joined) and keep the stalls it saw since the baseline."""
+        lw, self._loopwatch = self._loopwatch, None
+        if lw is not None:
+            lw.stop()
+            self._stalls = tuple(lw.stalls_since(self.started_at))
+
     # -- verdict -----------------------------------------------------------------------
 
     def _settle_watch(self, loop: asyncio.AbstractEventLoop | None, own: weakref.WeakSet) -> SettleWatch:
         assert self.baseline is not None, "start() first"
         closed_at = time.monotonic()
-        at_end = Census.take(loop)
+        if self._loopwatch is not None:
+            self._loopwatch.set_phase("settle")
+        with self._own_work():
+            at_end = Census.take(loop)
         self._at_end = self._plain_count(at_end, own)
         resources = None
         if any(self.judges(k) for k in ("sockets", "fds", "processes")):
@@ -219,7 +297,7 @@ class Watch:
                 own.add(me)
             watch = self._settle_watch(self.loop, own)
             own.add(watch.start())
-            outcome = await watch.verdict(self._rules())
+            outcome = await watch.verdict(self._rules(), own_work=self._own_work)
         finally:
             self.stop()
         return self._result(outcome)
@@ -252,22 +330,31 @@ class Watch:
         assert self.baseline is not None
         if self.baseline.fds is None and (self.judges("sockets") or self.judges("fds")):
             notes.append(UNSUPPORTED_NOTE)
-        failing = any(x.state in FAILING for x in outcome.leftovers)
-        return WatchResult("leaked" if failing else "clean", outcome.leftovers, self.options.settle_timeout_s,
+        leaked = any(x.state in FAILING for x in outcome.leftovers)
+        return WatchResult("leaked" if leaked else "clean", outcome.leftovers, self.options.settle_timeout_s,
                            round(outcome.settle_ms, 2), round(outcome.verdict_ms, 2), self._at_end,
-                           self.label, tuple(notes), outcome.settled)
+                           self.label, tuple(notes), outcome.settled, self._stalls, self._stall_ms,
+                           self.options.fail_on_stall_ms)
 
 
 class watch:
     """busmon's verdict around a block or a function: ``with``, ``async with``, or a decorator.
 
     ``watch(settle_timeout_s=2.0, ignore_tasks=(), ignore_threads=(), ignore_sockets=(),
-    ignore_processes=(), judge=KINDS, trace_creation=False, on_leak="warn")``
+    ignore_processes=(), judge=KINDS, trace_creation=False, on_leak="warn", stall_ms=100,
+    fail_on_stall_ms=None)``
 
     After the block: :attr:`verdict` (``"clean"`` / ``"leaked"``), :attr:`leftovers`,
     :attr:`result` (the whole :class:`WatchResult`). On a leak, ``on_leak`` says what happens:
     ``"warn"`` (a :class:`LeakWarning` with the report), ``"raise"`` (:class:`LeakError`),
     ``"ignore"``. A block that raises is not judged: its exception is what matters.
+
+    With ``async with`` (or an async function) the loop is watched too: a time it ran nothing
+    for ``stall_ms`` or more (``0``: not watched) is a stall, in ``result.stalls`` with the call
+    that blocked it. Stalls are not leaks and ``on_leak`` does not apply to them: each verdict
+    with stalls warns (:class:`StallWarning`), or raises :class:`StallError` when one lasted at
+    least ``fail_on_stall_ms`` (``0``: any stall). A leak that raises comes first; its
+    :class:`LeakError` then tells the stalls too.
 
     In a coroutine use ``async with``: the verdict waits on the running loop, so what the block
     started can still finish. A plain ``with`` judges threads, sockets and child processes.
@@ -301,11 +388,14 @@ class watch:
 
     def _end(self, result: WatchResult) -> None:
         self.result = result
-        if result.clean or self.options.on_leak == "ignore":
-            return
-        if self.options.on_leak == "raise":
+        if not result.clean and self.options.on_leak == "raise":
             raise LeakError(result)
-        warnings.warn(LeakWarning(result.report()), stacklevel=3)
+        if not result.clean and self.options.on_leak == "warn":
+            warnings.warn(LeakWarning(result.report()), stacklevel=3)
+        if result.failing_stalls:
+            raise StallError(result)
+        if result.stalls:
+            warnings.warn(StallWarning(result.stall_report()), stacklevel=3)
 
     # -- with ----------------------------------------------------------------------------
 
@@ -371,5 +461,5 @@ class watch:
         return run  # type: ignore[return-value]
 
 
-__all__ = ["KINDS", "LeakError", "LeakWarning", "Watch", "WatchOptionError", "WatchOptions", "WatchResult",
-           "watch"]
+__all__ = ["KINDS", "LeakError", "LeakWarning", "StallError", "StallWarning", "Watch", "WatchOptionError",
+           "WatchOptions", "WatchResult", "watch"]

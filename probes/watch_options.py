@@ -18,6 +18,13 @@ KINDS = ("tasks", "threads", "timers", "sockets", "fds", "processes")
 #: scenario's 5 s: a test suite pays it on every leaking test, and a clean test never waits
 DEFAULT_SETTLE_S = 2.0
 ON_LEAK = ("warn", "raise", "ignore")
+#: a watched event loop that runs nothing for this long is a stall, told in the verdict: the
+#: same threshold as ``busmon play``'s (a scenario's ``stall_ms``). Long enough that a busy
+#: but healthy loop (a GC pause, a first import) stays under it; short enough that a blocking
+#: call in a coroutine (``time.sleep``, a sync HTTP call, a big ``json.dumps``) is caught
+DEFAULT_STALL_MS = 100
+#: the smallest threshold the watchdog takes (its heartbeat runs at least twice a threshold)
+MIN_STALL_MS = 2
 
 
 class WatchOptionError(ValueError):
@@ -35,6 +42,19 @@ class WatchOptions:
     judge: tuple[str, ...] = KINDS               # the kinds of leftover judged (the rest: not looked at)
     trace_creation: bool = False                 # record where each task was created (costs per task)
     on_leak: str = "warn"                        # watch(): warn | raise | ignore
+    stall_ms: int = DEFAULT_STALL_MS             # the loop blocked this long is a stall, told (0: not watched)
+    fail_on_stall_ms: float | None = None        # a stall at least this long fails (None: stalls only warn)
+
+    def watchdog_ms(self) -> int | None:
+        """The threshold the loop's watchdog runs at, or None when it is not started: a stall
+        that would fail must be seen, however short, so the smaller of the two limits
+        (``fail_on_stall_ms = 0`` fails on every stall told, so it adds no limit of its own)."""
+        limits = [x for x in (self.stall_ms, self.fail_on_stall_ms) if x]
+        if not limits:
+            if self.fail_on_stall_ms is None:
+                return None
+            limits = [DEFAULT_STALL_MS]
+        return max(MIN_STALL_MS, math.ceil(min(limits)))
 
     def merged(self, changes: Mapping[str, Any], where: str = "", prefix: str = "",
                also: tuple[str, ...] = ()) -> WatchOptions:
@@ -85,6 +105,19 @@ def _convert(name: str, value: Any, where: str, shown: str) -> Any:
         if number is None or not math.isfinite(number) or number < 1 or number != int(number):
             raise wrong("a whole number of milliseconds ≥ 1")
         return int(number)
+    if name == "stall_ms":
+        number = _number(value)
+        if (number is None or not math.isfinite(number) or number != int(number)
+                or not (number == 0 or number >= MIN_STALL_MS)):
+            raise wrong(f"a whole number of milliseconds ≥ {MIN_STALL_MS}, or 0 to not watch the event loop")
+        return int(number)
+    if name == "fail_on_stall_ms":
+        if value is None or (isinstance(value, str) and value.strip().lower() in ("", "none")):
+            return None
+        number = _number(value)
+        if number is None or number < 0 or not math.isfinite(number):
+            raise wrong("a number of milliseconds ≥ 0, or none to only warn of stalls")
+        return number
     if name == "trace_creation":
         if (given := flag(value)) is None:
             raise wrong("true or false")

@@ -545,7 +545,7 @@ def test_every_bad_marker_is_told_at_once(pytester: pytest.Pytester) -> None:
     assert result.stderr.lines[:2] == [
         "ERROR: test_inline.py::test_a: @pytest.mark.busmon: unknown option 'settle' (options: settle_timeout_s, "
         "poll_ms, ignore_tasks, ignore_threads, ignore_sockets, ignore_processes, judge, trace_creation, "
-        "on_leak, enabled)",
+        "on_leak, stall_ms, fail_on_stall_ms, enabled)",
         "test_inline.py::test_b: @pytest.mark.busmon: judge: unknown kind 'thread' (did you mean 'threads'?); "
         "expected some of tasks, threads, timers, sockets, fds, processes",
     ]
