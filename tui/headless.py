@@ -143,7 +143,7 @@ def _show(event: object, progress: Progress, bars: dict[str, int], console: Cons
         style = VERDICT_STYLE.get(r.verdict, "")
         line = (f"[{style}]{r.verdict.upper()}[/] run {escape(r.name)}: {len(leaks(r)):,} leaked, "
                 f"{r.count('exited'):,} exited during settle, {r.count('ignored'):,} ignored"
-                + (f", {len(r.stalls):,} loop stalls" if r.stalls else ""))
+                + (f", {len(r.stalls):,} loop stall{'s' if len(r.stalls) != 1 else ''}" if r.stalls else ""))
         if r.error:
             line += f" — {escape(r.error)}"
         progress.console.print(line, soft_wrap=True)
