@@ -623,3 +623,58 @@ def test_a_close_that_fails_after_a_failure_is_said_on_the_terminal(tmp_path):
     assert out.returncode == 3, out.stdout + out.stderr
     said = out.stdout + out.stderr   # the run lines go where the progress goes
     assert "close failed as well: close() did not return within 0.5 s" in said, said
+
+
+# -- issue 23: a new user's trial from the README alone ------------------------------------
+
+@pytest.mark.parametrize("command", [[], ["play"], ["compare"], ["brokers"]])
+def test_help_lists_help_as_a_plain_flag(command: list[str]) -> None:
+    proc = subprocess.run([sys.executable, "-m", "tui.cli", *command, "--help"], cwd=ROOT, capture_output=True,
+                          text=True, timeout=60, stdin=subprocess.DEVNULL,
+                          env={**__import__("os").environ, "COLUMNS": "100"})
+    assert proc.returncode == 0, proc.stderr
+    (line,) = [ln for ln in proc.stdout.splitlines() if "--help" in ln]
+    assert "<bool>" not in line and re.search(r"--help\s+Show this message and exit", line), line
+
+
+def test_a_bus_factory_that_cannot_be_called_so_is_exit_2_before_any_run(tmp_path: Path) -> None:
+    scenario = tmp_path / "s.toml"
+    scenario.write_text(TINY)
+    code, out, err = run_main(["play", str(scenario), "--headless", "--bus", "json:dumps"])
+    assert code == 2, err
+    line = one_line(err)  # nothing played: no progress, no summary
+    assert line.startswith(f"busmon: {scenario}: --bus: 'json:dumps' cannot make a bus") and "'obj'" in line, line
+    assert out == ""
+
+
+def test_a_bus_factory_that_returns_no_bus_is_exit_2_after_the_first_run_only(tmp_path: Path) -> None:
+    scenario = tmp_path / "s.toml"
+    scenario.write_text(TINY + '[[runs]]\nname = "second"\nmessages = 10\n[[runs]]\nname = "third"\nmessages = 10\n')
+    code, out, err = run_main(["play", str(scenario), "--headless", "--bus", "os:getcwd"])
+    assert code == 2, err
+    assert err.count("run r") >= 1 and "second" not in err + out, err  # no further run played
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("busmon: --bus os:getcwd: 'os:getcwd' returned str, which lacks start"), last
+    assert "Traceback" not in err
+
+
+def test_an_empty_scenario_is_refused_and_a_file_without_runs_says_what_it_plays(tmp_path: Path) -> None:
+    empty = tmp_path / "empty.toml"
+    empty.write_text("# nothing yet\n\n")
+    code, out, err = run_main(["play", str(empty), "--headless"])
+    assert code == 2 and out == ""
+    assert one_line(err).startswith(f"busmon: {empty}: runs: the file is empty; expected at least one [[runs]]")
+    no_runs = tmp_path / "no-runs.toml"
+    no_runs.write_text('[probes]\nsettle_timeout_s = 0.2\n[defaults]\nmessages = 10\n')
+    code, out, err = run_main(["play", str(no_runs), "--headless"])
+    assert code == 0, err
+    assert f"busmon: {no_runs} has no [[runs]]: playing one run named 'run' with its [defaults]" in err
+
+
+def test_an_unknown_option_in_the_shared_bus_table_names_the_backend_that_refused_it(tmp_path: Path) -> None:
+    scenario = tmp_path / "s.toml"
+    scenario.write_text('[bus]\nworkerz = 3\n[[runs]]\nname = "r"\nmessages = 10\n')
+    code, _, err = run_main(["play", str(scenario), "--headless", "--url", "kafka://127.0.0.1:9"])
+    assert code == 2
+    assert one_line(err) == (f"busmon: {scenario}:2: [bus] workerz: unknown option 'workerz' for the kafka backend; "
+                             "did you mean 'workers'?")

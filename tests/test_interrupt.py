@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import queue
+import re
 import shutil
 import signal
 import subprocess
@@ -144,3 +145,30 @@ def test_interrupted_before_any_run_ended_says_so_not_an_empty_clean_table(tmp_p
     console.print(summary_table(ScenarioResult("s", (), interrupted=True)))
     text = console.export_text()
     assert "interrupted before any run ended" in text and "clean" not in text, text
+
+
+def test_an_interrupted_run_is_called_interrupted_everywhere(tmp_path: Path) -> None:
+    scenario = tmp_path / "s.toml"
+    scenario.write_text('[probes]\nsettle_timeout_s = 0.3\n[defaults]\nrate_per_s = 2000\n'
+                        '[[runs]]\nname = "cut"\nmessages = 100000\n[[runs]]\nname = "never"\nmessages = 10\n')
+    report, markdown = tmp_path / "r.json", tmp_path / "r.md"
+    proc = subprocess.Popen([sys.executable, "-m", "tui.cli", "play", str(scenario), "--headless", "--bus",
+                             "tests.leaky_buses:Announcer", "--report", str(report), "--report", str(markdown)],
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            stdin=subprocess.DEVNULL, env={**os.environ, "COLUMNS": "100"})
+    try:
+        assert "publishing" in proc.stdout.readline()  # the load is under way
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert proc.returncode == 130, err
+    assert "INTERRUPTED run cut" in err and "FAILED" not in err and "failed" not in err + out, err + out
+    assert re.search(r"load at \d+ % published: interrupted", err), err   # publishing, not delivery
+    assert re.search(r"·\s+interrupted", out) and "clean" not in out, out  # the summary's title and column
+    assert "interrupted run cut: load at" in out, out
+    doc = json.loads(report.read_text())
+    (run,) = doc["runs"]
+    assert doc["verdict"] == run["verdict"] == run["failure"]["kind"] == "interrupted" and doc["interrupted"]
+    assert "Verdict: **interrupted**" in markdown.read_text()
