@@ -145,3 +145,14 @@ def test_the_live_progress_in_a_terminal_is_never_cut(tmp_path: Path, width: int
     assert "…" not in out, out[-3000:]
     assert re.search(r"\b\d{1,2},\d{3}/20,000\b", out), out[-3000:]   # mid-load, e.g. 9,939/20,000
     assert "tasks " in out and "deliver " in out and "/s" in out, out[-3000:]
+
+
+def test_the_reports_write_counts_whole_with_separators() -> None:
+    from tui.html_report import to_html
+    from tui.report import to_markdown
+
+    result = ScenarioResult("s", (run_result("big", sent=40_000, received=9_939, lost=30_061, duplicated=1_000),))
+    md = to_markdown(result)
+    assert "| 40,000 | 30,061 | 1,000 | 0 |" in md, md
+    assert "sent 40,000 · received 9,939 · lost 30,061 · duplicated 1,000" in md, md
+    assert "sent 40,000 · received 9,939 · lost 30,061 · duplicated 1,000" in to_html(result, None, [])

@@ -108,8 +108,9 @@ def to_html(result: ScenarioResult, scenario_path: str | None, shots: list[tuple
         parts.append("<h3>Event-loop stalls</h3>" + _markdownish(stall_lines(r)))
         d, t = r.delivery, r.throughput
         lat = t.get("latency_ms", {})
-        parts.append(f"<p>Delivery: sent {d.get('sent', 0)} · received {d.get('received', 0)} · lost "
-                     f"{d.get('lost', 0)} · duplicated {d.get('duplicated', 0)} · reordered {d.get('reordered', 0)}"
+        parts.append(f"<p>Delivery: sent {d.get('sent', 0):,} · received {d.get('received', 0):,} · lost "
+                     f"{d.get('lost', 0):,} · duplicated {d.get('duplicated', 0):,} · reordered "
+                     f"{d.get('reordered', 0):,}"
                      f"<br>publish {t.get('publish_per_s', 0):,.0f}/s · deliver {t.get('deliver_per_s', 0):,.0f}/s"
                      + (f" · latency p50 {lat['p50']} ms · p99 {lat['p99']} ms" if lat else "") + "</p>")
         mine = [(n, svg) for n, svg in shots if f"-{r.name}-" in n]

@@ -115,8 +115,8 @@ def to_markdown(result: ScenarioResult, scenario_path: str | None = None) -> str
         ["run", "backend", "verdict", "messages", "lost", "dup", "reord", "deliver/s", "p50 ms",
          "p99 ms", "naive close Δ tasks", "settled Δ tasks", "leaked", "exited", "ignored", "settle ms",
          "stalls", "rss Δ MB"],
-        [[r.name, r.backend, r.verdict, r.delivery.get("published", 0), r.delivery.get("lost", 0),
-          r.delivery.get("duplicated", 0), r.delivery.get("reordered", 0),
+        [[r.name, r.backend, r.verdict, f"{r.delivery.get('published', 0):,}", f"{r.delivery.get('lost', 0):,}",
+          f"{r.delivery.get('duplicated', 0):,}", f"{r.delivery.get('reordered', 0):,}",
           f"{r.throughput.get('deliver_per_s', 0):,.0f}",
           r.throughput.get("latency_ms", {}).get("p50", "–"),
           r.throughput.get("latency_ms", {}).get("p99", "–"),
@@ -160,8 +160,8 @@ def to_markdown(result: ScenarioResult, scenario_path: str | None = None) -> str
         lines += ["", "### Event-loop stalls", ""] + stall_lines(r)
         d = r.delivery
         lines += ["", "### Delivery", "",
-                  f"sent {d.get('sent', 0)} · received {d.get('received', 0)} · lost {d.get('lost', 0)}"
-                  f" · duplicated {d.get('duplicated', 0)} · reordered {d.get('reordered', 0)}"]
+                  f"sent {d.get('sent', 0):,} · received {d.get('received', 0):,} · lost {d.get('lost', 0):,}"
+                  f" · duplicated {d.get('duplicated', 0):,} · reordered {d.get('reordered', 0):,}"]
         t = r.throughput
         lat = t.get("latency_ms", {})
         lines += [f"publish {t.get('publish_per_s', 0):,.0f}/s · deliver {t.get('deliver_per_s', 0):,.0f}/s"
