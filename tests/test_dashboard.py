@@ -197,8 +197,13 @@ async def test_filter_and_screenshot_keys(tmp_path, monkeypatch):
         assert table.row_count == 6
         await pilot.press("e")
         await pilot.pause()
-        shots = list(tmp_path.glob("*.svg"))
+        # never loose in the folder busmon was started from (a checkout, often): in a folder of its own
+        assert not list(tmp_path.glob("*.svg"))
+        shots = list((tmp_path / "busmon-screenshots").glob("*.svg"))
         assert len(shots) == 1 and shots[0].read_text().startswith("<svg")
+        # the toast says where, the folder and the file each whole on a line of its own
+        (toast,) = [n.message for n in app._notifications]
+        assert toast.split("\n") == ["screenshot saved in", "busmon-screenshots/", shots[0].name]
         await pilot.press("question_mark")
         await pilot.pause()
         assert type(app.screen).__name__ == "HelpScreen"
@@ -378,17 +383,26 @@ async def test_n_pressed_during_load_starts_the_next_phase_when_load_ends():
         await until(pilot, lambda: not app.is_running, "quit")
 
 
-async def test_a_filter_that_hides_every_leftover_says_so():
+async def test_a_filter_that_hides_every_leftover_says_so_for_as_long_as_it_does():
+    from tui.widgets import StackView
+
     app, feed = recorded_app("verdict")
-    async with app.run_test(size=(80, 24)) as pilot:
+    async with app.run_test(size=(120, 40)) as pilot:
         await feed(pilot)
+        table, stack, bar = app.query_one(LeftoversTable), app.query_one(StackView), app.query_one(PhaseBar)
+        await pilot.press("down")  # the socket's row: its facts in the stack pane
+        assert "tcp → 127.0.0.1:9092" in str(stack.render())
         await pilot.press("slash", *"nomatch", "enter")
         await until(pilot, lambda: app.state.filter == "nomatch", "the filter in force")
-        table = app.query_one(LeftoversTable)
-        assert table.items and app.state.note == f"the filter hides all {len(table.items)} leftovers (esc clears it)"
+        status = bar.render().plain.split("\n")[1]
+        assert table.items and 'filter "nomatch" hides all 6 leftovers (esc clears it)' in status
+        # the stack pane no longer shows a leftover the table hides
+        assert str(stack.render()) == 'the filter "nomatch" hides all 6 leftovers: esc clears it'
         await pilot.press("escape")
-        await until(pilot, lambda: app.state.filter == "", "esc clears it")
-        assert table.visible() == table.items
+        # at once, not a note left to time out: nothing is hidden any more
+        assert app.state.filter == "" and "hides" not in bar.render().plain
+        assert table.visible() == table.items and "hides" not in str(stack.render())
+        assert str(stack.render()).startswith("task bus.leaky.heartbeat")
 
 
 async def _busy_n(pilot) -> None:

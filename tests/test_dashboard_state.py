@@ -9,7 +9,7 @@ from probes.gate import AwaitingStep
 from probes.model import FailureNoted, PhaseStarted, Sample
 from probes.session import RunFinished
 from tests import recorded
-from tui.state import DashState, Filtered, IntervalSet, NextPressed, Paused, RunDone, reduce
+from tui.state import DashState, Filtered, IntervalSet, NextPressed, Paused, RunDone, Viewing, reduce
 
 
 def play(*events, state: DashState | None = None) -> DashState:
@@ -132,3 +132,25 @@ def test_the_banner_says_what_each_moment_is_and_keeps_a_failure_said():
 
     assert done.leftovers == tuple(findings.rows(done.final)) and len(done.leftovers) >= 4
     assert play(PhaseStarted("next", "baseline", 0.0), state=done).leftovers == ()
+
+
+def test_what_the_filter_hides_is_said_while_it_hides_it_and_counted_in_words():
+    r = result()
+    n = len(play(RunDone(r)).leftovers)
+    st = play(PhaseStarted(r.name, "baseline", 0.0), RunDone(r), Filtered("nomatch"))
+    assert st.hidden_by_filter() == n and st.filter_word() == f'filter "nomatch" hides all {n} leftovers (esc clears it)'
+    assert play(Filtered(""), state=st).filter_word() == ""  # esc: said no more, at once
+    assert play(Filtered("sloppy"), state=st).filter_word() == 'filter "sloppy" (/ to change)'
+    # the next run has no leftovers yet: an empty table is not the filter's doing
+    assert play(PhaseStarted("run-2", "baseline", 9.0), state=st).hidden_by_filter() == 0
+    # a finished run shown again: its own leftovers are what the filter hides
+    one = (r.leftovers[0],)
+    shown = play(Viewing("old", 1, 2, one), state=st)
+    assert shown.filter_word() == 'filter "nomatch" hides the only leftover (esc clears it)'
+    assert play(Viewing(), state=shown).hidden_by_filter() == n
+
+
+def test_counts_are_said_in_the_singular_for_one():
+    st = play(Paused(True), Paused(False, 1))
+    assert st.note == "resumed: 1 sample recorded while paused"
+    assert play(Paused(True), Paused(False, 2)).note == "resumed: 2 samples recorded while paused"

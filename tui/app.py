@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import threading
 from dataclasses import replace
+from datetime import datetime
 from collections import deque
 from pathlib import Path
 from typing import Iterable, Iterator
@@ -38,6 +39,7 @@ from tui.widgets.charts import legend
 from tui.widgets.throughput import LIVE_TITLE, short_count
 
 INTERVALS_MS = (50, 100, 200, 500, 1000)
+SCREENSHOT_FOLDER = "busmon-screenshots"  # where e saves, under the folder busmon was started from
 DRAIN_EVERY_S = 0.1    # events arrive at the sampling rate (10 Hz); phase changes show within 0.1 s
 RENDER_EVERY_S = 0.25  # the screen redraws the numbers 4x a second; every sample still reaches the charts
 NOTE_S = 6.0           # how long a passing note stays in the header
@@ -78,6 +80,25 @@ blocked ≥ stall_ms; a warning, with the blocking call).
 baseline; [b]lag[/b]: how late the loop answers; in runs, [b]drift[/b]:
 tasks/threads against the first run's baseline.
 """
+
+
+def _shot_name(folder: Path) -> str:
+    """``busmon-20261206-232602.svg`` (``-2``… when taken within the same second): short enough
+    for a toast at 80 columns to show whole."""
+    stem = f"busmon-{datetime.now():%Y%m%d-%H%M%S}"
+    name, n = f"{stem}.svg", 1
+    while (folder / name).exists():
+        n += 1
+        name = f"{stem}-{n}.svg"
+    return name
+
+
+def _display_folder(folder: Path) -> str:
+    """A folder as a person typed it: relative to where busmon was started when it is inside."""
+    try:
+        return str(folder.resolve().relative_to(Path.cwd().resolve())) or "."
+    except ValueError:
+        return str(folder)
 
 
 class HelpScreen(ModalScreen[None]):
@@ -216,6 +237,7 @@ class BusmonApp(App[int]):
         self._phase_index = 0
         self._pending_sample: Sample | None = None
         self._queued_next = False                    # n pressed while a phase ran: act when it ends
+        self._quitting = False                       # q pressed: no new screen opens meanwhile
         self.done: PlaybackDone | None = None
 
     # -- layout ----------------------------------------------------------------
@@ -385,19 +407,30 @@ class BusmonApp(App[int]):
 
     def _show_leftovers(self, rows) -> None:
         """A run's leftovers, and the selected one's stack beside them (or that none is left)."""
-        leftovers = self.query_one(LeftoversTable)
-        leftovers.show(rows)
-        stack = self.query_one(StackView)
-        if leftovers.items:
+        self.query_one(LeftoversTable).show(rows)
+        self._show_selected_stack(judged=True)
+
+    def _show_selected_stack(self, judged: bool | None = None) -> None:
+        """The stack pane follows the table as it is now: the selected row's stack, or why there
+        is none to show (nothing was left, once the run shown is ``judged``; the filter hides
+        every leftover)."""
+        leftovers, stack = self.query_one(LeftoversTable), self.query_one(StackView)
+        if judged is None:
+            judged = self.state.final is not None or bool(self.state.viewing)
+        if leftovers.visible():
             stack.show(leftovers.selected())
-        else:
+        elif leftovers.items:
+            stack.all_filtered(len(leftovers.items), leftovers.filter)
+        elif judged:
             stack.nothing_left()
+        else:
+            stack.show(None)
 
     def _on_done(self, done: PlaybackDone) -> None:
         self.done = done
         if self.exit_when_done:
             self.call_after_refresh(self._exit_done)
-        elif done.result is not None:
+        elif done.result is not None and not self._quitting:  # q's own interruption ends it too
             self._advance(Noted("playback finished: r compares the runs, q quits"))
             if len(self.results) > 1:  # the final screen compares the runs, as the headless summary does
                 self.action_runs()
@@ -472,12 +505,11 @@ class BusmonApp(App[int]):
 
     @on(Input.Submitted, "#filter")
     def _apply_filter(self, event: Input.Submitted) -> None:
+        # the header says when the filter hides every leftover, for as long as it does (the model)
         self._advance(Filtered(event.value))
-        leftovers = self.query_one(LeftoversTable)
-        leftovers.set_filter(event.value)
-        if leftovers.items and not leftovers.visible():  # an empty table must not read as "nothing left"
-            self._advance(Noted(f"the filter hides all {len(leftovers.items)} leftovers (esc clears it)"))
+        self.query_one(LeftoversTable).set_filter(event.value)
         self.query_one(ComponentsTable).set_filter(event.value)
+        self._show_selected_stack()
         event.input.remove_class("-shown")
         event.input.disabled = True
         self.query_one(LeftoversTable).focus()
@@ -493,6 +525,7 @@ class BusmonApp(App[int]):
             self._advance(Filtered(""))
             self.query_one(LeftoversTable).set_filter("")
             self.query_one(ComponentsTable).set_filter("")
+            self._show_selected_stack()
             box.remove_class("-shown")
             box.disabled = True
             self.query_one(LeftoversTable).focus()
@@ -535,9 +568,18 @@ class BusmonApp(App[int]):
         return scrub(super().export_screenshot(title=title, simplify=simplify))
 
     def action_screenshot(self) -> None:
-        folder = self.screenshots_dir or Path.cwd()
-        path = self.save_screenshot(path=str(folder))
-        self.notify(f"screenshot saved: {path}", timeout=4)
+        """An SVG of the screen now, in ``--screenshots``' folder or ``busmon-screenshots/``
+        (made when first needed: never loose files in the folder busmon was started from, a
+        checkout as often as not). The toast names the folder and the file on lines of their
+        own, so neither is split mid-word."""
+        folder = self.screenshots_dir or Path.cwd() / SCREENSHOT_FOLDER
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            path = Path(self.save_screenshot(filename=_shot_name(folder), path=str(folder)))
+        except OSError as exc:
+            self.notify(f"no screenshot: {folder}: {exc.strerror or exc}", severity="error", timeout=6)
+            return
+        self.notify(f"screenshot saved in\n{_display_folder(path.parent)}/\n{path.name}", timeout=6, markup=False)
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
         """n is not offered in a scripted playback (the footer leaves it out)."""
@@ -573,7 +615,7 @@ class BusmonApp(App[int]):
         self._show_leftovers(findings.rows(r))
         self.query_one(VerdictBanner).show(r, CAPTURE.summary())
         live = index == len(self.results) - 1
-        self._advance(Viewing("" if live else r.name, index + 1, len(self.results)))
+        self._advance(Viewing("" if live else r.name, index + 1, len(self.results), tuple(findings.rows(r))))
 
     def action_help(self) -> None:
         self.push_screen(HelpScreen())
@@ -583,6 +625,7 @@ class BusmonApp(App[int]):
             code = self._exit_code()
             self.exit(code, return_code=code)
             return
+        self._quitting = True
         self.query_one(VerdictBanner).waiting("quitting: closing the bus and settling (within their deadlines)…")
         self.run_worker(self._close_and_exit(), exclusive=True, group="quit")
 

@@ -13,7 +13,8 @@ from typing import Any
 
 from probes import findings
 from probes.gate import AwaitingStep
-from probes.model import FailureNoted, PhaseSnapshot, PhaseStarted, RunResult, Sample
+from probes.model import FailureNoted, Leftover, PhaseSnapshot, PhaseStarted, RunResult, Sample
+from tui.words import count
 
 
 #: the banner's word while a phase is under way
@@ -67,6 +68,7 @@ class Viewing:
     run: str = ""
     index: int = 0
     total: int = 0
+    leftovers: tuple[Any, ...] = ()   # the run shown's findings (what the filter then applies to)
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,6 +110,7 @@ class DashState:
     banner: tuple[str, ...] = ("waiting", "")
     leftovers: tuple[Any, ...] = ()   # the run's findings (probes.findings.rows), once it has its verdict
     verdicts: tuple[tuple[str, str], ...] = field(default=())   # (run, verdict) of finished runs
+    viewed: tuple[Any, ...] = ()      # the findings of the finished run shown again (``viewing``)
 
     @property
     def lit(self) -> str:
@@ -125,8 +128,26 @@ class DashState:
         count = f"{self.run_index}/{self.runs_total}" if self.runs_total else f"{self.run_index}"
         return f"run {count} {self.run}"
 
-    def next_key(self) -> str:
-        """What n does now: ``n → load``, or when it will act."""
+    def hidden_by_filter(self) -> int:
+        """How many leftovers the filter hides when it hides every one of them (else 0): an
+        empty table must not read as "nothing left". Follows the filter and the run shown, so
+        it is never said after esc or once another run's leftovers are on screen."""
+        rows = self.viewed if self.viewing else self.leftovers
+        if not self.filter or any(matches(x, self.filter) for x in rows):
+            return 0
+        return len(rows)
+
+    def filter_word(self) -> str:
+        """The filter's lasting mark in the header."""
+        if not self.filter:
+            return ""
+        if hidden := self.hidden_by_filter():
+            what = "the only leftover" if hidden == 1 else f"all {count(hidden, 'leftover')}"
+            return f'filter "{self.filter}" hides {what} (esc clears it)'
+        return f'filter "{self.filter}" (/ to change)'
+
+    def next_key(self, short: bool = False) -> str:
+        """What n does now: ``n → load``, or when it will act (``short``: in fewer words)."""
         if self.viewing:
             return "esc → the live run"
         if not self.interactive:
@@ -136,10 +157,16 @@ class DashState:
                 return "n → next run"
             return f"n → {self.waiting_for}"
         if self.failed and not self.finished:
-            return "n: after the verdict (busmon closes and settles on its own)"
+            return "n: after the verdict" if short else "n: after the verdict (busmon closes and settles on its own)"
         if self.phase and not self.finished:
             return f"n: after {self.phase}"
         return ""
+
+
+def matches(x: Leftover, text: str) -> bool:
+    """The leftovers filter: a part of the name or component, or the state (any case)."""
+    f = text.lower()
+    return not f or f in x.name.lower() or f in x.component.lower() or f in x.state
 
 
 def _with_components(state: DashState, counts: Any) -> DashState:
@@ -196,11 +223,11 @@ def reduce(state: DashState, event: Any) -> DashState:
                        leftovers=tuple(findings.rows(r)))
     if isinstance(event, Viewing):
         label = f"{event.index}/{event.total} {event.run}" if event.run else ""
-        return replace(state, viewing=label, note="")
+        return replace(state, viewing=label, viewed=tuple(event.leftovers) if event.run else (), note="")
     if isinstance(event, Noted):
         return replace(state, note=event.text)
     if isinstance(event, Paused):
-        note = "" if event.paused else f"resumed: {event.recorded} samples recorded while paused"
+        note = "" if event.paused else f"resumed: {count(event.recorded, 'sample')} recorded while paused"
         return replace(state, paused=event.paused, note=note)
     if isinstance(event, Filtered):
         return replace(state, filter=event.text.strip())

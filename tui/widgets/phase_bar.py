@@ -68,29 +68,44 @@ class PhaseBar(Widget):
         text.append(self._status(st))
         return text
 
-    @staticmethod
-    def _status(st: DashState) -> Text:
-        """What n does, lasting marks (paused, filtered, a passing note), then what is connected
-        and how often busmon looks: the most urgent first, as 80 columns may cut the end."""
-        parts: list[tuple[str, str]] = []
-        if hint := st.next_key():
-            parts.append((hint, "bold cyan"))
-        if st.paused:
-            parts.append((" PAUSED (space) ", "bold black on yellow"))
-        if st.filter:
-            parts.append((f'filter "{st.filter}" (/ to change)', "bold magenta"))
-        if st.note:
-            parts.append((st.note, "italic cyan"))
+    def _status(self, st: DashState) -> Text:
+        return status_line(st, self.size.width)
+
+
+def status_line(st: DashState, width: int = 10_000) -> Text:
+    """What n does, lasting marks (paused, filtered, a passing note), then what is connected and
+    how often busmon looks: the most urgent first. Within ``width`` the tail gives way first,
+    by steps (``every 100 ms`` → ``100 ms``, the target, ``(embedded)``, the interval), then the
+    hint says itself in fewer words, then the backend goes: a word is never cut."""
+    marks: list[tuple[str, str]] = []
+    if st.paused:
+        marks.append((" PAUSED (space) ", "bold black on yellow"))
+    if mark := st.filter_word():
+        marks.append((mark, "bold magenta"))
+    if st.note:
+        marks.append((st.note, "italic cyan"))
+    target = st.target if st.target and st.target not in (st.backend, f"{st.backend}://") else ""
+    embedded = not target and st.backend == "memory"
+    every = f"every {st.interval_ms} ms"
+    short = f"{st.interval_ms} ms"
+    tails = [(target or ("(embedded)" if embedded else ""), every), (target or ("(embedded)" if embedded else ""), short),
+             ("(embedded)" if embedded else "", short), ("", short), ("", "")]
+    tries = [(st.next_key(), st.backend, *tail) for tail in tails]
+    tries += [(st.next_key(short=True), st.backend, *tail) for tail in tails] + [(st.next_key(short=True), "", "", "")]
+    line = Text(" ")
+    for hint, backend, where, interval in tries:
+        words = [[part] for part in ([(hint, "bold cyan")] if hint else []) + marks]
+        if backend:
+            words.append([(backend, "bold")] + ([(f" {where}", "dim" if where == "(embedded)" else "")]
+                                                if where else []))
+        if interval:
+            words.append([(interval, "dim")])
         line = Text(" ")
-        for part, style in parts:
-            line.append(part, style=style)
-            line.append(" · ", style="dim")
-        if st.backend:
-            line.append(st.backend, style="bold")
-            if st.target and st.target not in (st.backend, f"{st.backend}://"):
-                line.append(f" {st.target}")
-            elif st.backend == "memory":
-                line.append(" (embedded)", style="dim")
-            line.append(" · ", style="dim")
-        line.append(f"every {st.interval_ms} ms", style="dim")
-        return line
+        for i, word in enumerate(words):
+            if i:
+                line.append(" · ", style="dim")
+            for text, style in word:
+                line.append(text, style=style)
+        if line.cell_len <= width:
+            return line
+    return line

@@ -23,19 +23,32 @@ class Rates(Widget):
         super().__init__(**kwargs)
         self.sample: Sample | None = None
         self.final: RunResult | None = None
+        self._stacked = False
 
     def render(self) -> Text:
         """Five fixed-width lines of label/value pairs (plain Text: cheaper than a rich Table).
 
         Live rates while a run goes; once it has finished, its averages and its audit. Where the
         full figures do not fit (80 columns), counts are shortened (``31.3k``) and the averages'
-        ``avg`` dropped (the border title says so), never cut."""
-        full = self._text(compact=False)
-        if full.cell_len <= 0 or max(len(line) for line in full.plain.split("\n")) <= self.size.width:
-            return full
-        return self._text(compact=True)
+        ``avg`` dropped (the border title says so); narrower still, the labels are shortened
+        (``pub``, ``d/o``); narrower than that, one pair a line. A figure is never cut."""
+        width = self.size.width
+        for compact, tight in ((False, False), (True, False), (True, True)):
+            text = self._text(compact, tight)
+            if not text.plain or _widest(text) <= width:
+                self._stack(False)
+                return text
+        self._stack(True)
+        return self._text(True, True, stacked=True)
 
-    def _text(self, compact: bool) -> Text:
+    def _stack(self, stacked: bool) -> None:
+        """Room for one pair a line (ten lines) only while even the tight form cannot fit: a
+        change of height re-lays out the screen, so it is made only when the form changes."""
+        if stacked != self._stacked:
+            self._stacked = stacked
+            self.call_later(lambda: setattr(self.styles, "height", 10 if stacked else 5))
+
+    def _text(self, compact: bool, tight: bool = False, stacked: bool = False) -> Text:
         s, final = self.sample, self.final
         num = short_count if compact else (lambda n: f"{n:,.0f}")
         ms = _short_ms if compact else (lambda v: f"{v:.2f}ms")
@@ -74,18 +87,32 @@ class Rates(Widget):
                          f"{lag.get('p99_ms', 0):.1f}ms" if compact else
                          f"{lag.get('p50_ms', 0):.1f}/{lag.get('p99_ms', 0):.1f}ms",
                          "max", Text(f"{lag.get('max_ms', 0):,.0f}ms" + stalls, style="yellow" if s.stalls else "")))
-        cells = [(l1, _cell(v1), l2, _cell(v2)) for l1, v1, l2, v2 in rows]
+        label = (lambda t: TIGHT_LABELS.get(t, t)) if tight else (lambda t: t)
+        cells = [(label(l1), _cell(v1), label(l2), _cell(v2)) for l1, v1, l2, v2 in rows]
+        if stacked:  # one pair a line, in the same order
+            cells = [pair for l1, v1, l2, v2 in cells for pair in ((l1, v1, "", ("", "")), (l2, v2, "", ("", "")))]
         w = [max(len(c[i]) if i in (0, 2) else len(c[i][0]) for c in cells) for i in range(4)]
-        gap = "  " if sum(w) + 5 <= self.size.width else " "  # tighter at 80 columns
+        # two spaces between a figure and the next label when they fit, never fewer than one
+        gap = "  " if sum(w) + 6 <= self.size.width else " "
         text = Text()
         for n, (l1, (v1, s1), l2, (v2, s2)) in enumerate(cells):
             if n:
                 text.append("\n")
             text.append(f"{l1:<{w[0]}} ", style="dim")
             text.append(f"{v1:>{w[1]}}", style=s1)
-            text.append(f"{gap}{l2:<{w[2]}} ", style="dim")
-            text.append(f"{v2:>{w[3]}}", style=s2)
+            if l2:
+                text.append(f"{gap}{l2:<{w[2]}} ", style="dim")
+                text.append(f"{v2:>{w[3]}}", style=s2)
         return text
+
+
+#: the labels at their shortest (the help and the wider forms say them in full)
+TIGHT_LABELS = {"pub/s": "pub", "del/s": "del", "dup/ord": "d/o", "rss MB": "MB", "sockets": "sock",
+                "lag p99": "lag", "lag max": "lag", "stalls": "stl"}
+
+
+def _widest(text: Text) -> int:
+    return max(len(line) for line in text.plain.split("\n"))
 
 
 def short_count(n: float) -> str:
