@@ -61,7 +61,7 @@ by identity, what it leaves behind once it has properly settled.
  [b]+ / -[/b]  sample faster / slower (50 … 1000 ms; shown in the header)
  [b]/[/b]      filter the leftovers and components tables (esc clears)
  [b]enter[/b]  on a leftover: its stack, full screen (esc returns)
- [b]e[/b]      export a screenshot (SVG) now
+ [b]e[/b]      export a screenshot (SVG) now, into busmon-screenshots/
  [b]?[/b]      this help (esc closes; ↑ ↓ scroll)
  [b]ctrl+p[/b] command palette
  [b]q[/b]      quit (closes and settles the bus first if it is open)
