@@ -2,7 +2,7 @@
 
 Textual is imported only when the dashboard is shown, so headless playback runs
 without it. Exit codes: 0 clean, 1 leaked, 2 bad input or usage, 3 bus or
-broker failure.
+broker failure, 130 interrupted (Ctrl-C).
 """
 
 from __future__ import annotations
