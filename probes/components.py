@@ -91,10 +91,12 @@ def thread_component(thread: threading.Thread) -> str:
         return "asyncio.executor"
     if name == "MainThread":
         return "main"
+    target = getattr(thread, "_target", None)
+    if getattr(target, "__module__", None) == "trio._core._thread_cache":  # a worker of trio's cache
+        return "trio.thread_cache"
     if name.startswith("busmon-"):
         return "busmon." + name.removeprefix("busmon-")
     if _DEFAULT_THREAD_NAME.match(name):  # unnamed: say whose code it runs
-        target = getattr(thread, "_target", None)
         module = type(thread).__module__
         if module == "threading" and target is not None:
             module = getattr(target, "__module__", None) or module

@@ -102,8 +102,18 @@ def _leaked_lines(x: Leftover, waited_ms: float) -> list[str]:
         lines.append("    stack (innermost last):")
         lines += [f"      {frame}" for frame in x.stack[-STACK_LINES:]]
     if x.created_at:
-        lines.append(f"    created at {x.created_at}")
+        lines.append(f"    {_born(x)} {x.created_at}")
     return lines
+
+
+def _born(x: Leftover) -> str:
+    """``started at`` for a thread (the line that called ``Thread.start()``), else ``created at``."""
+    return "started at" if x.kind == "thread" else "created at"
+
+
+def _started(x: Leftover) -> str:
+    """``; started at …`` for a thread whose start was traced (on its one line), else nothing."""
+    return f"; started at {x.created_at}" if x.kind == "thread" and x.created_at else ""
 
 
 def gone_verb(x: Leftover) -> str:
@@ -151,21 +161,21 @@ def leak_report(result: WatchResult, context: str = "") -> str:
     who = result.label or "the watched code"
     head = f"busmon: {who} leaked {leftover_counts(failing)}" if failing else f"busmon: {who} is clean"
     plain = result.at_end
-    lines = [head, _waited_line(result, context)
-             + f"; a plain count right at the end saw {_plural(plain.get('tasks', 0), 'new task')} "
-             f"and {_plural(plain.get('threads', 0), 'new thread')}"]
+    counted = " and ".join(_plural(plain[k], f"new {k.removesuffix('s')}") for k in ("tasks", "threads")
+                           if k in plain)  # tasks not judged (no asyncio loop): not counted
+    lines = [head, _waited_line(result, context) + f"; a plain count right at the end saw {counted}"]
     for x in failing:
         lines.append("")
         lines += _leaked_lines(x, result.settle_ms)
     lingered = by_kind(result.lingered)
     if lingered:
         lines += ["", "lingered (gone while busmon waited; not a failure):"]
-        lines += [f"  {headline(x)}: {gone_verb(x)} after {_ms(x.exited_after_ms)}" for x in lingered]
+        lines += [f"  {headline(x)}: {gone_verb(x)} after {_ms(x.exited_after_ms)}{_started(x)}" for x in lingered]
     for title, state in (("ignored:", "ignored"), ("could not be judged:", "unknown")):
         some = [x for x in result.leftovers if x.state == state]
         if some:
             lines += ["", title]
-            lines += [f"  {headline(x)}" + (f": {f[0]}" if (f := _facts(x)) else "") for x in some]
+            lines += [f"  {headline(x)}" + (f": {f[0]}" if (f := _facts(x)) else "") + _started(x) for x in some]
     if result.notes:
         lines += [""] + [f"note: {n}" for n in result.notes]
     return "\n".join(lines)

@@ -236,7 +236,7 @@ def find_harness(item: pytest.Function, request: pytest.FixtureRequest, stack: c
             return Harness(note="tasks not judged: this anyio has no get_runner() to keep its loop open")
         name, options = extract_backend_and_options(request.getfixturevalue("anyio_backend"))
         if name != "asyncio":
-            return Harness(note=f"tasks not judged: anyio runs this test on {name}; busmon judges asyncio tasks")
+            return Harness(note=backend_note(name))
         runner = stack.enter_context(get_runner(name, options))
         return Harness(runner.get_loop(), exclude=_anyio_runner_tasks)
     case = getattr(getattr(item, "parent", None), "obj", None)
@@ -245,6 +245,16 @@ def find_harness(item: pytest.Function, request: pytest.FixtureRequest, stack: c
                             "of its own and closes it, cancelling what was left, before busmon's verdict")
     return Harness(note="tasks not judged: busmon keeps the loops of pytest-asyncio and anyio open for "
                         "the verdict, and neither runs this test")
+
+
+def backend_note(name: str) -> str:
+    """What is and is not judged when anyio runs a test on another backend than asyncio."""
+    note = (f"tasks and timers not judged: anyio runs this test on {name}, and busmon judges asyncio's; "
+            "threads, sockets, descriptors and child processes are judged")
+    if name == "trio":
+        note += ("; trio's thread-cache workers count as runtime machinery while idle or waiting for "
+                 "trio's I/O (guest mode), and as the test's while running a job it submitted")
+    return note
 
 
 def _asyncio_loop_scope(item: pytest.Function) -> str:

@@ -13,20 +13,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
-import sys
 import threading
 import time
 import weakref
 from dataclasses import dataclass
 from typing import Any, Callable, Literal
 
+from probes import thread_sites
 from probes.census import Census, os_thread_ids, running_loop
-from probes.components import (RUNTIME_EXECUTOR_THREAD, coro_qualname, name_component, task_component,
-                               thread_component)
+from probes.components import coro_qualname, name_component, task_component, thread_component
 from probes.gc_closures import collect_noting_closed_fds
 from probes.model import Leftover
 from probes.ignore import IgnoreRules
 from probes.resources import ResourceWatch, waitpid_detail, waitpid_pid
+from probes.runtime_pools import POOL_LIFETIME, machinery_reason, runtime_pool
 from probes.stacks import stack_component, task_stack, thread_stack
 from probes.timers import bus_timers, callback_component, callback_name
 
@@ -62,7 +62,7 @@ class SettleWatch:
                  kinds: frozenset[str] | None = None, unfreeze: bool = True,
                  final_census: bool = True, python_natives: set[int] | None = None,
                  rules: IgnoreRules | None = None, ended: str = "close",
-                 created_at_close: int | None = None) -> None:
+                 created_at_close: int | None = None, idle_pool: Any = ()) -> None:
         self.baseline = baseline
         self.closed_at = closed_at
         self.deadline = closed_at + timeout_s
@@ -85,6 +85,9 @@ class SettleWatch:
         #: native ids of Python threads started since the baseline, noted as they started (a
         #: live set): a joined thread's OS thread lingering a moment is no native-only thread
         self._born = python_natives if python_natives is not None else set()
+        #: runtime pool threads idle at the baseline: one running a job now runs one submitted
+        #: since, and is a candidate too
+        self._idle_pool = idle_pool
         #: the ignore rules, known while settling: an ignored candidate is not waited for (its
         #: verdict is known already), so one ignored background thread does not hold settle
         #: until the deadline
@@ -158,7 +161,7 @@ class SettleWatch:
             if th.native_id is not None:
                 self._python_native.add(th.native_id)
             self.info[th] = (th.name, "thread:" + thread_component(th), f"ident {th.ident}, native {th.native_id}",
-                             tuple(thread_stack(th)), None)
+                             tuple(thread_stack(th)), thread_sites.site(th))
 
     def _scan(self) -> set[asyncio.TimerHandle]:
         """Pick up what appeared since the last look (tasks, threads, timers); return the timers
@@ -171,6 +174,8 @@ class SettleWatch:
         alive = threading.enumerate()
         self._python_native.update(t.native_id for t in alive if t.native_id is not None)
         self._add_threads([t for t in alive if t not in self.baseline.threads])
+        if self._idle_pool:
+            self._add_threads([t for t in self._idle_pool if t not in self.info and _pool_busy(t)])
         if not self._timers_on:
             return set()
         scheduled = set(bus_timers(self._loop))
@@ -219,8 +224,8 @@ class SettleWatch:
             if not self._thread_alive(th, os_ids):
                 self.exit_at[th] = now
                 self.busy_executors.discard(th)
-            elif runtime_pool(th) is not None:
-                if pool_thread_busy(th):
+            elif (pool := runtime_pool(th)) is not None:
+                if machinery_reason(th, pool) is None:
                     self.busy_executors.add(th)
                     pending = True
                 else:
@@ -365,16 +370,16 @@ class SettleWatch:
         if self.resources is not None:
             self.resources.note_ignored(rules)
         for th in self.threads:
-            name, component, detail, stack, _ = self.info[th]
+            name, component, detail, stack, site = self.info[th]
             alive = self._thread_alive(th, os_ids)
             reason = rules.thread_reason(th)
             if reason is None and self.resources is not None and (pid := waitpid_pid(th)) in self.resources.ignored_pids:
                 reason = f"waits for ignored child pid {pid}"
             if (pool := runtime_pool(th)) and not reason:
                 if alive and th in self.busy_executors:
-                    detail = f"{detail} (a runtime executor thread still running a job at the deadline)"
+                    detail = f"{detail} (a thread of {pool}, still running a job at the deadline)"
                 elif alive:
-                    reason = f"runtime: {pool}, idle; {POOL_LIFETIME[pool]}"
+                    reason = machinery_reason(th, pool) or f"runtime: {pool}, idle; {POOL_LIFETIME[pool]}"
             state = "ignored" if reason else ("leaked" if alive else "exited")
             if reason:
                 detail = f"{detail} ({reason})"
@@ -382,7 +387,7 @@ class SettleWatch:
                 detail = f"{detail}; {waits}"
             if alive:
                 stack = tuple(thread_stack(th)) or stack
-            leftovers.append(Leftover("thread", name, component, state, ms(exit_at.get(th)), stack, None, detail))
+            leftovers.append(Leftover("thread", name, component, state, ms(exit_at.get(th)), stack, site, detail))
         # busmon's own reading, made during the run: one int per OS thread, so with a thousand
         # threads alive it would be judged the run's retained memory if still held when judged
         del os_ids
@@ -417,49 +422,10 @@ class SettleWatch:
                              self.everything_exited)
 
 
-#: how long an idle thread of each runtime pool lives
-POOL_LIFETIME = {
-    "asyncio's default executor": "it lives until the loop shuts down",
-    "anyio's worker threads": "it exits after 10 s idle, or when its event loop closes",
-}
-
-
-def runtime_pool(thread: threading.Thread) -> str | None:
-    """The event loop runtime's own thread pool the thread belongs to, if any: its idle
-    threads are machinery, not leftovers (a busy one is waited for)."""
-    if RUNTIME_EXECUTOR_THREAD.match(thread.name):
-        return "asyncio's default executor"
-    cls = type(thread)
-    if cls.__name__ == "WorkerThread" and cls.__module__.startswith("anyio."):
-        return "anyio's worker threads"
-    return None
-
-
-def pool_thread_busy(thread: threading.Thread) -> bool:
-    """Whether a runtime pool thread is running a job: asyncio's executor workers by their
-    ``_WorkItem.run`` frame; anyio's are idle while their innermost frame (below threading's
-    waits) is the job queue's ``get``."""
-    if RUNTIME_EXECUTOR_THREAD.match(thread.name):
-        return executor_busy(thread)
-    frame = sys._current_frames().get(thread.ident or -1)
-    while frame is not None and _path(frame).endswith("/threading.py"):
-        frame = frame.f_back
-    return not (frame is not None and frame.f_code.co_name == "get" and _path(frame).endswith("/queue.py"))
-
-
-def _path(frame: Any) -> str:
-    return frame.f_code.co_filename.replace("\\", "/")
-
-
-def executor_busy(thread: threading.Thread) -> bool:
-    """Whether a ThreadPoolExecutor worker is running a job (idle ones wait in the queue's get)."""
-    frame = sys._current_frames().get(thread.ident or -1)
-    while frame is not None:
-        code = frame.f_code
-        if code.co_name == "run" and code.co_filename.replace("\\", "/").endswith("concurrent/futures/thread.py"):
-            return True
-        frame = frame.f_back
-    return False
+def _pool_busy(thread: threading.Thread) -> bool:
+    """A runtime pool thread running a job someone submitted (not idle, not its runtime's own)."""
+    pool = runtime_pool(thread)
+    return pool is not None and thread.is_alive() and machinery_reason(thread, pool) is None
 
 
 def _deref(ref: weakref.ref) -> asyncio.Task | None:

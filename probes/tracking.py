@@ -15,7 +15,8 @@ import sys
 import time
 import weakref
 from collections import Counter
-from typing import Any, Iterable, NamedTuple
+from types import FrameType
+from typing import Any, Callable, Iterable, NamedTuple
 
 from bus.deadline import short_where
 from probes.components import task_component
@@ -42,16 +43,28 @@ WRAPPER_FUNCTIONS = frozenset({"create_task", "ensure_future", "spawn", "start_s
                                "create_background_task", "run_coroutine_threadsafe"})
 
 
+def first_frame(frame: FrameType | None, skip: Callable[[FrameType], bool]) -> FrameType | None:
+    """From ``frame`` outwards, the first frame ``skip`` does not pass over: the first one
+    outside a library's own machinery (asyncio's for a task, threading's for a thread)."""
+    while frame is not None and skip(frame):
+        frame = frame.f_back
+    return frame
+
+
+def where(frame: FrameType | None) -> str | None:
+    """``package/module.py:line in function``."""
+    return short_where(frame.f_code.co_filename, frame.f_lineno, frame.f_code.co_name) if frame else None
+
+
+def _task_machinery(frame: FrameType) -> bool:
+    return (any(s in frame.f_code.co_filename for s in _SKIP_FILES)
+            or frame.f_code.co_name in WRAPPER_FUNCTIONS)
+
+
 def creation_site(depth: int = 2) -> str | None:
     """``package/module.py:line in function`` of the first caller outside asyncio itself and
     outside helpers that only wrap create_task: who decided to start this task."""
-    frame = sys._getframe(depth)
-    while frame is not None:
-        filename = frame.f_code.co_filename
-        if not any(s in filename for s in _SKIP_FILES) and frame.f_code.co_name not in WRAPPER_FUNCTIONS:
-            return short_where(filename, frame.f_lineno, frame.f_code.co_name)
-        frame = frame.f_back
-    return None
+    return where(first_frame(sys._getframe(depth), _task_machinery))
 
 
 class DestroyedTask(NamedTuple):

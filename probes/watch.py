@@ -65,6 +65,7 @@ class WatchResult:
     settle_ms: float                      # the code's end → the last exit (or the deadline)
     verdict_ms: float                     # last exit → verdict ready (GC, classification)
     at_end: dict[str, int]                # what a plain count right at the end would have said
+    #                                       (no "tasks" when tasks were not judged: no asyncio loop)
     label: str = ""                       # what was watched (a test's node id)
     notes: tuple[str, ...] = ()           # what could not be judged here, and why
     settled: bool = False                 # everything waited for exited before the deadline
@@ -211,7 +212,7 @@ class Watch:
             self._loopwatch.start(track_runs=not self.loop.is_running())
         with self._own_work():
             if self.judges("threads"):
-                self._births.install()
+                self._births.install(trace_starts=self.options.trace_creation)
             self.baseline = Census.take(self.loop)
             self.started_at = time.monotonic()
             if self.loop is not None:
@@ -277,12 +278,15 @@ class Watch:
                            sites=tracker.sites if tracker is not None else None, tracker=tracker,
                            since=self.started_at, resources=resources, loop=loop,
                            kinds=frozenset(self.options.judge), unfreeze=False, final_census=False,
-                           python_natives=self._births.native_ids, rules=self._rules(), ended="the end")
+                           python_natives=self._births.native_ids, rules=self._rules(), ended="the end",
+                           idle_pool=self._births.idle_pool)
 
     def _plain_count(self, at_end: Census, own: weakref.WeakSet) -> dict[str, int]:
         """What counting right at the end would have said: new tasks and threads alive."""
         assert self.baseline is not None
         tasks, threads, _ = at_end.new_since(self.baseline)
+        if self.loop is None or not self.judges("tasks"):  # tasks not judged: not counted either
+            return {"threads": len(threads)}
         return {"tasks": len([t for t in tasks if t not in own]), "threads": len(threads)}
 
     async def settle(self) -> WatchResult:
