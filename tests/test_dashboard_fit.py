@@ -187,3 +187,13 @@ async def test_the_stack_pane_at_120x40_never_parts_a_function_from_its_file():
         # as the terminal shows it: no line of the pane ends in a dangling "in"
         shown = [x for x in screen_lines(app) if "leaky_buses.py:42" in x]
         assert shown and not any(re.search(r"\bin\s*│\s*$", x) for x in shown), shown
+
+
+async def test_the_header_first_line_drops_the_runs_name_before_cutting_at_80_columns():
+    app, feed = recorded_app("load")
+    async with app.run_test(size=(80, 24)) as pilot:
+        await feed(pilot)
+        app._advance(PhaseStarted("warm-up-with-a-rather-long-name", "baseline", 9.0))
+        await pilot.pause()
+        line = screen_lines(app)[0].rstrip()
+        assert "…" not in line and line.endswith(" run 2/2 0.0s"), line

@@ -61,9 +61,14 @@ class PhaseBar(Widget):
                 text.append(name, style="green")
             else:
                 text.append(name, style="dim")
-        if st.run:
-            text.append(f"  {st.run_label()}", style="bold")
-            text.append(f" {st.elapsed_s:.1f}s", style="dim")
+        if st.run:  # the run's name gives way before its number and clock: never cut mid-word
+            label, clock = st.run_label(), f" {st.elapsed_s:.1f}s"
+            short = label.rsplit(" ", 1)[0] if label.startswith("run ") and " " in label[4:] else label
+            for run, time in ((label, clock), (short, clock), (short, "")):
+                if text.cell_len + 2 + len(run) + len(time) <= self.size.width:
+                    break
+            text.append(f"  {run}", style="bold")
+            text.append(time, style="dim")
         text.append("\n")
         text.append(self._status(st))
         return text
