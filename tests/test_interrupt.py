@@ -55,7 +55,8 @@ def test_timeout_s_int_writes_the_report_every_time_and_exits_130(tmp_path: Path
         # timeout runs busmon in its own process group and signals busmon, then the group
         proc = subprocess.run(["timeout", "--preserve-status", "-s", "INT", str(delay), sys.executable, "-m",
                                "tui.cli", "play", str(scenario), "--headless", "--report", str(report)],
-                              cwd=ROOT, capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+                              cwd=ROOT, capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL,
+                              preexec_fn=_as_in_a_terminal)
         problem = None
         if proc.returncode != 130:
             problem = f"exit {proc.returncode}"
@@ -72,6 +73,12 @@ def test_timeout_s_int_writes_the_report_every_time_and_exits_130(tmp_path: Path
         if problem:
             failures.append(f"attempt {attempt}: {problem}\n{proc.stderr[-1500:]}")
     assert not failures, f"{len(failures)}/{REPEAT} at {delay} s:\n" + "\n".join(failures[:3])
+
+
+def _as_in_a_terminal() -> None:
+    """In the child before exec: SIGINT at its default, as in a terminal (a runner started in
+    the background may hand its children SIGINT ignored, and Python keeps it so)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def _lines(stream) -> queue.SimpleQueue:
@@ -110,7 +117,8 @@ def test_a_second_press_quits_without_waiting_and_still_writes_the_report(tmp_pa
     report = tmp_path / "r.json"
     proc = subprocess.Popen([sys.executable, "-m", "tui.cli", "play", str(scenario), "--headless", "--bus",
                              "tests.interrupt_buses:LeakingAnnouncer", "--report", str(report)], cwd=ROOT,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL,
+                            preexec_fn=_as_in_a_terminal)
     try:
         out, err = _lines(proc.stdout), _lines(proc.stderr)
         seen: list[str] = []
@@ -155,7 +163,8 @@ def test_an_interrupted_run_is_called_interrupted_everywhere(tmp_path: Path) -> 
     proc = subprocess.Popen([sys.executable, "-m", "tui.cli", "play", str(scenario), "--headless", "--bus",
                              "tests.leaky_buses:Announcer", "--report", str(report), "--report", str(markdown)],
                             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            stdin=subprocess.DEVNULL, env={**os.environ, "COLUMNS": "100"})
+                            stdin=subprocess.DEVNULL, env={**os.environ, "COLUMNS": "100"},
+                            preexec_fn=_as_in_a_terminal)
     try:
         assert "publishing" in proc.stdout.readline()  # the load is under way
         proc.send_signal(signal.SIGINT)
@@ -172,3 +181,29 @@ def test_an_interrupted_run_is_called_interrupted_everywhere(tmp_path: Path) -> 
     (run,) = doc["runs"]
     assert doc["verdict"] == run["verdict"] == run["failure"]["kind"] == "interrupted" and doc["interrupted"]
     assert "Verdict: **interrupted**" in markdown.read_text()
+
+
+def test_ctrl_c_while_busmon_waits_for_stuck_threads_at_exit_is_no_traceback(tmp_path: Path) -> None:
+    scenario = tmp_path / "s.toml"
+    scenario.write_text('[probes]\nsettle_timeout_s = 0.2\n[[runs]]\nname = "r"\nmessages = 100\n')
+    report = tmp_path / "r.json"
+    # the bus leaves an executor job that never ends: busmon waits up to 1 s for it before exiting
+    proc = subprocess.Popen([sys.executable, "-m", "tui.cli", "play", str(scenario), "--headless", "--bus",
+                             "tests.leaky_buses:StuckExecutorJob", "--report", str(report)], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL,
+                            preexec_fn=_as_in_a_terminal)
+    try:
+        err = _lines(proc.stderr)
+        seen: list[str] = []
+        _wait_for(err, "report written to", seen)   # the grace at exit begins now
+        proc.send_signal(signal.SIGINT)
+        code = proc.wait(timeout=15)
+    finally:
+        proc.kill()
+        proc.wait()
+    while (line := err.get(timeout=5)) is not None:
+        seen.append(line)
+    stderr = "".join(seen)
+    assert code in (0, 1), stderr  # the verdict of the run, measured and reported before the Ctrl-C
+    assert "Traceback" not in stderr and "KeyboardInterrupt" not in stderr, stderr
+    assert "refused to stop" in stderr and json.loads(report.read_text())["runs"], stderr

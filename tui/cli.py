@@ -610,8 +610,9 @@ def _finish(code: int) -> NoReturn:
     blockers = [t for t in threading.enumerate()
                 if t not in _BEFORE and t is not threading.main_thread() and t.is_alive()
                 and (not t.daemon or t in joined_at_exit)]
-    for t in blockers:
-        t.join(max(0.0, deadline - time.monotonic()))
+    with Interrupts():  # the report is written: a Ctrl-C during this grace is not a traceback
+        for t in blockers:
+            t.join(max(0.0, deadline - time.monotonic()))
     refused = list(REFUSED) + [f"thread {t.name}" for t in blockers if t.is_alive()]
     if not refused:
         sys.exit(code)
