@@ -419,7 +419,19 @@ CASES = [
     """, "error", left("thread leaked"), batch="anyio", backend="asyncio",
          why="a thread still running at the deadline is leaked"),
 
-    # 30. A test whose body fails is not judged: its own failure is what matters (README).
+    # 30. The same 300 ms block with fail_on_stall_ms=200: now the stall fails the test. busmon
+    # judges after the teardown, as for a leak, so pytest reports it as an error at teardown (the
+    # body itself passed), with the same stall report.
+    Case("time_sleep_300ms_fail_on_stall", """
+        @pytest.mark.busmon(fail_on_stall_ms=200)
+        async def test_case():
+            time.sleep(0.3)
+    """, "error", NONE,
+         "a 300 ms stall with fail_on_stall_ms=200 fails the test, at teardown like a leak: error, the "
+         "stall report naming `time.sleep(0.3)`",
+         stall="time.sleep(0.3)"),
+
+    # 31. A test whose body fails is not judged: its own failure is what matters (README).
     Case("failing_test_not_judged", """
         async def test_case():
             KEPT.append(asyncio.create_task(ticks_forever()))
@@ -580,8 +592,10 @@ class Verdict:
         if "busmon:" in teardown:
             texts.append(teardown)
         busmon_text = "\n\n".join(texts)
+        # a stall that only warns is a section of its own; one that fails the test is its report
         stall = [text for _, title, text in raw["sections"]
                  if "stall" in title.lower() or (title.startswith("busmon") and "stall" in text.lower())]
+        stall += [text for text in raw["longrepr"].values() if "busmon:" in text and "stall" in text]
         judged = any(k == "busmon" for k, _ in raw["user_properties"])
         return cls(outcome, judged, busmon_text, [x for t in texts for x in leftovers_in(t)], stall, raw)
 
