@@ -645,6 +645,9 @@ def test_a_bus_factory_that_cannot_be_called_so_is_exit_2_before_any_run(tmp_pat
     line = one_line(err)  # nothing played: no progress, no summary
     assert line.startswith(f"busmon: {scenario}: --bus: 'json:dumps' cannot make a bus") and "'obj'" in line, line
     assert out == ""
+    code, out, err = run_main(["compare", str(scenario), "--backends", "memory,json:dumps"])
+    assert code == 2 and out == "", err
+    assert one_line(err).startswith(f"busmon: {scenario}: --backends: 'json:dumps' cannot make a bus"), err
 
 
 def test_a_bus_factory_that_returns_no_bus_is_exit_2_after_the_first_run_only(tmp_path: Path) -> None:

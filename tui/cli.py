@@ -114,7 +114,7 @@ def _scenario(path: Path, backend: str | None, url: str | None, bus: str | None)
 
 
 def _retarget(sc: Scenario, path: Path | None, backend: str | None, url: str | None,
-              bus: str | None) -> Scenario:
+              bus: str | None, bus_option: str = "--bus") -> Scenario:
     """Apply --backend/--url/--bus and build the bus once (connecting nothing), so a bad target
     is a one-line error before any run starts. ``path`` is None for the dashboard (no file)."""
     try:
@@ -132,7 +132,7 @@ def _retarget(sc: Scenario, path: Path | None, backend: str | None, url: str | N
                 # a table shared by every backend: say which one refused it
                 message = message.replace(unknown, f"{unknown} for the {sc.backend} backend", 1)
         else:
-            given = "--bus" if bus else "--url" if url else "--backend" if backend else "backend/url"
+            given = bus_option if bus else "--url" if url else "--backend" if backend else "backend/url"
         where = f"{path}:{line}" if path is not None and line else path
         raise BadInput(f"{where}: {given}: {message}" if where is not None else f"{given}: {message}") from None
     return sc
@@ -450,7 +450,7 @@ def compare(
                            "or package.module:factory")
     base = _scenario(scenario, None, None, None)
     scenarios = [_retarget(base, scenario, name, url_of.get(name), None) if name in BUILTIN_BACKENDS
-                 else _retarget(base, scenario, None, None, name) for name in names]
+                 else _retarget(base, scenario, None, None, name, "--backends") for name in names]
     with Interrupts() as interrupts:  # Ctrl-C is read as an event until the report is written
         result = play_compare(scenarios, err, interrupts)
         _config_error(result, "--backends")
