@@ -77,6 +77,7 @@ class FailureNoted:
     run: str
     phase: str
     error: str
+    kind: str = "error"              # as RunResult.failure's: "interrupted" is Ctrl-C or q, not a failure
 
 
 @dataclass(frozen=True, slots=True)

@@ -218,7 +218,7 @@ async def _run_once(ctx: RunContext) -> RunResult:
         snapshot(ctx, failed_in)  # the phase that failed keeps its row in the tables
     if ctx.failure is not None:
         error = scrub(await failure_line(ctx, failed_in, ctx.failure))
-        ctx.sink(FailureNoted(spec.name, failed_in, error))
+        ctx.sink(FailureNoted(spec.name, failed_in, error, ctx.failure.kind))
     close_failure: PhaseFailed | None = None
     ctx.closing = True
     try:
@@ -243,7 +243,7 @@ async def _run_once(ctx: RunContext) -> RunResult:
     if close_failure is not None and ctx.failure is None:
         ctx.failure, failed_in = close_failure, "close"
         error = scrub(await failure_line(ctx, "close", close_failure))
-        ctx.sink(FailureNoted(spec.name, "close", error))
+        ctx.sink(FailureNoted(spec.name, "close", error, close_failure.kind))
     elif close_failure is not None:
         ctx.close_problem = scrub(str(close_failure))  # after an earlier failure: reported beside it
 

@@ -207,3 +207,30 @@ def test_ctrl_c_while_busmon_waits_for_stuck_threads_at_exit_is_no_traceback(tmp
     assert code in (0, 1), stderr  # the verdict of the run, measured and reported before the Ctrl-C
     assert "Traceback" not in stderr and "KeyboardInterrupt" not in stderr, stderr
     assert "refused to stop" in stderr and json.loads(report.read_text())["runs"], stderr
+
+
+def test_the_failure_said_at_once_for_an_interrupted_run_says_it_was_interrupted() -> None:
+    """FailureNoted carries the kind, so a front end says 'interrupted', not 'failed', at once."""
+    from probes.model import FailureNoted, PhaseStarted
+    from probes.scenario import parse_scenario
+    from probes.session import Session
+
+    sc = parse_scenario('[probes]\nsettle_timeout_s = 0.3\n[[runs]]\nname = "r"\nmessages = 10000000\n'
+                        'rate_per_s = 2000\n', "s.toml")
+    events: queue.SimpleQueue = queue.SimpleQueue()
+    with Session(sc, events.put) as session:
+        future = session.arena.submit(session.play_runs(sc.runs))
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            e = events.get(timeout=max(0.01, deadline - time.monotonic()))
+            if isinstance(e, PhaseStarted) and e.phase == "load":
+                break
+        session.interrupt()
+        result = future.result(timeout=30)
+    noted = []
+    while not events.empty():
+        if isinstance(e := events.get(), FailureNoted):
+            noted.append(e)
+    (n,) = noted
+    assert n.kind == "interrupted" and n.phase == "load" and "interrupted" in n.error
+    assert result.runs[0].verdict == "interrupted" and result.verdict == "interrupted"
