@@ -3,9 +3,12 @@ pytest plugin held to it.
 
 Every case is a small test module with one test, ``test_case``, and the answer written down
 beside it *before* it was run: pytest's outcome (``passed``; ``error``: the body passed and
-busmon reported a leak at teardown; ``failed``: the body itself failed), and the leftovers
-busmon's report names, as a set of ``(kind, state)``. ``why`` says why that is the right answer;
-it is printed when busmon disagrees.
+busmon reported a leak, or a stall past ``fail_on_stall_ms``, at teardown; ``failed``: the body
+itself failed), and the leftovers busmon's report names, as a set of ``(kind, state)``. ``why``
+says why that is the right answer; it is printed when busmon disagrees. Where a first answer
+rested on a wrong premise (about anyio's or trio's threads, or an option), the case's comment
+says, in brackets, what was corrected after the first run and why; no answer was changed to
+match what busmon said.
 
 How the cases run: the cases of one harness (pytest-asyncio; anyio on asyncio and trio; nats-py
 against a real nats-server) are written into one pytester directory and run by one pytest in a
