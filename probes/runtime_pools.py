@@ -101,8 +101,14 @@ def trio_worker_state(thread: threading.Thread) -> str:
     mode's ``get_events``: trio waiting for I/O) or ``job`` (anything else: a job someone
     submitted, or the moments around one).
 
-    The frames from the outermost: threading's, ``_work``, ``_handle_job``, outcome's
-    ``capture``, then the job's function."""
+    A worker in its cache's idle list is idle whatever its frames say: it puts itself there
+    before delivering its last result, so for a moment it is still in ``_handle_job`` while the
+    next job may already be handed to it. Otherwise, by its frames, from the outermost:
+    threading's, ``_work``, ``_handle_job``, outcome's ``capture``, then the job's function."""
+    worker = getattr(getattr(thread, "_target", None), "__self__", None)
+    idle_workers = getattr(getattr(worker, "_thread_cache", None), "_idle_workers", None)
+    if isinstance(idle_workers, dict) and worker in idle_workers:
+        return "idle"
     frames: list[FrameType] = []
     frame = _frame(thread)
     while frame is not None:
@@ -115,7 +121,9 @@ def trio_worker_state(thread: threading.Thread) -> str:
         return "job"   # not started yet, or ending: looked at again
     rest = frames[work + 1:]
     if not rest:
-        return "idle"  # the lock's acquire is C: _work is the innermost Python frame
+        # blocked on its lock (C: _work is the innermost Python frame): idle, unless the cache
+        # has taken it off its idle list (a job handed over, not started yet; or it is exiting)
+        return "job" if isinstance(idle_workers, dict) else "idle"
     job = next((f for f in rest if not _path(f).endswith(_TRIO_CACHE_FILE) and "/outcome/" not in _path(f)), None)
     if job is not None and job.f_code.co_name == "get_events" and _path(job).endswith("trio/_core/_run.py"):
         return "io"

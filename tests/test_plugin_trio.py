@@ -221,6 +221,27 @@ def test_trio_worker_states_in_guest_mode() -> None:
                             "(the cache is the process's, shared by every trio run)")
 
 
+def test_a_trio_worker_delivering_its_last_result_is_idle() -> None:
+    """A worker puts itself on the idle list before it delivers its result: from then on the
+    next job may be handed to it, so it is idle (and a baseline's idle worker), though its
+    frames are still in ``_handle_job``."""
+    ran_on: list[threading.Thread] = []
+    delivering, gate = threading.Event(), threading.Event()
+
+    def deliver(outcome: object) -> None:
+        delivering.set()
+        gate.wait()
+
+    trio.lowlevel.start_thread_soon(lambda: ran_on.append(threading.current_thread()), deliver)
+    try:
+        assert delivering.wait(5)
+        [worker] = ran_on
+        assert runtime_pool(worker) == TRIO_CACHE
+        assert trio_worker_state(worker) == "idle"
+    finally:
+        gate.set()
+
+
 def test_a_thread_named_trio_is_no_trio_worker() -> None:
     # by what it runs, never by its name alone
     stop = threading.Event()
