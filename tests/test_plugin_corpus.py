@@ -14,7 +14,7 @@ How the cases run: the cases of one harness (pytest-asyncio; anyio on asyncio an
 against a real nats-server) are written into one pytester directory and run by one pytest in a
 process of its own (``pytester.popen``, as ``runpytest_subprocess`` does: leaked threads, child
 processes, GC and ``gc.freeze`` stay out of this session); the pytest-asyncio cases are shared
-out over two such runs. The first case to run starts every run side by side (they spend most of
+out over three such runs. The first case to run starts every run side by side (they spend most of
 their time waiting out settle deadlines: leaking cases wait busmon's default 2 s in full). A small conftest records each test's reports (outcome
 per phase, sections, the teardown's long report) as JSON; each parametrized test below reads its
 own case from its harness's run.
@@ -483,7 +483,27 @@ CASES = [
              "notes no end when the thread goes idle (SettleWatch.ended_at counts exits only), so the "
              "report says 'nothing to wait for' and settle_ms is 0")),)),
 
-    # 35. A test whose body fails is not judged: its own failure is what matters (README).
+    # 35. Case 25 with a thread, in a sync test: the fixture is the test's, its thread the test's leak.
+    Case("function_fixture_thread_never_stopped", """
+        def test_case(worker):
+            pass
+    """, "error", left("thread leaked"),
+         "a function fixture's thread still running at the deadline is the test's leak: error",
+         fixtures="""
+        @pytest.fixture
+        def worker():
+            threading.Thread(target=RELEASE.wait, name="fixture-thread", daemon=True).start()
+    """),
+
+    # 36. A file left open (kept): a descriptor the test opened and never closed.
+    Case("file_left_open", """
+        def test_case(tmp_path):
+            f = open(tmp_path / "notes.txt", "w")
+            CLEANUP.append(f.close)
+    """, "error", left("fd leaked"),
+         "a file the test opened and never closed is still open at the deadline: leaked fd"),
+
+    # 37. A test whose body fails is not judged: its own failure is what matters (README).
     Case("failing_test_not_judged", """
         async def test_case():
             KEPT.append(asyncio.create_task(ticks_forever()))
@@ -554,7 +574,9 @@ asyncio_default_fixture_loop_scope = function
 timeout = 60
 """
 INIS = {"asyncio": ASYNCIO_INI, "nats": ASYNCIO_INI, "anyio": "[pytest]\ntimeout = 60\n"}
-COMMON_ARGS = ("-p", "no:cacheprovider", "-p", "no:textual-snapshot", "-p", "no:syrupy", "-rA")
+#: plugins the cases do not need stay out (hypothesis alone takes seconds to import)
+COMMON_ARGS = ("-p", "no:cacheprovider", "-p", "no:textual-snapshot", "-p", "no:syrupy",
+               "-p", "no:hypothesispytest", "-p", "no:xdist", "-rA")
 RUN_TIMEOUT_S = 300
 ARGS = {"asyncio": COMMON_ARGS, "nats": COMMON_ARGS, "anyio": (*COMMON_ARGS, "-p", "no:asyncio")}
 
@@ -680,7 +702,7 @@ def corpus_runs() -> Iterator[dict[str, Run]]:
 
 #: the pytest-asyncio cases are shared out over this many runs side by side (most of a run's time
 #: is busmon waiting out the settle deadline of its leaking cases, so more runs wait at once)
-ASYNCIO_RUNS = 2
+ASYNCIO_RUNS = 3
 
 
 def start_runs(pytester: pytest.Pytester, request: pytest.FixtureRequest, runs: dict[str, Run]) -> None:
