@@ -14,10 +14,10 @@ How the cases run: the cases of one harness (pytest-asyncio; anyio on asyncio an
 against a real nats-server) are written into one pytester directory and run by one pytest in a
 process of its own (``pytester.popen``, as ``runpytest_subprocess`` does: leaked threads, child
 processes, GC and ``gc.freeze`` stay out of this session); the pytest-asyncio cases are shared
-out over three such runs. The first case to run starts every run side by side (they spend most of
-their time waiting out settle deadlines: leaking cases wait busmon's default 2 s in full). A small conftest records each test's reports (outcome
-per phase, sections, the teardown's long report) as JSON; each parametrized test below reads its
-own case from its harness's run.
+out over three such runs. The first case to run starts every run side by side (they spend most
+of their time waiting out settle deadlines: leaking cases wait busmon's default 2 s in full). A
+small conftest records each test's reports (outcome per phase, sections, the teardown's long
+report) as JSON; each parametrized test below reads its own case from its harness's run.
 
 Reading the verdict: busmon's report text, the one a user reads (``busmon:`` header; leaked
 leftovers as ``  <kind> …  leaked: …`` or ``destroyed``; then the ``lingered``, ``ignored:`` and
