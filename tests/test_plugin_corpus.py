@@ -422,6 +422,13 @@ CASES = [
     """, "error", left("thread leaked"), batch="anyio", backend="asyncio",
          why="a thread still running at the deadline is leaked"),
 
+    # 29b. On asyncio, anyio's tests are judged for their tasks too: a raw asyncio task left ticking.
+    Case("anyio_task_left_running_asyncio", """
+        async def test_case():
+            KEPT.append(asyncio.create_task(ticks_forever(), name="left-ticking"))
+    """, "error", left("task leaked"), batch="anyio", backend="asyncio",
+         why="a task still running at the deadline is leaked, under anyio on asyncio as under pytest-asyncio"),
+
     # 30. The same 300 ms block with fail_on_stall_ms=200: now the stall fails the test. busmon
     # judges after the teardown, as for a leak, so pytest reports it as an error at teardown (the
     # body itself passed), with the same stall report.
