@@ -166,7 +166,10 @@ class RunsScreen(Screen[int | None]):
         yield Footer(show_command_palette=False)
 
     def on_mount(self) -> None:
-        table = self.query_one(DataTable)
+        tables = self.query(DataTable)
+        if not tables:  # shut down before it was mounted (q, or a test ending): nothing to fill
+            return
+        table = tables.first()
         for label in ("run", "verdict", "recv/sent", "del/s", "p99ms", "Δ tasks", "left/exit", "drift"):
             table.add_column(label)
         for r in self.results:
