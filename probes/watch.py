@@ -208,8 +208,9 @@ class Watch:
             self._stall_ms = threshold
             self._loopwatch = LoopWatch(self.loop, stall_ms=threshold)
             self._loopwatch.set_phase("run")
-            # a test's loop runs in turns (each async fixture, the body): not running is no stall
-            self._loopwatch.start(track_runs=not self.loop.is_running())
+            # a test's loop runs in turns (each async fixture, the body, the verdict), also after a
+            # check() from inside the body: the time it is not running is no stall
+            self._loopwatch.start(track_runs=True)
         with self._own_work():
             if self.judges("threads"):
                 self._births.install(trace_starts=self.options.trace_creation)
