@@ -27,10 +27,11 @@ ROOT = Path(__file__).resolve().parents[1]
 LONG = ('name = "long"\n[probes]\nsettle_timeout_s = 0.5\n[defaults]\nrate_per_s = 2000\n'
         '[[runs]]\nname = "first"\nmessages = 2000\n[[runs]]\nname = "second"\nmessages = 20000\n'
         '[[runs]]\nname = "third"\nmessages = 5000\n')
-#: seconds after the start: in the first run's load, around its end and the second's start,
-#: and in the second run's load (busmon takes ~0.6 s to start on an idle machine; a SIGINT
-#: before Python has run busmon's code at all is Python's own, not busmon's)
-DELAYS = (1.5, 2.2, 3.0)
+#: seconds after the start: while busmon starts (its imports: nothing measured yet, the report
+#: says so), in the first run's load, around its end and the second's start, and in the second
+#: run's load. (A SIGINT in the first ~50 ms, before Python has run a line of busmon's, is
+#: Python's own.)
+DELAYS = (0.5, 1.5, 2.2, 3.0)
 REPEAT = 20
 
 

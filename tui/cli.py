@@ -7,16 +7,26 @@ broker failure, 130 interrupted (Ctrl-C).
 
 from __future__ import annotations
 
-import contextlib
-import importlib.metadata
-import os
 import sys
-import threading
-import time
-import tomllib
-from dataclasses import replace
 from pathlib import Path
-from typing import Annotated, Callable, NoReturn, Optional
+
+from tui.interrupts import Interrupts
+
+#: Ctrl-C read as events (see tui.interrupts), held by a headless command until main() returns:
+#: through the report's writing and the wait at exit, so a Ctrl-C there (or ``timeout``'s second
+#: SIGINT) is never a KeyboardInterrupt. Started as the busmon program (not imported, as by a
+#: test), from this line on: a Ctrl-C during the imports below is kept for the command to read.
+_HELD: list[Interrupts] = []
+if __name__ == "__main__" or Path(sys.argv[0]).name == "busmon":
+    _HELD.append(Interrupts().__enter__())
+
+import importlib.metadata  # noqa: E402  (after the handler above, on purpose)
+import os  # noqa: E402
+import threading  # noqa: E402
+import time  # noqa: E402
+import tomllib  # noqa: E402
+from dataclasses import replace  # noqa: E402
+from typing import Annotated, Callable, NoReturn, Optional  # noqa: E402
 
 import typer
 from typer.core import TyperCommand, TyperGroup
@@ -28,7 +38,6 @@ from bus.factory import check_target, is_import_path
 from bus.secrets import ScrubbedStream, redact_url
 from probes.logs import CAPTURE
 from probes.model import EXIT_BAD_INPUT, EXIT_INTERRUPTED, ScenarioResult
-from tui.interrupts import Interrupts
 from probes.scenario import BUILTIN_BACKENDS, ProbeSpec, RunSpec, Scenario, ScenarioError, load_scenario
 
 class _PlainHelp:
@@ -107,10 +116,35 @@ def _scenario(path: Path, backend: str | None, url: str | None, bus: str | None)
         sc = load_scenario(path)
     except ScenarioError as exc:
         raise BadInput(str(exc)) from None
-    if sc.default_run:  # never a silent default
+    return _retarget(sc, path, backend, url, bus)
+
+
+def _say_default_run(sc: Scenario, path: Path) -> None:
+    """Never a silent default: said once every check has passed, just before playing."""
+    if sc.default_run:
         err.print(Text(f"busmon: {path} has no [[runs]]: playing one run named {sc.runs[0].name!r} "
                        "with its [defaults]", style="yellow"), soft_wrap=True)
-    return _retarget(sc, path, backend, url, bus)
+
+
+def _hold_interrupts() -> Interrupts:
+    """Ctrl-C as events until main() returns (the one held since startup, if any)."""
+    if not _HELD:
+        _HELD.append(Interrupts().__enter__())
+    return _HELD[0]
+
+
+def _release_interrupts() -> None:
+    while _HELD:
+        _HELD.pop().__exit__(None, None, None)
+
+
+def _hand_back_interrupts() -> None:
+    """Before the dashboard or ``brokers``, which read Ctrl-C their own way: Python's own
+    handling again, and a Ctrl-C that came meanwhile is acted on now."""
+    pressed = any(i.times for i in _HELD)
+    _release_interrupts()
+    if pressed:
+        raise KeyboardInterrupt
 
 
 def _retarget(sc: Scenario, path: Path | None, backend: str | None, url: str | None,
@@ -287,6 +321,8 @@ def dashboard(
                        ignore_socket=ignore_socket, ignore_process=ignore_process, ignore_type=ignore_type)
     from tui.run import run_dashboard
 
+    _hand_back_interrupts()
+
     code, result = run_dashboard(sc, interactive=True)
     if result.runs:  # the dashboard is gone: the terminal keeps what it found
         _print_summary(result)
@@ -363,13 +399,12 @@ def play(
     reports = _report_paths(report, (*REPORT_SUFFIXES, ".html", ".htm"))
     html = [r for r in reports if r.suffix.lower() in (".html", ".htm")]
     played_headless = headless and screenshots is None and not html
-    # headless, Ctrl-C is read as an event until the report is written (see tui.interrupts);
-    # the dashboard reads its own keys
-    with Interrupts() if played_headless else contextlib.nullcontext() as interrupts:
-        ignores = dict(ignore_task=ignore_task, ignore_thread=ignore_thread, ignore_socket=ignore_socket,
-                       ignore_process=ignore_process, ignore_type=ignore_type)
-        _play(scenario, reports, html, played_headless, interrupts, headless=headless, screenshots=screenshots,
-              backend=backend, url=url, bus=bus, log=log, ignores=ignores)
+    # headless, Ctrl-C is read as an event from now on (see tui.interrupts); the dashboard reads its own keys
+    interrupts = _hold_interrupts() if played_headless else None
+    ignores = dict(ignore_task=ignore_task, ignore_thread=ignore_thread, ignore_socket=ignore_socket,
+                   ignore_process=ignore_process, ignore_type=ignore_type)
+    _play(scenario, reports, html, played_headless, interrupts, headless=headless, screenshots=screenshots,
+          backend=backend, url=url, bus=bus, log=log, ignores=ignores)
 
 
 def _play(scenario: Path, reports: list[Path], html: list[Path], played_headless: bool,
@@ -389,8 +424,11 @@ def _play(scenario: Path, reports: list[Path], html: list[Path], played_headless
         except OSError as exc:
             raise BadInput(f"--screenshots {screenshots}: cannot make the folder: {exc.strerror or exc}") from None
     shots: list[tuple[str, str]] = []
+    _say_default_run(sc, scenario)
     if not played_headless:
         from tui.run import play_dashboard
+
+        _hand_back_interrupts()
 
         result, shots = play_dashboard(sc, headless=headless, screenshots=screenshots)
     else:
@@ -451,22 +489,22 @@ def compare(
     base = _scenario(scenario, None, None, None)
     scenarios = [_retarget(base, scenario, name, url_of.get(name), None) if name in BUILTIN_BACKENDS
                  else _retarget(base, scenario, None, None, name, "--backends") for name in names]
-    with Interrupts() as interrupts:  # Ctrl-C is read as an event until the report is written
-        result = play_compare(scenarios, err, interrupts)
-        _config_error(result, "--backends")
-        result = _with_logs(result)
-        out.print(compare_table(result))
-        _say_logs(result, log)
-        for path in reports:
-            if path.suffix.lower() == ".html":  # tables only: compare draws no dashboard to picture
-                from tui.html_report import write_html
+    _say_default_run(base, scenario)
+    result = play_compare(scenarios, err, _hold_interrupts())  # Ctrl-C is an event from now on
+    _config_error(result, "--backends")
+    result = _with_logs(result)
+    out.print(compare_table(result))
+    _say_logs(result, log)
+    for path in reports:
+        if path.suffix.lower() == ".html":  # tables only: compare draws no dashboard to picture
+            from tui.html_report import write_html
 
-                _write(path, lambda p: write_html(result, p, str(scenario), []))
-            else:
-                _write(path, lambda p: write_report(result, p, str(scenario)))
-        if result.interrupted:
-            err.print(Text("busmon: interrupted: the report holds the runs measured until then", style="yellow"))
-        _exit(result)
+            _write(path, lambda p: write_html(result, p, str(scenario), []))
+        else:
+            _write(path, lambda p: write_report(result, p, str(scenario)))
+    if result.interrupted:
+        err.print(Text("busmon: interrupted: the report holds the runs measured until then", style="yellow"))
+    _exit(result)
 
 
 @app.command(cls=_Command)
@@ -493,6 +531,7 @@ def brokers(
             pass
 
     try:
+        _hand_back_interrupts()  # it stops on Ctrl-C, SIGTERM and SIGHUP its own way
         code = serve_brokers(say, kafka_port=kafka_port, nats_port=nats_port)
     except BrokerMissing as exc:
         raise BadInput(f"brokers: {exc}") from None
@@ -542,6 +581,7 @@ def main() -> None:
     try:
         _main()
     finally:
+        _release_interrupts()
         if isinstance(sys.stdout, ScrubbedStream):
             sys.stdout.flush()
         sys.stdout, sys.stderr = saved
@@ -559,6 +599,7 @@ def _main() -> None:
         cwd = None
     if cwd is not None and cwd not in sys.path:  # so --bus mymodule:factory finds the user's own module
         sys.path.insert(0, cwd)
+    _hold_interrupts()  # until the command says how it reads Ctrl-C (released when main() returns)
     LOGS.reset()
     LOGS.install()
     _BEFORE.update(threading.enumerate())
