@@ -887,11 +887,12 @@ def test_reading_a_report() -> None:
           task waits_for (Task-4)  destroyed
           socket tcp → 127.0.0.1:4222  leaked: still open after 2,001 ms
 
-        lingered (exited while busmon waited; not a failure):
+        lingered (gone while busmon waited; not a failure):
           thread slow-finisher: exited after 301 ms
+          timer start_ticking (test_x): fired after 202 ms
 
         ignored:
           thread asyncio_0 (asyncio.executor): runtime: asyncio's default executor, idle
         """)
     assert leftovers_in(text) == [("task", "leaked"), ("task", "destroyed"), ("socket", "leaked"),
-                                  ("thread", "exited"), ("thread", "ignored")]
+                                  ("thread", "exited"), ("timer", "exited"), ("thread", "ignored")]
