@@ -3,7 +3,11 @@ with and without the event loop's watchdog.
 
 Run by hand from the repository root::
 
-    python -m bench.plugin_overhead [--tests 300] [--leak-tests 100] [--repeat 5] [--kinds ...] [--json PATH]
+    python -m bench.plugin_overhead [--tests 300] [--leak-tests 100] [--repeat 5] [--kinds ...]
+                                    [--watchdog-cycles 2000] [--json PATH]
+
+First, the watchdog alone: its start and stop as a watched async test pays them, timed in this
+process ``--watchdog-cycles`` times.
 
 A generated suite of ``--tests`` tests of each kind runs in a fresh pytest process per arm, arms
 interleaved, ``--repeat`` times. Kinds, clean: sync; async under pytest-asyncio; async that starts
@@ -135,6 +139,39 @@ def session_seconds(folder: Path, kind: str, arm: list[str], times: Path | None 
     return float(found.group(1))
 
 
+def watchdog_cycles(n: int) -> dict[str, float]:
+    """The watchdog's own start and stop, as a watched test pays them, timed in this process:
+    ``LoopWatch.start`` on a test's idle loop (its thread started), one run of the loop (the
+    body: one beat armed), ``LoopWatch.stop`` (the beat cancelled, the thread joined). Medians
+    and p90 over ``n`` cycles, less blurred by the machine's load than whole sessions are."""
+    import asyncio
+    import time
+
+    from probes.loopwatch import LoopWatch
+
+    loop = asyncio.new_event_loop()
+    starts: list[float] = []
+    stops: list[float] = []
+    try:
+        for _ in range(n):
+            t0 = time.perf_counter()
+            watch = LoopWatch(loop)
+            watch.start(track_runs=True)
+            t1 = time.perf_counter()
+            loop.run_until_complete(asyncio.sleep(0))
+            t2 = time.perf_counter()
+            watch.stop()
+            stops.append(time.perf_counter() - t2)
+            starts.append(t1 - t0)
+    finally:
+        loop.close()
+    both = sorted(a + b for a, b in zip(starts, stops))
+    return {"start_median_ms": round(1000 * statistics.median(starts), 3),
+            "stop_median_ms": round(1000 * statistics.median(stops), 3),
+            "per_test_median_ms": round(1000 * statistics.median(both), 3),
+            "per_test_p90_ms": round(1000 * both[int(0.9 * (len(both) - 1))], 3), "cycles": n}
+
+
 def test_file(kind: str) -> str:
     return f"test_{kind.replace('-', '_')}.py"
 
@@ -146,12 +183,19 @@ def main() -> None:
                         help="leaking tests per kind: each waits the 0.05 s settle deadline (default 100)")
     parser.add_argument("--repeat", type=int, default=5, help="sessions per arm and kind (default 5)")
     parser.add_argument("--kinds", default=",".join(KINDS), help=f"comma-separated, out of {', '.join(KINDS)}")
+    parser.add_argument("--watchdog-cycles", type=int, default=2000,
+                        help="the watchdog's start and stop alone, timed this many times (default 2000; 0: not)")
     parser.add_argument("--json", type=Path, default=Path("bench/results/plugin_overhead.json"))
     args = parser.parse_args()
     kinds = [k.strip() for k in args.kinds.split(",") if k.strip()]
     if unknown := [k for k in kinds if k not in KINDS]:
         parser.error(f"--kinds: unknown kind {unknown[0]!r}; expected some of {', '.join(KINDS)}")
     results: dict[str, dict[str, dict[str, float]]] = {}
+    watchdog = watchdog_cycles(args.watchdog_cycles) if args.watchdog_cycles else {}
+    if watchdog:
+        print(f"the watchdog alone: {watchdog['per_test_median_ms']:.3f} ms per watched test (start "
+              f"{watchdog['start_median_ms']:.3f} + stop {watchdog['stop_median_ms']:.3f}; p90 "
+              f"{watchdog['per_test_p90_ms']:.3f}; {watchdog['cycles']} cycles)")
     with tempfile.TemporaryDirectory(prefix="busmon-plugin-bench-") as tmp:
         folder = Path(tmp)
         (folder / "pytest.ini").write_text(INI)
@@ -209,7 +253,7 @@ def main() -> None:
                 results[kind]["watchdog_ms"] = round(with_dog["per_test_median"] - without["per_test_median"], 3)
                 print(f"{'':>18} the watchdog: {results[kind]['watchdog_ms']:+.3f} ms/test of busmon's own work")
     write_results(args.json, {"tests": args.tests, "leak_tests": args.leak_tests, "repeat": args.repeat,
-                              "results": results})
+                              "watchdog": watchdog, "results": results})
 
 
 if __name__ == "__main__":
