@@ -44,7 +44,7 @@ INI = {
     "busmon_ignore_sockets": ("ignore_sockets", "linelist", "socket patterns (address, port or label)"),
     "busmon_ignore_processes": ("ignore_processes", "linelist", "child process command line patterns"),
     "busmon_judge": ("judge", "args", "kinds judged: tasks threads timers sockets fds processes"),
-    "busmon_trace_creation": ("trace_creation", "string", "record where each task was created (true/false)"),
+    "busmon_trace_creation": ("trace_creation", "string", "record where each task was created and each thread started (true/false)"),
     "busmon_on_leak": ("on_leak", "string", "raise (fail the test, the default) | warn | ignore"),
     "busmon_stall_ms": ("stall_ms", "string", "an async test's loop running nothing this long is a stall, "
                         "warned of (ms; default 100; 0: not watched)"),

@@ -40,7 +40,7 @@ class WatchOptions:
     ignore_sockets: tuple[str, ...] = ()         # peer/local address, a bare port, or the label
     ignore_processes: tuple[str, ...] = ()       # child command line patterns
     judge: tuple[str, ...] = KINDS               # the kinds of leftover judged (the rest: not looked at)
-    trace_creation: bool = False                 # record where each task was created (costs per task)
+    trace_creation: bool = False                 # record where tasks were created, threads started (costs per task)
     on_leak: str = "warn"                        # watch(): warn | raise | ignore
     stall_ms: int = DEFAULT_STALL_MS             # the loop blocked this long is a stall, told (0: not watched)
     fail_on_stall_ms: float | None = None        # a stall at least this long fails (None: stalls only warn)
