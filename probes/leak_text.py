@@ -147,7 +147,8 @@ def _waited_line(result: WatchResult, context: str) -> str:
     leak (it waited the deadline out), ``waited 10.7 ms (up to 2 s)`` when all went in time,
     ``nothing to wait for`` when nothing the code started was still there at its end."""
     where = f", {context}," if context else ""
-    if not any(x.state in WAITED_FOR for x in result.leftovers):
+    # an ignored executor thread with an end: busmon waited for the job it was running
+    if not any(x.state in WAITED_FOR or x.exited_after_ms is not None for x in result.leftovers):
         return f"nothing to wait for {context}" if context else "nothing to wait for"
     if result.leaked:
         return f"waited up to {result.settle_timeout_s:g} s{where} for what it started to exit"

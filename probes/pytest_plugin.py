@@ -68,6 +68,7 @@ class Stats:
     lingered: list[tuple[str, float]] = field(default_factory=list)        # node, slowest exit (ms)
     unjudged: list[tuple[str, str]] = field(default_factory=list)          # node, why
     not_failed: dict[str, str] = field(default_factory=dict)   # leaked, not failed: node → on_leak
+    stalled: list[tuple[str, float]] = field(default_factory=list)         # node, longest stall (ms)
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         info = getattr(report, "busmon", None)
@@ -77,6 +78,8 @@ class Stats:
             self.unjudged.append((report.nodeid, info["error"]))
             return
         self.judged += 1
+        if info.get("stalls"):
+            self.stalled.append((report.nodeid, float(info.get("longest_stall_ms") or 0.0)))
         if info.get("leaked"):
             self.leaked.append(report.nodeid)
             if not info.get("failed"):
@@ -98,6 +101,11 @@ class Stats:
         if self.lingered:
             node, ms = max(self.lingered, key=lambda x: x[1])
             parts.append(f"{len(self.lingered)} clean once their leftovers exited (the slowest {ms:,.1f} ms: {node})")
+        if self.stalled:
+            node, ms = max(self.stalled, key=lambda x: x[1])
+            n = len(self.stalled)
+            parts.append(f"{n} blocked {'its' if n == 1 else 'their'} event loop (the longest {ms:,.0f} ms: {node}; "
+                         "-rP shows where)")
         terminalreporter.write_sep("-", "busmon", bold=True)
         terminalreporter.write_line("busmon: " + ", ".join(parts))
         for node, why in self.unjudged:
@@ -471,7 +479,8 @@ def _judged(item: pytest.Item, call: pytest.CallInfo[None], state: TestWatch, re
     # read by the summary, here or (under pytest-xdist) on the controller
     report.busmon = {"verdict": result.verdict, "leaked": bool(result.leaked),  # type: ignore[attr-defined]
                      "failed": failed, "on_leak": state.options.on_leak, "lingered_ms": lingered,
-                     "stalls": len(result.stalls)}
+                     "stalls": len(result.stalls),
+                     "longest_stall_ms": max((s.duration_ms for s in result.stalls), default=None)}
 
 
 #: the section of a test's stalls; "teardown" in its name: pytest shows it for a passed test (-rP)
@@ -481,12 +490,14 @@ STALL_SECTION = "busmon stalls, setup to teardown"
 def _told_stalls(item: pytest.Item, state: TestWatch, result: WatchResult, report: pytest.TestReport) -> bool:
     """The test's loop stalled (an async test, watched from the baseline to the verdict): a
     section with each stall's blocking call and a :class:`~probes.watch.StallWarning`; the test
-    fails when a stall lasted ``fail_on_stall_ms`` or more (or ``-W error`` made the warning an
-    error). True when the stalls failed it."""
+    fails when a stall lasted ``fail_on_stall_ms`` or more, or when a warning filter names
+    ``StallWarning`` as an error. A suite's blanket ``-W error`` (httpx's ``filterwarnings =
+    error``, written for its own warnings) does not: the section and the summary tell the stall,
+    the test keeps its outcome. True when the stalls failed it."""
     if not result.stalls:
         return False
     text = result.stall_report("during the test")
-    if not result.failing_stalls and _stall_warned(item, result):
+    if not result.failing_stalls and (_stall_warned(item, result) or not _named_as_error("StallWarning")):
         report.sections.append((STALL_SECTION, text))
         return False
     if report.passed:
@@ -497,8 +508,21 @@ def _told_stalls(item: pytest.Item, state: TestWatch, result: WatchResult, repor
     return True
 
 
+def _named_as_error(category_name: str) -> bool:
+    """Whether a warning filter in force makes busmon's warning class ``category_name`` (or a
+    subclass of it) an error by naming it, rather than all warnings at once."""
+    import warnings
+
+    from probes import watch
+
+    category = getattr(watch, category_name)
+    return any(action == "error" and isinstance(cat, type) and issubclass(cat, category)
+               for action, _, cat, _, _ in warnings.filters)
+
+
 def _stall_warned(item: pytest.Item, result: WatchResult) -> bool:
-    """Warn of the stalls; False when the warning filters make it an error."""
+    """Warn of the stalls; False when the warning filters make it an error (then the section
+    and the summary tell it)."""
     from probes.watch import StallWarning
 
     try:

@@ -21,6 +21,7 @@ from typing import Any, Callable, Literal
 
 from probes import thread_sites
 from probes.census import Census, os_thread_ids, running_loop
+from probes.loopwatch import is_watchdog_thread
 from probes.components import coro_qualname, name_component, task_component, thread_component
 from probes.gc_closures import collect_noting_closed_fds
 from probes.model import Leftover
@@ -80,6 +81,9 @@ class SettleWatch:
         self.native: list[int] = []
         self.timers: list[asyncio.TimerHandle] = []
         self.busy_executors: set[threading.Thread] = set()
+        #: when a runtime pool thread (an executor's) finished the job it was running: the end
+        #: of that work, waited for like an exit (the thread itself stays, idle machinery)
+        self.job_done_at: dict[threading.Thread, float] = {}
         self.os_unknown = False          # psutil could not list the OS threads
         self._python_native: set[int] = set()   # native ids of every Python thread seen
         #: native ids of Python threads started since the baseline, noted as they started (a
@@ -155,7 +159,7 @@ class SettleWatch:
         if not self.judges("threads"):
             return
         for th in threads:
-            if th in self.info:
+            if th in self.info or is_watchdog_thread(th):  # busmon's own, started by a nested watch
                 continue
             self.threads.append(th)
             if th.native_id is not None:
@@ -227,9 +231,11 @@ class SettleWatch:
             elif (pool := runtime_pool(th)) is not None:
                 if machinery_reason(th, pool) is None:
                     self.busy_executors.add(th)
+                    self.job_done_at.pop(th, None)
                     pending = True
-                else:
+                elif th in self.busy_executors:
                     self.busy_executors.discard(th)
+                    self.job_done_at[th] = now
             elif self.rules is None or not self.rules.thread_reason(th):
                 pending = True  # an ignored thread is not waited for: its verdict is known
         if os_ids is not None and self.judges("threads"):
@@ -267,7 +273,7 @@ class SettleWatch:
         now = time.monotonic()
         if not self._check(now, self._scan()):
             self.everything_exited = True
-            self.ended_at = max([self.closed_at, *self.exit_at.values()])
+            self.ended_at = max([self.closed_at, *self.exit_at.values(), *self.job_done_at.values()])
             self.noticed_at = time.monotonic()
             return None
         remaining = self.deadline - now
@@ -387,7 +393,8 @@ class SettleWatch:
                 detail = f"{detail}; {waits}"
             if alive:
                 stack = tuple(thread_stack(th)) or stack
-            leftovers.append(Leftover("thread", name, component, state, ms(exit_at.get(th)), stack, site, detail))
+            gone = exit_at.get(th, self.job_done_at.get(th) if state == "ignored" else None)
+            leftovers.append(Leftover("thread", name, component, state, ms(gone), stack, site, detail))
         # busmon's own reading, made during the run: one int per OS thread, so with a thousand
         # threads alive it would be judged the run's retained memory if still held when judged
         del os_ids

@@ -27,14 +27,21 @@ _SKIP_FILES = ("asyncio/", "asyncio\\", "probes/tracking.py", "probes\\tracking.
 
 
 def creating_module(depth: int = 2) -> str | None:
-    """The module of the first caller outside asyncio: who asked for this task."""
+    """The module of the first caller outside asyncio: who asked for this task. A task the loop
+    itself starts from one of its own callbacks (the async generator finalizer's ``aclose()``)
+    is asyncio's: whoever happens to be running the loop (busmon, settling) did not ask for it."""
     frame = sys._getframe(depth)
     while frame is not None:
         module = frame.f_globals.get("__name__", "")
         if module.split(".")[0] != "asyncio" and module != __name__:
             return module
+        if frame.f_code is _RUN_ONCE:
+            return "asyncio"
         frame = frame.f_back
     return None
+
+
+_RUN_ONCE = asyncio.BaseEventLoop._run_once.__code__
 
 
 #: helpers that only wrap ``loop.create_task`` (aiokafka's ``util.create_task``, a bus's

@@ -18,11 +18,13 @@ KINDS = ("tasks", "threads", "timers", "sockets", "fds", "processes")
 #: scenario's 5 s: a test suite pays it on every leaking test, and a clean test never waits
 DEFAULT_SETTLE_S = 2.0
 ON_LEAK = ("warn", "raise", "ignore")
-#: a watched event loop that runs nothing for this long is a stall, told in the verdict: the
-#: same threshold as ``busmon play``'s (a scenario's ``stall_ms``). Long enough that a busy
-#: but healthy loop (a GC pause, a first import) stays under it; short enough that a blocking
-#: call in a coroutine (``time.sleep``, a sync HTTP call, a big ``json.dumps``) is caught
-DEFAULT_STALL_MS = 100
+#: a watched event loop that runs nothing for this long is a stall, told in the verdict.
+#: Longer than ``busmon play``'s 100 ms: a test suite runs on shared CI machines, where a
+#: healthy test's one-off work (an import, ``ssl.create_default_context()`` at 50-140 ms here,
+#: measured in httpx's suite) can take 100 ms, and a suite-wide tool must not cry wolf;
+#: a blocking call in a coroutine (``time.sleep(0.3)``, a sync HTTP call) is still caught.
+#: ``stall_ms`` lowers it (``busmon_stall_ms = 100`` is play's)
+DEFAULT_STALL_MS = 250
 #: the smallest threshold the watchdog takes (its heartbeat runs at least twice a threshold)
 MIN_STALL_MS = 2
 

@@ -74,7 +74,7 @@ def test_a_blocked_loop_is_a_warning_naming_the_blocking_line(pytester: pytest.P
     result.stdout.fnmatch_lines([
         f"*StallWarning: busmon: the event loop was blocked * ms at *{BLOCKING} (-rP shows the stack)",
         "*busmon stalls, setup to teardown*",
-        "busmon: 1 stall of the event loop (it ran nothing for 100 ms or more); a warning "
+        "busmon: 1 stall of the event loop (it ran nothing for 250 ms or more); a warning "
         "(fail_on_stall_ms is not set)",
         f"stall 1: * ms, during the test, at *{BLOCKING}",
         "  stack (innermost last):",
@@ -257,9 +257,9 @@ def test_bad_stall_options_are_one_line(options: dict, message: str) -> None:
 def test_the_watchdog_threshold_sees_every_stall_that_would_fail() -> None:
     from probes.watch_options import WatchOptions
 
-    assert WatchOptions().watchdog_ms() == 100
+    assert WatchOptions().watchdog_ms() == 250
     assert WatchOptions(fail_on_stall_ms=40).watchdog_ms() == 40
-    assert WatchOptions(fail_on_stall_ms=0).watchdog_ms() == 100   # any stall told fails
+    assert WatchOptions(fail_on_stall_ms=0).watchdog_ms() == 250   # any stall told fails
     assert WatchOptions(stall_ms=0).watchdog_ms() is None
-    assert WatchOptions(stall_ms=0, fail_on_stall_ms=0).watchdog_ms() == 100
+    assert WatchOptions(stall_ms=0, fail_on_stall_ms=0).watchdog_ms() == 250
     assert WatchOptions(stall_ms=0, fail_on_stall_ms=250).watchdog_ms() == 250
