@@ -257,8 +257,8 @@ def find_harness(item: pytest.Function, request: pytest.FixtureRequest, stack: c
 
 def backend_note(name: str) -> str:
     """What is and is not judged when anyio runs a test on another backend than asyncio."""
-    note = (f"tasks and timers not judged: anyio runs this test on {name}, and busmon judges asyncio's; "
-            "threads, sockets, descriptors and child processes are judged")
+    note = (f"tasks and timers not judged, nor the loop watched for stalls: anyio runs this test on "
+            f"{name}, and busmon judges asyncio's; threads, sockets, descriptors and child processes are judged")
     if name == "trio":
         note += ("; trio's thread-cache workers count as runtime machinery while idle or waiting for "
                  "trio's I/O (guest mode), and as the test's while running a job it submitted")

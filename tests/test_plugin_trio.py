@@ -86,7 +86,8 @@ def test_a_clean_anyio_test_on_trio_with_worker_threads_passes(pytester: pytest.
     ])
     # what is and is not judged, and no count of tasks that were not looked at
     result.stdout.fnmatch_lines([
-        "note: tasks and timers not judged: anyio runs this test on trio, and busmon judges asyncio's; "
+        "note: tasks and timers not judged, nor the loop watched for stalls: anyio runs this test on trio, "
+        "and busmon judges asyncio's; "
         "threads, sockets, descriptors and child processes are judged; trio's thread-cache workers count "
         "as runtime machinery while idle or waiting for trio's I/O (guest mode), and as the test's while "
         "running a job it submitted",
