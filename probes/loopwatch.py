@@ -5,6 +5,11 @@ watchdog thread notices when the heartbeat is overdue and reads the loop thread'
 stack *while* it is stuck: read afterwards, it would only show where the loop went
 next, not what held it.
 
+One watchdog thread serves every loop watched with ``shared=True`` (the pytest plugin's and
+``watch()``'s): started the first time one is armed, parked on a condition between watches (no
+wake-ups, no CPU), so a watched test pays for no thread start or join. ``busmon play`` keeps a
+dedicated thread per watch (the default), ended at ``stop``.
+
 The heartbeat is a ``call_later`` chain on the loop itself, not beats posted by the
 watchdog: then whether the loop stalled depends only on the loop, never on whether the
 watchdog thread was scheduled on time (on a loaded machine it is not, and a late post
@@ -30,6 +35,8 @@ import asyncio
 import collections
 import contextlib
 import linecache
+import math
+import os
 import sys
 import threading
 import time
@@ -41,7 +48,7 @@ from bus.deadline import short_where
 from probes.histogram import LatencyHistogram
 
 __all__ = ["DEFAULT_BEAT_MS", "DEFAULT_STALL_MS", "WATCHDOG_THREAD_NAME", "Frame", "LoopWatch",
-           "Stall", "blocking_frame", "describe", "loop_is_idle"]
+           "Stall", "blocking_frame", "describe", "is_watchdog_thread", "loop_is_idle", "shared_watchdog"]
 
 DEFAULT_STALL_MS = 100
 DEFAULT_BEAT_MS = 20
@@ -174,10 +181,12 @@ class LoopWatch:
     """Heartbeat lag per phase and stalls with their blocking call, for one event loop.
 
     ``start``/``stop`` from one controlling thread; everything else from any thread.
+    ``shared``: armed on the process's one watchdog thread (see :func:`shared_watchdog`), not
+    on a thread of its own started at ``start`` and joined at ``stop``.
     """
 
     def __init__(self, loop: asyncio.AbstractEventLoop, *, beat_ms: int = DEFAULT_BEAT_MS,
-                 stall_ms: int = DEFAULT_STALL_MS) -> None:
+                 stall_ms: int = DEFAULT_STALL_MS, shared: bool = False) -> None:
         if beat_ms <= 0 or stall_ms < 2:
             raise ValueError(f"need beat_ms > 0 and stall_ms >= 2, got {beat_ms}, {stall_ms}")
         # an idle gap is a beat plus timer slack: the beat must be well under the threshold
@@ -207,8 +216,10 @@ class LoopWatch:
         #: (last_beat, own seconds then): one tuple, so the watchdog reads a consistent pair
         self._mark: tuple[float, float] | None = None
         self._seen: _Seen | None = None
-        self._halt = threading.Lock()  # held while the watchdog should run (see start)
-        self._thread: threading.Thread | None = None
+        #: the process's one watchdog (shared) or this watch's own, made at start()
+        self._shared = shared
+        self._watchdog: _Watchdog | None = None
+        self._tally = _Tally()
         #: the loop's own ``run_forever`` before :meth:`start` (``track_runs``) wrapped it
         self._run_forever: Any = None
 
@@ -234,22 +245,32 @@ class LoopWatch:
         if track_runs:
             self._track_runs()
         self._on = True
-        self._halt = threading.Lock()
-        self._halt.acquire()  # released by stop(), which wakes the watchdog at once
-        self._thread = threading.Thread(target=self._watch, args=(self._halt,),
-                                        name=WATCHDOG_THREAD_NAME, daemon=True)
-        self._thread.start()
+        self._tally = _Tally()
+        if self._shared:
+            self._watchdog = shared_watchdog()
+        elif self._watchdog is None:
+            self._watchdog = _Watchdog(WATCHDOG_THREAD_NAME, dedicated=True)
+        self._watchdog.arm(self, self._tick_s)
+
+    @property
+    def _thread(self) -> threading.Thread | None:
+        """The watchdog's thread (the shared one's, or this watch's own until stop joined it)."""
+        dog = self._watchdog
+        return dog.thread if dog is not None else None
 
     def stop(self, timeout: float = 1.0) -> None:
-        """End the heartbeat and the watchdog (joined, at most ``timeout``). Never raises: on
-        a closed loop nothing runs anyway, and a beat already due finds a newer generation.
+        """End the heartbeat and disarm the watchdog: once this returns it looks at this loop no
+        more (a dedicated thread is joined, at most ``timeout``; the shared one parks when nothing
+        else is armed). Never raises: on a closed loop nothing runs anyway, and a beat already
+        due finds a newer generation.
 
         On the loop's own thread, or with the loop stopped, the pending beat is cancelled here
         and now: no timer of busmon's is left on a loop someone else owns."""
         if self._on:
             self._on = False
             self._gen += 1
-            self._halt.release()
+            if self._watchdog is not None:
+                self._watchdog.disarm(self)
             self._untrack_runs()
             loop = self._loop
             if threading.get_ident() == self._ident or not loop.is_running():
@@ -257,11 +278,9 @@ class LoopWatch:
             else:
                 with contextlib.suppress(RuntimeError):  # closed
                     loop.call_soon_threadsafe(self._disarm)
-        thread = self._thread
-        if thread is not None and thread is not threading.current_thread():
-            thread.join(timeout)
-            if not thread.is_alive():
-                self._thread = None
+        dog = self._watchdog
+        if dog is not None and dog.dedicated and dog.close(timeout):
+            self._watchdog = None
         self.last_beat = self._mark = None
 
     def set_phase(self, phase: str) -> None:
@@ -433,39 +452,34 @@ class LoopWatch:
 
     # -- the watchdog thread ---------------------------------------------------------------
 
-    def _watch(self, halt: threading.Lock) -> None:
-        """Sleep until the loop could first be past the threshold; if it is, sample its stack
-        every quarter threshold until the stall ends.
+    def _look(self) -> float | None:
+        """One look by the watchdog: seconds until the next (None: the loop is closed, look no
+        more). It sleeps until the loop could first be past the threshold; if it is, it samples
+        the loop's stack every quarter threshold until the stall ends.
 
         A healthy loop so costs about one wake-up per threshold, not one per beat. Holds no
         lock the loop thread takes, and keeps no frame object past the copy. A loop that
-        holds the GIL (a long C call) keeps this thread out until the call returns; it then
+        holds the GIL (a long C call) keeps the watchdog out until the call returns; it then
         samples at once, while the loop thread is still in the caller's frame.
         """
-        tally = _Tally()
-        timeout = self._tick_s
-        # a raw lock, not an Event: one C call per wait keeps the GIL traffic small
-        while not halt.acquire(timeout=timeout):
-            timeout = self._tick_s
-            loop = self._loop
-            if loop.is_closed():
-                return
-            if not loop.is_running():
-                if self._run_forever is None:  # tracked runs say when the loop resumes
-                    self._paused = True
-                continue
-            mark = self._mark
-            if mark is None:
-                continue
-            now = time.monotonic()
-            last, own_then = mark
-            if self._own[0]:
-                continue
-            left = self._stall_s - (now - last - (self._own_total(now) - own_then))
-            if left >= 0:
-                timeout = max(left, 0.001)
-                continue
-            self._sample(mark, tally)
+        tick = self._tick_s
+        loop = self._loop
+        if loop.is_closed():
+            return None
+        if not loop.is_running():
+            if self._run_forever is None:  # tracked runs say when the loop resumes
+                self._paused = True
+            return tick
+        mark = self._mark
+        if mark is None or self._own[0]:
+            return tick
+        now = time.monotonic()
+        last, own_then = mark
+        left = self._stall_s - (now - last - (self._own_total(now) - own_then))
+        if left >= 0:
+            return max(left, 0.001)
+        self._sample(mark, self._tally)
+        return tick
 
     def _sample(self, mark: tuple[float, float], tally: _Tally) -> None:
         last = mark[0]
@@ -486,6 +500,132 @@ class LoopWatch:
             return  # the stall ended while we looked: this stack is not its
         tally.add(blocking, component, stack, phase)
         self._seen = tally.seen()
+
+
+class _Watchdog:
+    """A thread that looks at every armed :class:`LoopWatch` when its next look is due, and
+    waits on a condition in between: with nothing armed it waits with no timeout (parked).
+
+    Each armed watch keeps its own state (marks, tally, stalls); the watchdog only keeps when
+    to look at each next, so concurrent watches of different loops are independent. A look
+    runs outside the lock, so arming and disarming never wait for a stack sample, except
+    ``disarm`` of the watch being looked at right then (after it returns, no look touches it).
+    """
+
+    def __init__(self, name: str, dedicated: bool = False) -> None:
+        self.name = name
+        #: one watch's own thread, ended by close(); else the shared one, alive until exit
+        self.dedicated = dedicated
+        self.thread: threading.Thread | None = None
+        self.starts = 0  # threads started (the shared one: 1 per process)
+        self.wakeups = 0  # times the thread's wait returned (parked: none)
+        self._cond = threading.Condition(threading.Lock())
+        self._armed: dict[LoopWatch, float] = {}  # watch → when to look next (monotonic)
+        self._looking: LoopWatch | None = None    # looked at now, outside the lock
+        self._wake_at = math.inf                  # when the thread looks next; inf: parked
+        self._closing = False
+
+    @property
+    def armed(self) -> int:
+        return len(self._armed)
+
+    @property
+    def parked(self) -> bool:
+        """Alive, nothing armed, waiting with no timeout."""
+        with self._cond:
+            return (self.thread is not None and self.thread.is_alive() and not self._armed
+                    and self._looking is None and self._wake_at == math.inf)
+
+    def arm(self, watch: LoopWatch, first_look_s: float) -> None:
+        """Look at ``watch`` from ``first_look_s`` on; start the thread if it is not running."""
+        with self._cond:
+            at = time.monotonic() + first_look_s
+            self._armed[watch] = at
+            if self.thread is None or not self.thread.is_alive():
+                self._closing = False
+                self.thread = threading.Thread(target=self._run, name=self.name, daemon=True)
+                self.thread.start()
+                self.starts += 1
+            elif at < self._wake_at:
+                self._cond.notify_all()  # parked, or asleep until later: look again
+
+    def disarm(self, watch: LoopWatch) -> None:
+        """Look at ``watch`` no more; returns once no look of it is under way. Not woken for
+        this: the thread parks at its next wake-up if nothing else is armed."""
+        with self._cond:
+            self._armed.pop(watch, None)
+            if threading.current_thread() is self.thread:
+                return
+            while self._looking is watch:
+                self._cond.wait()
+
+    def close(self, timeout: float) -> bool:
+        """End a dedicated thread; True once it has exited (joined, at most ``timeout``)."""
+        with self._cond:
+            self._closing = True
+            self._cond.notify_all()
+        thread = self.thread
+        if thread is None or thread is threading.current_thread():
+            return thread is None
+        thread.join(timeout)
+        return not thread.is_alive()
+
+    def _run(self) -> None:
+        cond = self._cond
+        with cond:
+            while not self._closing:
+                now = time.monotonic()
+                for watch in [w for w, at in self._armed.items() if at <= now]:
+                    self._looking = watch
+                    cond.release()
+                    try:
+                        wait = watch._look()
+                    finally:
+                        cond.acquire()
+                        self._looking = None
+                    if watch in self._armed:
+                        if wait is None:
+                            del self._armed[watch]
+                        else:
+                            self._armed[watch] = time.monotonic() + wait
+                    cond.notify_all()  # a disarm() waiting for this look
+                self._wake_at = min(self._armed.values(), default=math.inf)
+                if self._closing:
+                    break
+                if self._wake_at == math.inf:
+                    cond.wait()  # parked: until arm() or close()
+                else:
+                    cond.wait(max(self._wake_at - time.monotonic(), 0.0))
+                self.wakeups += 1
+
+
+_SHARED: _Watchdog | None = None
+_SHARED_LOCK = threading.Lock()
+
+
+def shared_watchdog() -> _Watchdog:
+    """The process's one watchdog for ``shared`` watches; its thread starts at the first arm."""
+    global _SHARED
+    with _SHARED_LOCK:
+        if _SHARED is None:
+            _SHARED = _Watchdog(WATCHDOG_THREAD_NAME)
+        return _SHARED
+
+
+def is_watchdog_thread(thread: threading.Thread) -> bool:
+    """``thread`` is the shared watchdog's (busmon's own: never a leftover of watched code)."""
+    dog = _SHARED
+    return dog is not None and thread is dog.thread
+
+
+def _forget_shared() -> None:
+    """In a forked child the shared thread does not exist (and its lock may be held)."""
+    global _SHARED, _SHARED_LOCK
+    _SHARED, _SHARED_LOCK = None, threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_shared)
 
 
 def _running_loop() -> asyncio.AbstractEventLoop | None:

@@ -15,9 +15,9 @@ then settle and judge after it. :class:`watch` wraps that as a context manager a
 
 On a loop, the loop's watchdog (:class:`~probes.loopwatch.LoopWatch`, the one ``busmon play``
 uses) runs from the baseline to the verdict: a heartbeat timer on the loop and a thread that
-reads the loop thread's stack while a beat is late. Both are busmon's: the thread is alive
-before the baseline is taken and joined after the verdict, and the timer is busmon's, so
-neither is ever one of the code's leftovers. Blocking the loop is not a leak: a stall warns
+reads the loop thread's stack while a beat is late. Both are busmon's: the thread is the
+process's one shared watchdog, started (once) before the first baseline and parked between
+watches, and the timer is cancelled at the verdict, so neither is ever one of the code's leftovers. Blocking the loop is not a leak: a stall warns
 (:class:`StallWarning`) unless ``fail_on_stall_ms`` says one that long fails (:class:`StallError`).
 """
 
@@ -39,7 +39,7 @@ from probes.children import ProcessOwners
 from probes.fds import UNSUPPORTED_NOTE, SocketOwners
 from probes.ignore import IgnoreRules
 from probes.leak_text import leak_report, leftover_counts
-from probes.loopwatch import LoopWatch, Stall
+from probes.loopwatch import LoopWatch, Stall, is_watchdog_thread
 from probes.model import Leftover
 from probes.resources import Attribution, ResourceWatch
 from probes.settle import SettleOutcome, SettleWatch
@@ -206,7 +206,7 @@ class Watch:
         self._stalls, self._stall_ms = (), None
         if self.loop is not None and (threshold := self.options.watchdog_ms()) is not None:
             self._stall_ms = threshold
-            self._loopwatch = LoopWatch(self.loop, stall_ms=threshold)
+            self._loopwatch = LoopWatch(self.loop, stall_ms=threshold, shared=True)
             self._loopwatch.set_phase("run")
             # a test's loop runs in turns (each async fixture, the body, the verdict), also after a
             # check() from inside the body: the time it is not running is no stall
@@ -243,7 +243,7 @@ class Watch:
 
     def stop(self) -> None:
         """Put the loop back as it was (idempotent); called by the verdict, or instead of it.
-        The watchdog's thread is joined here, its timer cancelled."""
+        The watchdog is disarmed here (its shared thread parks), its timer cancelled."""
         self._stop_loopwatch()
         for part in (self._tracker, self._sockets, self._processes, self._births):
             if part is not None:
@@ -253,7 +253,7 @@ class Watch:
             self._frozen = False
 
     def _stop_loopwatch(self) -> None:
-        """Stop the watchdog (its thread joined) and keep the stalls it saw since the baseline."""
+        """Disarm the watchdog and keep the stalls it saw since the baseline."""
         lw, self._loopwatch = self._loopwatch, None
         if lw is not None:
             lw.stop()
@@ -286,6 +286,7 @@ class Watch:
         """What counting right at the end would have said: new tasks and threads alive."""
         assert self.baseline is not None
         tasks, threads, _ = at_end.new_since(self.baseline)
+        threads = [t for t in threads if not is_watchdog_thread(t)]
         if self.loop is None or not self.judges("tasks"):  # tasks not judged: not counted either
             return {"threads": len(threads)}
         return {"tasks": len([t for t in tasks if t not in own]), "threads": len(threads)}

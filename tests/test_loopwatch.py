@@ -17,7 +17,7 @@ from typing import Callable, Iterator
 import pytest
 
 from probes.loopwatch import (WATCHDOG_THREAD_NAME, Frame, LoopWatch, Stall, _walk, blocking_frame,
-                              loop_is_idle)
+                              loop_is_idle, shared_watchdog)
 
 DEADLINE_S = 10.0
 THIS_FILE = "tests/test_loopwatch.py"
@@ -85,9 +85,23 @@ def loop() -> Iterator[asyncio.AbstractEventLoop]:
         loop.close()
 
 
-@pytest.fixture
-def watch(loop: asyncio.AbstractEventLoop) -> Iterator[LoopWatch]:
-    w = LoopWatch(loop)
+def start_loop(name: str) -> tuple[asyncio.AbstractEventLoop, threading.Thread]:
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, name=name, daemon=True)
+    thread.start()
+    return loop, thread
+
+
+def end_loop(loop: asyncio.AbstractEventLoop, thread: threading.Thread) -> None:
+    loop.call_soon_threadsafe(loop.stop)
+    thread.join(DEADLINE_S)
+    loop.close()
+
+
+@pytest.fixture(params=["dedicated", "shared"])
+def watch(request: pytest.FixtureRequest, loop: asyncio.AbstractEventLoop) -> Iterator[LoopWatch]:
+    """Every test on both: a thread of its own (``busmon play``) and the process's shared one."""
+    w = LoopWatch(loop, shared=request.param == "shared")
     w.start()
     beats_pass(w, 2)
     yield w
@@ -239,11 +253,15 @@ def test_reset_forgets_lag_and_stalls(watch, loop):
     assert watch.lag_now()["count"] >= 1
 
 
-def test_stop_joins_the_watchdog_is_idempotent_and_ends_the_beats(watch, loop):
+def test_stop_ends_the_watchdog_is_idempotent_and_ends_the_beats(watch, loop):
     assert any(t.name == WATCHDOG_THREAD_NAME for t in threading.enumerate())
     thread = watch._thread
     watch.stop()
-    assert thread is not None and not thread.is_alive()
+    assert thread is not None
+    if watch._shared:  # the shared thread stays, with nothing of this watch armed
+        assert thread.is_alive() and watch not in shared_watchdog()._armed
+    else:
+        assert not thread.is_alive()  # joined
     watch.stop()
     beats = watch.beats
     # every timer due within the next five beats runs before this one fires
@@ -305,3 +323,92 @@ def test_blocking_frame_looks_through_machinery_stdlib_and_busmon():
     assert frames[1].top == "nats"
     assert blocking_frame(frames[2:]) == frames[2]  # only the standard library: its frame
     assert blocking_frame([frames[0], frames[3], frames[4]]) is None
+
+
+# -- the shared watchdog ----------------------------------------------------------------------
+
+def block_a() -> None:
+    time.sleep(0.25)
+
+
+def block_b() -> None:
+    time.sleep(0.35)
+
+
+def test_two_watches_at_once_on_two_loops_each_see_their_own_stall_only():
+    """One shared thread watches both loops; each arming keeps its own state."""
+    (loop_a, thread_a), (loop_b, thread_b) = start_loop("loop-a"), start_loop("loop-b")
+    watches: dict[str, LoopWatch] = {}
+    ready = threading.Barrier(2)
+
+    def control(name: str, loop: asyncio.AbstractEventLoop) -> None:
+        """Started and stopped from two controlling threads at once, as two tests would."""
+        w = watches[name] = LoopWatch(loop, shared=True)
+        w.start()
+        beats_pass(w, 2)
+        ready.wait(DEADLINE_S)  # both armed: the blocks overlap
+        on_loop(loop, block_a if name == "a" else block_b)
+        beats_pass(w, 2)
+        w.stop()
+
+    try:
+        controllers = [threading.Thread(target=control, args=("a", loop_a)),
+                       threading.Thread(target=control, args=("b", loop_b))]
+        for c in controllers:
+            c.start()
+        for c in controllers:
+            c.join(DEADLINE_S)
+        assert set(watches) == {"a", "b"}
+        assert watches["a"]._thread is watches["b"]._thread  # one thread for both
+        for name, fn in (("a", "block_a"), ("b", "block_b")):
+            stalls = watches[name].stalls_since(0.0)
+            assert len(stalls) == 1, (name, stalls)
+            assert f"in {fn}: time.sleep" in stalls[0].blocking, (name, stalls[0])
+    finally:
+        end_loop(loop_a, thread_a)
+        end_loop(loop_b, thread_b)
+
+
+def test_the_shared_thread_is_started_once_for_many_watches(loop):
+    dog = shared_watchdog()
+    starts = None
+    for _ in range(20):
+        w = LoopWatch(loop, shared=True)
+        w.start()
+        beats_pass(w, 1)
+        starts = dog.starts if starts is None else starts
+        w.stop()
+    assert dog.starts == starts == 1
+    assert [t for t in threading.enumerate() if t.name == WATCHDOG_THREAD_NAME] == [dog.thread]
+
+
+class _OnWatchdog:
+    """Armed like a watch: its one look records the watchdog thread's CPU time, then disarms."""
+
+    def __init__(self) -> None:
+        self.cpu: list[float] = []
+        self.looked = threading.Event()
+
+    def _look(self) -> None:
+        self.cpu.append(time.thread_time())
+        self.looked.set()
+
+
+def test_a_parked_watchdog_uses_no_cpu(loop):
+    dog = shared_watchdog()
+    w = LoopWatch(loop, shared=True)
+    w.start()  # the thread runs
+    w.stop()
+    probe = _OnWatchdog()
+    dog.arm(probe, 0.0)  # type: ignore[arg-type]
+    assert probe.looked.wait(DEADLINE_S)
+    wait_until(lambda: dog.parked)
+    wakeups = dog.wakeups
+    # the parked interval is what is measured: nothing to wait for but its end
+    assert not threading.Event().wait(0.5)
+    assert dog.parked and dog.wakeups == wakeups  # not one wake-up: no polling
+    probe.looked.clear()
+    dog.arm(probe, 0.0)  # type: ignore[arg-type]
+    assert probe.looked.wait(DEADLINE_S)
+    # the thread's own CPU time across half a second parked: only the one wake-up to look again
+    assert probe.cpu[1] - probe.cpu[0] < 0.002, probe.cpu

@@ -15,7 +15,7 @@ import warnings
 
 import pytest
 
-from probes.loopwatch import WATCHDOG_THREAD_NAME
+from probes.loopwatch import WATCHDOG_THREAD_NAME, LoopWatch, shared_watchdog
 from probes.watch import StallError, StallWarning, WatchOptionError, watch
 
 pytest_plugins = ["pytester"]
@@ -28,8 +28,7 @@ asyncio_default_fixture_loop_scope = function
 
 BLOCKS = """
 import asyncio, threading, time, pytest
-
-WATCHDOG = "busmon.loop-watchdog"
+from probes.loopwatch import shared_watchdog
 
 @pytest.mark.busmon{marker}
 async def test_blocks():
@@ -37,16 +36,16 @@ async def test_blocks():
 
 @pytest.mark.busmon(fail_on_stall_ms=100)
 async def test_clean():
-    assert [t for t in threading.enumerate() if t.name == WATCHDOG]  # watched: the watchdog runs
+    assert shared_watchdog().armed == 1  # watched: the watchdog looks at this loop
     await asyncio.sleep(0.01)
 
 @pytest.mark.busmon(fail_on_stall_ms=100)
 def test_sync_blocks():
-    assert not [t for t in threading.enumerate() if t.name == WATCHDOG]  # a sync test: no watchdog
+    assert shared_watchdog().armed == 0  # a sync test: no loop watched
     time.sleep(0.3)
 
 def test_no_watchdog_left():
-    assert not [t for t in threading.enumerate() if t.name == WATCHDOG]
+    assert shared_watchdog().armed == 0  # disarmed at each verdict
 """
 
 
@@ -113,9 +112,11 @@ def test_stall_ms_zero_watches_no_loop(pytester: pytest.Pytester) -> None:
     result = run(pytester, """
         import threading, time, pytest
 
+        from probes.loopwatch import shared_watchdog
+
         @pytest.mark.busmon(stall_ms=0)
         async def test_blocks():
-            assert not [t for t in threading.enumerate() if t.name == "busmon.loop-watchdog"]
+            assert shared_watchdog().armed == 0
             time.sleep(0.3)
     """, "-rP")
     result.assert_outcomes(passed=1)
@@ -206,12 +207,18 @@ def _watchdogs() -> list[threading.Thread]:
     return [t for t in threading.enumerate() if t.name == WATCHDOG_THREAD_NAME]
 
 
+def _beats(loop: asyncio.AbstractEventLoop) -> list[asyncio.TimerHandle]:
+    """The watchdog's heartbeat timers still scheduled on ``loop``."""
+    return [h for h in loop._scheduled  # type: ignore[attr-defined]
+            if not h.cancelled() and isinstance(getattr(h._callback, "__self__", None), LoopWatch)]
+
+
 def test_watch_warns_of_a_stall_by_default_and_raises_past_fail_on_stall_ms() -> None:
     async def main() -> None:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             async with watch() as w:
-                assert _watchdogs()
+                assert len(_watchdogs()) == 1 and shared_watchdog().armed == 1
                 time.sleep(0.3)
         assert w.verdict == "clean"
         assert w.result is not None and len(w.result.stalls) == 1
@@ -231,14 +238,16 @@ def test_watch_warns_of_a_stall_by_default_and_raises_past_fail_on_stall_ms() ->
             async with watch(fail_on_stall_ms=100) as w:
                 await asyncio.sleep(0.01)
         assert w.result is not None and w.result.stalls == () and w.result.stall_ms == 100
-        assert not _watchdogs()  # joined at the verdict
+        assert shared_watchdog().armed == 0 and not _beats(asyncio.get_running_loop())  # disarmed
 
     asyncio.run(main())
+    assert len(_watchdogs()) == 1  # the one shared thread, parked
 
 
-def test_a_plain_with_starts_no_watchdog() -> None:
+
+def test_a_plain_with_arms_no_watchdog() -> None:
     with watch(fail_on_stall_ms=0) as w:
-        assert not _watchdogs()
+        assert shared_watchdog().armed == 0
     assert w.result is not None and w.result.stall_ms is None and w.result.stalls == ()
 
 
@@ -263,3 +272,62 @@ def test_the_watchdog_threshold_sees_every_stall_that_would_fail() -> None:
     assert WatchOptions(stall_ms=0).watchdog_ms() is None
     assert WatchOptions(stall_ms=0, fail_on_stall_ms=0).watchdog_ms() == 250
     assert WatchOptions(stall_ms=0, fail_on_stall_ms=250).watchdog_ms() == 250
+
+
+# -- one shared watchdog thread per process ------------------------------------------------------
+
+MANY = """
+import asyncio, threading, pytest
+from probes.loopwatch import shared_watchdog
+
+def watchdogs():
+    return [t for t in threading.enumerate() if t.name == "busmon.loop-watchdog"]
+
+@pytest.mark.parametrize("i", range(15))
+async def test_async(i):
+    dog = shared_watchdog()
+    assert dog.starts == 1 and dog.armed == 1 and watchdogs() == [dog.thread]
+    await asyncio.sleep(0)
+
+def test_sync_after():
+    dog = shared_watchdog()
+    assert dog.starts == 1 and dog.armed == 0 and watchdogs() == [dog.thread]
+"""
+
+
+def test_one_watchdog_thread_per_process_never_a_leftover_of_the_first_test(pytester: pytest.Pytester) -> None:
+    """A fresh process: the first watched async test starts the thread (before its baseline),
+    the next ones reuse it; every test is judged clean (busmon_on_leak = raise: a leftover thread
+    or heartbeat timer would fail it)."""
+    pytester.makefile(".ini", pytest=INI)
+    pytester.makepyfile(test_x=textwrap.dedent(MANY))
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-p", "no:randomly", "--busmon",
+                                           "-o", "busmon_on_leak=raise", "-W", "error::probes.watch.LeakWarning")
+    result.assert_outcomes(passed=16)
+    assert "leaked" not in result.stdout.str()
+
+
+NESTED = """
+import asyncio, threading
+from probes.watch import watch
+
+async def inner():
+    async with watch(on_leak="raise"):
+        await asyncio.sleep(0)
+
+with watch(on_leak="raise", settle_timeout_s=0.2) as outer:  # no watchdog thread yet: started inside
+    asyncio.run(inner())
+assert outer.verdict == "clean", outer.result.report()
+assert [t.name for t in threading.enumerate()].count("busmon.loop-watchdog") == 1
+print("clean")
+"""
+
+
+def test_the_watchdog_thread_started_inside_an_outer_watch_is_not_its_leftover() -> None:
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    out = subprocess.run([sys.executable, "-c", NESTED], capture_output=True, text=True, timeout=60,
+                         cwd=Path(__file__).resolve().parents[1], check=False)
+    assert out.returncode == 0 and out.stdout.strip() == "clean", out.stdout + out.stderr
