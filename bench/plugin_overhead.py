@@ -29,9 +29,9 @@ user sees it (this VM's noise is tens of percent between sessions: read it with 
 and, in the ``--busmon`` arms, busmon's own time per test measured inside the process (the
 baseline in ``Watch.start`` plus the settle and verdict in ``Watch.settle_blocking``, timed by a
 ``conftest.py`` of the generated suite), which that noise does not blur. The watchdog's cost per
-test is the difference of that own time between the two ``--busmon`` arms (starting its thread
-is in the baseline, stopping and joining it in the verdict; in between, on a healthy loop, it
-wakes once per 100 ms).
+test is the difference of that own time between the two ``--busmon`` arms (arming it is in the
+baseline, disarming it in the verdict; its one thread is started by the session's first watched
+test and parked between tests; while armed, on a healthy loop, it wakes once per threshold).
 """
 
 from __future__ import annotations
@@ -141,8 +141,9 @@ def session_seconds(folder: Path, kind: str, arm: list[str], times: Path | None 
 
 def watchdog_cycles(n: int) -> dict[str, float]:
     """The watchdog's own start and stop, as a watched test pays them, timed in this process:
-    ``LoopWatch.start`` on a test's idle loop (its thread started), one run of the loop (the
-    body: one beat armed), ``LoopWatch.stop`` (the beat cancelled, the thread joined). Medians
+    ``LoopWatch.start`` on a test's idle loop (armed on the shared watchdog thread, as
+    ``Watch.start`` does; the thread is started once, before the timed cycles), one run of the
+    loop (the body: one beat armed), ``LoopWatch.stop`` (the beat cancelled, disarmed). Medians
     and p90 over ``n`` cycles, less blurred by the machine's load than whole sessions are."""
     import asyncio
     import time
@@ -153,9 +154,12 @@ def watchdog_cycles(n: int) -> dict[str, float]:
     starts: list[float] = []
     stops: list[float] = []
     try:
+        warm = LoopWatch(loop, shared=True)  # the process's first watched test starts the thread
+        warm.start(track_runs=True)
+        warm.stop()
         for _ in range(n):
             t0 = time.perf_counter()
-            watch = LoopWatch(loop)
+            watch = LoopWatch(loop, shared=True)
             watch.start(track_runs=True)
             t1 = time.perf_counter()
             loop.run_until_complete(asyncio.sleep(0))
