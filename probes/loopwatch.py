@@ -580,6 +580,8 @@ class _Watchdog:
             while not self._closing:
                 now = time.monotonic()
                 for watch in [w for w, at in self._armed.items() if at <= now]:
+                    if watch not in self._armed:  # disarmed during the previous look
+                        continue
                     self._looking = watch
                     cond.release()
                     try:
