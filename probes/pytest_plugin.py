@@ -69,6 +69,7 @@ class Stats:
     unjudged: list[tuple[str, str]] = field(default_factory=list)          # node, why
     not_failed: dict[str, str] = field(default_factory=dict)   # leaked, not failed: node → on_leak
     stalled: list[tuple[str, float]] = field(default_factory=list)         # node, longest stall (ms)
+    stall_failed: int = 0                                                  # of those, failed on it
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         info = getattr(report, "busmon", None)
@@ -80,6 +81,8 @@ class Stats:
         self.judged += 1
         if info.get("stalls"):
             self.stalled.append((report.nodeid, float(info.get("longest_stall_ms") or 0.0)))
+            if info.get("stall_failed"):
+                self.stall_failed += 1
         if info.get("leaked"):
             self.leaked.append(report.nodeid)
             if not info.get("failed"):
@@ -104,8 +107,9 @@ class Stats:
         if self.stalled:
             node, ms = max(self.stalled, key=lambda x: x[1])
             n = len(self.stalled)
-            parts.append(f"{n} blocked {'its' if n == 1 else 'their'} event loop (the longest {ms:,.0f} ms: {node}; "
-                         "-rP shows where)")
+            failed = f", {self.stall_failed} failed on it" if self.stall_failed else ""
+            parts.append(f"{n} blocked {'its' if n == 1 else 'their'} event loop{failed} (the longest {ms:,.0f} ms: "
+                         f"{node}; -rP shows where)")
         terminalreporter.write_sep("-", "busmon", bold=True)
         terminalreporter.write_line("busmon: " + ", ".join(parts))
         for node, why in self.unjudged:
@@ -321,6 +325,12 @@ class TestWatch:
         self.watch = self._new_watch()
         self.watch.start(self.harness.loop)
 
+    def phase(self, name: str) -> None:
+        """What the test's loop runs from now on (``setup``, ``run``, ``teardown``): its stalls
+        say so."""
+        if self.watch is not None:
+            self.watch.set_phase(name)
+
     def check(self) -> WatchResult:
         """The verdict so far, in a sync test (a new baseline follows)."""
         __tracebackhide__ = True
@@ -379,6 +389,7 @@ def _busmon_guard(request: pytest.FixtureRequest) -> Iterator[TestWatch | None]:
         state = TestWatch(item, options, harness)
         item.stash[_STATE] = state
         state.start()   # the baseline: before the test's own function fixtures are set up
+        state.phase("setup")
         yield state
         try:
             state.finish()
@@ -428,7 +439,11 @@ def pytest_runtest_setup(item: pytest.Item) -> Iterator[None]:
 @pytest.hookimpl(hookwrapper=True, trylast=True)
 def pytest_runtest_call(item: pytest.Item) -> Iterator[None]:
     state = item.stash.get(_STATE, None) if SUPPORTED else None
+    if state is not None:
+        state.phase("run")
     outcome = yield
+    if state is not None:
+        state.phase("teardown")
     if state is not None and outcome.excinfo is not None:
         state.call_failed = True
 
@@ -456,7 +471,7 @@ def _judged(item: pytest.Item, call: pytest.CallInfo[None], state: TestWatch, re
     failed = False
     report.user_properties.append(("busmon", result.summary()))
     if result.leaked:
-        text = result.report("after the test's teardown")
+        text = result.report("after the test's teardown", stalls=False)
         if state.options.on_leak != "raise":  # told, not failed: a suite adopting busmon step by step
             report.sections.append(("busmon after teardown", text))
             if state.options.on_leak == "warn" and not _warned(item, result):
@@ -473,13 +488,14 @@ def _judged(item: pytest.Item, call: pytest.CallInfo[None], state: TestWatch, re
     elif result.leftovers or result.notes:
         # what lingered, what the rules ignored, what could not be judged: shown with -rP / -rA
         # (pytest shows a passed test's sections whose name says "teardown")
-        report.sections.append(("busmon after teardown", result.report("after the test's teardown")))
-    failed = _told_stalls(item, state, result, report) or failed
+        report.sections.append(("busmon after teardown", result.report("after the test's teardown", stalls=False)))
+    stall_failed = _told_stalls(item, state, result, report)
+    failed = stall_failed or failed
     lingered = max((x.exited_after_ms or 0.0 for x in result.lingered), default=None)
     # read by the summary, here or (under pytest-xdist) on the controller
     report.busmon = {"verdict": result.verdict, "leaked": bool(result.leaked),  # type: ignore[attr-defined]
                      "failed": failed, "on_leak": state.options.on_leak, "lingered_ms": lingered,
-                     "stalls": len(result.stalls),
+                     "stalls": len(result.stalls), "stall_failed": stall_failed,
                      "longest_stall_ms": max((s.duration_ms for s in result.stalls), default=None)}
 
 
@@ -496,10 +512,12 @@ def _told_stalls(item: pytest.Item, state: TestWatch, result: WatchResult, repor
     the test keeps its outcome. True when the stalls failed it."""
     if not result.stalls:
         return False
-    text = result.stall_report("during the test")
+    head = f"busmon: {item.nodeid} blocked its event loop\n"
     if not result.failing_stalls and (_stall_warned(item, result) or not _named_as_error("StallWarning")):
-        report.sections.append((STALL_SECTION, text))
+        report.sections.append((STALL_SECTION, head + result.stall_report("during the test")))
         return False
+    rule = "" if result.failing_stalls else "a failure (a warning filter makes StallWarning an error)"
+    text = head + result.stall_report("during the test", rule)
     if report.passed:
         report.outcome = "failed"
         report.longrepr = leak_longrepr(text, item, result, f"busmon: {result.stall_line()}")

@@ -95,10 +95,11 @@ class WatchResult:
         """The stalls at least ``fail_on_stall_ms`` long: they fail (none when it is unset)."""
         return failing(self.stalls, self.fail_on_stall_ms)
 
-    def stall_report(self, during: str = "") -> str:
+    def stall_report(self, during: str = "", rule: str = "") -> str:
         """Each stall, longest first: how long, the call that held the loop, its stack ('' if
-        none); ``during`` says what the watched code was (``during the test``)."""
-        return stall_report(self.stalls, self.stall_ms, self.fail_on_stall_ms, during)
+        none); ``during`` says what the watched code was (``during the test``); ``rule``, what
+        the stalls make of the verdict when something other than ``fail_on_stall_ms`` decided."""
+        return stall_report(self.stalls, self.stall_ms, self.fail_on_stall_ms, during, rule)
 
     def stall_line(self) -> str:
         """One line on the longest stall ('' if none): for a warning or a short summary."""
@@ -115,10 +116,13 @@ class WatchResult:
             text = "clean"
         return f"{text}; {self.stall_line()}" if self.stalls else text
 
-    def report(self, context: str = "") -> str:
+    def report(self, context: str = "", stalls: bool = True) -> str:
         """The goleak-style text: each leftover with kind, name, component, how long it was
-        waited for, its stack now and, with ``trace_creation``, where it was created."""
-        return leak_report(self, context)
+        waited for, its stack now and, with ``trace_creation``, where it was created; then the
+        stalls, if the loop had some (``stalls=False``: the leftovers only, for a caller that
+        tells the stalls apart, as the pytest plugin does)."""
+        text = leak_report(self, context)
+        return "\n\n".join((text, self.stall_report())) if stalls and self.stalls else text
 
     def as_dict(self) -> dict[str, Any]:
         return {"label": self.label, "verdict": self.verdict, "settle_timeout_s": self.settle_timeout_s,
@@ -134,7 +138,7 @@ class LeakError(AssertionError):
     has the stalls, when the loop had some)."""
 
     def __init__(self, result: WatchResult) -> None:
-        super().__init__("\n".join(filter(None, (result.report(), result.stall_report()))))
+        super().__init__(result.report())
         self.result = result
 
 
@@ -251,6 +255,12 @@ class Watch:
         if self._frozen:
             gc.unfreeze()
             self._frozen = False
+
+    def set_phase(self, phase: str) -> None:
+        """Name what runs from now on, for the stalls seen: ``run`` (the watched code), or a
+        harness's own step (``setup``, ``teardown``: a test's fixtures)."""
+        if self._loopwatch is not None:
+            self._loopwatch.set_phase(phase)
 
     def _stop_loopwatch(self) -> None:
         """Disarm the watchdog and keep the stalls it saw since the baseline."""
