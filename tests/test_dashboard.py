@@ -95,6 +95,18 @@ async def test_a_leaky_bus_ends_with_its_leftover_highlighted_and_the_banner_lea
     assert app.return_code == 1
 
 
+async def test_ctrl_q_quits_as_q_does_with_the_verdicts_exit_code():
+    """Textual's ctrl+q would exit 0 after a leak: busmon's quits as q, exit code the verdict's."""
+    c = controller(bus="tests.leaky_buses:TaskLeaker", settle=0.2)
+    app = BusmonApp(c)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await step(pilot, c, ALL_PHASES)
+        await until(pilot, lambda: app.results, "the verdict")
+        await pilot.press("ctrl+q")
+        await until(pilot, lambda: not app.is_running, "quit")
+    assert app.return_code == 1
+
+
 async def test_pause_stops_the_display_but_not_the_recording():
     c = controller(messages=30000, rate=10000)
     app = BusmonApp(c)

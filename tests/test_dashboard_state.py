@@ -125,7 +125,7 @@ def test_the_banner_says_what_each_moment_is_and_keeps_a_failure_said():
     assert st.banner == ("waiting", "run low: load done · n starts close")
     failed = play(FailureNoted("low", "load", "kafka 127.0.0.1:9092 unreachable"), PhaseStarted("low", "close", 2.0),
                   PhaseStarted("low", "settle", 2.1), state=st)
-    assert failed.banner == ("failing", "load", "kafka 127.0.0.1:9092 unreachable")
+    assert failed.banner == ("failing", "load", "kafka 127.0.0.1:9092 unreachable", "error")
     done = play(RunDone(result()), state=failed)
     assert done.banner == ("verdict",)
     from probes import findings
@@ -154,3 +154,25 @@ def test_counts_are_said_in_the_singular_for_one():
     st = play(Paused(True), Paused(False, 1))
     assert st.note == "resumed: 1 sample recorded while paused"
     assert play(Paused(True), Paused(False, 2)).note == "resumed: 2 samples recorded while paused"
+
+
+async def test_an_interrupted_run_is_called_interrupted_while_it_closes_never_failed() -> None:
+    """Ctrl-C or q cuts a run short: the banner says INTERRUPTED at once, as the summary, the
+    progress and the JSON do (issue 23: one name for an interrupted run)."""
+    from textual.app import App, ComposeResult
+
+    from tui.widgets.verdict import VerdictBanner
+
+    st = play(PhaseStarted("low", "load", 1.0), FailureNoted("low", "load", "interrupted (Ctrl-C or quit)", "interrupted"))
+    assert st.banner == ("failing", "load", "interrupted (Ctrl-C or quit)", "interrupted")
+
+    class One(App):
+        def compose(self) -> ComposeResult:
+            yield VerdictBanner()
+
+    async with One().run_test() as pilot:
+        banner = pilot.app.query_one(VerdictBanner)
+        banner.show_state(st.banner, None)
+        text = str(banner.render())
+        assert text.startswith("INTERRUPTED in load: interrupted") and "FAILED" not in text, text
+        assert banner.has_class("-interrupted") and not banner.has_class("-failed")

@@ -205,6 +205,8 @@ class BusmonApp(App[int]):
         Binding("n", "next_phase", "Next"),
         Binding("question_mark", "help", "Help", key_display="?"),
         Binding("q", "quit_busmon", "Quit"),
+        # Textual's own ctrl+q would exit 0 whatever the verdict: it quits as q does
+        Binding("ctrl+q", "quit_busmon", "Quit", show=False, priority=True),
         Binding("r", "runs", "Runs"),
         Binding("space", "toggle_pause", "Pause"),
         Binding("slash", "filter", "Filter", key_display="/"),

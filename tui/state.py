@@ -212,7 +212,8 @@ def reduce(state: DashState, event: Any) -> DashState:
             banner = ("waiting", f"run {event.run}: {state.phase or 'the phase'} done · n starts {event.phase}")
         return replace(state, waiting_for=event.phase, note="", banner=banner)
     if isinstance(event, FailureNoted):
-        return replace(state, failed=(event.phase, event.error), banner=("failing", event.phase, event.error))
+        return replace(state, failed=(event.phase, event.error),
+                       banner=("failing", event.phase, event.error, getattr(event, "kind", "error")))
     if isinstance(event, RunDone):
         r = event.result
         settled = r.phase("settle")

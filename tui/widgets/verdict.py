@@ -24,7 +24,7 @@ class VerdictBanner(Static):
         if banner[0] == "verdict" and final is not None:
             self.show(final, logs)
         elif banner[0] == "failing":
-            self.failing(banner[1], banner[2])
+            self.failing(banner[1], banner[2], banner[3] if len(banner) > 3 else "error")
         else:
             self.waiting(banner[1] if len(banner) > 1 else "")
 
@@ -32,11 +32,13 @@ class VerdictBanner(Static):
         self.remove_class("-clean", "-leaked", "-failed", "-interrupted")
         self.update(text)
 
-    def failing(self, phase: str, error: str) -> None:
-        """The run just failed: say where and why at once, while busmon closes and settles."""
+    def failing(self, phase: str, error: str, kind: str = "error") -> None:
+        """The run just failed, or was interrupted (Ctrl-C, q): say where and why at once, while
+        busmon closes and settles; an interrupted run is never called failed."""
+        word = "interrupted" if kind == "interrupted" else "failed"
         self.remove_class("-clean", "-leaked", "-failed", "-interrupted")
-        self.add_class("-failed")
-        self.update(f"FAILED in {phase}: {error} — closing the bus and settling…")
+        self.add_class(f"-{word}")
+        self.update(f"{word.upper()} in {phase}: {error} — closing the bus and settling…")
 
     def show(self, r: RunResult, logs: tuple[LogLine, ...] = ()) -> None:
         self.remove_class("-clean", "-leaked", "-failed", "-interrupted")
