@@ -106,3 +106,45 @@ async def check_handler_errors_are_counted(bus, topic: str, n: int) -> None:
     await ok.wait_for(n - n // 10)
     assert bus.counters.handler_errors == n // 10
     assert len(ok.received) == n - n // 10
+
+
+def busmon_in_a_terminal(args: list[str], width: int = 100, deadline_s: float = 60.0) -> tuple[int | None, bytes]:
+    """``busmon ARGS`` with a pseudo-terminal ``width`` columns wide for stdin, stdout and stderr,
+    as a person types it: rich's live display then redirects sys.stdout/stderr, which a pipe
+    never shows. The exit code, or None when still running at the deadline (then killed), and
+    all it wrote."""
+    import os
+    import pty
+    import select
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    master, slave = pty.openpty()
+    proc = subprocess.Popen([sys.executable, "-m", "tui.cli", *args], cwd=root, stdin=slave, stdout=slave,
+                            stderr=slave, close_fds=True,
+                            env={**os.environ, "PYTHONPATH": str(root), "COLUMNS": str(width), "LINES": "30"})
+    os.close(slave)
+    out, end = b"", time.monotonic() + deadline_s
+    try:
+        while time.monotonic() < end:
+            ready, _, _ = select.select([master], [], [], 0.2)  # wakes on output or to look again
+            if ready:
+                try:
+                    chunk = os.read(master, 65536)
+                except OSError:  # the terminal closed: busmon has ended
+                    break
+                if not chunk:
+                    break
+                out += chunk
+            elif proc.poll() is not None:
+                break
+        else:
+            proc.kill()
+            proc.wait()
+            return None, out
+        return proc.wait(timeout=10), out
+    finally:
+        os.close(master)

@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 import probes.scenario as scenario_mod
 from probes.model import ScenarioResult
 from probes.scenario import Scenario, ScenarioError, load_scenario, parse_scenario
+from tests.helpers import busmon_in_a_terminal
 from tui import cli
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -545,40 +546,8 @@ def test_the_compare_table_fits_80_columns_with_four_backends(tmp_path):
 
 
 def _in_a_terminal(args: list[str], deadline_s: float = 60.0) -> tuple[int | None, bytes]:
-    """busmon with a pseudo-terminal for stdin, stdout and stderr, as a person types it: rich's
-    live display then redirects sys.stdout/stderr, which a pipe never shows. None: still running
-    at the deadline (killed)."""
-    import os
-    import pty
-    import select
-    import time
-
-    master, slave = pty.openpty()
-    proc = subprocess.Popen([sys.executable, "-m", "tui.cli", *args], cwd=ROOT, stdin=slave, stdout=slave,
-                            stderr=slave, close_fds=True,
-                            env={**os.environ, "PYTHONPATH": str(ROOT), "COLUMNS": "100", "LINES": "30"})
-    os.close(slave)
-    out, end = b"", time.monotonic() + deadline_s
-    try:
-        while time.monotonic() < end:
-            ready, _, _ = select.select([master], [], [], 0.2)  # wakes on output or to look again
-            if ready:
-                try:
-                    chunk = os.read(master, 65536)
-                except OSError:  # the terminal closed: busmon has ended
-                    break
-                if not chunk:
-                    break
-                out += chunk
-            elif proc.poll() is not None:
-                break
-        else:
-            proc.kill()
-            proc.wait()
-            return None, out
-        return proc.wait(timeout=10), out
-    finally:
-        os.close(master)
+    """busmon with a pseudo-terminal for stdin, stdout and stderr (tests.helpers)."""
+    return busmon_in_a_terminal(args, 100, deadline_s)
 
 
 @pytest.mark.parametrize("args", [["play", QUICKSTART, "--headless"],

@@ -14,8 +14,8 @@ from probes.session import RunFinished
 from tests import recorded
 from tests.test_dashboard import recorded_app
 from tui.app import BusmonApp
-from tui.state import DashState, Noted, reduce
-from tui.widgets import ComponentsTable, LeftoversTable, PhaseBar, StackView
+from tui.state import DashState, Noted
+from tui.widgets import ComponentsTable, LeftoversTable, StackView
 from tui.widgets.leftovers import fit_widths, frame_lines
 from tui.widgets.phase_bar import status_line
 from tui.widgets.throughput import Rates

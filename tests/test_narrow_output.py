@@ -11,6 +11,8 @@ import sys
 from pathlib import Path
 
 import pytest
+
+from tests.helpers import busmon_in_a_terminal
 from rich.console import Console
 
 from probes.model import PhaseSnapshot, RunResult, Sample, ScenarioResult
@@ -105,34 +107,8 @@ def test_the_live_figures_have_separators() -> None:
 def _in_a_terminal(args: list[str], width: int, deadline_s: float = 60.0) -> tuple[int | None, str]:
     """busmon in a pseudo-terminal ``width`` columns wide: the live progress display as a person
     sees it (a pipe shows only its last frame)."""
-    import pty
-    import select
-    import time
-
-    master, slave = pty.openpty()
-    proc = subprocess.Popen([sys.executable, "-m", "tui.cli", *args], cwd=ROOT, stdin=slave, stdout=slave,
-                            stderr=slave, close_fds=True,
-                            env={**os.environ, "PYTHONPATH": str(ROOT), "COLUMNS": str(width), "LINES": "30"})
-    os.close(slave)
-    out, end = b"", time.monotonic() + deadline_s
-    try:
-        while time.monotonic() < end:
-            ready, _, _ = select.select([master], [], [], 0.2)  # wakes on output or to look again
-            if ready:
-                try:
-                    chunk = os.read(master, 65536)
-                except OSError:  # the terminal closed: busmon has ended
-                    break
-                if not chunk:
-                    break
-                out += chunk
-            elif proc.poll() is not None:
-                break
-        else:
-            proc.kill()
-        return proc.wait(timeout=10), ANSI.sub("", out.decode("utf-8", "replace"))
-    finally:
-        os.close(master)
+    code, out = busmon_in_a_terminal(args, width, deadline_s)
+    return code, ANSI.sub("", out.decode("utf-8", "replace"))
 
 
 @pytest.mark.parametrize("width", [80, 60])
