@@ -182,6 +182,8 @@ def test_an_interrupted_run_is_called_interrupted_everywhere(tmp_path: Path) -> 
     assert re.search(r"load at \d+ % published: interrupted", err), err   # publishing, not delivery
     assert re.search(r"·\s+interrupted", out) and "clean" not in out, out  # the summary's title and column
     assert "interrupted run cut: load at" in out, out
+    # its bar stays against the 100,000 it was to carry, never full at what it had published
+    assert re.search(r"cut\s+interrupted\s.*[\d,]+/100,000", err), err
     doc = json.loads(report.read_text())
     (run,) = doc["runs"]
     assert doc["verdict"] == run["verdict"] == run["failure"]["kind"] == "interrupted" and doc["interrupted"]

@@ -137,8 +137,11 @@ def _show(event: object, progress: Progress, bars: dict[str, int], console: Cons
     elif isinstance(event, RunFinished):
         r = event.result
         if r.name in bars:
-            progress.update(bars[r.name], phase=r.verdict, completed=r.delivery.get("received", 0),
-                            total=r.delivery.get("sent", 0) or None, live="")
+            if r.verdict in ("interrupted", "failed"):  # cut short: against what it was to carry
+                progress.update(bars[r.name], phase=r.verdict, completed=r.delivery.get("received", 0), live="")
+            else:
+                progress.update(bars[r.name], phase=r.verdict, completed=r.delivery.get("received", 0),
+                                total=r.delivery.get("sent", 0) or None, live="")
         style = VERDICT_STYLE.get(r.verdict, "")
         line = (f"[{style}]{r.verdict.upper()}[/] run {escape(r.name)}: {len(leaks(r)):,} leaked, "
                 f"{r.count('exited'):,} exited during settle, {r.count('ignored'):,} ignored"
