@@ -273,7 +273,8 @@ class SettleWatch:
         now = time.monotonic()
         if not self._check(now, self._scan()):
             self.everything_exited = True
-            self.ended_at = max([self.closed_at, *self.exit_at.values(), *self.job_done_at.values()])
+            gone = self.resources.exit_at.values() if self.resources is not None else ()  # sockets, children
+            self.ended_at = max([self.closed_at, *self.exit_at.values(), *self.job_done_at.values(), *gone])
             self.noticed_at = time.monotonic()
             return None
         remaining = self.deadline - now

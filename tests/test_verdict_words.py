@@ -5,6 +5,7 @@ other end of that pair, closed by its owner once its peer went, is "closed by th
 
 from __future__ import annotations
 
+import re
 import socket
 import threading
 
@@ -19,13 +20,23 @@ pytest_plugins = ["pytester"]
 
 def test_a_lingering_socket_closed_and_a_clean_test_with_nothing_to_wait_for(pytester: pytest.Pytester) -> None:
     result = run(pytester, """
-        import asyncio, socket, threading, pytest
+        import asyncio, queue, socket, threading, time, pytest
+
+        CLOSER = queue.SimpleQueue()
+
+        def closes_later():  # a thread older than the test: only the socket is the test's
+            while True:
+                sock = CLOSER.get()
+                time.sleep(0.05)   # the socket outlives the test by 50 ms (the behaviour under test)
+                sock.close()
+
+        threading.Thread(target=closes_later, daemon=True).start()
 
         @pytest.mark.busmon
         def test_socket_closed_soon_after():
             a, b = socket.socketpair()
             b.close()
-            threading.Timer(0.05, a.close).start()   # the socket outlives the test by 50 ms
+            CLOSER.put(a)
 
         @pytest.mark.busmon
         async def test_uses_the_default_executor():
@@ -45,6 +56,11 @@ def test_a_lingering_socket_closed_and_a_clean_test_with_nothing_to_wait_for(pyt
         "  thread asyncio_0*",
     ])
     assert "socket unix" not in "".join(l for l in result.stdout.lines if "exited after" in l)
+    # the wait said is the wait for the socket: never shorter than its close (it read 0.0 ms)
+    out = result.stdout.str()
+    waited = float(re.search(r"waited ([\d,.]+) ms \(up to 2 s\)", out).group(1).replace(",", ""))
+    closed = float(re.search(r"socket unix .*: closed after ([\d,.]+) ms", out).group(1).replace(",", ""))
+    assert closed >= 40 and waited >= closed, (waited, closed)
 
 
 class _Cycle:
