@@ -64,7 +64,7 @@ by identity, what it leaves behind once it has properly settled.
  [b]e[/b]      export a screenshot (SVG) now, into busmon-screenshots/
  [b]?[/b]      this help (esc closes; ↑ ↓ scroll)
  [b]ctrl+p[/b] command palette
- [b]q[/b]      quit (closes and settles the bus first if it is open)
+ [b]q[/b]      quit (closes and settles the bus first if it is open; [b]ctrl+q[/b] too)
 
 [b]close (naive)[/b] is the count taken the instant close() returned:
 what the post-mortem's test counted. [b]settled[/b] is after waiting for
