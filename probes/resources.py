@@ -26,6 +26,9 @@ SOCKET_KINDS = ("tcp", "udp", "unix", "socket")
 #: how long, after the verdict's GC closed one end of a pair, the other end's owner is given
 #: to close it (a server thread sees the peer go within a millisecond or two)
 PEER_GRACE_S = 0.25
+#: this process's own /proc files: read for a moment by psutil (busmon's sampler among them),
+#: never anything a bus or a test holds
+_OWN_PROC = ("/proc/self/", "/proc/thread-self/")
 
 
 @dataclass
@@ -64,6 +67,8 @@ class ResourceWatch:
         return self.kinds is None or kind in self.kinds
 
     def _judged(self, d: fd_probe.Descriptor) -> bool:
+        if d.kind == "file" and d.target.startswith((f"/proc/{os.getpid()}/", *_OWN_PROC)):
+            return False  # this process reading its own /proc (psutil, busmon's sampler): a moment's read
         return self._judges("sockets" if d.kind in SOCKET_KINDS else "fds")
 
     # -- candidates -------------------------------------------------------------------

@@ -117,3 +117,18 @@ def test_a_pair_whose_client_the_gc_closed_the_server_end_closed_by_the_peer() -
     assert ("exited", "closed by the peer: its owner closed it once the other end went") in by_state, w.result.report()
     assert w.verdict == "leaked"   # the forgotten client is still the code's leak
 
+
+
+def test_this_process_reading_its_own_proc_files_is_never_a_leftover() -> None:
+    """psutil (busmon's sampler among its users) opens /proc/<pid>/stat for a moment: seen open at
+    close, it was judged 'exited' as the run's file (once in a full suite's run)."""
+    import os
+
+    from probes.fds import Descriptor
+    from probes.resources import ResourceWatch
+
+    watch = ResourceWatch(frozenset(), frozenset())
+    assert not watch._judged(Descriptor(7, f"/proc/{os.getpid()}/stat", "file"))
+    assert not watch._judged(Descriptor(7, "/proc/self/status", "file"))
+    assert watch._judged(Descriptor(7, "/proc/1/stat", "file"))        # another process's: still judged
+    assert watch._judged(Descriptor(7, "/tmp/data.bin", "file"))
