@@ -513,7 +513,9 @@ def _told_stalls(item: pytest.Item, state: TestWatch, result: WatchResult, repor
     if not result.stalls:
         return False
     head = f"busmon: {item.nodeid} blocked its event loop\n"
-    if not result.failing_stalls and (_stall_warned(item, result) or not _named_as_error("StallWarning")):
+    from probes.watch import StallWarning
+
+    if not result.failing_stalls and (_stall_warned(item, result) or not _named_as_error(StallWarning)):
         report.sections.append((STALL_SECTION, head + result.stall_report("during the test")))
         return False
     rule = "" if result.failing_stalls else "a failure (a warning filter makes StallWarning an error)"
@@ -526,14 +528,11 @@ def _told_stalls(item: pytest.Item, state: TestWatch, result: WatchResult, repor
     return True
 
 
-def _named_as_error(category_name: str) -> bool:
-    """Whether a warning filter in force makes busmon's warning class ``category_name`` (or a
+def _named_as_error(category: type[Warning]) -> bool:
+    """Whether a warning filter in force makes busmon's warning class ``category`` (or a
     subclass of it) an error by naming it, rather than all warnings at once."""
     import warnings
 
-    from probes import watch
-
-    category = getattr(watch, category_name)
     return any(action == "error" and isinstance(cat, type) and issubclass(cat, category)
                for action, _, cat, _, _ in warnings.filters)
 
