@@ -41,7 +41,7 @@ from pathlib import Path
 from typing import Awaitable, Callable
 
 from bench.results_file import write_results
-from bus import Envelope, create_bus
+from busmon.bus import Envelope, create_bus
 
 KEYS = 100
 PAYLOAD = b"x" * 256

@@ -22,8 +22,8 @@ import sys
 from pathlib import Path
 
 from bench.results_file import write_results
-from probes.scenario import parse_scenario
-from probes.session import Session
+from busmon.probes.harness.scenario import parse_scenario
+from busmon.probes.harness.session import Session
 
 SCENARIO = """
 name = "dashboard overhead"
@@ -53,9 +53,9 @@ def dashboard(messages: int) -> tuple[float, float]:
     """Throughput with the dashboard attached, and the UI thread's CPU share during load."""
     import time
 
-    from probes.model import PhaseSnapshot, PhaseStarted
-    from tui.app import BusmonApp
-    from tui.controller import Controller
+    from busmon.probes.model import PhaseSnapshot, PhaseStarted
+    from busmon.tui.app import BusmonApp
+    from busmon.tui.controller import Controller
 
     class TimedApp(BusmonApp):
         """Notes the UI thread's CPU time when load starts and ends (as the UI sees them)."""

@@ -100,7 +100,7 @@ INI = "[pytest]\nasyncio_mode = auto\nasyncio_default_fixture_loop_scope = funct
 #: times busmon's own work per test (baseline, then settle and verdict) when BUSMON_BENCH_TIMES is set
 CONFTEST = '''
 import json, os, time
-from probes.watch import Watch
+from busmon.probes.watching.watch import Watch
 
 OUT = os.environ.get("BUSMON_BENCH_TIMES")
 TIMES = {"start": [], "verdict": []}
@@ -148,7 +148,7 @@ def watchdog_cycles(n: int) -> dict[str, float]:
     import asyncio
     import time
 
-    from probes.loopwatch import LoopWatch
+    from busmon.probes.observe.loopwatch import LoopWatch
 
     loop = asyncio.new_event_loop()
     starts: list[float] = []

@@ -24,8 +24,8 @@ import sys
 from pathlib import Path
 
 from bench.results_file import write_results
-from probes.scenario import parse_scenario
-from probes.session import Session
+from busmon.probes.harness.scenario import parse_scenario
+from busmon.probes.harness.session import Session
 
 LOAD = """
 name = "overhead"

@@ -11,7 +11,7 @@ Run by hand from the repository root (memory bus, no broker needed; ~3 minutes):
    ``bench/probe_overhead.py``) and the memory bus (nothing left once close returns):
    - the verdict latency (``RunResult.verdict_ms``): SlowExit's last exit → verdict ready; for
      the memory bus, close → verdict ready;
-   - a phase boundary's cost: every ``Census.take()`` call, and every ``probes.runner.snapshot()``
+   - a phase boundary's cost: every ``Census.take()`` call, and every ``busmon.probes.harness.runner.snapshot()``
      call less the census taken inside it;
    - a sampler tick (``Sampler.read``, 10 Hz), whose cost must not grow with the tasks;
    - the stall warnings and verdicts of those runs (busmon's own work must be neither).
@@ -128,7 +128,7 @@ def _ms(values: list[float]) -> dict[str, float]:
 
 
 class Timings:
-    """Times every call of ``probes.runner.snapshot``, ``Census.take`` and a sampler's ``read``
+    """Times every call of ``busmon.probes.harness.runner.snapshot``, ``Census.take`` and a sampler's ``read``
     while installed (the originals are put back on exit)."""
 
     def __init__(self) -> None:
@@ -138,8 +138,8 @@ class Timings:
         self._inner = 0.0                   # census time inside the snapshot() under way
 
     def __enter__(self) -> Timings:
-        import probes.runner as runner
-        from probes.census import Census
+        import busmon.probes.harness.runner as runner
+        from busmon.probes.observe.census import Census
 
         self._runner, self._census_cls = runner, Census
         self._snapshot, self._take = runner.snapshot, Census.__dict__["take"]
@@ -190,8 +190,8 @@ def linger_run(idle_tasks: int = 0, idle_threads: int = 0, lingers: bool = True)
     """One run with that many idle tasks (arena) and threads alive before its baseline: of
     SlowExit (its flusher exits 300 ms after close), or (``lingers=False``) of the memory bus,
     whose tasks have all exited when close returns."""
-    from probes.scenario import parse_scenario
-    from probes.session import Session
+    from busmon.probes.harness.scenario import parse_scenario
+    from busmon.probes.harness.session import Session
 
     sc = parse_scenario(LINGER if lingers else LOAD.format(keys=100, messages=1000), "linger.toml")
     threads, thread_release = _idle_threads(idle_threads)
@@ -259,9 +259,9 @@ def curve(kind: str, points: tuple[int, ...], repeat: int) -> list[dict[str, Any
 
 def rss_run(messages: int, keys: int = 100) -> dict[str, Any]:
     """RSS (MiB) as the sampler read it, at each mark of envelopes published, through a run."""
-    from probes.model import PhaseSnapshot, Sample
-    from probes.scenario import parse_scenario
-    from probes.session import Session
+    from busmon.probes.model import PhaseSnapshot, Sample
+    from busmon.probes.harness.scenario import parse_scenario
+    from busmon.probes.harness.session import Session
 
     readings: list[tuple[int, int, float]] = []
     snaps: dict[str, float] = {}
@@ -333,8 +333,8 @@ def deep_audit_bytes(keys: int, envelopes: int) -> dict[str, int]:
     """The audit's deep size (every container and number it holds, not the shared key strings),
     after ``envelopes`` in-order deliveries over ``keys`` keys, one consumer unit; and of that,
     its per-key state (what it knows of each key's sequence numbers) and its latency histogram."""
-    from bus import Envelope
-    from probes.audit import DeliveryAudit
+    from busmon.bus import Envelope
+    from busmon.probes.harness.audit import DeliveryAudit
 
     names = [f"key-{k}" for k in range(keys)]
     audit = DeliveryAudit()
@@ -387,14 +387,14 @@ def _deep_size(root: Any, skip: set[int]) -> int:
 async def dashboard_run(idle: int, messages: int, rate: int, watch_s: float) -> dict[str, Any]:
     """The app off screen with ``idle`` idle tasks on the arena: renders, samples reaching the UI,
     and q (pressed during the load) to exit."""
-    from probes.model import Sample
-    from probes.sampler import Sampler
-    from probes.scenario import parse_scenario
-    from tui.app import BusmonApp
-    from tui.controller import Controller
-    from tui.widgets import PhaseChart
-    from tui.widgets.throughput import Rates
-    from tui.widgets.verdict import VerdictBanner
+    from busmon.probes.model import Sample
+    from busmon.probes.harness.sampler import Sampler
+    from busmon.probes.harness.scenario import parse_scenario
+    from busmon.tui.app import BusmonApp
+    from busmon.tui.controller import Controller
+    from busmon.tui.widgets import PhaseChart
+    from busmon.tui.widgets.throughput import Rates
+    from busmon.tui.widgets.verdict import VerdictBanner
 
     renders: list[float] = []
     rates_renders: list[float] = []
@@ -540,7 +540,7 @@ def dashboard_part(idle_points: tuple[int, ...], repeat: int, watch_s: float) ->
 
 def live(idle: int, argv: list[str]) -> None:
     """``busmon ARGS`` with ``idle`` idle tasks on the arena loop before the first baseline."""
-    from probes.session import Session
+    from busmon.probes.harness.session import Session
 
     setup = Session._setup
 
@@ -550,7 +550,7 @@ def live(idle: int, argv: list[str]) -> None:
         self._bench_idle = (release, await _idle_tasks(idle, release))  # type: ignore[attr-defined]
 
     Session._setup = with_idle  # type: ignore[method-assign]
-    from tui.cli import main as busmon
+    from busmon.tui.cli import main as busmon
 
     sys.argv = ["busmon", *argv]
     busmon()

@@ -3,13 +3,13 @@
 >>> bus = create_bus("memory://")
 """
 
-from bus.codec import DecodeError, decode, encode
-from bus.counters import BusCounters
-from bus.envelope import Envelope
-from bus.errors import (BusCloseError, BusClosedError, BusConfigError, BusConnectError, BusError, BusFault,
+from busmon.bus.codec import DecodeError, decode, encode
+from busmon.bus.counters import BusCounters
+from busmon.bus.envelope import Envelope
+from busmon.bus.errors import (BusCloseError, BusClosedError, BusConfigError, BusConnectError, BusError, BusFault,
                         BusRefusedError)
-from bus.factory import create_bus, load_factory
-from bus.protocol import EventBus, Handler, Subscription
+from busmon.bus.factory import create_bus, load_factory
+from busmon.bus.protocol import EventBus, Handler, Subscription
 
 __all__ = [
     "BusCloseError", "BusClosedError", "BusConfigError", "BusConnectError", "BusCounters", "BusError",

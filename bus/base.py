@@ -16,14 +16,14 @@ import re
 import time
 from typing import Any
 
-from bus.codec import Framer
-from bus.counters import BusCounters
-from bus.envelope import Envelope
-from bus.deadline import CallTimeout, LibraryCancelled, bounded, innermost
-from bus.errors import BusCloseError, BusClosedError, BusConnectError, BusError, BusFault
-from bus.pool import DEFAULT_QUEUE_SIZE, DEFAULT_WORKERS, KeyedWorkerPool
-from bus.protocol import Handler
-from bus.tasks import OwnedTasks
+from busmon.bus.codec import Framer
+from busmon.bus.counters import BusCounters
+from busmon.bus.envelope import Envelope
+from busmon.bus.deadline import CallTimeout, LibraryCancelled, bounded, innermost
+from busmon.bus.errors import BusCloseError, BusClosedError, BusConnectError, BusError, BusFault
+from busmon.bus.pool import DEFAULT_QUEUE_SIZE, DEFAULT_WORKERS, KeyedWorkerPool
+from busmon.bus.protocol import Handler
+from busmon.bus.tasks import OwnedTasks
 
 log = logging.getLogger("bus")
 

@@ -19,7 +19,7 @@ import time
 from types import MappingProxyType
 from typing import Any, Mapping
 
-from bus.envelope import _NO_HEADERS, Envelope
+from busmon.bus.envelope import _NO_HEADERS, Envelope
 
 _new = tuple.__new__
 _monotonic_ns = time.monotonic_ns

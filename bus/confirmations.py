@@ -11,7 +11,7 @@ import asyncio
 import logging
 from collections import deque
 
-from bus.counters import BusCounters
+from busmon.bus.counters import BusCounters
 
 #: publishes between two reaps of the finished confirmations
 REAP_EVERY = 64

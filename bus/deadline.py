@@ -18,7 +18,7 @@ import asyncio
 import sysconfig
 from typing import Any, Awaitable, Iterable, TypeVar
 
-from bus.errors import BusError
+from busmon.bus.errors import BusError
 
 T = TypeVar("T")
 
@@ -80,9 +80,9 @@ def task_stack(task: asyncio.Task, limit: int = 16) -> list[str]:
 _STDLIB = sysconfig.get_paths()["stdlib"].replace("\\", "/").rstrip("/") + "/"
 
 
-def short_where(filename: str, lineno: int | None, function: str) -> str:
-    """``package/module.py:12 in fn``: the path from the top package (or from the standard
-    library, ``threading.py``), not the whole disk path."""
+def short_file(filename: str) -> str:
+    """``package/module.py``: the path from the top package (or from the standard library,
+    ``threading.py``), not the whole disk path; what :func:`short_where` starts with."""
     path = filename.replace("\\", "/")
     parts = path.split("/")
     for marker in ("site-packages", "dist-packages"):
@@ -91,12 +91,20 @@ def short_where(filename: str, lineno: int | None, function: str) -> str:
             break
     else:
         parts = [path.removeprefix(_STDLIB)] if path.startswith(_STDLIB) else parts[-2:]
-    short = "/".join(parts)
+    return "/".join(parts)
+
+
+def short_where(filename: str, lineno: int | None, function: str) -> str:
+    """``package/module.py:12 in fn``: the path from the top package (or from the standard
+    library, ``threading.py``), not the whole disk path."""
+    short = short_file(filename)
     return f"{short}:{lineno} in {function}" if lineno else f"{short} in {function}"
 
 
 #: frames of the runtime's own machinery: where a task or thread waits, not who made it wait
 _MACHINERY = ("awaiting ", "asyncio/", "threading.py", "concurrent/futures/")
+#: this module as its frames read (``bus/deadline.py`` in a checkout): never where a call is stuck
+_OWN_FILE = short_file(__file__)
 
 
 def add_machinery(prefix: str) -> None:
@@ -131,7 +139,7 @@ async def bounded(call: Awaitable[T], timeout: float, what: str, *, name: str = 
         await _cancel(task, grace)
         raise
     if not done:
-        stack = [line for line in task_stack(task) if not line.startswith("bus/deadline.py")]
+        stack = [line for line in task_stack(task) if not line.startswith(_OWN_FILE)]
         abandoned = None if await _cancel(task, grace) else task
         raise CallTimeout(what, timeout, stack, abandoned)
     if task.cancelled():

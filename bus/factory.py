@@ -8,10 +8,10 @@ import re
 from typing import Any, Callable
 from urllib.parse import urlsplit
 
-from bus.connection import KAFKA_SECRETS, NATS_SECRETS, merge_userinfo, parse_target
-from bus.errors import BusConfigError
-from bus.protocol import EventBus
-from bus.secrets import redact_url, register_options, resolve_env
+from busmon.bus.connection import KAFKA_SECRETS, NATS_SECRETS, merge_userinfo, parse_target
+from busmon.bus.errors import BusConfigError
+from busmon.bus.protocol import EventBus
+from busmon.bus.secrets import redact_url, register_options, resolve_env
 
 SCHEMES = ("memory", "kafka", "nats", "nats+js", "faststream+kafka", "faststream+nats", "faststream+nats+js",
            "raw+kafka", "raw+nats")
@@ -90,9 +90,10 @@ def _missing_methods(bus: Any) -> list[str]:
     return [m for m in BUS_METHODS if not callable(getattr(bus, m, None))]
 
 
-_BACKEND_MODULES = {"memory": "bus.memory", "kafka": "bus.kafka", "nats": "bus.nats", "nats+js": "bus.nats",
-                    "faststream+kafka": "faststream.kafka", "faststream+nats": "faststream.nats",
-                    "faststream+nats+js": "faststream.nats", "raw+kafka": "aiokafka", "raw+nats": "nats"}
+_BACKEND_MODULES = {"memory": "busmon.bus.memory", "kafka": "busmon.bus.kafka", "nats": "busmon.bus.nats",
+                    "nats+js": "busmon.bus.nats", "faststream+kafka": "faststream.kafka",
+                    "faststream+nats": "faststream.nats", "faststream+nats+js": "faststream.nats",
+                    "raw+kafka": "aiokafka", "raw+nats": "nats"}
 #: what a backend's library imports lazily, on first use (FastStream: anyio's asyncio backend)
 _LAZY_MODULES = {"faststream+kafka": ("anyio._backends._asyncio",), "faststream+nats": ("anyio._backends._asyncio",),
                  "faststream+nats+js": ("anyio._backends._asyncio",)}
@@ -116,31 +117,31 @@ def known_options(scheme: str) -> list[str]:
     """The option names a built-in bus takes (its own and BaseBus's, and ``<secret>_env``)."""
     import inspect
 
-    from bus.base import BaseBus
+    from busmon.bus.base import BaseBus
 
     classes: list[type] = [BaseBus]
     secrets: tuple[str, ...] = ()
     if scheme.startswith("faststream+"):
-        from bus.faststream_bus import FastStreamBus
-        from bus.thin import ThinBus
+        from busmon.bus.faststream_bus import FastStreamBus
+        from busmon.bus.thin import ThinBus
 
         classes = [ThinBus, FastStreamBus]
     elif scheme.startswith("raw+"):
-        from bus.raw_clients import RawKafkaBus, RawNatsBus
-        from bus.thin import ThinBus
+        from busmon.bus.raw_clients import RawKafkaBus, RawNatsBus
+        from busmon.bus.thin import ThinBus
 
         classes = [ThinBus, RawKafkaBus if scheme == "raw+kafka" else RawNatsBus]
     elif scheme == "memory":
-        from bus.memory import MemoryBus
+        from busmon.bus.memory import MemoryBus
 
         classes.append(MemoryBus)
     elif scheme == "kafka":
-        from bus.kafka import KafkaBus
+        from busmon.bus.kafka import KafkaBus
 
         classes.append(KafkaBus)
         secrets = KAFKA_SECRETS
     elif scheme in ("nats", "nats+js"):
-        from bus.nats import JetStreamBus, NatsBus
+        from busmon.bus.nats import JetStreamBus, NatsBus
 
         classes += [NatsBus, JetStreamBus] if scheme == "nats+js" else [NatsBus]
         secrets = NATS_SECRETS
@@ -166,17 +167,17 @@ def create_bus(url: str = "memory://", /, **options: Any) -> EventBus:
     scheme = urlsplit(url).scheme if "://" in url else ""
     try:
         if scheme == "memory":
-            from bus.memory import MemoryBus
+            from busmon.bus.memory import MemoryBus
 
             return MemoryBus(**options)
         if scheme == "kafka":
-            from bus.kafka import KafkaBus
+            from busmon.bus.kafka import KafkaBus
 
             target = parse_target(url, 9092)
             options = resolve_env(merge_userinfo(target, options), KAFKA_SECRETS)
             return KafkaBus(target.addresses(), **options)
         if scheme.startswith("faststream+") and scheme in SCHEMES:
-            from bus.faststream_bus import FastStreamBus
+            from busmon.bus.faststream_bus import FastStreamBus
 
             target = parse_target(url, DEFAULT_PORTS[scheme])
             if target.user or target.password:
@@ -184,7 +185,7 @@ def create_bus(url: str = "memory://", /, **options: Any) -> EventBus:
             prefix = "" if scheme == "faststream+kafka" else "nats://"
             return FastStreamBus(scheme, [f"{prefix}{a}" for a in target.addresses().split(",")], **options)
         if scheme in ("raw+kafka", "raw+nats"):
-            from bus.raw_clients import RawKafkaBus, RawNatsBus
+            from busmon.bus.raw_clients import RawKafkaBus, RawNatsBus
 
             target = parse_target(url, DEFAULT_PORTS[scheme])
             if target.user or target.password:
@@ -193,7 +194,7 @@ def create_bus(url: str = "memory://", /, **options: Any) -> EventBus:
                 return RawKafkaBus(target.addresses().split(","), **options)
             return RawNatsBus([f"nats://{a}" for a in target.addresses().split(",")], **options)
         if scheme in ("nats", "nats+js"):
-            from bus.nats import JetStreamBus, NatsBus
+            from busmon.bus.nats import JetStreamBus, NatsBus
 
             target = parse_target(url, 4222)
             options = resolve_env(merge_userinfo(target, options, token_scheme=True), NATS_SECRETS)

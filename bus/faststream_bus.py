@@ -24,11 +24,11 @@ import asyncio
 import logging
 from typing import Any, Callable
 
-from bus.deadline import bounded
-from bus.envelope import Envelope
-from bus.errors import BusConfigError
-from bus.protocol import Handler
-from bus.thin import ThinBus, check_seconds
+from busmon.bus.deadline import bounded
+from busmon.bus.envelope import Envelope
+from busmon.bus.errors import BusConfigError
+from busmon.bus.protocol import Handler
+from busmon.bus.thin import ThinBus, check_seconds
 
 log = logging.getLogger("bus.faststream")
 

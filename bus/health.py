@@ -16,7 +16,7 @@ import struct
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
-from bus.connection import parse_target
+from busmon.bus.connection import parse_target
 
 REFUSED, SILENT, UP, UNRESOLVED = "unreachable", "not responding", "up", "unresolvable"
 

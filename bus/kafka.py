@@ -17,15 +17,15 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListen
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaConnectionError, TopicAlreadyExistsError
 
-from bus.base import _STARTED, BaseBus
-from bus.confirmations import Confirmations
-from bus.kafka_placement import Placement
-from bus.envelope import Envelope
-from bus.connection import KafkaSecurity
-from bus.errors import BusConnectError, BusError, BusRefusedError
-from bus.refusal import kafka_refusal
-from bus.polling import PollingSubscription
-from bus.protocol import Handler
+from busmon.bus.base import _STARTED, BaseBus
+from busmon.bus.confirmations import Confirmations
+from busmon.bus.kafka_placement import Placement
+from busmon.bus.envelope import Envelope
+from busmon.bus.connection import KafkaSecurity
+from busmon.bus.errors import BusConnectError, BusError, BusRefusedError
+from busmon.bus.refusal import kafka_refusal
+from busmon.bus.polling import PollingSubscription
+from busmon.bus.protocol import Handler
 
 log = logging.getLogger("bus.kafka")
 

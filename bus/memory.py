@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import asyncio
 
-from bus.base import BaseBus, BaseSubscription
-from bus.envelope import Envelope
-from bus.pool import key_hash
+from busmon.bus.base import BaseBus, BaseSubscription
+from busmon.bus.envelope import Envelope
+from busmon.bus.pool import key_hash
 
 #: publishes in a row before one yields to the loop (see ``_publish``)
 PUBLISH_BURST = 512
-from bus.protocol import Handler
+from busmon.bus.protocol import Handler
 
 
 class MemorySubscription(BaseSubscription):

@@ -19,16 +19,16 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js import api as js_api
 
-from bus.base import _STARTED, BaseBus, BaseSubscription, State
-from bus.confirmations import Confirmations
-from bus.codec import DecodeError, decode
-from bus.envelope import Envelope
-from bus.deadline import cancel_and_wait
-from bus.connection import NatsSecurity
-from bus.errors import BusConnectError, BusError, BusFault, BusRefusedError
-from bus.refusal import address, nats_refusal
-from bus.polling import PollingSubscription, count_undecodable, decode_batch
-from bus.protocol import Handler
+from busmon.bus.base import _STARTED, BaseBus, BaseSubscription, State
+from busmon.bus.confirmations import Confirmations
+from busmon.bus.codec import DecodeError, decode
+from busmon.bus.envelope import Envelope
+from busmon.bus.deadline import cancel_and_wait
+from busmon.bus.connection import NatsSecurity
+from busmon.bus.errors import BusConnectError, BusError, BusFault, BusRefusedError
+from busmon.bus.refusal import address, nats_refusal
+from busmon.bus.polling import PollingSubscription, count_undecodable, decode_batch
+from busmon.bus.protocol import Handler
 
 log = logging.getLogger("bus.nats")
 _data_of = operator.attrgetter("data")

@@ -11,11 +11,11 @@ import asyncio
 import logging
 from typing import Any, Callable
 
-from bus.base import BaseBus, BaseSubscription
-from bus.codec import DecodeError, decode
-from bus.envelope import Envelope
-from bus.errors import BusError, BusFault
-from bus.protocol import Handler
+from busmon.bus.base import BaseBus, BaseSubscription
+from busmon.bus.codec import DecodeError, decode
+from busmon.bus.envelope import Envelope
+from busmon.bus.errors import BusError, BusFault
+from busmon.bus.protocol import Handler
 
 log = logging.getLogger("bus")
 

@@ -28,11 +28,11 @@ from collections import deque
 from itertools import repeat
 from typing import Any, Callable, Coroutine, Generator, Protocol, Sequence
 
-from bus.counters import BusCounters
-from bus.deadline import CANCEL_GRACE_S, cancel_and_wait
-from bus.envelope import Envelope
-from bus.errors import BusClosedError
-from bus.protocol import Handler
+from busmon.bus.counters import BusCounters
+from busmon.bus.deadline import CANCEL_GRACE_S, cancel_and_wait
+from busmon.bus.envelope import Envelope
+from busmon.bus.errors import BusClosedError
+from busmon.bus.protocol import Handler
 
 log = logging.getLogger("bus.pool")
 

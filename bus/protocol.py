@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Awaitable, Callable, Protocol, runtime_checkable
 
-from bus.envelope import Envelope
+from busmon.bus.envelope import Envelope
 
 Handler = Callable[[Envelope], Awaitable[None]]
 

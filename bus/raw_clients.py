@@ -13,10 +13,10 @@ import asyncio
 import logging
 from typing import Any
 
-from bus.deadline import bounded, cancel_and_wait
-from bus.envelope import Envelope
-from bus.protocol import Handler
-from bus.thin import ThinBus
+from busmon.bus.deadline import bounded, cancel_and_wait
+from busmon.bus.envelope import Envelope
+from busmon.bus.protocol import Handler
+from busmon.bus.thin import ThinBus
 
 log = logging.getLogger("bus.raw")
 

@@ -12,10 +12,10 @@ import asyncio
 import ssl
 from typing import TYPE_CHECKING
 
-from bus.errors import BusRefusedError
+from busmon.bus.errors import BusRefusedError
 
 if TYPE_CHECKING:
-    from bus.connection import KafkaSecurity, NatsSecurity
+    from busmon.bus.connection import KafkaSecurity, NatsSecurity
 
 
 def address(host: str, port: int) -> str:
@@ -109,7 +109,7 @@ async def kafka_refusal(host: str, port: int, security: KafkaSecurity, client_id
 async def kafka_answers_plaintext(host: str, port: int, timeout: float) -> bool:
     """Does a Kafka broker answer a plaintext ApiVersions request here (its own correlation id
     back, not a TLS alert or a dropped connection)?"""
-    from bus.health import KAFKA_API_VERSIONS_REQUEST
+    from busmon.bus.health import KAFKA_API_VERSIONS_REQUEST
 
     writer = None
     try:
@@ -127,7 +127,7 @@ async def kafka_answers_plaintext(host: str, port: int, timeout: float) -> bool:
 
 async def answers_tls(host: str, port: int, timeout: float) -> bool:
     """Does the listener complete a TLS handshake (whatever its certificate)?"""
-    from bus.health import any_certificate
+    from busmon.bus.health import any_certificate
 
     writer = None
     try:

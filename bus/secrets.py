@@ -26,7 +26,7 @@ import threading
 from typing import Any, Iterable, Mapping
 from urllib.parse import quote, quote_plus, unquote, urlsplit
 
-from bus.errors import BusConfigError
+from busmon.bus.errors import BusConfigError
 
 MASK = "***"
 

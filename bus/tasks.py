@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from typing import Coroutine
 
-from bus.deadline import CANCEL_GRACE_S, cancel_and_wait
+from busmon.bus.deadline import CANCEL_GRACE_S, cancel_and_wait
 
 
 class OwnedTasks:

@@ -15,12 +15,12 @@ import logging
 import time
 from typing import Any
 
-from bus.codec import DecodeError, decode, encode
-from bus.counters import BusCounters
-from bus.deadline import CallTimeout, LibraryCancelled, bounded
-from bus.envelope import Envelope
-from bus.errors import BusClosedError, BusConnectError, BusError
-from bus.protocol import Handler
+from busmon.bus.codec import DecodeError, decode, encode
+from busmon.bus.counters import BusCounters
+from busmon.bus.deadline import CallTimeout, LibraryCancelled, bounded
+from busmon.bus.envelope import Envelope
+from busmon.bus.errors import BusClosedError, BusConnectError, BusError
+from busmon.bus.protocol import Handler
 
 #: how often a Kafka subscription looks whether its consumer has partitions yet
 ASSIGNMENT_POLL_S = 0.02

@@ -168,11 +168,18 @@ class RunResult:
 
 
 @dataclass(frozen=True, slots=True)
+class RunFinished:
+    """A run has its verdict: the last event of a run."""
+
+    result: RunResult
+
+
+@dataclass(frozen=True, slots=True)
 class ScenarioResult:
     scenario: str
     runs: tuple[RunResult, ...]
     interrupted: bool = False        # stopped early (Ctrl-C): the runs are those played so far
-    logs: tuple[Any, ...] = ()       # the libraries' log lines, counted (probes.logs.LogLine)
+    logs: tuple[Any, ...] = ()       # the libraries' log lines, counted (busmon.probes.harness.logs.LogLine)
 
     @property
     def exit_code(self) -> int:

@@ -6,7 +6,7 @@ brokers``; this module keeps the names the tests import.
 
 from __future__ import annotations
 
-from bus.brokers_local import (HOST, Broker, free_port, nats_server, nats_server_binary, serve, tansu,
+from busmon.bus.brokers_local import (HOST, Broker, free_port, nats_server, nats_server_binary, serve, tansu,
                                tansu_binary, wait_for_port)
 
 _serve = serve  # tests/secured_brokers.py's name for it

@@ -11,7 +11,7 @@ from typing import AsyncIterator, Iterator
 
 import pytest
 
-from bus import EventBus, create_bus
+from busmon.bus import EventBus, create_bus
 from tests import leaky_buses
 from tests.brokers import Broker, nats_server, tansu
 

@@ -6,7 +6,7 @@ import asyncio
 import threading
 from collections import defaultdict
 
-from bus import Envelope
+from busmon.bus import Envelope
 
 
 class Collector:
@@ -123,7 +123,7 @@ def busmon_in_a_terminal(args: list[str], width: int = 100, deadline_s: float = 
 
     root = Path(__file__).resolve().parent.parent
     master, slave = pty.openpty()
-    proc = subprocess.Popen([sys.executable, "-m", "tui.cli", *args], cwd=root, stdin=slave, stdout=slave,
+    proc = subprocess.Popen([sys.executable, "-m", "busmon", *args], cwd=root, stdin=slave, stdout=slave,
                             stderr=slave, close_fds=True,
                             env={**os.environ, "PYTHONPATH": str(root), "COLUMNS": str(width), "LINES": "30"})
     os.close(slave)

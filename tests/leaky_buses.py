@@ -11,8 +11,8 @@ import asyncio
 import threading
 from typing import Any
 
-from bus import Envelope, Handler
-from bus.memory import MemoryBus
+from busmon.bus import Envelope, Handler
+from busmon.bus.memory import MemoryBus
 
 # threads the tests must release afterwards, so one test's leak does not outlive it
 STUCK_THREADS: list[tuple[threading.Thread, threading.Event]] = []
@@ -161,12 +161,12 @@ class NatsNeverClosed:
         self.nc = await nats.connect(self.servers)
 
     async def publish(self, topic: str, envelope: Envelope) -> None:
-        from bus import encode
+        from busmon.bus import encode
 
         await self.nc.publish(topic, encode(envelope))
 
     async def subscribe(self, topic: str, handler: Handler, *, group: str | None = None):
-        from bus import decode
+        from busmon.bus import decode
 
         async def cb(msg) -> None:
             await handler(decode(msg.data))

@@ -5,7 +5,7 @@ Feeds the SVG snapshot tests, so the pictures depend on the layout only.
 
 from __future__ import annotations
 
-from probes.model import Leftover, PhaseSnapshot, PhaseStarted, RunResult, Sample
+from busmon.probes.model import Leftover, PhaseSnapshot, PhaseStarted, RunResult, Sample
 
 BASE = {"busmon.sampler": 1, "busmon.session": 1}
 LOADED = {"bus.pool": 256, "busmon.publisher": 2, **BASE}
@@ -57,7 +57,7 @@ def events(until: str = "verdict") -> list[object]:
     out.append(snap("settle", 7.0, 3, 1, {"bus.leaky.heartbeat": 1, **BASE}, 1))
     if until == "settle":
         return out
-    from probes.session import RunFinished
+    from busmon.probes.model import RunFinished
 
     phases = tuple(e for e in out if isinstance(e, PhaseSnapshot))
     result = RunResult(

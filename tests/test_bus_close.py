@@ -8,9 +8,9 @@ import time
 
 import pytest
 
-from bus import Envelope, create_bus
-from bus.deadline import CallTimeout, LibraryCancelled, bounded, cancel_and_wait
-from bus.errors import BusCloseError
+from busmon.bus import Envelope, create_bus
+from busmon.bus.deadline import CallTimeout, LibraryCancelled, bounded, cancel_and_wait
+from busmon.bus.errors import BusCloseError
 from tests.conftest import backend_options
 from tests.leaky_buses import _forever
 from tests.leaky_buses import _refuse_cancellation as _refuse

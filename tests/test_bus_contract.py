@@ -8,7 +8,7 @@ import zlib
 
 import pytest
 
-from bus import BusClosedError, BusConnectError, Envelope, create_bus
+from busmon.bus import BusClosedError, BusConnectError, Envelope, create_bus
 from tests.brokers import free_port
 from tests.conftest import backend_options
 from tests.helpers import (Collector, assert_in_order_no_loss, assert_nothing_left, check_handler_errors_are_counted,

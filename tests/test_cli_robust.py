@@ -16,11 +16,11 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-import probes.scenario as scenario_mod
-from probes.model import ScenarioResult
-from probes.scenario import Scenario, ScenarioError, load_scenario, parse_scenario
+import busmon.probes.harness.scenario as scenario_mod
+from busmon.probes.model import ScenarioResult
+from busmon.probes.harness.scenario import Scenario, ScenarioError, load_scenario, parse_scenario
 from tests.helpers import busmon_in_a_terminal
-from tui import cli
+from busmon.tui import cli
 
 ROOT = Path(__file__).resolve().parents[1]
 QUICKSTART = str(ROOT / "sample_configs" / "quickstart.toml")
@@ -70,7 +70,7 @@ USAGE_ERRORS = {
 
 @pytest.mark.parametrize("args, names", USAGE_ERRORS.values(), ids=USAGE_ERRORS.keys())
 def test_usage_errors_in_a_real_process_are_one_line_and_exit_2(args: list[str], names: str) -> None:
-    proc = subprocess.run([sys.executable, "-m", "tui.cli", *args], cwd=ROOT, capture_output=True,
+    proc = subprocess.run([sys.executable, "-m", "busmon", *args], cwd=ROOT, capture_output=True,
                           text=True, timeout=60, stdin=subprocess.DEVNULL)
     assert proc.returncode == 2, proc.stderr
     line = one_line(proc.stderr)
@@ -78,7 +78,7 @@ def test_usage_errors_in_a_real_process_are_one_line_and_exit_2(args: list[str],
 
 
 def test_version_in_a_real_process() -> None:
-    proc = subprocess.run([sys.executable, "-m", "tui.cli", "--version"], cwd=ROOT, capture_output=True,
+    proc = subprocess.run([sys.executable, "-m", "busmon", "--version"], cwd=ROOT, capture_output=True,
                           text=True, timeout=60, stdin=subprocess.DEVNULL)
     assert proc.returncode == 0, proc.stderr
     assert re.fullmatch(r"busmon \S+\n", proc.stdout), proc.stdout
@@ -438,7 +438,7 @@ PLAY_OPTIONS = {
     "--screenshots": st.sampled_from(["shots", "a-file", "a-file/x"]),
 }
 FLAGS = ["--headless", "--help", "--version", "--bogus", "-h", "play"]
-GOOD = {"--backend": ["memory"], "--url": ["memory://"], "--bus": ["bus.memory:MemoryBus"], "--messages": ["10"], "--rate": ["0", "100000"],
+GOOD = {"--backend": ["memory"], "--url": ["memory://"], "--bus": ["busmon.bus.memory:MemoryBus"], "--messages": ["10"], "--rate": ["0", "100000"],
         "--settle": ["0.1"], "--hold": ["0"], "--ignore-task": ["bus.*"], "--ignore-thread": ["x"],
         "--report": ["r.json", "r.md", "r.html"], "--screenshots": ["shots"]}
 
@@ -458,11 +458,10 @@ def options(table: dict[str, st.SearchStrategy[str]]) -> st.SearchStrategy[list[
 @given(before=options(DASHBOARD_OPTIONS), after=options(PLAY_OPTIONS))
 def test_fuzzed_command_lines_exit_0_to_3_and_usage_errors_are_one_line(
         cli_dir: Path, before: list[str], after: list[str]) -> None:
-    import tui.run
-
+    from busmon.tui import run
     with pytest.MonkeyPatch.context() as mp:  # the dashboard stays shut: this is about the command line
-        mp.setattr(tui.run, "run_dashboard", lambda sc, interactive: (0, ScenarioResult(sc.name, ())))
-        mp.setattr(tui.run, "play_dashboard",  # quit before the first run: nothing measured
+        mp.setattr(run, "run_dashboard", lambda sc, interactive: (0, ScenarioResult(sc.name, ())))
+        mp.setattr(run, "play_dashboard",  # quit before the first run: nothing measured
                    lambda sc, headless, screenshots: (ScenarioResult(sc.name, (), interrupted=True), []))
         code, out, err = run_main([*before, "play", "tiny.toml", "--headless", *after], cwd=cli_dir)
     event(f"exit {code}" + (" after a run" if "verdict" in out else ""))  # pytest --hypothesis-show-statistics: how much of the fuzz got past the checks
@@ -513,7 +512,7 @@ def test_compare_writes_an_html_report_too(tmp_path):
 
 
 def test_help_names_what_each_option_takes():
-    proc = subprocess.run([sys.executable, "-m", "tui.cli", "play", "--help"], cwd=ROOT, capture_output=True,
+    proc = subprocess.run([sys.executable, "-m", "busmon", "play", "--help"], cwd=ROOT, capture_output=True,
                           text=True, timeout=60, env={**__import__("os").environ, "COLUMNS": "120"})
     lines = {ln.split()[1]: ln for ln in proc.stdout.splitlines() if ln.startswith("│ --")}
     assert "<bool>" not in lines["--headless"] and "<" not in lines["--report"], proc.stdout
@@ -523,7 +522,7 @@ def test_help_names_what_each_option_takes():
 def _busmon_piped(args: list[str], cwd: Path = ROOT) -> subprocess.CompletedProcess:
     """busmon with its output piped, as in CI: rich then lays out for 80 columns."""
     env = {k: v for k, v in __import__("os").environ.items() if k not in ("COLUMNS", "LINES")}
-    return subprocess.run([sys.executable, "-m", "tui.cli", *args], cwd=cwd, capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "busmon", *args], cwd=cwd, capture_output=True, text=True,
                           timeout=120, stdin=subprocess.DEVNULL, env={**env, "PYTHONPATH": str(ROOT)})
 
 
@@ -586,7 +585,7 @@ def test_a_close_that_fails_after_a_failure_is_said_on_the_terminal(tmp_path):
     scenario.write_text('name = "close after failure"\nbackend = "tests.leaky_buses:FailsThenStuckClose"\n'
                         '[deadlines]\nclose_s = 0.5\n[probes]\nsettle_timeout_s = 0.2\n'
                         '[[runs]]\nname = "one"\nmessages = 10\n')
-    out = subprocess.run([sys.executable, "-m", "tui.cli", "play", str(scenario), "--headless"],
+    out = subprocess.run([sys.executable, "-m", "busmon", "play", str(scenario), "--headless"],
                          capture_output=True, text=True, timeout=60, cwd=str(Path(__file__).resolve().parents[1]),
                          env={**os.environ, "COLUMNS": "200"})
     assert out.returncode == 3, out.stdout + out.stderr
@@ -598,7 +597,7 @@ def test_a_close_that_fails_after_a_failure_is_said_on_the_terminal(tmp_path):
 
 @pytest.mark.parametrize("command", [[], ["play"], ["compare"], ["brokers"]])
 def test_help_lists_help_as_a_plain_flag(command: list[str]) -> None:
-    proc = subprocess.run([sys.executable, "-m", "tui.cli", *command, "--help"], cwd=ROOT, capture_output=True,
+    proc = subprocess.run([sys.executable, "-m", "busmon", *command, "--help"], cwd=ROOT, capture_output=True,
                           text=True, timeout=60, stdin=subprocess.DEVNULL,
                           env={**__import__("os").environ, "COLUMNS": "100"})
     assert proc.returncode == 0, proc.stderr

@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from bus.confirmations import REAP_EVERY, Confirmations
-from bus.counters import BusCounters
+from busmon.bus.confirmations import REAP_EVERY, Confirmations
+from busmon.bus.counters import BusCounters
 
 
 async def test_failed_and_cancelled_confirmations_are_counted_as_they_are_reaped(caplog):

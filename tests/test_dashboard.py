@@ -9,15 +9,15 @@ from pathlib import Path
 
 import pytest
 
-from bus.base import State
-from probes.model import Sample
+from busmon.bus.base import State
+from busmon.probes.model import Sample
 from tests import recorded
-from tui.app import BusmonApp
-from tui.cli import interactive_scenario
-from tui.controller import Controller
+from busmon.tui.app import BusmonApp
+from busmon.tui.cli import interactive_scenario
+from busmon.tui.controller import Controller
 from textual.widgets import DataTable
 
-from tui.widgets import LeftoversTable, PhaseBar, PhaseChart, PhaseTable, VerdictBanner
+from busmon.tui.widgets import LeftoversTable, PhaseBar, PhaseChart, PhaseTable, VerdictBanner
 
 SAMPLES = Path(__file__).resolve().parents[1] / "sample_configs"
 
@@ -147,7 +147,7 @@ async def test_q_closes_the_open_bus_before_quitting():
 
 
 def test_headless_play_with_screenshots_saves_one_svg_per_phase_boundary(tmp_path, monkeypatch, capsys):
-    from tui import cli
+    from busmon.tui import cli
 
     shots = tmp_path / "shots"
     report = tmp_path / "r.html"
@@ -275,7 +275,7 @@ async def test_the_dashboard_holds_still_while_memory_is_judged():
 async def test_at_80x24_the_footer_keeps_help_and_quit_and_the_figures_are_not_cut(phase):
     from textual.widgets._footer import FooterKey
 
-    from tui.widgets.throughput import Rates
+    from busmon.tui.widgets.throughput import Rates
 
     app, feed = recorded_app(phase)
     async with app.run_test(size=(80, 24)) as pilot:
@@ -291,8 +291,8 @@ async def test_at_80x24_the_footer_keeps_help_and_quit_and_the_figures_are_not_c
 async def test_every_run_of_a_played_ladder_can_be_looked_at_again():
     """busmon play in the dashboard ends on the runs side by side (r shows them again); enter shows
     one (its phases, figures, verdict) on the main screen; the header says which."""
-    from probes.scenario import load_scenario
-    from tui.app import RunsScreen
+    from busmon.probes.harness.scenario import load_scenario
+    from busmon.tui.app import RunsScreen
 
     sc = load_scenario(SAMPLES / "quickstart.toml")
     app = BusmonApp(Controller(sc, interactive=False))
@@ -316,7 +316,7 @@ async def test_every_run_of_a_played_ladder_can_be_looked_at_again():
 
 
 async def test_enter_opens_a_leftovers_stack_full_screen_and_esc_returns():
-    from tui.app import StackScreen
+    from busmon.tui.app import StackScreen
 
     app, feed = recorded_app("verdict")
     async with app.run_test(size=(80, 24)) as pilot:
@@ -330,7 +330,7 @@ async def test_enter_opens_a_leftovers_stack_full_screen_and_esc_returns():
 
 
 def test_help_names_every_key_and_the_hold_phase():
-    from tui.app import HELP
+    from busmon.tui.app import HELP
 
     for binding in BusmonApp.BINDINGS:
         key = binding.key_display or binding.key
@@ -342,7 +342,7 @@ FAILED_CREATE = "kafka 127.0.0.1:9093: authentication failed (SCRAM-SHA-256, use
 
 
 async def _failed_create(pilot) -> None:
-    from probes.model import FailureNoted, PhaseStarted
+    from busmon.probes.model import FailureNoted, PhaseStarted
 
     events = recorded.events("load")[:2] + [PhaseStarted("run-1", "create", 0.5),
                                             FailureNoted("run-1", "create", FAILED_CREATE),
@@ -396,7 +396,7 @@ async def test_n_pressed_during_load_starts_the_next_phase_when_load_ends():
 
 
 async def test_a_filter_that_hides_every_leftover_says_so_for_as_long_as_it_does():
-    from tui.widgets import StackView
+    from busmon.tui.widgets import StackView
 
     app, feed = recorded_app("verdict")
     async with app.run_test(size=(120, 40)) as pilot:
@@ -419,7 +419,7 @@ async def test_a_filter_that_hides_every_leftover_says_so_for_as_long_as_it_does
 
 async def _busy_n(pilot) -> None:
     """n pressed during load: the header says it is kept and acts when load ends."""
-    from tui.state import NextPressed
+    from busmon.tui.state import NextPressed
 
     for event in recorded.events("load"):
         pilot.app.apply(event)

@@ -10,14 +10,14 @@ from dataclasses import replace
 
 import pytest
 
-from probes.logs import CAPTURE
-from probes.scenario import DeadlineSpec
+from busmon.probes.harness.logs import CAPTURE
+from busmon.probes.harness.scenario import DeadlineSpec
 from tests.brokers import nats_server, tansu
 from tests.test_dashboard import step, until
-from tui.app import BusmonApp
-from tui.cli import interactive_scenario
-from tui.controller import Controller
-from tui.widgets import PhaseBar, VerdictBanner
+from busmon.tui.app import BusmonApp
+from busmon.tui.cli import interactive_scenario
+from busmon.tui.controller import Controller
+from busmon.tui.widgets import PhaseBar, VerdictBanner
 
 
 def broker_controller(url: str) -> Controller:
@@ -60,7 +60,7 @@ async def test_broker_killed_mid_load_in_the_dashboard(backend):
 
 
 async def test_quitting_scripted_playback_after_a_failed_run_exits_3():
-    from probes.scenario import parse_scenario
+    from busmon.probes.harness.scenario import parse_scenario
 
     sc = parse_scenario('backend = "tests.leaky_buses:StuckPublish"\n[bus]\nafter = 50\n'
                         '[deadlines]\nclose_s = 2\n[probes]\nsettle_timeout_s = 0.2\n'

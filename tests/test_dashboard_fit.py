@@ -9,16 +9,16 @@ from dataclasses import replace
 
 import pytest
 
-from probes.model import Leftover, PhaseSnapshot, PhaseStarted, Sample
-from probes.session import RunFinished
+from busmon.probes.model import Leftover, PhaseSnapshot, PhaseStarted, Sample
+from busmon.probes.model import RunFinished
 from tests import recorded
 from tests.test_dashboard import recorded_app
-from tui.app import BusmonApp
-from tui.state import DashState, Noted
-from tui.widgets import ComponentsTable, LeftoversTable, StackView
-from tui.widgets.leftovers import fit_widths, frame_lines
-from tui.widgets.phase_bar import status_line
-from tui.widgets.throughput import Rates
+from busmon.tui.app import BusmonApp
+from busmon.tui.state import DashState, Noted
+from busmon.tui.widgets import ComponentsTable, LeftoversTable, StackView
+from busmon.tui.widgets.leftovers import fit_widths, frame_lines
+from busmon.tui.widgets.phase_bar import status_line
+from busmon.tui.widgets.throughput import Rates
 
 
 def screen_lines(app: BusmonApp) -> list[str]:

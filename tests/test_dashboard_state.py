@@ -5,11 +5,11 @@ from __future__ import annotations
 from dataclasses import replace
 from functools import reduce as fold
 
-from probes.gate import AwaitingStep
-from probes.model import FailureNoted, PhaseStarted, Sample
-from probes.session import RunFinished
+from busmon.probes.harness.gate import AwaitingStep
+from busmon.probes.model import FailureNoted, PhaseStarted, Sample
+from busmon.probes.model import RunFinished
 from tests import recorded
-from tui.state import DashState, Filtered, IntervalSet, NextPressed, Paused, RunDone, Viewing, reduce
+from busmon.tui.state import DashState, Filtered, IntervalSet, NextPressed, Paused, RunDone, Viewing, reduce
 
 
 def play(*events, state: DashState | None = None) -> DashState:
@@ -89,7 +89,7 @@ def test_a_sample_of_another_run_does_not_move_the_clock():
 
 
 def test_a_finished_run_shown_again_is_said_until_esc_or_the_next_run():
-    from tui.state import Viewing
+    from busmon.tui.state import Viewing
 
     st = play(PhaseStarted("high", "baseline", 0.0), Viewing("low", 1, 2))
     assert st.viewing == "1/2 low" and st.next_key() == "esc → the live run"
@@ -115,7 +115,7 @@ def test_the_panels_follow_the_run_and_end_where_it_ended():
 
 
 def test_the_banner_says_what_each_moment_is_and_keeps_a_failure_said():
-    from tui.state import FIRST_BASELINE
+    from busmon.tui.state import FIRST_BASELINE
 
     st = play(AwaitingStep("low", "baseline"))
     assert st.banner == ("waiting", FIRST_BASELINE)
@@ -128,7 +128,7 @@ def test_the_banner_says_what_each_moment_is_and_keeps_a_failure_said():
     assert failed.banner == ("failing", "load", "kafka 127.0.0.1:9092 unreachable", "error")
     done = play(RunDone(result()), state=failed)
     assert done.banner == ("verdict",)
-    from probes import findings
+    from busmon.probes.verdict import findings
 
     assert done.leftovers == tuple(findings.rows(done.final)) and len(done.leftovers) >= 4
     assert play(PhaseStarted("next", "baseline", 0.0), state=done).leftovers == ()
@@ -161,7 +161,7 @@ async def test_an_interrupted_run_is_called_interrupted_while_it_closes_never_fa
     progress and the JSON do (issue 23: one name for an interrupted run)."""
     from textual.app import App, ComposeResult
 
-    from tui.widgets.verdict import VerdictBanner
+    from busmon.tui.widgets.verdict import VerdictBanner
 
     st = play(PhaseStarted("low", "load", 1.0), FailureNoted("low", "load", "interrupted (Ctrl-C or quit)", "interrupted"))
     assert st.banner == ("failing", "load", "interrupted (Ctrl-C or quit)", "interrupted")

@@ -6,10 +6,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bus import DecodeError, Envelope, create_bus, decode, encode
-from bus import codec
-from bus.codec import Framer
-from bus.errors import BusConfigError
+from busmon.bus import DecodeError, Envelope, create_bus, decode, encode
+from busmon.bus import codec
+from busmon.bus.codec import Framer
+from busmon.bus.errors import BusConfigError
 from tests.helpers import Collector
 
 

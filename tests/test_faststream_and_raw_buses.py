@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from bus import BusClosedError, BusConnectError, Envelope, create_bus
-from bus.errors import BusConfigError
-from probes.scenario import load_scenario, parse_scenario
-from probes.session import Session
+from busmon.bus import BusClosedError, BusConnectError, Envelope, create_bus
+from busmon.bus.errors import BusConfigError
+from busmon.probes.harness.scenario import load_scenario, parse_scenario
+from busmon.probes.harness.session import Session
 from tests.brokers import free_port
 from tests.helpers import (Collector, assert_in_order_no_loss, assert_nothing_left, check_handler_errors_are_counted,
                            check_unsubscribe_stops_delivery, live_tasks, live_threads, publish_many)
@@ -212,7 +212,7 @@ def test_sample_configs_load():
 
 
 def test_compare_puts_faststream_beside_busmons_own_bus_and_the_raw_client(request, monkeypatch, capsys):
-    from tui import cli
+    from busmon.tui import cli
 
     needs_faststream("faststream-nats")
     hostport = request.getfixturevalue("nats_broker").url.split("://", 1)[1]
@@ -237,7 +237,7 @@ def test_the_sample_plays_on_each_faststream_backend(request, faststream_backend
                                                       capsys):
     """The issue's done-criterion: ``busmon play sample_configs/faststream.toml --headless`` is clean
     on each of the three, with the per-phase task table; with the stop left out, the leak is named."""
-    from tui import cli
+    from busmon.tui import cli
 
     sample = (SAMPLES / "faststream.toml").read_text()
     if not stop:

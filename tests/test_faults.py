@@ -17,9 +17,9 @@ from pathlib import Path
 
 import pytest
 
-from probes.model import PhaseStarted, Sample
+from busmon.probes.model import PhaseStarted, Sample
 from tests.brokers import Broker, free_port, nats_server, tansu
-from tui import cli
+from busmon.tui import cli
 
 # small deadlines keep every case within seconds: load 4 s, close 3 s, settle 1 s
 LOAD_S, CLOSE_S, SETTLE_S = 4.0, 3.0, 1.0
@@ -76,7 +76,7 @@ def url_of(backend: str, broker: Broker) -> str:
 def play(args: list[str], monkeypatch, capfd, on_event=None) -> tuple[int, str, str, float]:
     """The real command line, in process, with a hook on the playback's events."""
     if on_event is not None:
-        from tui import headless
+        from busmon.tui import headless
 
         original = headless._show
 

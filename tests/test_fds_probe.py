@@ -17,7 +17,7 @@ from typing import Callable, Iterator, TypeVar
 
 import pytest
 
-from probes.fds import (SUPPORTED, WRAPPED, Descriptor, SocketOwners, describe, fd_table, identities,
+from busmon.probes.observe.fds import (SUPPORTED, WRAPPED, Descriptor, SocketOwners, describe, fd_table, identities,
                         identity, new_sockets, socket_inode)
 
 pytestmark = pytest.mark.skipif(not SUPPORTED, reason="needs Linux /proc/self/fd")

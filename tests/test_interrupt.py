@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from tui.interrupts import SAME_PRESS_S, Interrupts
+from busmon.tui.interrupts import SAME_PRESS_S, Interrupts
 
 ROOT = Path(__file__).resolve().parents[1]
 #: the issue's paced scenario: a run of 2,000 (about a second), then 20,000 (ten), then 5,000
@@ -56,7 +56,7 @@ def test_timeout_s_int_writes_the_report_every_time_and_exits_130(tmp_path: Path
         report = tmp_path / f"r{attempt}.json"
         # timeout runs busmon in its own process group and signals busmon, then the group
         proc = subprocess.run(["timeout", "--preserve-status", "-s", "INT", str(delay), sys.executable, "-m",
-                               "tui.cli", "play", str(scenario), "--headless", "--report", str(report)],
+                               "busmon", "play", str(scenario), "--headless", "--report", str(report)],
                               cwd=ROOT, capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL,
                               preexec_fn=_as_in_a_terminal)
         problem = None
@@ -120,7 +120,7 @@ def test_a_second_press_quits_without_waiting_and_still_writes_the_report(tmp_pa
     scenario.write_text('[probes]\nsettle_timeout_s = 30\n[defaults]\nrate_per_s = 2000\n'
                         '[[runs]]\nname = "only"\nmessages = 100000\n')
     report = tmp_path / "r.json"
-    proc = subprocess.Popen([sys.executable, "-m", "tui.cli", "play", str(scenario), "--headless", "--bus",
+    proc = subprocess.Popen([sys.executable, "-m", "busmon", "play", str(scenario), "--headless", "--bus",
                              "tests.interrupt_buses:LeakingAnnouncer", "--report", str(report)], cwd=ROOT,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL,
                             preexec_fn=_as_in_a_terminal)
@@ -150,9 +150,9 @@ def test_a_second_press_quits_without_waiting_and_still_writes_the_report(tmp_pa
 
 
 def test_interrupted_before_any_run_ended_says_so_not_an_empty_clean_table(tmp_path: Path) -> None:
-    from probes.model import ScenarioResult
+    from busmon.probes.model import ScenarioResult
     from rich.console import Console
-    from tui.headless import summary_table
+    from busmon.tui.headless import summary_table
 
     console = Console(width=80, record=True, file=open(os.devnull, "w"))
     console.print(summary_table(ScenarioResult("s", (), interrupted=True)))
@@ -165,7 +165,7 @@ def test_an_interrupted_run_is_called_interrupted_everywhere(tmp_path: Path) -> 
     scenario.write_text('[probes]\nsettle_timeout_s = 0.3\n[defaults]\nrate_per_s = 2000\n'
                         '[[runs]]\nname = "cut"\nmessages = 100000\n[[runs]]\nname = "never"\nmessages = 10\n')
     report, markdown = tmp_path / "r.json", tmp_path / "r.md"
-    proc = subprocess.Popen([sys.executable, "-m", "tui.cli", "play", str(scenario), "--headless", "--bus",
+    proc = subprocess.Popen([sys.executable, "-m", "busmon", "play", str(scenario), "--headless", "--bus",
                              "tests.leaky_buses:Announcer", "--report", str(report), "--report", str(markdown)],
                             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             stdin=subprocess.DEVNULL, env={**os.environ, "COLUMNS": "100"},
@@ -197,7 +197,7 @@ def test_ctrl_c_while_busmon_waits_for_stuck_threads_at_exit_is_no_traceback(tmp
     scenario.write_text('[probes]\nsettle_timeout_s = 0.2\n[[runs]]\nname = "r"\nmessages = 100\n')
     report = tmp_path / "r.json"
     # the bus leaves an executor job that never ends: busmon waits up to 1 s for it before exiting
-    proc = subprocess.Popen([sys.executable, "-m", "tui.cli", "play", str(scenario), "--headless", "--bus",
+    proc = subprocess.Popen([sys.executable, "-m", "busmon", "play", str(scenario), "--headless", "--bus",
                              "tests.leaky_buses:StuckExecutorJob", "--report", str(report)], cwd=ROOT,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL,
                             preexec_fn=_as_in_a_terminal)
@@ -220,9 +220,9 @@ def test_ctrl_c_while_busmon_waits_for_stuck_threads_at_exit_is_no_traceback(tmp
 
 def test_the_failure_said_at_once_for_an_interrupted_run_says_it_was_interrupted() -> None:
     """FailureNoted carries the kind, so a front end says 'interrupted', not 'failed', at once."""
-    from probes.model import FailureNoted, PhaseStarted
-    from probes.scenario import parse_scenario
-    from probes.session import Session
+    from busmon.probes.model import FailureNoted, PhaseStarted
+    from busmon.probes.harness.scenario import parse_scenario
+    from busmon.probes.harness.session import Session
 
     sc = parse_scenario('[probes]\nsettle_timeout_s = 0.3\n[[runs]]\nname = "r"\nmessages = 10000000\n'
                         'rate_per_s = 2000\n', "s.toml")

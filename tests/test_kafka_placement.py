@@ -7,8 +7,8 @@ import asyncio
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.partitioner import DefaultPartitioner
 
-from bus import Envelope, create_bus
-from bus.codec import decode
+from busmon.bus import Envelope, create_bus
+from busmon.bus.codec import decode
 
 KEYS = [f"order-{i}" for i in range(40)]
 

@@ -16,7 +16,7 @@ from typing import Callable, Iterator
 
 import pytest
 
-from probes.loopwatch import (WATCHDOG_THREAD_NAME, Frame, LoopWatch, Stall, _walk, blocking_frame,
+from busmon.probes.observe.loopwatch import (WATCHDOG_THREAD_NAME, Frame, LoopWatch, Stall, _walk, blocking_frame,
                               loop_is_idle, shared_watchdog)
 
 DEADLINE_S = 10.0
@@ -316,7 +316,7 @@ def test_blocking_frame_looks_through_machinery_stdlib_and_busmon():
         Frame("/x/asyncio/events.py", 80, "_run", "asyncio.events"),
         Frame("/site-packages/nats/aio/client.py", 400, "_connect", "nats.aio.client"),
         Frame("/usr/lib/python3.11/ssl.py", 1342, "do_handshake", "ssl"),
-        Frame("/work/main/probes/tracking.py", 12, "hook", "probes.tracking"),
+        Frame("/work/main/probes/tracking.py", 12, "hook", "busmon.probes.observe.tracking"),
         Frame("/usr/lib/python3.11/threading.py", 320, "wait", "threading"),
     ]
     assert blocking_frame(frames) == frames[1]

@@ -15,9 +15,9 @@ import pytest
 from tests.helpers import busmon_in_a_terminal
 from rich.console import Console
 
-from probes.model import PhaseSnapshot, RunResult, Sample, ScenarioResult
-from tui.compare import compare_table
-from tui.headless import live_figures, summary_table
+from busmon.probes.model import PhaseSnapshot, RunResult, Sample, ScenarioResult
+from busmon.tui.compare import compare_table
+from busmon.tui.headless import live_figures, summary_table
 
 ROOT = Path(__file__).resolve().parents[1]
 LADDER = str(ROOT / "sample_configs" / "ladder-nats.toml")
@@ -27,7 +27,7 @@ ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 def busmon_at(width: int, args: list[str]) -> subprocess.CompletedProcess:
     """busmon with stdout and stderr piped, told the terminal is ``width`` columns."""
     env = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "LINES")}
-    return subprocess.run([sys.executable, "-m", "tui.cli", *args], cwd=ROOT, capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "busmon", *args], cwd=ROOT, capture_output=True, text=True,
                           timeout=120, stdin=subprocess.DEVNULL,
                           env={**env, "PYTHONPATH": str(ROOT), "COLUMNS": str(width)})
 
@@ -124,8 +124,8 @@ def test_the_live_progress_in_a_terminal_is_never_cut(tmp_path: Path, width: int
 
 
 def test_the_reports_write_counts_whole_with_separators() -> None:
-    from tui.html_report import to_html
-    from tui.report import to_markdown
+    from busmon.tui.html_report import to_html
+    from busmon.tui.report import to_markdown
 
     result = ScenarioResult("s", (run_result("big", sent=40_000, received=9_939, lost=30_061, duplicated=1_000),))
     md = to_markdown(result)

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from probes.scenario import load_scenario
-from probes.session import Session
-from tui import cli
+from busmon.probes.harness.scenario import load_scenario
+from busmon.probes.harness.session import Session
+from busmon.tui import cli
 
 SAMPLES = Path(__file__).resolve().parents[1] / "sample_configs"
 
@@ -169,7 +169,7 @@ def test_an_empty_ignore_pattern_is_a_usage_error(tmp_path, monkeypatch, capsys)
 
 @pytest.mark.parametrize(("per_run", "expected"), [(True, "fresh"), (False, "as written")])
 def test_consumer_group_gets_each_runs_own_suffix_unless_asked_not_to(per_run: bool, expected: str) -> None:
-    from probes.scenario import parse_scenario
+    from busmon.probes.harness.scenario import parse_scenario
     from tests import leaky_buses
 
     leaky_buses.GROUPS_SEEN.clear()

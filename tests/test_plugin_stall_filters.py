@@ -31,7 +31,7 @@ def test_a_blanket_error_filter_keeps_the_outcome_and_tells_the_stall(pytester: 
 
 
 def test_a_filter_naming_stallwarning_fails_the_test(pytester: pytest.Pytester) -> None:
-    result = run(pytester, BLOCKS, "-W", "error::probes.watch.StallWarning", ini=ERROR_FOR_ALL)
+    result = run(pytester, BLOCKS, "-W", "error::busmon.StallWarning", ini=ERROR_FOR_ALL)
     result.assert_outcomes(passed=1, errors=1)
     result.stdout.fnmatch_lines(["ERROR test_inline.py::test_blocks - busmon: the event loop was blocked *"])
 
@@ -55,7 +55,7 @@ def test_a_stall_named_by_the_step_it_blocked_and_the_section_by_its_test(pytest
         @pytest.mark.busmon
         async def test_blocks_itself():
             time.sleep(0.3)
-    """, "-rA", "-W", "error::probes.watch.StallWarning")
+    """, "-rA", "-W", "error::busmon.StallWarning")
     result.assert_outcomes(passed=2, errors=2)
     result.stdout.fnmatch_lines([
         "busmon: test_inline.py::test_uses_a_slow_fixture blocked its event loop",
@@ -74,7 +74,7 @@ def test_a_stall_named_by_the_step_it_blocked_and_the_section_by_its_test(pytest
 async def test_watch_report_tells_the_stalls_too() -> None:
     import time
 
-    from probes.watch import watch
+    from busmon.probes.watching.watch import watch
 
     with pytest.warns(Warning):
         async with watch(on_leak="ignore") as w:

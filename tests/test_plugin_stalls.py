@@ -15,8 +15,8 @@ import warnings
 
 import pytest
 
-from probes.loopwatch import WATCHDOG_THREAD_NAME, LoopWatch, shared_watchdog
-from probes.watch import StallError, StallWarning, WatchOptionError, watch
+from busmon.probes.observe.loopwatch import WATCHDOG_THREAD_NAME, LoopWatch, shared_watchdog
+from busmon.probes.watching.watch import StallError, StallWarning, WatchOptionError, watch
 
 pytest_plugins = ["pytester"]
 
@@ -28,7 +28,7 @@ asyncio_default_fixture_loop_scope = function
 
 BLOCKS = """
 import asyncio, threading, time, pytest
-from probes.loopwatch import shared_watchdog
+from busmon.probes.observe.loopwatch import shared_watchdog
 
 @pytest.mark.busmon{marker}
 async def test_blocks():
@@ -112,7 +112,7 @@ def test_stall_ms_zero_watches_no_loop(pytester: pytest.Pytester) -> None:
     result = run(pytester, """
         import threading, time, pytest
 
-        from probes.loopwatch import shared_watchdog
+        from busmon.probes.observe.loopwatch import shared_watchdog
 
         @pytest.mark.busmon(stall_ms=0)
         async def test_blocks():
@@ -124,7 +124,7 @@ def test_stall_ms_zero_watches_no_loop(pytester: pytest.Pytester) -> None:
 
 
 def test_warning_made_an_error_fails_the_test(pytester: pytest.Pytester) -> None:
-    result = run(pytester, BLOCKS.format(marker=""), "-W", "error::probes.watch.StallWarning")
+    result = run(pytester, BLOCKS.format(marker=""), "-W", "error::busmon.StallWarning")
     result.assert_outcomes(passed=4, errors=1)
     result.stdout.fnmatch_lines([f"stall 1: * ms, during the test, at *{BLOCKING}",
                                  "ERROR test_x.py::test_blocks - busmon: the event loop was blocked *"])
@@ -266,7 +266,7 @@ def test_bad_stall_options_are_one_line(options: dict, message: str) -> None:
 
 
 def test_the_watchdog_threshold_sees_every_stall_that_would_fail() -> None:
-    from probes.watch_options import WatchOptions
+    from busmon.probes.watching.watch_options import WatchOptions
 
     assert WatchOptions().watchdog_ms() == 250
     assert WatchOptions(fail_on_stall_ms=40).watchdog_ms() == 40
@@ -280,7 +280,7 @@ def test_the_watchdog_threshold_sees_every_stall_that_would_fail() -> None:
 
 MANY = """
 import asyncio, threading, pytest
-from probes.loopwatch import shared_watchdog
+from busmon.probes.observe.loopwatch import shared_watchdog
 
 def watchdogs():
     return [t for t in threading.enumerate() if t.name == "busmon.loop-watchdog"]
@@ -304,14 +304,14 @@ def test_one_watchdog_thread_per_process_never_a_leftover_of_the_first_test(pyte
     pytester.makefile(".ini", pytest=INI)
     pytester.makepyfile(test_x=textwrap.dedent(MANY))
     result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-p", "no:randomly", "--busmon",
-                                           "-o", "busmon_on_leak=raise", "-W", "error::probes.watch.LeakWarning")
+                                           "-o", "busmon_on_leak=raise", "-W", "error::busmon.LeakWarning")
     result.assert_outcomes(passed=16)
     assert "leaked" not in result.stdout.str()
 
 
 NESTED = """
 import asyncio, threading
-from probes.watch import watch
+from busmon.probes.watching.watch import watch
 
 async def inner():
     async with watch(on_leak="raise"):

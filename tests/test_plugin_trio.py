@@ -17,8 +17,8 @@ import time
 
 import pytest
 
-from probes import thread_sites
-from probes.runtime_pools import TRIO_CACHE, TRIO_GUEST_IO, machinery_reason, runtime_pool, trio_worker_state
+from busmon.probes.observe import thread_sites
+from busmon.probes.observe.runtime_pools import TRIO_CACHE, TRIO_GUEST_IO, machinery_reason, runtime_pool, trio_worker_state
 
 trio = pytest.importorskip("trio")
 pytest.importorskip("anyio")

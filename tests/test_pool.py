@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncio
 import random
 
-from bus import BusCounters, Envelope
-from bus.pool import KeyedWorkerPool
+from busmon.bus import BusCounters, Envelope
+from busmon.bus.pool import KeyedWorkerPool
 from tests.helpers import live_tasks
 
 

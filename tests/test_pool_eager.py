@@ -16,8 +16,8 @@ import weakref
 
 import pytest
 
-from bus import BusClosedError, BusCounters, Envelope, create_bus
-from bus.pool import MAX_EAGER_DEPTH, KeyedWorkerPool
+from busmon.bus import BusClosedError, BusCounters, Envelope, create_bus
+from busmon.bus.pool import MAX_EAGER_DEPTH, KeyedWorkerPool
 from tests.helpers import Collector, live_tasks
 from tests.test_pool import Target, env
 

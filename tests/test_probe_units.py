@@ -10,10 +10,10 @@ import textwrap
 
 import pytest
 
-from probes.census import Census
-from probes.components import name_component, task_component
-from probes.histogram import LatencyHistogram
-from probes.tracking import TaskTracker
+from busmon.probes.observe.census import Census
+from busmon.probes.observe.components import name_component, task_component
+from busmon.probes.observe.histogram import LatencyHistogram
+from busmon.probes.observe.tracking import TaskTracker
 
 
 def test_histogram_percentiles_are_within_one_percent():
@@ -109,7 +109,7 @@ def test_headless_playback_imports_no_textual(tmp_path):
     scenario.write_text('[[runs]]\nname = "r"\nmessages = 100\n')
     code = textwrap.dedent(f"""
         import sys
-        from tui.cli import main
+        from busmon.tui.cli import main
         sys.argv = ["busmon", "play", {str(scenario)!r}, "--headless"]
         try:
             main()

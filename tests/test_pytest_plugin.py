@@ -505,7 +505,7 @@ def test_warnings_as_errors_make_a_warned_leak_fail(pytester: pytest.Pytester) -
 
         def test_release():
             RELEASE.set()
-    """, "-W", "error::probes.watch.LeakWarning")
+    """, "-W", "error::busmon.LeakWarning")
     result.assert_outcomes(passed=2, errors=1)
     assert "INTERNALERROR" not in result.stdout.str() + result.stderr.str()
     result.stdout.fnmatch_lines(["*ERROR test_inline.py::test_warned - busmon: leaked 1 thread: warned-about"])
@@ -581,7 +581,7 @@ def test_a_loop_busmon_cannot_find_is_said_not_a_broken_test(pytester: pytest.Py
                                                             monkeypatch: pytest.MonkeyPatch) -> None:
     """If a harness changes under busmon (its loop fixture renamed), the test still runs and is
     judged for threads, sockets and processes; -rP says why its tasks were not."""
-    import probes.pytest_plugin as plugin
+    import busmon.probes.watching.pytest_plugin as plugin
 
     def lost(*_: object) -> None:
         raise LookupError("fixture '_function_scoped_runner' not found")

@@ -111,7 +111,7 @@ def test_nats_unsubscribe_cancels_without_awaiting_and_is_clean_once_settled(
     monkeypatch.setenv("BUSMON_TEST_NATS", nats_broker.url)
     result = run(pytester, harness, """
         import asyncio, os, pytest, nats
-        from probes.watch import watch
+        from busmon.probes.watching.watch import watch
 
         URL = os.environ["BUSMON_TEST_NATS"]
 

@@ -10,9 +10,9 @@ from typing import Any, Awaitable, Callable
 
 import pytest
 
-from probes.model import RunResult
-from probes.scenario import parse_scenario
-from probes.session import Session
+from busmon.probes.model import RunResult
+from busmon.probes.harness.scenario import parse_scenario
+from busmon.probes.harness.session import Session
 from tests import leaky_buses
 from tests.conftest import backend_options, backend_url
 
@@ -114,7 +114,7 @@ DEEP = "/tmp/" + "a-folder-with-a-rather-long-name/" * 6 + "busmon/.venv/bin"
 @pytest.mark.parametrize("folder", ["/v/bin", DEEP, "/tmp/with spaces/.venv/bin"])
 def test_a_childs_command_line_keeps_its_arguments_wherever_its_executable_lives(folder, tmp_path):
     """The executable is shortened, never the arguments: the same line from any clone's venv."""
-    from probes.children import Child, short_command
+    from busmon.probes.observe.children import Child, short_command
 
     argv = (f"{folder}/python", "-c", "import sys; sys.stdin.buffer.read()")
     assert short_command(argv, 50) == "python -c import sys; sys.stdin.buffer.read()"

@@ -18,7 +18,7 @@ from typing import Iterator
 
 import pytest
 
-from probes.retained import MemoryVerdict, RetainedProbe, TypeCount
+from busmon.probes.verdict.retained import MemoryVerdict, RetainedProbe, TypeCount
 
 
 @dataclass
@@ -560,7 +560,7 @@ async def test_ten_thousand_live_tasks_made_before_the_baseline_cost_nothing():
 
 
 def test_module_caches_of_the_runtime_and_of_busmon_are_not_the_bus():
-    from probes.retained import runtime_cache
+    from busmon.probes.verdict.retained import runtime_cache
 
     assert runtime_cache("module linecache: cache (dict of 2 → tuple of 4 → list of 1,668)") == "linecache"
     assert runtime_cache("module html: _html5 (dict of 2,231)") == "html"
@@ -574,8 +574,8 @@ def test_a_module_imported_during_the_run_is_not_retained_memory():
     """A library that imports part of itself on first use makes hundreds of objects during the
     first run, after the half-load checkpoint: once, never growing with the envelopes (FastStream's
     stop() importing anyio's asyncio backend did, ~460 functions)."""
-    from probes.scenario import parse_scenario
-    from probes.session import Session
+    from busmon.probes.harness.scenario import parse_scenario
+    from busmon.probes.harness.session import Session
 
     sc = parse_scenario("""
 name = "lazy import"

@@ -12,12 +12,12 @@ import psutil
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bus import Envelope
-from probes.audit import DeliveryAudit
-from probes.census import Census, components_of_tasks, os_thread_ids
-from probes.scenario import parse_scenario
-from probes.session import Session
-from probes.tracking import TaskTracker
+from busmon.bus import Envelope
+from busmon.probes.harness.audit import DeliveryAudit
+from busmon.probes.observe.census import Census, components_of_tasks, os_thread_ids
+from busmon.probes.harness.scenario import parse_scenario
+from busmon.probes.harness.session import Session
+from busmon.probes.observe.tracking import TaskTracker
 
 
 def deliver(audit: DeliveryAudit, handler, key: str, seq: int) -> None:

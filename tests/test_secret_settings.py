@@ -15,10 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from bus import create_bus
-from bus.connection import parse_target
-from bus.errors import BusConfigError
-from bus.secrets import (SECRETS, ScrubbedStream, is_secret_name, redact_options, redact_url, register,
+from busmon.bus import create_bus
+from busmon.bus.connection import parse_target
+from busmon.bus.errors import BusConfigError
+from busmon.bus.secrets import (SECRETS, ScrubbedStream, is_secret_name, redact_options, redact_url, register,
                          resolve_env, scrub)
 from tests.secured_brokers import Certs, make_certs, nkey_user
 from tests.test_cli_robust import one_line, run_main
@@ -339,7 +339,7 @@ def test_a_password_that_is_a_word_busmon_prints_does_not_break_the_output(tmp_p
 
 
 def test_nats_tables_apply_to_jetstream_too():
-    from probes.scenario import parse_scenario
+    from busmon.probes.harness.scenario import parse_scenario
 
     sc = parse_scenario('backend = "nats-js"\n[bus]\nworkers = 8\n[bus.nats]\nuser = "a"\npassword = "b"\n'
                         '[bus.nats-js]\npassword = "c"\n[bus.kafka]\npartitions = 2\n')
@@ -359,7 +359,7 @@ def test_the_terminal_stream_scrubs_what_passes(capsys):
 def test_library_log_lines_are_scrubbed_in_the_summary_and_the_file(tmp_path):
     import logging
 
-    from probes.logs import LogCapture
+    from busmon.probes.harness.logs import LogCapture
 
     register(MARK)
     capture = LogCapture()
@@ -392,7 +392,7 @@ def test_the_process_wide_registry_is_thread_safe_enough(tmp_path):
 
 
 def test_the_secured_sample_reads_its_password_from_the_environment(monkeypatch):
-    from probes.scenario import load_scenario
+    from busmon.probes.harness.scenario import load_scenario
 
     sample = Path(__file__).resolve().parents[1] / "sample_configs" / "secured-kafka.toml"
     monkeypatch.delenv("KAFKA_PASSWORD", raising=False)

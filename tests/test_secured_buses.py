@@ -26,7 +26,7 @@ from typing import Iterator
 import pytest
 from cryptography.hazmat.primitives import serialization
 
-from bus.secrets import SECRETS, redact_url
+from busmon.bus.secrets import SECRETS, redact_url
 from tests.brokers import Broker
 from tests.secured_brokers import Certs, make_certs, nats_secured, nkey_user, tansu_authenticated, tansu_tls
 from tests.test_cli_robust import one_line, run_main
@@ -281,7 +281,7 @@ def test_kafka_settings_that_do_not_match_the_listener_are_said_so(request, tmp_
 
 def busmon(args: list[str], cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     """The real command in its own process: every byte it prints, including at exit."""
-    return subprocess.run([sys.executable, "-m", "tui.cli", *args], cwd=cwd, capture_output=True, timeout=150,
+    return subprocess.run([sys.executable, "-m", "busmon", *args], cwd=cwd, capture_output=True, timeout=150,
                           stdin=subprocess.DEVNULL, env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})})
 
 
@@ -361,7 +361,7 @@ def test_a_wrong_url_with_a_password_never_shows_it(tmp_path):
 async def test_the_broker_look_after_a_failure_speaks_tls_to_a_tls_listener(kafka_mtls):
     """After a failed run busmon looks whether the broker is up; on a TLS-only Kafka listener a
     plaintext request would be dropped and the broker wrongly called unreachable."""
-    from bus.health import check_broker
+    from busmon.bus.health import check_broker
 
     [plain] = await check_broker(kafka_mtls.url, 2.0)
     [tls] = await check_broker(kafka_mtls.url, 2.0, tls=True)

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from probes.model import RunResult
-from probes.scenario import parse_scenario
-from probes.session import Session
+from busmon.probes.model import RunResult
+from busmon.probes.harness.scenario import parse_scenario
+from busmon.probes.harness.session import Session
 
 ROOT = Path(__file__).resolve().parents[1]
 DEADLINES = "[deadlines]\nstart_s = 0.5\nsubscribe_s = 0.5\nclose_s = 0.5\n"
@@ -78,7 +78,7 @@ def test_a_dying_worker_fails_the_load_at_once_not_at_its_deadline():
 
 def cli(*args: str, timeout: float = 30) -> tuple[subprocess.CompletedProcess, float]:
     t0 = time.monotonic()
-    proc = subprocess.run([sys.executable, "-m", "tui.cli", *args], cwd=ROOT, capture_output=True,
+    proc = subprocess.run([sys.executable, "-m", "busmon", *args], cwd=ROOT, capture_output=True,
                           text=True, timeout=timeout)
     return proc, time.monotonic() - t0
 
@@ -119,7 +119,7 @@ def test_ctrl_c_writes_the_partial_report_and_exits_130(tmp_path):
     scenario.write_text('[probes]\nsettle_timeout_s = 0.3\n[defaults]\nrate_per_s = 2000\n'
                         '[[runs]]\nname = "first"\nmessages = 100000\n[[runs]]\nname = "never"\nmessages = 10\n')
     report = tmp_path / "r.json"
-    proc = subprocess.Popen([sys.executable, "-m", "tui.cli", "play", str(scenario), "--headless", "--bus",
+    proc = subprocess.Popen([sys.executable, "-m", "busmon", "play", str(scenario), "--headless", "--bus",
                              "tests.leaky_buses:Announcer", "--report", str(report)], cwd=ROOT,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:

@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import pytest
 
-from probes.model import RunResult
-from probes.scenario import parse_scenario
-from probes.session import Session
+from busmon.probes.model import RunResult
+from busmon.probes.harness.scenario import parse_scenario
+from busmon.probes.harness.session import Session
 
 TRACE = pytest.mark.parametrize("trace", [False, True], ids=["trace-off", "trace-on"])
 
@@ -126,7 +126,7 @@ def test_busmon_s_own_threads_are_named_as_busmon_s():
     from rich.console import Console
     from rich.live import Live
 
-    from probes.components import thread_component
+    from busmon.probes.observe.components import thread_component
 
     live = Live(console=Console(file=open("/dev/null", "w"), force_terminal=True))
     live.start()

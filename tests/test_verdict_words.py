@@ -11,8 +11,8 @@ import threading
 
 import pytest
 
-from probes.gc_closures import collect_noting_closed_fds
-from probes.watch import watch
+from busmon.probes.verdict.gc_closures import collect_noting_closed_fds
+from busmon.probes.watching.watch import watch
 from tests.test_pytest_plugin import ASYNCIO_AUTO, run
 
 pytest_plugins = ["pytester"]
@@ -124,8 +124,8 @@ def test_this_process_reading_its_own_proc_files_is_never_a_leftover() -> None:
     close, it was judged 'exited' as the run's file (once in a full suite's run)."""
     import os
 
-    from probes.fds import Descriptor
-    from probes.resources import ResourceWatch
+    from busmon.probes.observe.fds import Descriptor
+    from busmon.probes.verdict.resources import ResourceWatch
 
     watch = ResourceWatch(frozenset(), frozenset())
     assert not watch._judged(Descriptor(7, f"/proc/{os.getpid()}/stat", "file"))

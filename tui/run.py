@@ -5,10 +5,10 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from probes.model import ScenarioResult
-from probes.scenario import Scenario
-from tui.app import BusmonApp
-from tui.controller import Controller
+from busmon.probes.model import ScenarioResult
+from busmon.probes.harness.scenario import Scenario
+from busmon.tui.app import BusmonApp
+from busmon.tui.controller import Controller
 
 HEADLESS_SIZE = (120, 40)
 

@@ -11,10 +11,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from probes import findings
-from probes.gate import AwaitingStep
-from probes.model import FailureNoted, Leftover, PhaseSnapshot, PhaseStarted, RunResult, Sample
-from tui.words import count
+from busmon.probes.verdict import findings
+from busmon.probes.harness.gate import AwaitingStep
+from busmon.probes.model import FailureNoted, Leftover, PhaseSnapshot, PhaseStarted, RunResult, Sample
+from busmon.tui.words import count
 
 
 #: the banner's word while a phase is under way
@@ -108,7 +108,7 @@ class DashState:
     peaks: tuple[tuple[str, int], ...] = ()
     #: the banner: ("waiting", text) | ("failing", phase, reason) | ("verdict",) (of ``final``)
     banner: tuple[str, ...] = ("waiting", "")
-    leftovers: tuple[Any, ...] = ()   # the run's findings (probes.findings.rows), once it has its verdict
+    leftovers: tuple[Any, ...] = ()   # the run's findings (busmon.probes.verdict.findings.rows), once it has its verdict
     verdicts: tuple[tuple[str, str], ...] = field(default=())   # (run, verdict) of finished runs
     viewed: tuple[Any, ...] = ()      # the findings of the finished run shown again (``viewing``)
 

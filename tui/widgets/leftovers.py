@@ -6,9 +6,9 @@ from __future__ import annotations
 from rich.text import Text
 from textual.widgets import DataTable, Static
 
-from probes.model import Leftover
-from tui.state import matches
-from tui.words import count
+from busmon.probes.model import Leftover
+from busmon.tui.state import matches
+from busmon.tui.words import count
 
 STYLE = {"leaked": "bold red", "destroyed": "bold red", "unknown": "yellow", "exited": "dim",
          "ignored": "italic yellow", "stalled": "bold yellow"}

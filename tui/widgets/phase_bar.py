@@ -12,8 +12,8 @@ from rich.text import Text
 from textual.reactive import reactive
 from textual.widget import Widget
 
-from probes.model import PHASES
-from tui.state import DashState
+from busmon.probes.model import PHASES
+from busmon.tui.state import DashState
 
 
 class PhaseBar(Widget):

@@ -6,7 +6,7 @@ from __future__ import annotations
 from rich.text import Text
 from textual.widgets import DataTable
 
-from probes.model import PhaseSnapshot
+from busmon.probes.model import PhaseSnapshot
 
 
 def _delta(n: int, base: int) -> Text:

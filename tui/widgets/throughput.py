@@ -8,7 +8,7 @@ from textual.containers import Vertical
 from textual.widget import Widget
 from textual.widgets import ProgressBar
 
-from probes.model import RunResult, Sample
+from busmon.probes.model import RunResult, Sample
 
 
 class Rates(Widget):

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from textual.widgets import Static
 
-from probes import findings
-from probes.logs import LogLine
-from probes.model import RunResult
-from tui.words import count, plural
+from busmon.probes.verdict import findings
+from busmon.probes.harness.logs import LogLine
+from busmon.probes.model import RunResult
+from busmon.tui.words import count, plural
 
 
 class VerdictBanner(Static):

@@ -1,0 +1,1 @@
+"""What is observed: tasks, threads, timers, descriptors, children, the loop's lag, the heap, the process."""

@@ -1,0 +1,1 @@
+"""How a verdict is reached: settling, ignore rules, classifying leftovers, retained memory, the texts."""
