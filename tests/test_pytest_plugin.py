@@ -505,10 +505,12 @@ def test_warnings_as_errors_make_a_warned_leak_fail(pytester: pytest.Pytester) -
 
         def test_release():
             RELEASE.set()
-    """, "-W", "error::busmon.LeakWarning")
+    """, "-W", "error::busmon.LeakWarning", "-rA")
     result.assert_outcomes(passed=2, errors=1)
     assert "INTERNALERROR" not in result.stdout.str() + result.stderr.str()
     result.stdout.fnmatch_lines(["*ERROR test_inline.py::test_warned - busmon: leaked 1 thread: warned-about"])
+    # the report is said once, as the failure (not again as a section, even under -rA)
+    assert result.stdout.str().count("busmon: test_inline.py::test_warned leaked 1 thread") == 1, result.stdout.str()
 
 
 def test_async_hypothesis_test_is_judged_on_its_loop(pytester: pytest.Pytester) -> None:

@@ -473,11 +473,12 @@ def _judged(item: pytest.Item, call: pytest.CallInfo[None], state: TestWatch, re
     if result.leaked:
         text = result.report("after the test's teardown", stalls=False)
         if state.options.on_leak != "raise":  # told, not failed: a suite adopting busmon step by step
-            report.sections.append(("busmon after teardown", text))
             if state.options.on_leak == "warn" and not _warned(item, result):
-                failed = True  # -W error made the warning an error: the test fails on it
-                report.outcome = "failed"
+                failed = True  # -W error made the warning an error: the test fails on it, the
+                report.outcome = "failed"  # report said once, as the failure
                 report.longrepr = leak_longrepr(text, item, result)
+            else:
+                report.sections.append(("busmon after teardown", text))
         elif report.passed:
             failed = True
             report.outcome = "failed"
