@@ -65,18 +65,17 @@ __all__ = ["BusCloseError", "BusClosedError", "BusConfigError", "BusConnectError
 
 
 def __getattr__(name: str) -> Any:
+    # not kept in this module's globals: the name always follows the module that defines it
+    # (one that was imported again, as pytester's in-process runs do, has new classes)
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
     if name == "__version__":
         from importlib.metadata import PackageNotFoundError, version
         try:
-            value = version("busmon")
+            return version("busmon")
         except PackageNotFoundError:  # a checkout nobody installed
-            value = "0+unknown"
-    elif name in _EXPORTS:
-        value = getattr(importlib.import_module(_EXPORTS[name]), name)
-    else:
-        raise AttributeError(f"module 'busmon' has no attribute {name!r}")
-    globals()[name] = value  # looked up once
-    return value
+            return "0+unknown"
+    raise AttributeError(f"module 'busmon' has no attribute {name!r}")
 
 
 def __dir__() -> list[str]:

@@ -128,10 +128,10 @@ def test_pytest_warning_filters_take_the_short_names(pytester: pytest.Pytester) 
             warnings.warn(busmon.LeakWarning("left a task"))
     """)
     quiet = ("-p", "no:cacheprovider", "-p", "no:textual-snapshot", "-p", "no:syrupy")
-    result = pytester.runpytest(*quiet, "-W", "error::busmon.LeakWarning")
+    result = pytester.runpytest_subprocess(*quiet, "-W", "error::busmon.LeakWarning")
     result.assert_outcomes(failed=1)
     result.stdout.fnmatch_lines(["*LeakWarning: left a task*"])
-    pytester.runpytest(*quiet, "-W", "ignore::busmon.LeakWarning").assert_outcomes(passed=1)
+    pytester.runpytest_subprocess(*quiet, "-W", "ignore::busmon.LeakWarning").assert_outcomes(passed=1)
 
 
 # -- imports run one way, without circles --------------------------------------------------------
