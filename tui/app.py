@@ -32,7 +32,8 @@ from busmon.probes.model import PhaseSnapshot, PhaseStarted, RunResult, Sample, 
 from busmon.probes.model import RunFinished
 from busmon.tui.controller import Controller, PlaybackDone
 from busmon.tui.headless import VERDICT_STYLE
-from busmon.tui.state import DashState, Filtered, IntervalSet, NextPressed, Noted, Paused, RunDone, Viewing, reduce
+from busmon.tui.state import (DashState, Filtered, IntervalSet, NextPressed, Noted, Paused, ReplayAt, RunDone, Viewing,
+                              reduce)
 from busmon.tui.widgets import (ComponentsTable, LeftoversTable, PhaseBar, PhaseChart, PhaseTable, StackView,
                          ThroughputPanel, VerdictBanner)
 from busmon.tui.widgets.charts import legend
@@ -59,6 +60,8 @@ by identity, what it leaves behind once it has properly settled.
          run's baseline); enter shows one, esc returns to the live run
  [b]space[/b]  pause / resume the display (the probes keep recording)
  [b]+ / -[/b]  sample faster / slower (50 … 1000 ms; shown in the header)
+         replaying a recording: play faster / slower (×1/8 … ×64),
+         [b]n[/b] jumps to the next phase, [b]end[/b] to the end
  [b]/[/b]      filter the leftovers and components tables (esc clears)
  [b]enter[/b]  on a leftover: its stack, full screen (esc returns)
  [b]e[/b]      export a screenshot (SVG) now, into busmon-screenshots/
@@ -213,12 +216,15 @@ class BusmonApp(App[int]):
         Binding("e", "screenshot", "Screenshot"),
         Binding("plus", "faster", "Faster", key_display="+"),
         Binding("minus", "slower", "Slower", key_display="-"),
+        Binding("end", "to_end", "End"),  # a replay only (check_action)
     ]
 
     def __init__(self, controller: Controller | None = None, *, screenshots: Path | None = None,
                  exit_when_done: bool = False, keep_screenshots: bool = False) -> None:
         super().__init__()
         self.controller = controller
+        #: a recording played back (tui/replay_controller.py): + and - set its speed, n jumps
+        self.replaying = bool(getattr(controller, "replaying", False))
         if controller is not None:  # the screen's own objects are busmon's, never the bus's memory
             controller.session.instruments.roots.append(self)
             controller.session.instruments.park_front_end = self.parked
@@ -295,6 +301,13 @@ class BusmonApp(App[int]):
         # paused: everything waits in the backlog, so no panel moves while another stands still
         while self._backlog and not self._holding and not self.paused and self._drawable():
             self.apply(self._backlog.popleft())
+        if self.replaying and self._drawable():
+            self._show_replay_clock()
+
+    def _show_replay_clock(self, note: str = "") -> None:
+        text = self.controller.position_text()  # type: ignore[union-attr]
+        if text != self.state.replay or note:
+            self._advance(ReplayAt(text, note))
 
     def _drawable(self) -> bool:
         """The main screen's widgets are there: not while the app is shutting down (a timer can
@@ -467,6 +480,11 @@ class BusmonApp(App[int]):
     # -- actions ----------------------------------------------------------------
 
     def action_next_phase(self) -> None:
+        if self.replaying:
+            if not self.controller.next_phase():  # type: ignore[union-attr]
+                self._show_replay_clock("no further phase in the recording")
+            self.drain()
+            return
         if self.controller is None or not self.controller.interactive:
             self.notify("scripted playback: phases follow the scenario", timeout=3)
             return
@@ -478,6 +496,8 @@ class BusmonApp(App[int]):
     def action_toggle_pause(self) -> None:
         """Pause the whole display (the probes keep recording: events wait in the backlog)."""
         self.paused = not self.paused
+        if self.replaying:  # the playback clock stops with the display
+            self.controller.set_paused(self.paused)  # type: ignore[union-attr]
         if self.paused:
             self._advance(Paused(True))
             return
@@ -497,10 +517,26 @@ class BusmonApp(App[int]):
 
 
     def action_faster(self) -> None:
-        self._set_interval(-1)
+        if self.replaying:
+            self._replay_speed(+1)
+        else:
+            self._set_interval(-1)
 
     def action_slower(self) -> None:
-        self._set_interval(+1)
+        if self.replaying:
+            self._replay_speed(-1)
+        else:
+            self._set_interval(+1)
+
+    def _replay_speed(self, step: int) -> None:
+        limit = self.controller.step_speed(step)  # type: ignore[union-attr]
+        self._show_replay_clock(f"replay speed: the {limit}" if limit else "")
+
+    def action_to_end(self) -> None:
+        """A replay: everything that is left, at once."""
+        if self.replaying:
+            self.controller.to_end()  # type: ignore[union-attr]
+            self.drain()
 
     def action_filter(self) -> None:
         box = self.query_one("#filter", Input)
@@ -589,7 +625,9 @@ class BusmonApp(App[int]):
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
         """n is not offered in a scripted playback (the footer leaves it out)."""
         if action == "next_phase" and self.controller is not None and not self.controller.interactive:
-            return False
+            return self.replaying  # a replay's n jumps to the next phase
+        if action == "to_end":
+            return self.replaying
         return True
 
     def action_runs(self) -> None:

@@ -26,7 +26,7 @@ import threading  # noqa: E402
 import time  # noqa: E402
 import tomllib  # noqa: E402
 from dataclasses import replace  # noqa: E402
-from typing import Annotated, Callable, NoReturn, Optional  # noqa: E402
+from typing import TYPE_CHECKING, Annotated, Callable, NoReturn, Optional  # noqa: E402
 
 import typer
 from typer.core import TyperCommand, TyperGroup
@@ -39,6 +39,9 @@ from busmon.bus.secrets import ScrubbedStream, redact_url
 from busmon.probes.harness.logs import CAPTURE
 from busmon.probes.model import EXIT_BAD_INPUT, EXIT_INTERRUPTED, ScenarioResult
 from busmon.probes.harness.scenario import BUILTIN_BACKENDS, ProbeSpec, RunSpec, Scenario, ScenarioError, load_scenario
+
+if TYPE_CHECKING:
+    from busmon.probes.recording.writer import Recorder
 
 class _PlainHelp:
     """``--help`` shown as the flag it is: typer's own help option has no metavar, so its help
@@ -236,6 +239,30 @@ LogOpt = Annotated[Optional[Path], typer.Option(
                   "(otherwise they are counted and summarised).")]
 ReportOpt = Annotated[Optional[list[Path]], typer.Option(
     "--report", metavar="FILE", help="Write a report: .json, .md or .html (repeatable, one per format).")]
+RecordOpt = Annotated[Optional[Path], typer.Option(
+    "--record", metavar="FILE", help="Record every event to FILE (JSON Lines; gzip-compressed when it ends in .gz) "
+                                     "to look at again with busmon replay.")]
+
+
+def _start_recording(record: Path | None, command: str, sc: Scenario, scenario_path: str | None, *,
+                     headless: bool, backends: tuple[str, ...] = ()) -> Recorder | None:
+    """The recorder for ``--record`` (None without it); its path is checked first: exit 2."""
+    if record is None:
+        return None
+    from busmon.tui import recording
+
+    try:
+        recording.check_record_path(record)
+        return recording.start(record, command, sc, scenario_path, headless=headless, backends=backends)
+    except recording.RecordPathError as exc:
+        raise BadInput(str(exc)) from None
+
+
+def _finish_recording(recorder: Recorder | None, result: ScenarioResult | None) -> None:
+    if recorder is not None and not recorder.closed:
+        from busmon.tui import recording
+
+        recording.finish(recorder, result, lambda line: err.print(Text(line)))
 
 
 def _start_log(log: Path | None) -> None:
@@ -286,7 +313,7 @@ def _show_version(value: bool) -> None:
 
 
 #: the dashboard's own options (shaping its one repeated run; play takes them from the file)
-DASHBOARD_ONLY = ("backend", "url", "bus", "messages", "rate", "settle", "hold", *IGNORE_FIELDS)
+DASHBOARD_ONLY = ("backend", "url", "bus", "messages", "rate", "settle", "hold", "record", *IGNORE_FIELDS)
 
 
 @app.callback()
@@ -305,6 +332,7 @@ def dashboard(
     ignore_socket: IgnoreSocketOpt = None,
     ignore_process: IgnoreProcessOpt = None,
     ignore_type: IgnoreTypeOpt = None,
+    record: RecordOpt = None,
     version: Annotated[bool, typer.Option(
         "--version", metavar="", is_eager=True, callback=_show_version, help="Print busmon's version and exit.")] = False,
 ) -> None:
@@ -321,9 +349,14 @@ def dashboard(
                        ignore_socket=ignore_socket, ignore_process=ignore_process, ignore_type=ignore_type)
     from busmon.tui.run import run_dashboard
 
+    recorder = _start_recording(record, "dashboard", sc, None, headless=False)
     _hand_back_interrupts()
 
-    code, result = run_dashboard(sc, interactive=True)
+    result = None
+    try:
+        code, result = run_dashboard(sc, interactive=True, record=recorder.put if recorder else None)
+    finally:
+        _finish_recording(recorder, _with_logs(result) if result is not None else None)
     if result.runs:  # the dashboard is gone: the terminal keeps what it found
         _print_summary(result)
     raise typer.Exit(code)
@@ -392,6 +425,7 @@ def play(
     ignore_process: IgnoreProcessOpt = None,
     ignore_type: IgnoreTypeOpt = None,
     log: LogOpt = None,
+    record: RecordOpt = None,
 ) -> None:
     """Play a scenario's runs and report what each left behind."""
     from busmon.tui.report import REPORT_SUFFIXES
@@ -404,12 +438,13 @@ def play(
     ignores = dict(ignore_task=ignore_task, ignore_thread=ignore_thread, ignore_socket=ignore_socket,
                    ignore_process=ignore_process, ignore_type=ignore_type)
     _play(scenario, reports, html, played_headless, interrupts, headless=headless, screenshots=screenshots,
-          backend=backend, url=url, bus=bus, log=log, ignores=ignores)
+          backend=backend, url=url, bus=bus, log=log, ignores=ignores, record=record)
 
 
 def _play(scenario: Path, reports: list[Path], html: list[Path], played_headless: bool,
           interrupts: Interrupts | None, *, headless: bool, screenshots: Path | None, backend: str | None,
-          url: str | None, bus: str | None, log: Path | None, ignores: dict[str, list[str] | None]) -> None:
+          url: str | None, bus: str | None, log: Path | None, ignores: dict[str, list[str] | None],
+          record: Path | None = None) -> None:
     """``play`` once its report paths are checked and Ctrl-C is in hand."""
     from busmon.tui.headless import play_headless
     from busmon.tui.report import write_report
@@ -424,17 +459,23 @@ def _play(scenario: Path, reports: list[Path], html: list[Path], played_headless
         except OSError as exc:
             raise BadInput(f"--screenshots {screenshots}: cannot make the folder: {exc.strerror or exc}") from None
     shots: list[tuple[str, str]] = []
+    recorder = _start_recording(record, "play", sc, str(scenario), headless=played_headless)
     _say_default_run(sc, scenario)
-    if not played_headless:
-        from busmon.tui.run import play_dashboard
+    result = None
+    try:
+        if not played_headless:
+            from busmon.tui.run import play_dashboard
 
-        _hand_back_interrupts()
+            _hand_back_interrupts()
 
-        result, shots = play_dashboard(sc, headless=headless, screenshots=screenshots)
-    else:
-        result = play_headless(sc, err, interrupts=interrupts)
+            result, shots = play_dashboard(sc, headless=headless, screenshots=screenshots,
+                                           record=recorder.put if recorder else None)
+        else:
+            result = play_headless(sc, err, interrupts=interrupts, record=recorder.put if recorder else None)
+        result = _with_logs(result)
+    finally:
+        _finish_recording(recorder, result)
     _config_error(result, f"--bus {bus}" if bus else f"{scenario}: backend {sc.backend}")
-    result = _with_logs(result)
     _print_summary(result)
     if not result.interrupted and len(result.runs) < len(sc.runs):
         refused = any((r.failure or {}).get("kind") == "refused" for r in result.runs)
@@ -466,6 +507,7 @@ def compare(
     report: Annotated[Optional[list[Path]], typer.Option(
         "--report", metavar="FILE", help="Write a report: .json, .md or .html (repeatable, one per format).")] = None,
     log: LogOpt = None,
+    record: RecordOpt = None,
 ) -> None:
     """Play the same runs on each backend and print one table."""
     from busmon.tui.compare import compare_table, play_compare
@@ -489,10 +531,15 @@ def compare(
     base = _scenario(scenario, None, None, None)
     scenarios = [_retarget(base, scenario, name, url_of.get(name), None) if name in BUILTIN_BACKENDS
                  else _retarget(base, scenario, None, None, name, "--backends") for name in names]
+    recorder = _start_recording(record, "compare", base, str(scenario), headless=True,
+                                backends=tuple(sc.backend for sc in scenarios))
     _say_default_run(base, scenario)
-    result = play_compare(scenarios, err, _hold_interrupts())  # Ctrl-C is an event from now on
+    result = None
+    try:  # Ctrl-C is an event from now on
+        result = _with_logs(play_compare(scenarios, err, _hold_interrupts(), record=recorder.put if recorder else None))
+    finally:
+        _finish_recording(recorder, result)
     _config_error(result, "--backends")
-    result = _with_logs(result)
     out.print(compare_table(result))
     _say_logs(result, log)
     for path in reports:
@@ -505,6 +552,117 @@ def compare(
     if result.interrupted:
         err.print(Text("busmon: interrupted: the report holds the runs measured until then", style="yellow"))
     _exit(result)
+
+
+@app.command(cls=_Command)
+def replay(
+    recording: Annotated[Path, typer.Argument(metavar="FILE", help="A recording made with --record.")],
+    headless: Annotated[bool, typer.Option(
+        "--headless", metavar="", help="No terminal UI: the progress lines and the summary the run printed (with "
+                           "--screenshots or an .html report, the dashboard is rendered off screen).")] = False,
+    report: ReportOpt = None,
+    screenshots: Annotated[Optional[Path], typer.Option(
+        "--screenshots", metavar="FOLDER", help="Save an SVG of the dashboard at every phase boundary into this folder.")] = None,
+    against: Annotated[Optional[Path], typer.Option(
+        "--against", metavar="FILE", help="Another recording of the same scenario: both side by side, and which "
+                                          "leftovers are new and which are gone.")] = None,
+) -> None:
+    """Look at a recorded run again: in the dashboard, or headless with its summary and reports."""
+    from busmon.tui.report import REPORT_SUFFIXES
+
+    reports = _report_paths(report, (*REPORT_SUFFIXES, ".html", ".htm"))
+    html = [r for r in reports if r.suffix.lower() in (".html", ".htm")]
+    rec = _open_recording(recording)
+    if against is not None:
+        _replay_against(rec, _open_recording(against), reports)
+    if not headless or screenshots is not None or html:
+        _replay_dashboard(rec, reports, html, headless=headless, screenshots=screenshots)
+    from busmon.tui.replay import replay_headless
+
+    result = replay_headless(rec, err)
+    _replay_finish(rec, result, reports, [])
+
+
+def _open_recording(path: Path):  # type: ignore[no-untyped-def]
+    from busmon.probes.recording.reader import RecordingError, open_recording
+
+    try:
+        return open_recording(path)
+    except RecordingError as exc:
+        raise BadInput(str(exc)) from None
+
+
+def _replay_finish(rec, result: ScenarioResult, reports: list[Path],  # type: ignore[no-untyped-def]
+                   shots: list[tuple[str, str]]) -> NoReturn:
+    """The summary and reports the recorded command gave, and its exit code."""
+    from busmon.tui.report import write_report
+
+    if rec.header.command == "compare":
+        from busmon.tui.compare import compare_table
+
+        out.print(compare_table(result))
+    else:
+        _print_summary(result)
+    _say_logs(result, None)
+    scenario_path = rec.header.scenario_path
+    for path in reports:
+        if path.suffix.lower() in (".html", ".htm"):
+            from busmon.tui.html_report import write_html
+
+            _write(path, lambda p: write_html(result, p, scenario_path, shots))
+        else:
+            _write(path, lambda p: write_report(result, p, scenario_path))
+    _exit(result)
+
+
+def _replay_against(rec, other, reports: list[Path]) -> NoReturn:  # type: ignore[no-untyped-def]
+    """Two recordings side by side; exits with A's verdict."""
+    from busmon.tui.against import against_table, change_lines, verdict_line
+    from busmon.tui.replay import read_all, say_problems
+
+    if reports:
+        raise BadInput("--report: a comparison of two recordings writes no report; replay each one for its report")
+    a, _ = read_all(rec)
+    b, _ = read_all(other)
+    say_problems(rec, err)
+    say_problems(other, err)
+    name_a, name_b = rec.header.scenario.get("name"), other.header.scenario.get("name")
+    if name_a != name_b:
+        err.print(Text(f"busmon: note: the recordings played different scenarios ({name_a!r} and {name_b!r})",
+                       style="yellow"))
+    out.print(against_table(a, b, rec.path, other.path))
+    for line in change_lines(a, b):
+        out.print(line, soft_wrap=True)
+    out.print(Text(verdict_line(a, b), style="bold"))
+    _exit(a)
+
+
+def _replay_dashboard(rec, reports: list[Path], html: list[Path], *, headless: bool,  # type: ignore[no-untyped-def]
+                      screenshots: Path | None) -> NoReturn:
+    """The dashboard on the recording: as it happened (keys: + - n end space), or off screen
+    at once for its screenshots; then the summary, reports and exit code the run had."""
+    from busmon.tui.app import BusmonApp
+    from busmon.tui.replay import say_problems
+    from busmon.tui.replay_controller import ReplayController
+    from busmon.tui.run import HEADLESS_SIZE
+
+    if screenshots is not None:
+        if screenshots.exists() and not screenshots.is_dir():
+            raise BadInput(f"--screenshots {screenshots}: expected a folder, got a file")
+        try:
+            screenshots.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise BadInput(f"--screenshots {screenshots}: cannot make the folder: {exc.strerror or exc}") from None
+    controller = ReplayController(rec, instant=headless)
+    exit_when_done = headless or not (sys.stdin.isatty() and sys.stdout.isatty())
+    app = BusmonApp(controller, screenshots=screenshots, exit_when_done=exit_when_done, keep_screenshots=True)
+    _hand_back_interrupts()
+    try:
+        app.run(headless=headless, size=HEADLESS_SIZE if headless else None)
+    finally:
+        controller.shutdown()
+    say_problems(rec, err)
+    _replay_finish(rec, controller.result(), reports, app.shots)
 
 
 @app.command(cls=_Command)

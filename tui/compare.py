@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import replace
+from typing import Callable
 
 from rich.console import Console
 from rich.markup import escape
@@ -14,16 +15,20 @@ from busmon.tui.interrupts import Interrupts
 from busmon.bus.secrets import redact_url
 from busmon.probes.model import RunResult, ScenarioResult
 from busmon.probes.harness.scenario import Scenario
+from busmon.probes.recording.records import Segment
 
 
 def play_compare(scenarios: list[Scenario], console: Console,
-                 interrupts: Interrupts | None = None) -> ScenarioResult:
+                 interrupts: Interrupts | None = None,
+                 record: Callable[[object], None] | None = None) -> ScenarioResult:
     """Each scenario (one per backend) in turn; Ctrl-C ends the backend under way and skips the rest."""
     runs: list[RunResult] = []
     interrupted = False
     for sc in scenarios:
         console.print(f"[bold]{escape(sc.backend)}[/] ({escape(redact_url(sc.url))})")
-        result = play_headless(sc, console, interrupts=interrupts)
+        if record is not None:
+            record(Segment(sc.backend, redact_url(sc.url)))
+        result = play_headless(sc, console, interrupts=interrupts, record=record)
         runs += [replace(r, backend=sc.backend) for r in result.runs]
         if result.interrupted:  # Ctrl-C: no further backend
             interrupted = True

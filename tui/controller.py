@@ -11,13 +11,14 @@ import concurrent.futures
 import itertools
 import queue
 from dataclasses import dataclass, replace
-from typing import Iterator
+from typing import Callable, Iterator
 
 from busmon.bus.deadline import bounded, cancel_and_wait
 from busmon.probes.harness.gate import AutoGate, StepGate
 from busmon.probes.model import ScenarioResult
 from busmon.probes.harness.scenario import RunSpec, Scenario
 from busmon.probes.harness.session import Session
+from busmon.tui.recording import tee
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,11 +36,13 @@ def endless_runs(template: RunSpec) -> Iterator[RunSpec]:
 
 
 class Controller:
-    def __init__(self, scenario: Scenario, *, interactive: bool) -> None:
+    def __init__(self, scenario: Scenario, *, interactive: bool,
+                 record: Callable[[object], None] | None = None) -> None:
         self.scenario = scenario
         self.interactive = interactive
         self.events: queue.SimpleQueue[object] = queue.SimpleQueue()
-        self.session = Session(scenario, self.events.put)
+        self._sink = tee(self.events.put, record)  # every event to the screen, and to --record
+        self.session = Session(scenario, self._sink)
         self.session.instruments.roots.append(self.events)  # events on their way to the screen
         self.gate: StepGate | AutoGate = AutoGate()
         self._main: asyncio.Task | None = None
@@ -53,7 +56,7 @@ class Controller:
     async def _play(self) -> None:
         self._main = asyncio.current_task()
         if self.interactive:
-            self.gate = StepGate(asyncio.get_running_loop(), self.events.put)
+            self.gate = StepGate(asyncio.get_running_loop(), self._sink)
             runs: Iterator[RunSpec] | tuple[RunSpec, ...] = endless_runs(self.scenario.runs[0])
         else:
             runs = self.scenario.runs

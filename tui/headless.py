@@ -24,6 +24,7 @@ from busmon.probes.harness.session import Session
 from busmon.probes.model import RunFinished
 from busmon.tui.fit import FitTable
 from busmon.tui.interrupts import Interrupts
+from busmon.tui.recording import tee
 
 _DONE = object()
 _INTERRUPT = object()
@@ -32,20 +33,22 @@ VERDICT_STYLE = {"clean": "bold green", "leaked": "bold red", "failed": "bold ye
 
 def play_headless(scenario: Scenario, console: Console | None = None,
                   on_event: Callable[[object], None] | None = None,
-                  interrupts: Interrupts | None = None) -> ScenarioResult:
+                  interrupts: Interrupts | None = None,
+                  record: Callable[[object], None] | None = None) -> ScenarioResult:
     """Play every run of ``scenario`` with a live progress display; return the result.
 
     Ctrl-C arrives as an event (see busmon.tui.interrupts): the first closes, settles and judges the run
     under way and plays no further run; a second press returns the runs that finished at once.
     Either way a result comes back, so the caller writes its report. ``interrupts`` is the
-    caller's, installed for longer (``busmon play`` keeps it until the report is written)."""
+    caller's, installed for longer (``busmon play`` keeps it until the report is written).
+    ``record`` gets every event too, on the arena thread (``--record``)."""
     console = console or Console(file=ScrubbedStream("stderr"))
     own = interrupts is None
     interrupts = interrupts or Interrupts()
     events: queue.SimpleQueue[object] = queue.SimpleQueue()
     progress = RunProgress(console)
     bars: dict[str, int] = {}
-    with interrupts if own else contextlib.nullcontext(), Session(scenario, events.put) as session, progress:
+    with interrupts if own else contextlib.nullcontext(), Session(scenario, tee(events.put, record)) as session, progress:
         interrupts.wake = lambda: events.put(_INTERRUPT)  # SimpleQueue.put is reentrant: safe in a handler
         try:
             if interrupts.times:  # Ctrl-C before the session was up

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import Callable
 
 from busmon.probes.model import ScenarioResult
 from busmon.probes.harness.scenario import Scenario
@@ -13,10 +14,11 @@ from busmon.tui.controller import Controller
 HEADLESS_SIZE = (120, 40)
 
 
-def run_dashboard(scenario: Scenario, *, interactive: bool) -> tuple[int, ScenarioResult]:
+def run_dashboard(scenario: Scenario, *, interactive: bool,
+                  record: Callable[[object], None] | None = None) -> tuple[int, ScenarioResult]:
     """The interactive dashboard; returns the exit code of the runs seen, and those runs (so the
     terminal keeps their summary once the dashboard is gone)."""
-    controller = Controller(scenario, interactive=interactive)
+    controller = Controller(scenario, interactive=interactive, record=record)
     app = BusmonApp(controller)
     try:
         code = app.run()
@@ -25,10 +27,11 @@ def run_dashboard(scenario: Scenario, *, interactive: bool) -> tuple[int, Scenar
     return code or 0, ScenarioResult(scenario.name, tuple(controller.session.results))
 
 
-def play_dashboard(scenario: Scenario, *, headless: bool, screenshots: Path | None
+def play_dashboard(scenario: Scenario, *, headless: bool, screenshots: Path | None,
+                   record: Callable[[object], None] | None = None
                    ) -> tuple[ScenarioResult | None, list[tuple[str, str]]]:
     """Scripted playback in the dashboard; stays on the final screen until q, unless headless."""
-    controller = Controller(scenario, interactive=False)
+    controller = Controller(scenario, interactive=False, record=record)
     # with no terminal to press q in (CI, a pipe), the dashboard ends with the playback
     exit_when_done = headless or not (sys.stdin.isatty() and sys.stdout.isatty())
     app = BusmonApp(controller, screenshots=screenshots, exit_when_done=exit_when_done, keep_screenshots=True)

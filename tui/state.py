@@ -72,6 +72,14 @@ class Viewing:
 
 
 @dataclass(frozen=True, slots=True)
+class ReplayAt:
+    """A replay's clock moved (``REPLAY 0:12 / 3:45 ×4``), with a passing word if any."""
+
+    text: str
+    note: str = ""
+
+
+@dataclass(frozen=True, slots=True)
 class RunDone:
     """A run's result reached the screen (RunFinished, unwrapped)."""
 
@@ -99,6 +107,7 @@ class DashState:
     viewing: str = ""                 # a finished run shown again instead of the live one ("1/2 warm-up")
     interactive: bool = True          # n steps the phases (False: a scripted playback)
     hold: bool = True                 # the runs have a hold phase (else the header leaves it out)
+    replay: str = ""                  # a replay's position, length and speed ("": a live session)
     # the panels' data: the current run's phase snapshots, its newest reading, its result once it
     # has one, and the live tasks by component with their peaks (threads are not components)
     snapshots: tuple[PhaseSnapshot, ...] = ()
@@ -150,6 +159,10 @@ class DashState:
         """What n does now: ``n → load``, or when it will act (``short``: in fewer words)."""
         if self.viewing:
             return "esc → the live run"
+        if self.replay and not self.replay.endswith(" END"):  # a replay played to its end: nothing to jump to
+            return "n · end" if short else "n → next phase · end → the end"
+        if self.replay:
+            return ""
         if not self.interactive:
             return ""  # a scripted playback steps itself
         if self.waiting_for:
@@ -232,6 +245,8 @@ def reduce(state: DashState, event: Any) -> DashState:
         return replace(state, paused=event.paused, note=note)
     if isinstance(event, Filtered):
         return replace(state, filter=event.text.strip())
+    if isinstance(event, ReplayAt):
+        return replace(state, replay=event.text, note=event.note or state.note)
     if isinstance(event, IntervalSet):
         note = f"sampling every {event.ms} ms: the {event.at_limit}" if event.at_limit else ""
         return replace(state, interval_ms=event.ms, note=note)

@@ -83,6 +83,8 @@ def status_line(st: DashState, width: int = 10_000) -> Text:
     by steps (``every 100 ms`` → ``100 ms``, the target, ``(embedded)``, the interval), then the
     hint says itself in fewer words, then the backend goes: a word is never cut."""
     marks: list[tuple[str, str]] = []
+    if st.replay:
+        marks.append((f" {st.replay} ", "bold black on cyan"))
     if st.paused:
         marks.append((" PAUSED (space) ", "bold black on yellow"))
     if mark := st.filter_word():

@@ -1,0 +1,108 @@
+"""``busmon replay A --against B``: two recordings of the same scenario side by side, and which
+leftovers are new in A and which are gone: did the change fix the leak, or make one?
+
+Leftovers are matched across recordings by what they are, not by the numbers a process draws
+afresh each time: kind, component, and the name and detail with their digits folded (a task
+counter, a port, a pid, a file descriptor differ between two runs of the same code).
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from rich.markup import escape
+from rich.text import Text
+
+from busmon.probes.model import Leftover, RunResult, ScenarioResult
+from busmon.probes.verdict.findings import leaks
+from busmon.probes.verdict.leak_text import display_name
+from busmon.tui.fit import FitTable
+from busmon.tui.headless import VERDICT_STYLE
+
+_DIGITS = re.compile(r"\d+")
+
+Key = tuple[str, str, str, str]
+
+
+def leftover_key(x: Leftover) -> Key:
+    """What a leftover is, the same in two recordings of the same code."""
+    detail = x.detail.split(" (", 1)[0] if x.kind in ("task", "thread") else ""
+    return x.kind, _DIGITS.sub("N", x.component), _DIGITS.sub("N", display_name(x)), _DIGITS.sub("N", detail)
+
+
+def failing(run: RunResult) -> dict[Key, Leftover]:
+    return {leftover_key(x): x for x in leaks(run)}
+
+
+def _runs(result: ScenarioResult) -> dict[tuple[str, str], RunResult]:
+    return {(r.name, r.backend): r for r in result.runs}
+
+
+def against_table(a: ScenarioResult, b: ScenarioResult, a_path: Path, b_path: Path) -> FitTable | Text:
+    """Per run (in A's order, then runs only B has): B and A side by side."""
+    runs_a, runs_b = _runs(a), _runs(b)
+    names = list(dict.fromkeys([*runs_a, *runs_b]))
+    if not names:
+        return Text("neither recording holds a finished run: nothing to compare", style="yellow")
+    table = FitTable(title=f"busmon replay: {escape(a.scenario)} — {escape(a_path.name)} against {escape(b_path.name)}")
+    table.columns = [(f"B: {escape(b_path.name)}", []), (f"A: {escape(a_path.name)}", [])]
+    table.caption = "B is the recording compared against; A is the one replayed."
+
+    def cells(key: tuple[str, str], fn) -> list[str]:  # type: ignore[no-untyped-def]
+        return [fn(runs[key]) if key in runs else "–" for runs in (runs_b, runs_a)]
+
+    several_backends = len({backend for _, backend in names}) > 1
+    for key in names:
+        name, backend = key
+        label = f"{name} · {backend}" if several_backends else name
+        table.add_row(f"[bold]{escape(label)}[/]", cells(key, lambda r: f"[{VERDICT_STYLE[r.verdict]}]{r.verdict}[/]"))
+        table.add_row("  deliver/s", cells(key, lambda r: f"{r.throughput.get('deliver_per_s', 0):,.0f}"))
+        table.add_row("  settle ms", cells(key, lambda r: f"{r.settle_ms:,.0f}"))
+        table.add_row("  leaked", cells(key, lambda r: f"{len(leaks(r)):,}"))
+        table.add_row("  exited while settling", cells(key, lambda r: f"{r.count('exited'):,}"))
+        if key in runs_a and key in runs_b:
+            new, gone = changes(runs_a[key], runs_b[key])
+            table.add_row("  new in A", ["", f"{len(new):,}"])
+            table.add_row("  gone in A", ["", f"{len(gone):,}"])
+    return table
+
+
+def changes(a: RunResult, b: RunResult) -> tuple[list[Leftover], list[Leftover]]:
+    """Leaked in A but not in B (new), and leaked in B but not in A (gone)."""
+    fa, fb = failing(a), failing(b)
+    return [x for k, x in fa.items() if k not in fb], [x for k, x in fb.items() if k not in fa]
+
+
+def change_lines(a: ScenarioResult, b: ScenarioResult) -> list[str]:
+    """One line per leftover that is new or gone, per run both recordings have (rich markup)."""
+    runs_b = _runs(b)
+    lines = []
+    for key, ra in _runs(a).items():
+        rb = runs_b.get(key)
+        if rb is None:
+            continue
+        new, gone = changes(ra, rb)
+        for x in new:
+            lines.append(f"[bold red]new in A[/] {x.kind} [bold]{escape(display_name(x))}[/]  [dim]run {escape(key[0])}[/]")
+        for x in gone:
+            lines.append(f"[bold green]gone in A[/] {x.kind} [bold]{escape(display_name(x))}[/]  [dim]run {escape(key[0])}[/]")
+    return lines
+
+
+def verdict_line(a: ScenarioResult, b: ScenarioResult) -> str:
+    """The answer in one line: fixed, made one, changed, or the same."""
+    runs_b = _runs(b)
+    new = gone = 0
+    for key, ra in _runs(a).items():
+        if key in runs_b:
+            n, g = changes(ra, runs_b[key])
+            new, gone = new + len(n), gone + len(g)
+    if new and gone:
+        return f"A leaks {new:,} leftover{'s' if new != 1 else ''} B did not, and no longer leaks {gone:,} that B did"
+    if new:
+        return f"A leaks {new:,} leftover{'s' if new != 1 else ''} that B did not"
+    if gone:
+        return f"A no longer leaks {gone:,} leftover{'s' if gone != 1 else ''} that B did, and leaks nothing new"
+    return "A leaks nothing B did not" + (", and B leaked nothing" if not any(leaks(r) for r in b.runs) else
+                                         "; the same leftovers leak in both")

@@ -1,0 +1,86 @@
+"""``--record FILE``: the recording's first line from the scenario as played, and its last line
+from the command's result. Textual-free: headless playback records too."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import os
+import platform
+from pathlib import Path
+from typing import Any, Callable
+
+from busmon.bus.secrets import redact_options, redact_url
+from busmon.probes.harness.scenario import Scenario
+from busmon.probes.model import ScenarioResult
+from busmon.probes.recording.records import Ended, Header
+from busmon.probes.recording.writer import Recorder
+
+
+class RecordPathError(ValueError):
+    """``--record FILE`` cannot be written: one line, said before anything runs."""
+
+
+def check_record_path(path: Path) -> None:
+    """Refuse a recording path that cannot be written before the run, not after it."""
+    if path.is_dir():
+        raise RecordPathError(f"--record {path}: expected a file, got a folder")
+    if not path.parent.is_dir():
+        what = "is not a folder" if path.parent.exists() else "does not exist"
+        raise RecordPathError(f"--record {path}: the folder {path.parent} {what}")
+    if not os.access(path.parent, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        raise RecordPathError(f"--record {path}: not writable")
+
+
+def scenario_as_played(sc: Scenario) -> dict[str, Any]:
+    """The scenario as a plain mapping, secrets masked (the writer scrubs every string again)."""
+    data = {f.name: getattr(sc, f.name) for f in dataclasses.fields(sc) if f.name != "lines"}
+    data = {k: dataclasses.asdict(v) if dataclasses.is_dataclass(v) else v for k, v in data.items()}
+    data["runs"] = [dataclasses.asdict(r) for r in sc.runs]
+    data["url"] = redact_url(sc.url)
+    data["bus_options"] = redact_options(sc.bus_options)
+    return data
+
+
+def start(path: Path, command: str, sc: Scenario, scenario_path: str | None, *, headless: bool,
+          backends: tuple[str, ...] = ()) -> Recorder:
+    """Open the recording and write its first line."""
+    header = Header(command=command, scenario=scenario_as_played(sc), scenario_path=scenario_path,
+                    target=redact_url(sc.url), busmon=_version(), python=platform.python_version(),
+                    platform=platform.platform(),
+                    started=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+                    headless=headless, backends=backends)
+    try:
+        return Recorder(path, header)
+    except OSError as exc:
+        raise RecordPathError(f"--record {path}: cannot write: {exc.strerror or exc}") from None
+
+
+def finish(recorder: Recorder | None, result: ScenarioResult | None, say: Callable[[str], None]) -> None:
+    """Write the last line (how the command ended) and say where the recording is."""
+    if recorder is None:
+        return
+    logs = tuple(line.as_dict() for line in result.logs) if result is not None else ()
+    recorder.close(Ended(interrupted=result.interrupted if result is not None else True, logs=logs))
+    if recorder.error:
+        say(f"busmon: recording stopped early: {recorder.error}")
+    else:
+        say(f"recorded to {recorder.path}")
+
+
+def tee(first: Callable[[object], None], record: Callable[[object], None] | None) -> Callable[[object], None]:
+    """A sink that hands every event to ``first`` and, when recording, to ``record``."""
+    if record is None:
+        return first
+
+    def both(event: object) -> None:
+        first(event)
+        record(event)
+
+    return both
+
+
+def _version() -> str:
+    from busmon.tui.report import busmon_version
+
+    return busmon_version()

@@ -1,0 +1,88 @@
+"""``busmon replay FILE --headless``: a recording read back through the same display and reports
+the live run had, and the result it ended with. Textual-free.
+
+The events go through headless playback's own printer (``_show``), as fast as they can be read:
+the run lines, the counts right after close and after settling, each verdict. The result is
+built from the recorded runs exactly as the live command built it (a ``compare`` recording's
+runs carry their segment's backend), so the summary and every report come out the same.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any
+
+from rich.console import Console
+from rich.markup import escape
+
+from busmon.probes.harness.logs import LogLine
+from busmon.probes.model import RunFinished, RunResult, ScenarioResult
+from busmon.probes.recording.reader import CUT_SHORT, Recording
+from busmon.probes.recording.records import Segment
+from busmon.tui.headless import RunProgress, _show
+
+
+class ReplayResult:
+    """What a recording ends with: the runs, in order, and how the command ended."""
+
+    def __init__(self, recording: Recording) -> None:
+        self.recording = recording
+        self.runs: list[RunResult] = []
+        self._backend: str | None = None
+
+    def add(self, event: Any) -> None:
+        if isinstance(event, Segment):
+            self._backend = event.backend
+        elif isinstance(event, RunFinished):
+            r = event.result
+            self.runs.append(replace(r, backend=self._backend) if self._backend is not None else r)
+
+    def result(self) -> ScenarioResult:
+        rec = self.recording
+        ended = rec.ended
+        logs = tuple(LogLine(**{k: line.get(k) for k in ("logger", "level", "count", "message")})
+                     for line in (ended.logs if ended else ()) if _is_log_line(line))
+        # cut short: the runs that finished before busmon stopped, as an interrupted command's
+        interrupted = ended.interrupted if ended is not None and not rec.cut_short else True
+        return ScenarioResult(str(rec.header.scenario.get("name", "?")), tuple(self.runs), interrupted=interrupted,
+                              logs=logs)
+
+
+def _is_log_line(line: Any) -> bool:
+    return (isinstance(line, dict) and isinstance(line.get("logger"), str) and isinstance(line.get("level"), str)
+            and type(line.get("count")) is int and isinstance(line.get("message"), str))
+
+
+def replay_headless(recording: Recording, console: Console) -> ScenarioResult:
+    """Print the recording's progress lines as the live run printed them; return its result."""
+    collected = ReplayResult(recording)
+    progress = RunProgress(console)
+    bars: dict[str, int] = {}
+    with progress:
+        for _, event in recording.events():
+            collected.add(event)
+            if isinstance(event, Segment):
+                progress.console.print(f"[bold]{escape(event.backend)}[/] ({escape(event.target)})")
+                continue
+            _show(event, progress, bars, console)
+    say_problems(recording, console)
+    return collected.result()
+
+
+def read_all(recording: Recording) -> tuple[ScenarioResult, list[tuple[float, Any]]]:
+    """Every event with its time, and the result: for a comparison, no display."""
+    collected = ReplayResult(recording)
+    events = []
+    for t, event in recording.events():
+        collected.add(event)
+        events.append((t, event))
+    return collected.result(), events
+
+
+def say_problems(recording: Recording, console: Console) -> None:
+    """Damaged lines, one each, and where a recording cut short ends."""
+    for line in recording.problem_lines():
+        console.print(f"busmon: {line}", markup=False, highlight=False, soft_wrap=True)
+    if recording.cut_short:
+        console.print(f"busmon: {recording.path}: {CUT_SHORT}", style="yellow", markup=False, highlight=False,
+                      soft_wrap=True)

@@ -1,0 +1,193 @@
+"""``busmon replay FILE``: a recording played back to the dashboard as it happened.
+
+Stands where the live :class:`~busmon.tui.controller.Controller` stands: the app drains events
+from it on its timer and never knows they come from a file. A thread reads the file (so a
+one-hour recording shows its first screen as soon as its first events are read); a playback
+clock, ``position``, runs at ``speed`` times real time, stops while paused, and jumps to the
+next phase or to the end. Textual-free.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from dataclasses import dataclass, field
+from types import SimpleNamespace
+from typing import Any, Mapping
+
+from busmon.probes.harness.runner import Instruments
+from busmon.probes.model import PhaseStarted, RunResult, ScenarioResult
+from busmon.probes.recording.reader import Recording
+from busmon.tui.controller import PlaybackDone
+from busmon.tui.replay import ReplayResult
+
+#: the speeds + and - step through (× real time)
+SPEEDS = (1 / 8, 1 / 4, 1 / 2, 1, 2, 4, 8, 16, 32, 64)
+
+
+@dataclass
+class RecordedSession:
+    """What the app reads of a session: its instruments (nothing is measured here) and its runs."""
+
+    instruments: Instruments = field(default_factory=Instruments)
+    results: list[RunResult] = field(default_factory=list)
+
+
+def recorded_scenario(scenario: Mapping[str, Any]) -> SimpleNamespace:
+    """What the dashboard reads of a scenario, from a recording's header (whatever it holds)."""
+    def text(key: str, default: str) -> str:
+        value = scenario.get(key)
+        return value if isinstance(value, str) else default
+
+    runs = scenario.get("runs")
+    runs = [r for r in runs if isinstance(r, Mapping)] if isinstance(runs, list) else []
+    probes = scenario.get("probes") if isinstance(scenario.get("probes"), Mapping) else {}
+    interval = probes.get("interval_ms")
+    return SimpleNamespace(
+        name=text("name", "recording"), backend=text("backend", "?"), url=text("url", ""),
+        runs=tuple(SimpleNamespace(name=str(r.get("name", "")),
+                                   hold_s=r["hold_s"] if type(r.get("hold_s")) in (int, float) else 0.0)
+                   for r in runs),
+        probes=SimpleNamespace(interval_ms=interval if type(interval) is int and interval > 0 else 100))
+
+
+def clock(seconds: float) -> str:
+    """``1:05`` or ``1:02:03``."""
+    s = int(max(0.0, seconds))
+    h, rest = divmod(s, 3600)
+    return f"{h}:{rest // 60:02d}:{rest % 60:02d}" if h else f"{rest // 60}:{rest % 60:02d}"
+
+
+class ReplayController:
+    """Hands the app the recording's events as the playback clock reaches them."""
+
+    interactive = False
+    replaying = True
+
+    def __init__(self, recording: Recording, *, instant: bool = False) -> None:
+        self.recording = recording
+        self.scenario = recorded_scenario(recording.header.scenario)
+        self.session = RecordedSession()
+        self.collected = ReplayResult(recording)
+        self.stopped = False
+        self.speed = 1.0
+        self.paused = False
+        self.total_s = recording.duration_hint()      # known at once for a plain file; else once read
+        self._events: list[tuple[float, Any]] = []
+        self._next = 0
+        self._lock = threading.Lock()
+        self._read_all = threading.Event()
+        self._stop = threading.Event()
+        self._pos = math.inf if instant else 0.0      # instant: everything as fast as the app takes it
+        self._wall: float | None = None
+        self._done_sent = False
+        self._reader: threading.Thread | None = None
+
+    # -- the file ------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._wall = time.monotonic()
+        self._reader = threading.Thread(target=self._read, name="busmon.replay-reader", daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        try:
+            for t, event in self.recording.events():
+                with self._lock:
+                    self._events.append((t, event))
+                if self._stop.is_set():
+                    return
+        finally:
+            with self._lock:
+                if self._events:
+                    self.total_s = self._events[-1][0]
+            self._read_all.set()
+
+    # -- the clock ----------------------------------------------------------------------------
+
+    def position(self) -> float:
+        if self.paused or self._wall is None or math.isinf(self._pos):
+            return self._pos
+        return self._pos + (time.monotonic() - self._wall) * self.speed
+
+    def _set_position(self, pos: float) -> None:
+        self._pos = pos
+        self._wall = time.monotonic()
+
+    def set_paused(self, paused: bool) -> None:
+        self._set_position(self.position())
+        self.paused = paused
+
+    def step_speed(self, step: int) -> str:
+        """One speed faster (+1) or slower (-1); returns the limit reached, if any."""
+        self._set_position(self.position())
+        i = min(range(len(SPEEDS)), key=lambda k: abs(SPEEDS[k] - self.speed))
+        wanted = i + step
+        self.speed = SPEEDS[max(0, min(len(SPEEDS) - 1, wanted))]
+        return "" if 0 <= wanted < len(SPEEDS) else ("fastest" if step > 0 else "slowest")
+
+    def next_phase(self) -> bool:
+        """Jump to the next phase's start; False when no further phase has been read."""
+        pos = self.position()
+        with self._lock:
+            for t, event in self._events[self._next:]:
+                if isinstance(event, PhaseStarted) and t > pos:
+                    self._set_position(t)
+                    return True
+        return False
+
+    def to_end(self) -> None:
+        self._set_position(math.inf)
+
+    @property
+    def at_end(self) -> bool:
+        return self._done_sent
+
+    def position_text(self) -> str:
+        """``REPLAY 0:12 / 3:45 ×4``: where the playback is, the recording's length, its speed."""
+        total = self.total_s
+        pos = self.position()
+        if total is not None:
+            pos = min(pos, total)
+        elif math.isinf(pos):
+            pos = self._events[-1][0] if self._events else 0.0
+        speed = f"×{self.speed:g}" if self.speed >= 1 else f"×1/{round(1 / self.speed)}"
+        length = clock(total) if total is not None else "?"
+        return f"REPLAY {clock(pos)} / {length} {'END' if self._done_sent else speed}"
+
+    # -- what the app calls ---------------------------------------------------------------------
+
+    def drain(self, limit: int = 10_000) -> list[object]:
+        pos = self.position()
+        out: list[object] = []
+        with self._lock:
+            while self._next < len(self._events) and len(out) < limit:
+                t, event = self._events[self._next]
+                if t > pos:
+                    break
+                self._next += 1
+                self.collected.add(event)
+                self.session.results[:] = self.collected.runs
+                out.append(event)
+            exhausted = self._read_all.is_set() and self._next == len(self._events)
+        if exhausted and not self._done_sent:
+            self._done_sent = True
+            out.append(PlaybackDone(self.result()))
+        return out
+
+    def result(self) -> ScenarioResult:
+        """The runs replayed so far; the recording's own ending once all of it was."""
+        if self._done_sent or (self._read_all.is_set() and self._next == len(self._events)):
+            return self.collected.result()
+        partial = self.collected.result()
+        return ScenarioResult(partial.scenario, partial.runs, interrupted=True, logs=partial.logs)
+
+    async def stop_playback(self) -> None:
+        """Nothing runs to be stopped: a replay quits at once."""
+
+    def shutdown(self) -> None:
+        self.stopped = True
+        self._stop.set()
+        if self._reader is not None:
+            self._reader.join(timeout=2.0)
