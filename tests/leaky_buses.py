@@ -518,3 +518,16 @@ class FailsThenStuckClose(StuckClose):
 
     async def publish(self, topic: str, envelope: Envelope) -> None:
         raise ConnectionError("the broker went away")
+
+
+class SecretInTaskName(Wrapped):
+    """A library that names its connection task after its credentials (a real mistake): the
+    password reaches busmon's events as a leftover's name, and must never reach what it writes."""
+
+    def __init__(self, password: str = "", **options: Any) -> None:
+        super().__init__(**options)
+        self.password = password
+
+    async def start(self) -> None:
+        await super().start()
+        REGISTRY.append(asyncio.create_task(_forever(), name=f"bus.leaky.conn:{self.password}"))

@@ -138,7 +138,7 @@ def test_pytest_warning_filters_take_the_short_names(pytester: pytest.Pytester) 
 
 #: subpackages of busmon.probes, and the ones each may import (model.py is everyone's)
 PROBES_ORDER = {"observe": set(), "verdict": {"observe"}, "harness": {"observe", "verdict"},
-                "watching": {"observe", "verdict"}}
+                "watching": {"observe", "verdict"}, "recording": {"harness", "verdict"}}
 
 
 def module_name(path: Path) -> str:

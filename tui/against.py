@@ -36,7 +36,10 @@ def failing(run: RunResult) -> dict[Key, Leftover]:
 
 
 def _runs(result: ScenarioResult) -> dict[tuple[str, str], RunResult]:
-    return {(r.name, r.backend): r for r in result.runs}
+    """Runs by name; by name and backend in a ``compare`` recording (several backends). Two
+    recordings of one scenario on different buses (the fix and the bug) match by run name."""
+    several = len({r.backend for r in result.runs}) > 1
+    return {(r.name, r.backend if several else ""): r for r in result.runs}
 
 
 def against_table(a: ScenarioResult, b: ScenarioResult, a_path: Path, b_path: Path) -> FitTable | Text:
@@ -52,10 +55,9 @@ def against_table(a: ScenarioResult, b: ScenarioResult, a_path: Path, b_path: Pa
     def cells(key: tuple[str, str], fn) -> list[str]:  # type: ignore[no-untyped-def]
         return [fn(runs[key]) if key in runs else "–" for runs in (runs_b, runs_a)]
 
-    several_backends = len({backend for _, backend in names}) > 1
     for key in names:
         name, backend = key
-        label = f"{name} · {backend}" if several_backends else name
+        label = f"{name} · {backend}" if backend else name
         table.add_row(f"[bold]{escape(label)}[/]", cells(key, lambda r: f"[{VERDICT_STYLE[r.verdict]}]{r.verdict}[/]"))
         table.add_row("  deliver/s", cells(key, lambda r: f"{r.throughput.get('deliver_per_s', 0):,.0f}"))
         table.add_row("  settle ms", cells(key, lambda r: f"{r.settle_ms:,.0f}"))
@@ -94,10 +96,12 @@ def verdict_line(a: ScenarioResult, b: ScenarioResult) -> str:
     """The answer in one line: fixed, made one, changed, or the same."""
     runs_b = _runs(b)
     new = gone = 0
-    for key, ra in _runs(a).items():
-        if key in runs_b:
-            n, g = changes(ra, runs_b[key])
-            new, gone = new + len(n), gone + len(g)
+    common = [key for key in _runs(a) if key in runs_b]
+    if not common:
+        return "the recordings have no run in common (runs are matched by name): nothing to compare"
+    for key in common:
+        n, g = changes(_runs(a)[key], runs_b[key])
+        new, gone = new + len(n), gone + len(g)
     if new and gone:
         return f"A leaks {new:,} leftover{'s' if new != 1 else ''} B did not, and no longer leaks {gone:,} that B did"
     if new:
