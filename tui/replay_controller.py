@@ -22,6 +22,8 @@ from busmon.probes.recording.reader import Recording
 from busmon.tui.controller import PlaybackDone
 from busmon.tui.replay import ReplayResult
 
+#: how far ahead of the playback clock the file is read (seconds of recording, × the speed)
+READ_AHEAD_S = 30.0
 #: the speeds + and - step through (× real time)
 SPEEDS = (1 / 8, 1 / 4, 1 / 2, 1, 2, 4, 8, 16, 32, 64)
 
@@ -79,6 +81,9 @@ class ReplayController:
         self._lock = threading.Lock()
         self._read_all = threading.Event()
         self._stop = threading.Event()
+        self._more = threading.Event()                # the clock jumped: read on now
+        self._want_all = False                        # end: read everything
+        self._seeking = False                         # n: read on until the next phase is found
         self._pos = math.inf if instant else 0.0      # instant: everything as fast as the app takes it
         self._wall: float | None = None
         self._done_sent = False
@@ -90,19 +95,34 @@ class ReplayController:
         self._wall = time.monotonic()
         self._reader = threading.Thread(target=self._read, name="busmon.replay-reader", daemon=True)
         self._reader.start()
+        if self.total_s is None:  # a .gz recording: its length from one pass of decompression, beside
+            threading.Thread(target=self._scan, name="busmon.replay-length", daemon=True).start()
+
+    def _scan(self) -> None:
+        total = self.recording.scan_duration()
+        if total is not None and not self._read_all.is_set():
+            self.total_s = total
 
     def _read(self) -> None:
+        """Read ahead of the playback clock, not the whole file at once: a one-hour recording's
+        first screen does not wait for (nor share the interpreter with) parsing all of it."""
         try:
             for t, event in self.recording.events():
                 with self._lock:
                     self._events.append((t, event))
+                while not (self._stop.is_set() or self._want_all or self._seeking) and t > self.position() + self._ahead():
+                    self._more.wait(0.25)  # the clock moves on by itself: look again, or when asked
+                    self._more.clear()
                 if self._stop.is_set():
                     return
         finally:
             with self._lock:
                 if self._events:
-                    self.total_s = self._events[-1][0]
+                    self.total_s = max(self.total_s or 0.0, self._events[-1][0])
             self._read_all.set()
+
+    def _ahead(self) -> float:
+        return READ_AHEAD_S * max(1.0, self.speed)
 
     # -- the clock ----------------------------------------------------------------------------
 
@@ -114,6 +134,7 @@ class ReplayController:
     def _set_position(self, pos: float) -> None:
         self._pos = pos
         self._wall = time.monotonic()
+        self._more.set()
 
     def set_paused(self, paused: bool) -> None:
         self._set_position(self.position())
@@ -127,17 +148,28 @@ class ReplayController:
         self.speed = SPEEDS[max(0, min(len(SPEEDS) - 1, wanted))]
         return "" if 0 <= wanted < len(SPEEDS) else ("fastest" if step > 0 else "slowest")
 
-    def next_phase(self) -> bool:
-        """Jump to the next phase's start; False when no further phase has been read."""
-        pos = self.position()
-        with self._lock:
-            for t, event in self._events[self._next:]:
-                if isinstance(event, PhaseStarted) and t > pos:
-                    self._set_position(t)
-                    return True
-        return False
+    def next_phase(self, wait_s: float = 2.0) -> bool:
+        """Jump to the next phase's start; False when the recording has no further phase. Reads
+        on for it (bounded: a phase is rarely far ahead of what is read)."""
+        deadline = time.monotonic() + wait_s
+        try:
+            while True:
+                pos = self.position()
+                with self._lock:
+                    for t, event in self._events[self._next:]:
+                        if isinstance(event, PhaseStarted) and t > pos:
+                            self._set_position(t)
+                            return True
+                if self._read_all.is_set() or time.monotonic() > deadline:
+                    return False
+                self._seeking = True  # read on until the phase is found
+                self._more.set()
+                self._read_all.wait(0.05)  # or until the file ends; looked at again meanwhile
+        finally:
+            self._seeking = False
 
     def to_end(self) -> None:
+        self._want_all = True
         self._set_position(math.inf)
 
     @property

@@ -122,14 +122,35 @@ class Recording:
                 tail = f.read().decode("utf-8", "replace")
         except OSError:
             return None
-        for line in reversed(tail.splitlines()):
-            try:
-                obj = json.loads(line)
-            except ValueError:
-                continue
-            if isinstance(obj, dict) and type(obj.get("t")) in (int, float) and "type" in obj:
-                return float(obj["t"])
-        return None
+        return _last_time(tail.splitlines())
+
+    def scan_duration(self) -> float | None:
+        """The last event's time of any recording: a .gz one is decompressed once to its end (no
+        line parsed but the last few); for a thread that has the time."""
+        if not self.compressed:
+            return self.duration_hint()
+        last: list[str] = []
+        try:
+            with _open(self.path) as f:
+                for line in f:
+                    last.append(line)
+                    if len(last) > 64:
+                        del last[:32]
+        except (EOFError, zlib.error, gzip.BadGzipFile, OSError):
+            pass  # cut short: the last complete lines read are the length
+        return _last_time(last)
+
+
+def _last_time(lines: list[str]) -> float | None:
+    """The time of the last line of ``lines`` that is an event."""
+    for line in reversed(lines):
+        try:
+            obj = json.loads(line)
+        except (ValueError, RecursionError):
+            continue
+        if isinstance(obj, dict) and type(obj.get("t")) in (int, float) and "type" in obj:
+            return float(obj["t"])
+    return None
 
 
 def open_recording(path: Path, newest: int = VERSION) -> Recording:
