@@ -593,8 +593,9 @@ def _open_recording(path: Path):  # type: ignore[no-untyped-def]
 
 
 def _replay_finish(rec, result: ScenarioResult, reports: list[Path],  # type: ignore[no-untyped-def]
-                   shots: list[tuple[str, str]]) -> NoReturn:
-    """The summary and reports the recorded command gave, and its exit code."""
+                   shots: list[tuple[str, str]], quit_early: bool = False) -> NoReturn:
+    """The summary and reports the recorded command gave, and its exit code (``quit_early``: q
+    before the replay's end, the verdict of the runs seen, as quitting the live dashboard gives)."""
     from busmon.tui.report import write_report
 
     if rec.header.command == "compare":
@@ -612,6 +613,8 @@ def _replay_finish(rec, result: ScenarioResult, reports: list[Path],  # type: ig
             _write(path, lambda p: write_html(result, p, scenario_path, shots))
         else:
             _write(path, lambda p: write_report(result, p, scenario_path))
+    if quit_early:
+        raise typer.Exit(result.exit_code_when_quit)
     _exit(result)
 
 
@@ -662,7 +665,7 @@ def _replay_dashboard(rec, reports: list[Path], html: list[Path], *, headless: b
     finally:
         controller.shutdown()
     say_problems(rec, err)
-    _replay_finish(rec, controller.result(), reports, app.shots)
+    _replay_finish(rec, controller.result(), reports, app.shots, quit_early=not controller.at_end)
 
 
 @app.command(cls=_Command)
