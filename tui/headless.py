@@ -79,7 +79,7 @@ def play_headless(scenario: Scenario, console: Console | None = None,
                     continue
                 if on_event is not None:
                     on_event(event)
-                _show(event, progress, bars, console)
+                show_event(event, progress, bars, console)
             result = future.result()
         finally:
             interrupts.wake = None
@@ -122,7 +122,8 @@ def live_figures(event: Sample) -> str:
             f"publish {event.publish_per_s:,.0f}/s · deliver {event.deliver_per_s:,.0f}/s")
 
 
-def _show(event: object, progress: Progress, bars: dict[str, int], console: Console) -> None:
+def show_event(event: object, progress: Progress, bars: dict[str, int], console: Console) -> None:
+    """One arena event as headless playback prints it (a replay prints a recording's the same way)."""
     if isinstance(event, PhaseStarted):
         if event.run not in bars:
             bars[event.run] = progress.add_task("", total=None, run=escape(event.run), phase=event.phase, live="")

@@ -1,7 +1,7 @@
 """``busmon replay FILE --headless``: a recording read back through the same display and reports
 the live run had, and the result it ended with. Textual-free.
 
-The events go through headless playback's own printer (``_show``), as fast as they can be read:
+The events go through headless playback's own printer (``show_event``), as fast as they can be read:
 the run lines, the counts right after close and after settling, each verdict. The result is
 built from the recorded runs exactly as the live command built it (a ``compare`` recording's
 runs carry their segment's backend), so the summary and every report come out the same.
@@ -19,7 +19,7 @@ from busmon.probes.harness.logs import LogLine
 from busmon.probes.model import RunFinished, RunResult, ScenarioResult
 from busmon.probes.recording.reader import CUT_SHORT, Recording
 from busmon.probes.recording.records import Segment
-from busmon.tui.headless import RunProgress, _show
+from busmon.tui.headless import RunProgress, show_event
 
 
 class ReplayResult:
@@ -64,7 +64,7 @@ def replay_headless(recording: Recording, console: Console) -> ScenarioResult:
             if isinstance(event, Segment):
                 progress.console.print(f"[bold]{escape(event.backend)}[/] ({escape(event.target)})")
                 continue
-            _show(event, progress, bars, console)
+            show_event(event, progress, bars, console)
     say_problems(recording, console)
     return collected.result()
 
