@@ -78,13 +78,13 @@ def play(args: list[str], monkeypatch, capfd, on_event=None) -> tuple[int, str, 
     if on_event is not None:
         from busmon.tui import headless
 
-        original = headless._show
+        original = headless.show_event
 
         def spy(event, *rest):
             on_event(event)
             return original(event, *rest)
 
-        monkeypatch.setattr(headless, "_show", spy)
+        monkeypatch.setattr(headless, "show_event", spy)
     monkeypatch.setattr(sys, "argv", ["busmon", *args])
     t0 = time.monotonic()
     with pytest.raises(SystemExit) as info:
