@@ -19,7 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from busmon.probes.harness.gate import AwaitingStep
-from busmon.probes.model import FailureNoted, PhaseStarted, Sample
+from busmon.probes.model import FailureNoted, PhaseStarted, RunFinished, Sample
 from busmon.probes.recording.codec import FULL_EVERY, Encoder, encode_header
 from busmon.probes.recording.reader import CUT_SHORT, RecordingError, open_recording
 from busmon.probes.recording.records import VERSION, Ended, Header, Segment
@@ -175,7 +175,9 @@ def test_replay_off_screen_takes_the_screenshots(leaky_recording: tuple[Path, Pa
     assert code == 1, err
     shots = sorted(p.name for p in (d / "shots").iterdir())
     assert "01-first-1-baseline.svg" in shots and any(s.endswith("verdict.svg") for s in shots)
-    assert "REPLAY" in (d / "shots" / shots[-1]).read_text()
+    first, last = (d / "shots" / "01-first-1-baseline.svg").read_text(), (d / "shots" / shots[-1]).read_text()
+    # each picture says where in the recording it was taken: the first is not already at the end
+    assert "REPLAY" in first and "END" not in first and "END" in last
 
 
 def test_replay_against_names_what_is_new_and_what_is_gone(leaky_recording: tuple[Path, Path, Path]) -> None:
@@ -203,6 +205,32 @@ def test_a_compare_recording_replays_as_the_compare_table(tmp_path: Path) -> Non
     assert code == 0, err
     assert json.loads((tmp_path / "again.json").read_text()) == json.loads((tmp_path / "live.json").read_text())
     assert "busmon compare: cmp" in out2 and "Wrapped" in out2
+
+
+def test_a_dashboard_session_quit_with_q_replays_with_the_exit_code_it_had(tmp_path: Path) -> None:
+    """q in the live dashboard interrupts the run under way: busmon exits with the verdict of
+    what it found (0 here), not 130; its replay says the same."""
+    events = recorded.events("settle")
+    interrupted = dataclasses.replace(recorded.events()[-1].result, verdict="interrupted", leftovers=(), memory={},
+                                      failure={"phase": "load", "kind": "interrupted", "message": "q"})
+    path = tmp_path / "r.jsonl"
+    header = dataclasses.replace(HEADER, command="dashboard", scenario_path=None)
+    encoder = Encoder()
+    lines = [encode_header(header)] + [encoder.encode(0.1 * i, e) for i, e in enumerate([*events, RunFinished(interrupted)])]
+    path.write_text("".join(json.dumps(x) + "\n" for x in [*lines, encoder.encode(9.0, Ended(False))]))
+    code, out, err = run_main(["replay", "r.jsonl", "--headless"], cwd=tmp_path)
+    assert code == 0, err
+
+
+def test_against_says_which_runs_only_one_recording_has() -> None:
+    from busmon.probes.model import ScenarioResult
+    from busmon.tui.against import verdict_line
+
+    leaked = recorded.events()[-1].result
+    a = ScenarioResult("s", (leaked,))
+    b = ScenarioResult("s", (leaked, dataclasses.replace(leaked, name="main")))
+    assert verdict_line(a, b) == ("A leaks nothing B did not; the same leftovers leak in both "
+                                  "(in the runs both have; run main only in B)")
 
 
 # -- a busmon killed while recording -----------------------------------------------------------
@@ -343,15 +371,19 @@ async def test_dashboard_replay_keys_speed_jump_pause_and_end(tmp_path: Path) ->
         at = controller.position()
         assert controller.paused and controller.position() == at  # the clock stops with the display
         await pilot.press("space")
-        await pilot.press("n")  # the next phase: the clock jumps to its start
-        assert controller.position() >= 0.5
-        await pilot.press("end")
+        await pilot.press("n")  # the next phase: the clock jumps to its start and waits there
+        at = controller.position()
+        assert at >= 0.5 and app.paused and controller.paused and app.state.paused
+        await pilot.press("space")
+        for _ in range(6):
+            await pilot.press("minus")
+        assert controller.speed == 1 / 8  # at this pace the end is a minute away
+        await pilot.press("end")  # the leftovers table has the focus: end is still the replay's
+        assert controller.position() == float("inf")
         deadline = time.monotonic() + 10
         while app.done is None and time.monotonic() < deadline:
             await pilot.pause(0.05)
         assert app.done is not None and app.done.result.verdict == "leaked"
         assert app.state.replay.endswith("END") and app.results[-1].name == "run-1"
         await pilot.press("minus")
-        for _ in range(12):
-            await pilot.press("minus")
         assert controller.speed == 1 / 8 and "slowest" in app.state.note

@@ -96,12 +96,20 @@ def verdict_line(a: ScenarioResult, b: ScenarioResult) -> str:
     """The answer in one line: fixed, made one, changed, or the same."""
     runs_b = _runs(b)
     new = gone = 0
-    common = [key for key in _runs(a) if key in runs_b]
+    runs_a = _runs(a)
+    common = [key for key in runs_a if key in runs_b]
     if not common:
         return "the recordings have no run in common (runs are matched by name): nothing to compare"
     for key in common:
-        n, g = changes(_runs(a)[key], runs_b[key])
+        n, g = changes(runs_a[key], runs_b[key])
         new, gone = new + len(n), gone + len(g)
+    only = [f"run {k[0]} only in {'A' if k in runs_a else 'B'}" for k in dict.fromkeys([*runs_a, *runs_b])
+            if (k in runs_a) != (k in runs_b)]
+    answer = _answer(new, gone, b)
+    return answer + (f" (in the runs both have; {', '.join(only)})" if only else "")
+
+
+def _answer(new: int, gone: int, b: ScenarioResult) -> str:
     if new and gone:
         return f"A leaks {new:,} leftover{'s' if new != 1 else ''} B did not, and no longer leaks {gone:,} that B did"
     if new:

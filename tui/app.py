@@ -30,6 +30,7 @@ from busmon.probes.harness.logs import CAPTURE
 from busmon.probes.verdict import findings
 from busmon.probes.model import PhaseSnapshot, PhaseStarted, RunResult, Sample, ScenarioResult, signed
 from busmon.probes.model import RunFinished
+from busmon.probes.recording.reader import CUT_SHORT
 from busmon.tui.controller import Controller, PlaybackDone
 from busmon.tui.headless import VERDICT_STYLE
 from busmon.tui.state import (DashState, Filtered, IntervalSet, NextPressed, Noted, Paused, ReplayAt, RunDone, Viewing,
@@ -60,8 +61,9 @@ by identity, what it leaves behind once it has properly settled.
          run's baseline); enter shows one, esc returns to the live run
  [b]space[/b]  pause / resume the display (the probes keep recording)
  [b]+ / -[/b]  sample faster / slower (50 … 1000 ms; shown in the header)
-         replaying a recording: play faster / slower (×1/8 … ×64),
-         [b]n[/b] jumps to the next phase, [b]end[/b] to the end
+         replaying a recording: play faster / slower (×1/8 … ×64);
+         [b]n[/b] jumps to the next phase and pauses there (space plays
+         on), [b]end[/b] jumps to the end
  [b]/[/b]      filter the leftovers and components tables (esc clears)
  [b]enter[/b]  on a leftover: its stack, full screen (esc returns)
  [b]e[/b]      export a screenshot (SVG) now, into busmon-screenshots/
@@ -216,7 +218,8 @@ class BusmonApp(App[int]):
         Binding("e", "screenshot", "Screenshot"),
         Binding("plus", "faster", "Faster", key_display="+"),
         Binding("minus", "slower", "Slower", key_display="-"),
-        Binding("end", "to_end", "End"),  # a replay only (check_action)
+        # a replay only (check_action); before the focused table's own end (its last row)
+        Binding("end", "to_end", "End", priority=True),
     ]
 
     def __init__(self, controller: Controller | None = None, *, screenshots: Path | None = None,
@@ -241,7 +244,8 @@ class BusmonApp(App[int]):
             sc = controller.scenario
             self.state = replace(self.state, backend=sc.backend, target=redact_url(sc.url),
                                  runs_total=0 if controller.interactive else len(sc.runs),
-                                 interactive=controller.interactive, hold=any(r.hold_s > 0 for r in sc.runs))
+                                 interactive=controller.interactive, hold=any(r.hold_s > 0 for r in sc.runs),
+                                 recording=Path(getattr(controller, "recording_to", "") or "").name)
         self._backlog: deque[object] = deque()
         self._holding = False
         self._run_index = 0
@@ -250,6 +254,7 @@ class BusmonApp(App[int]):
         self._queued_next = False                    # n pressed while a phase ran: act when it ends
         self._quitting = False                       # q pressed: no new screen opens meanwhile
         self.done: PlaybackDone | None = None
+        self._told_cut = False                       # a replay said its recording was cut short
 
     # -- layout ----------------------------------------------------------------
 
@@ -299,15 +304,23 @@ class BusmonApp(App[int]):
         if self.controller is not None:
             self._backlog.extend(self.controller.drain())
         # paused: everything waits in the backlog, so no panel moves while another stands still
-        while self._backlog and not self._holding and not self.paused and self._drawable():
+        # paused: everything waits in the backlog (a replay's pause stops its clock instead)
+        while self._backlog and not self._holding and not (self.paused and not self.replaying) and self._drawable():
             self.apply(self._backlog.popleft())
         if self.replaying and self._drawable():
             self._show_replay_clock()
 
     def _show_replay_clock(self, note: str = "") -> None:
-        text = self.controller.position_text()  # type: ignore[union-attr]
+        controller = self.controller
+        text = controller.position_text()  # type: ignore[union-attr]
         if text != self.state.replay or note:
             self._advance(ReplayAt(text, note))
+        for problem in controller.new_problems():  # type: ignore[union-attr]
+            self.notify(problem, severity="warning", timeout=8, markup=False)
+        if self.done is not None and controller.recording.cut_short and not self._told_cut:  # type: ignore[union-attr]
+            self._told_cut = True
+            self.notify(CUT_SHORT, severity="warning", timeout=12, markup=False)
+            self.query_one(VerdictBanner).waiting(CUT_SHORT)
 
     def _drawable(self) -> bool:
         """The main screen's widgets are there: not while the app is shutting down (a timer can
@@ -400,7 +413,7 @@ class BusmonApp(App[int]):
         Throttled: each redraw costs the UI thread time, and it shares the GIL with the bus.
         """
         s, self._pending_sample = self._pending_sample, None
-        if s is None or self.paused:
+        if s is None or (self.paused and not self.replaying):
             return
         for chart in self.query(PhaseChart):
             chart.refresh()
@@ -480,10 +493,13 @@ class BusmonApp(App[int]):
     # -- actions ----------------------------------------------------------------
 
     def action_next_phase(self) -> None:
-        if self.replaying:
-            if not self.controller.next_phase():  # type: ignore[union-attr]
+        if self.replaying:  # to the next phase's start, paused there (space plays on)
+            if self.controller.next_phase():  # type: ignore[union-attr]
+                self.paused = True
+                self._advance(Paused(True))
+                self.drain()
+            else:
                 self._show_replay_clock("no further phase in the recording")
-            self.drain()
             return
         if self.controller is None or not self.controller.interactive:
             self.notify("scripted playback: phases follow the scenario", timeout=3)
@@ -501,7 +517,7 @@ class BusmonApp(App[int]):
         if self.paused:
             self._advance(Paused(True))
             return
-        waiting = sum(isinstance(e, Sample) for e in self._backlog)
+        waiting = -1 if self.replaying else sum(isinstance(e, Sample) for e in self._backlog)
         self.drain()
         self._advance(Paused(False, waiting))  # after what waited was drawn, so the word stays
 

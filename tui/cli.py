@@ -354,7 +354,8 @@ def dashboard(
 
     result = None
     try:
-        code, result = run_dashboard(sc, interactive=True, record=recorder.put if recorder else None)
+        code, result = run_dashboard(sc, interactive=True, record=recorder.put if recorder else None,
+                                     recording_to=str(record) if recorder else "")
     finally:
         _finish_recording(recorder, _with_logs(result) if result is not None else None)
     if result.runs:  # the dashboard is gone: the terminal keeps what it found
@@ -469,7 +470,8 @@ def _play(scenario: Path, reports: list[Path], html: list[Path], played_headless
             _hand_back_interrupts()
 
             result, shots = play_dashboard(sc, headless=headless, screenshots=screenshots,
-                                           record=recorder.put if recorder else None)
+                                           record=recorder.put if recorder else None,
+                                           recording_to=str(record) if recorder else "")
         else:
             result = play_headless(sc, err, interrupts=interrupts, record=recorder.put if recorder else None)
         result = _with_logs(result)
@@ -613,8 +615,14 @@ def _replay_finish(rec, result: ScenarioResult, reports: list[Path],  # type: ig
             _write(path, lambda p: write_html(result, p, scenario_path, shots))
         else:
             _write(path, lambda p: write_report(result, p, scenario_path))
+    header = rec.header
     if quit_early:
+        err.print(Text("busmon: replay stopped before the end of the recording: the summary holds the runs "
+                       "replayed until then", style="yellow"))
         raise typer.Exit(result.exit_code_when_quit)
+    if header.command == "dashboard" or (header.command == "play" and not header.headless and result.interrupted
+                                         and not rec.cut_short):
+        raise typer.Exit(result.exit_code_when_quit)  # a person quit the live dashboard: as its q gave
     _exit(result)
 
 

@@ -37,9 +37,10 @@ def endless_runs(template: RunSpec) -> Iterator[RunSpec]:
 
 class Controller:
     def __init__(self, scenario: Scenario, *, interactive: bool,
-                 record: Callable[[object], None] | None = None) -> None:
+                 record: Callable[[object], None] | None = None, recording_to: str = "") -> None:
         self.scenario = scenario
         self.interactive = interactive
+        self.recording_to = recording_to  # --record's file, said in the header while recording
         self.events: queue.SimpleQueue[object] = queue.SimpleQueue()
         self._sink = tee(self.events.put, record)  # every event to the screen, and to --record
         self.session = Session(scenario, self._sink)

@@ -17,7 +17,7 @@ from types import SimpleNamespace
 from typing import Any, Mapping
 
 from busmon.probes.harness.runner import Instruments
-from busmon.probes.model import PhaseStarted, RunResult, ScenarioResult
+from busmon.probes.model import PhaseSnapshot, PhaseStarted, RunFinished, RunResult, ScenarioResult
 from busmon.probes.recording.reader import Recording
 from busmon.tui.controller import PlaybackDone
 from busmon.tui.replay import ReplayResult
@@ -70,6 +70,8 @@ class ReplayController:
     def __init__(self, recording: Recording, *, instant: bool = False) -> None:
         self.recording = recording
         self.scenario = recorded_scenario(recording.header.scenario)
+        if recording.header.command == "dashboard":  # the open-ended session: runs are not counted against a total
+            self.scenario.runs = ()
         self.session = RecordedSession()
         self.collected = ReplayResult(recording)
         self.stopped = False
@@ -84,7 +86,10 @@ class ReplayController:
         self._more = threading.Event()                # the clock jumped: read on now
         self._want_all = False                        # end: read everything
         self._seeking = False                         # n: read on until the next phase is found
+        self.instant = instant
         self._pos = math.inf if instant else 0.0      # instant: everything as fast as the app takes it
+        self._shown_t = 0.0                           # the time of the last event handed to the app
+        self._problems_told = 0
         self._wall: float | None = None
         self._done_sent = False
         self._reader: threading.Thread | None = None
@@ -149,8 +154,9 @@ class ReplayController:
         return "" if 0 <= wanted < len(SPEEDS) else ("fastest" if step > 0 else "slowest")
 
     def next_phase(self, wait_s: float = 2.0) -> bool:
-        """Jump to the next phase's start; False when the recording has no further phase. Reads
-        on for it (bounded: a phase is rarely far ahead of what is read)."""
+        """Jump to the next phase's start and pause there (a phase that lasted milliseconds would
+        otherwise pass unseen); False when the recording has no further phase. Reads on for it
+        (bounded: a phase is rarely far ahead of what is read)."""
         deadline = time.monotonic() + wait_s
         try:
             while True:
@@ -159,6 +165,7 @@ class ReplayController:
                     for t, event in self._events[self._next:]:
                         if isinstance(event, PhaseStarted) and t > pos:
                             self._set_position(t)
+                            self.paused = True
                             return True
                 if self._read_all.is_set() or time.monotonic() > deadline:
                     return False
@@ -180,10 +187,10 @@ class ReplayController:
         """``REPLAY 0:12 / 3:45 ×4``: where the playback is, the recording's length, its speed."""
         total = self.total_s
         pos = self.position()
+        if math.isinf(pos):  # at once (headless, end): where the events handed out have got to
+            pos = self._shown_t
         if total is not None:
             pos = min(pos, total)
-        elif math.isinf(pos):
-            pos = self._events[-1][0] if self._events else 0.0
         speed = f"×{self.speed:g}" if self.speed >= 1 else f"×1/{round(1 / self.speed)}"
         length = clock(total) if total is not None else "?"
         return f"REPLAY {clock(pos)} / {length} {'END' if self._done_sent else speed}"
@@ -191,6 +198,8 @@ class ReplayController:
     # -- what the app calls ---------------------------------------------------------------------
 
     def drain(self, limit: int = 10_000) -> list[object]:
+        """The events the clock has reached. Played at once (headless), up to the next phase
+        boundary only: each screenshot then shows where the recording was at that boundary."""
         pos = self.position()
         out: list[object] = []
         with self._lock:
@@ -199,13 +208,24 @@ class ReplayController:
                 if t > pos:
                     break
                 self._next += 1
+                self._shown_t = t
                 self.collected.add(event)
                 self.session.results[:] = self.collected.runs
                 out.append(event)
+                if self.instant and isinstance(event, (PhaseSnapshot, RunFinished)):
+                    break
             exhausted = self._read_all.is_set() and self._next == len(self._events)
         if exhausted and not self._done_sent:
             self._done_sent = True
             out.append(PlaybackDone(self.result()))
+        return out
+
+    def new_problems(self) -> list[str]:
+        """Damaged lines met since last asked (for the screen), and at the end whether the
+        recording was cut short."""
+        rec = self.recording
+        out = rec.problem_lines()[self._problems_told:]
+        self._problems_told += len(out)
         return out
 
     def result(self) -> ScenarioResult:

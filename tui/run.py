@@ -14,11 +14,11 @@ from busmon.tui.controller import Controller
 HEADLESS_SIZE = (120, 40)
 
 
-def run_dashboard(scenario: Scenario, *, interactive: bool,
-                  record: Callable[[object], None] | None = None) -> tuple[int, ScenarioResult]:
+def run_dashboard(scenario: Scenario, *, interactive: bool, record: Callable[[object], None] | None = None,
+                  recording_to: str = "") -> tuple[int, ScenarioResult]:
     """The interactive dashboard; returns the exit code of the runs seen, and those runs (so the
     terminal keeps their summary once the dashboard is gone)."""
-    controller = Controller(scenario, interactive=interactive, record=record)
+    controller = Controller(scenario, interactive=interactive, record=record, recording_to=recording_to)
     app = BusmonApp(controller)
     try:
         code = app.run()
@@ -28,10 +28,10 @@ def run_dashboard(scenario: Scenario, *, interactive: bool,
 
 
 def play_dashboard(scenario: Scenario, *, headless: bool, screenshots: Path | None,
-                   record: Callable[[object], None] | None = None
+                   record: Callable[[object], None] | None = None, recording_to: str = ""
                    ) -> tuple[ScenarioResult | None, list[tuple[str, str]]]:
     """Scripted playback in the dashboard; stays on the final screen until q, unless headless."""
-    controller = Controller(scenario, interactive=False, record=record)
+    controller = Controller(scenario, interactive=False, record=record, recording_to=recording_to)
     # with no terminal to press q in (CI, a pipe), the dashboard ends with the playback
     exit_when_done = headless or not (sys.stdin.isatty() and sys.stdout.isatty())
     app = BusmonApp(controller, screenshots=screenshots, exit_when_done=exit_when_done, keep_screenshots=True)

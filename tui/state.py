@@ -108,6 +108,7 @@ class DashState:
     interactive: bool = True          # n steps the phases (False: a scripted playback)
     hold: bool = True                 # the runs have a hold phase (else the header leaves it out)
     replay: str = ""                  # a replay's position, length and speed ("": a live session)
+    recording: str = ""               # --record's file while the session is recorded
     # the panels' data: the current run's phase snapshots, its newest reading, its result once it
     # has one, and the live tasks by component with their peaks (threads are not components)
     snapshots: tuple[PhaseSnapshot, ...] = ()
@@ -241,7 +242,8 @@ def reduce(state: DashState, event: Any) -> DashState:
     if isinstance(event, Noted):
         return replace(state, note=event.text)
     if isinstance(event, Paused):
-        note = "" if event.paused else f"resumed: {count(event.recorded, 'sample')} recorded while paused"
+        note = ("" if event.paused or event.recorded < 0  # -1: a replay, where nothing arrives while paused
+                else f"resumed: {count(event.recorded, 'sample')} recorded while paused")
         return replace(state, paused=event.paused, note=note)
     if isinstance(event, Filtered):
         return replace(state, filter=event.text.strip())
