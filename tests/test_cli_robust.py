@@ -461,9 +461,9 @@ def test_fuzzed_command_lines_exit_0_to_3_and_usage_errors_are_one_line(
         cli_dir: Path, before: list[str], after: list[str]) -> None:
     from busmon.tui import run
     with pytest.MonkeyPatch.context() as mp:  # the dashboard stays shut: this is about the command line
-        mp.setattr(run, "run_dashboard", lambda sc, interactive, record=None: (0, ScenarioResult(sc.name, ())))
+        mp.setattr(run, "run_dashboard", lambda sc, interactive, **_: (0, ScenarioResult(sc.name, ())))
         mp.setattr(run, "play_dashboard",  # quit before the first run: nothing measured
-                   lambda sc, headless, screenshots, record=None: (ScenarioResult(sc.name, (), interrupted=True), []))
+                   lambda sc, headless, screenshots, **_: (ScenarioResult(sc.name, (), interrupted=True), []))
         code, out, err = run_main([*before, "play", "tiny.toml", "--headless", *after], cwd=cli_dir)
     event(f"exit {code}" + (" after a run" if "verdict" in out else ""))  # pytest --hypothesis-show-statistics: how much of the fuzz got past the checks
     assert code in (0, 1, 2, 3), (code, err)
