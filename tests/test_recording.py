@@ -222,6 +222,21 @@ def test_a_dashboard_session_quit_with_q_replays_with_the_exit_code_it_had(tmp_p
     assert code == 0, err
 
 
+def test_against_counts_identical_leftovers_one_by_one() -> None:
+    """Two subscriptions leave two identical tasks (FastStream without its stop, found by trying
+    it): both are new, and a third against two is one new one."""
+    from busmon.tui.against import changes
+
+    leaked = recorded.events()[-1].result
+    task = leaked.leftovers[0]
+    twice = dataclasses.replace(leaked, leftovers=(task, dataclasses.replace(task, name="Task-35")))
+    thrice = dataclasses.replace(leaked, leftovers=(*twice.leftovers, dataclasses.replace(task, name="Task-36")))
+    clean = dataclasses.replace(leaked, leftovers=())
+    assert [len(x) for x in changes(twice, clean)] == [2, 0]
+    assert [len(x) for x in changes(thrice, twice)] == [1, 0]
+    assert [len(x) for x in changes(clean, thrice)] == [0, 3]
+
+
 def test_against_says_which_runs_only_one_recording_has() -> None:
     from busmon.probes.model import ScenarioResult
     from busmon.tui.against import verdict_line

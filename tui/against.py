@@ -31,8 +31,12 @@ def leftover_key(x: Leftover) -> Key:
     return x.kind, _DIGITS.sub("N", x.component), _DIGITS.sub("N", display_name(x)), _DIGITS.sub("N", detail)
 
 
-def failing(run: RunResult) -> dict[Key, Leftover]:
-    return {leftover_key(x): x for x in leaks(run)}
+def failing(run: RunResult) -> dict[Key, list[Leftover]]:
+    """The run's failing leftovers by what they are; two subscriptions' identical tasks are two."""
+    out: dict[Key, list[Leftover]] = {}
+    for x in leaks(run):
+        out.setdefault(leftover_key(x), []).append(x)
+    return out
 
 
 def _runs(result: ScenarioResult) -> dict[tuple[str, str], RunResult]:
@@ -71,9 +75,12 @@ def against_table(a: ScenarioResult, b: ScenarioResult, a_path: Path, b_path: Pa
 
 
 def changes(a: RunResult, b: RunResult) -> tuple[list[Leftover], list[Leftover]]:
-    """Leaked in A but not in B (new), and leaked in B but not in A (gone)."""
+    """Leaked in A but not in B (new), and leaked in B but not in A (gone): counted, so a third
+    copy of a leftover B had twice is one new one."""
     fa, fb = failing(a), failing(b)
-    return [x for k, x in fa.items() if k not in fb], [x for k, x in fb.items() if k not in fa]
+    new = [x for k, xs in fa.items() for x in xs[len(fb.get(k, ())):]]
+    gone = [x for k, xs in fb.items() for x in xs[len(fa.get(k, ())):]]
+    return new, gone
 
 
 def change_lines(a: ScenarioResult, b: ScenarioResult) -> list[str]:
