@@ -11,16 +11,17 @@ from typing import AsyncIterator, Iterator
 
 import pytest
 
-# held by this process for the whole session: pytester's in-process runs drop the modules they
-# imported afterwards, while pytest caches the class a -W filter names (parse_warning_filter is
-# lru_cached); were a later run to import busmon's warnings afresh, "-W error::busmon.StallWarning"
-# would name a class nobody raises any more
-import busmon.probes.watching.watch  # noqa: F401
 from busmon.bus import EventBus, create_bus
+from busmon.probes.watching.watch import LeakWarning, StallWarning
 from tests import leaky_buses
 from tests.brokers import Broker, nats_server, tansu
 
 BACKENDS = ["memory", "kafka", "nats", "nats+js"]
+#: busmon's warning classes, held by this process for the whole session: pytester's in-process
+#: runs drop the modules they imported afterwards, while pytest caches the class a -W filter names
+#: (parse_warning_filter is lru_cached); were a later run to import them afresh,
+#: "-W error::busmon.StallWarning" would name a class nobody raises any more
+HELD_WARNINGS = (LeakWarning, StallWarning)
 
 
 @pytest.fixture(scope="session")

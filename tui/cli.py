@@ -41,6 +41,7 @@ from busmon.probes.model import EXIT_BAD_INPUT, EXIT_INTERRUPTED, ScenarioResult
 from busmon.probes.harness.scenario import BUILTIN_BACKENDS, ProbeSpec, RunSpec, Scenario, ScenarioError, load_scenario
 
 if TYPE_CHECKING:
+    from busmon.probes.recording.reader import Recording
     from busmon.probes.recording.writer import Recorder
 
 class _PlainHelp:
@@ -585,7 +586,7 @@ def replay(
     _replay_finish(rec, result, reports, [])
 
 
-def _open_recording(path: Path):  # type: ignore[no-untyped-def]
+def _open_recording(path: Path) -> Recording:
     from busmon.probes.recording.reader import RecordingError, open_recording
 
     try:
@@ -594,7 +595,7 @@ def _open_recording(path: Path):  # type: ignore[no-untyped-def]
         raise BadInput(str(exc)) from None
 
 
-def _replay_finish(rec, result: ScenarioResult, reports: list[Path],  # type: ignore[no-untyped-def]
+def _replay_finish(rec: Recording, result: ScenarioResult, reports: list[Path],
                    shots: list[tuple[str, str]], quit_early: bool = False) -> NoReturn:
     """The summary and reports the recorded command gave, and its exit code (``quit_early``: q
     before the replay's end, the verdict of the runs seen, as quitting the live dashboard gives)."""
@@ -626,7 +627,7 @@ def _replay_finish(rec, result: ScenarioResult, reports: list[Path],  # type: ig
     _exit(result)
 
 
-def _replay_against(rec, other, reports: list[Path]) -> NoReturn:  # type: ignore[no-untyped-def]
+def _replay_against(rec: Recording, other: Recording, reports: list[Path]) -> NoReturn:
     """Two recordings side by side; exits with A's verdict."""
     from busmon.tui.against import against_table, change_lines, verdict_line
     from busmon.tui.replay import read_all, say_problems
@@ -648,7 +649,7 @@ def _replay_against(rec, other, reports: list[Path]) -> NoReturn:  # type: ignor
     _exit(a)
 
 
-def _replay_dashboard(rec, reports: list[Path], html: list[Path], *, headless: bool,  # type: ignore[no-untyped-def]
+def _replay_dashboard(rec: Recording, reports: list[Path], html: list[Path], *, headless: bool,
                       screenshots: Path | None) -> NoReturn:
     """The dashboard on the recording: as it happened (keys: + - n end space), or off screen
     at once for its screenshots; then the summary, reports and exit code the run had."""
