@@ -102,11 +102,13 @@ class RunProgress(Progress):
     run under way, wrapped between figures when the terminal is narrow: only the bar shrinks,
     a number is never cut."""
 
-    def __init__(self, console: Console) -> None:
+    def __init__(self, console: Console, get_time: Callable[[], float] | None = None) -> None:
+        """``get_time``: the clock the elapsed times read (a replay's: the recording's own)."""
         super().__init__(
             TextColumn("[bold]{task.fields[run]}[/] {task.fields[phase]:<9}", table_column=Column(no_wrap=True)),
             BarColumn(bar_width=None), CountColumn(),
             TimeElapsedColumn(table_column=Column(no_wrap=True)), console=console, transient=False,
+            get_time=get_time,
         )
 
     def get_renderables(self) -> Iterable[RenderableType]:

@@ -56,10 +56,12 @@ def _is_log_line(line: Any) -> bool:
 def replay_headless(recording: Recording, console: Console) -> ScenarioResult:
     """Print the recording's progress lines as the live run printed them; return its result."""
     collected = ReplayResult(recording)
-    progress = RunProgress(console)
+    now = [0.0]  # the recording's clock: each run's elapsed time reads as it did live
+    progress = RunProgress(console, get_time=lambda: now[0])
     bars: dict[str, int] = {}
     with progress:
-        for _, event in recording.events():
+        for t, event in recording.events():
+            now[0] = t
             collected.add(event)
             if isinstance(event, Segment):
                 progress.console.print(f"[bold]{escape(event.backend)}[/] ({escape(event.target)})")
