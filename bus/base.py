@@ -245,9 +245,11 @@ class BaseBus:
 
     # -- data path -----------------------------------------------------------
 
-    def _check_started(self) -> None:
+    def _check_started(self, what: str = "publish()") -> None:
         if self.state is not State.STARTED:
-            raise BusClosedError(f"{self.describe()} is {self.state.value}, not started")
+            hint = ("await start() first" if self.state in (State.NEW, State.STARTING)
+                    else "a closed bus stays closed: create a new one")
+            raise BusClosedError(f"{what} on {self.describe()}, a bus that is {self.state.value}: {hint}")
 
     async def publish(self, topic: str, envelope: Envelope) -> None:
         """Publish one envelope; the bus stamps seq (per key) and ts_ns if they are 0."""
@@ -267,7 +269,7 @@ class BaseBus:
         self, topic: str, handler: Handler, *, group: str | None = None
     ) -> BaseSubscription:
         """Subscribe; returns once live: everything published afterwards is delivered."""
-        self._check_started()
+        self._check_started("subscribe()")
         if not topic:
             raise ValueError("topic must be a non-empty string")
         if not callable(handler):

@@ -142,8 +142,10 @@ async def test_close_is_idempotent_and_concurrent_safe(bus, topic):
     await bus.subscribe(topic, Collector())
     await asyncio.gather(bus.close(), bus.close())
     await bus.close()
-    with pytest.raises(BusClosedError):
+    with pytest.raises(BusClosedError, match=r"^publish\(\) on .*, a bus that is closed: a closed bus stays closed"):
         await bus.publish(topic, Envelope(key="k", type="t", payload=b""))
+    with pytest.raises(BusClosedError, match=r"^subscribe\(\) on .*, a bus that is closed"):
+        await bus.subscribe(topic, Collector())
 
 
 @pytest.mark.parametrize("scheme", ["kafka", "nats", "nats+js"])
