@@ -23,7 +23,6 @@ import argparse
 import asyncio
 import gzip
 import json
-import os
 import random
 import statistics
 import sys
@@ -32,6 +31,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from bench.probe_overhead import LOAD, _idle
 from bench.results_file import write_results
 from busmon.bus.memory import MemoryBus
 from busmon.probes.harness.scenario import parse_scenario
@@ -41,21 +41,6 @@ from busmon.probes.recording.codec import Encoder, encode_header
 from busmon.probes.recording.reader import open_recording
 from busmon.probes.recording.records import Ended, Header
 from busmon.probes.recording.writer import Recorder
-
-LOAD = """
-name = "record overhead"
-backend = "memory"
-[probes]
-interval_ms = 100
-settle_timeout_s = 5
-[defaults]
-keys = 100
-topics = 1
-payload_bytes = 256
-[[runs]]
-name = "load"
-messages = {messages}
-"""
 
 BUSY = """
 name = "busy"
@@ -110,12 +95,8 @@ class HundredComponents:
         await self.inner.close()
 
 
-async def _idle(n: int, release: asyncio.Event) -> list[asyncio.Task]:
-    return [asyncio.create_task(release.wait(), name=f"bench.idle-{i}") for i in range(n)]
-
-
 def one(recording: bool, idle: int, messages: int, folder: Path) -> dict:
-    sc = parse_scenario(LOAD.format(messages=messages), "overhead.toml")
+    sc = parse_scenario(LOAD.format(messages=messages, trace="false"), "overhead.toml")  # probe_overhead's load
     recorder = Recorder(folder / "pair.jsonl", HEADER) if recording else None
     sink = recorder.put if recorder is not None else (lambda e: None)
     with Session(sc, sink) as session:
@@ -218,7 +199,6 @@ def main() -> None:
         with open(folder / "hour.jsonl", "rb") as src, gzip.open(folder / "hour.jsonl.gz", "wb") as dst:
             dst.write(src.read())
         opened_gz = [asyncio.run(first_screen(folder / "hour.jsonl.gz")) for _ in range(3)]
-        os.sync()
     out = {
         "idle_tasks": a.idle_tasks, "messages": a.messages, "repeat": a.repeat,
         "deliver_per_s_not_recording_median": statistics.median(x["deliver_per_s"] for x in off),

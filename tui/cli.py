@@ -202,13 +202,45 @@ def _report_path(report: Path | None, allowed: tuple[str, ...]) -> None:
         return
     if report.suffix.lower() not in allowed:
         raise BadInput(f"--report {report}: expected a path ending in {', '.join(allowed)}")
-    if report.is_dir():
-        raise BadInput(f"--report {report}: expected a file, got a folder")
-    if not report.parent.is_dir():
-        what = "is not a folder" if report.parent.exists() else "does not exist"
-        raise BadInput(f"--report {report}: the folder {report.parent} {what}")
-    if not os.access(report.parent, os.W_OK) or (report.exists() and not os.access(report, os.W_OK)):
-        raise BadInput(f"--report {report}: not writable")
+    _file_to_write("--report", report)
+
+
+def _file_to_write(flag: str, path: Path) -> None:
+    """Refuse a file ``flag`` names that cannot be written (a folder, a missing or read-only
+    folder), before anything runs."""
+    if path.is_dir():
+        raise BadInput(f"{flag} {path}: expected a file, got a folder")
+    if not path.parent.is_dir():
+        what = "is not a folder" if path.parent.exists() else "does not exist"
+        raise BadInput(f"{flag} {path}: the folder {path.parent} {what}")
+    if not os.access(path.parent, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        raise BadInput(f"{flag} {path}: not writable")
+
+
+def _screenshots_folder(screenshots: Path | None) -> None:
+    """Make the --screenshots folder before anything runs; one line when it cannot be."""
+    if screenshots is None:
+        return
+    if screenshots.exists() and not screenshots.is_dir():
+        raise BadInput(f"--screenshots {screenshots}: expected a folder, got a file")
+    try:
+        screenshots.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise BadInput(f"--screenshots {screenshots}: cannot make the folder: {exc.strerror or exc}") from None
+
+
+def _write_reports(result: ScenarioResult, reports: list[Path], scenario_path: str | None,
+                   shots: list[tuple[str, str]]) -> None:
+    """Every --report, each in the format its name says (HTML with the screenshots taken)."""
+    from busmon.tui.report import write_report
+
+    for path in reports:
+        if path.suffix.lower() in (".html", ".htm"):
+            from busmon.tui.html_report import write_html
+
+            _write(path, lambda p: write_html(result, p, scenario_path, shots))
+        else:
+            _write(path, lambda p: write_report(result, p, scenario_path))
 
 
 def _write(report: Path, write: Callable[[Path], None]) -> None:
@@ -240,6 +272,8 @@ LogOpt = Annotated[Optional[Path], typer.Option(
                   "(otherwise they are counted and summarised).")]
 ReportOpt = Annotated[Optional[list[Path]], typer.Option(
     "--report", metavar="FILE", help="Write a report: .json, .md or .html (repeatable, one per format).")]
+ScreenshotsOpt = Annotated[Optional[Path], typer.Option(
+    "--screenshots", metavar="FOLDER", help="Save an SVG of the dashboard at every phase boundary into this folder.")]
 RecordOpt = Annotated[Optional[Path], typer.Option(
     "--record", metavar="FILE", help="Record every event to FILE (JSON Lines; gzip-compressed when it ends in .gz) "
                                      "to look at again with busmon replay.")]
@@ -252,8 +286,8 @@ def _start_recording(record: Path | None, command: str, sc: Scenario, scenario_p
         return None
     from busmon.tui import recording
 
+    _file_to_write("--record", record)
     try:
-        recording.check_record_path(record)
         return recording.start(record, command, sc, scenario_path, headless=headless, backends=backends)
     except recording.RecordPathError as exc:
         raise BadInput(str(exc)) from None
@@ -416,8 +450,7 @@ def play(
         "--headless", metavar="", help="No terminal UI: a progress display and a summary (with --screenshots or an "
                            ".html report, the dashboard is rendered off screen).")] = False,
     report: ReportOpt = None,
-    screenshots: Annotated[Optional[Path], typer.Option(
-        "--screenshots", metavar="FOLDER", help="Save an SVG of the dashboard at every phase boundary into this folder.")] = None,
+    screenshots: ScreenshotsOpt = None,
     backend: BackendOpt = None,
     url: UrlOpt = None,
     bus: BusOpt = None,
@@ -439,27 +472,20 @@ def play(
     interrupts = _hold_interrupts() if played_headless else None
     ignores = dict(ignore_task=ignore_task, ignore_thread=ignore_thread, ignore_socket=ignore_socket,
                    ignore_process=ignore_process, ignore_type=ignore_type)
-    _play(scenario, reports, html, played_headless, interrupts, headless=headless, screenshots=screenshots,
+    _play(scenario, reports, played_headless, interrupts, headless=headless, screenshots=screenshots,
           backend=backend, url=url, bus=bus, log=log, ignores=ignores, record=record)
 
 
-def _play(scenario: Path, reports: list[Path], html: list[Path], played_headless: bool,
+def _play(scenario: Path, reports: list[Path], played_headless: bool,
           interrupts: Interrupts | None, *, headless: bool, screenshots: Path | None, backend: str | None,
           url: str | None, bus: str | None, log: Path | None, ignores: dict[str, list[str] | None],
           record: Path | None = None) -> None:
     """``play`` once its report paths are checked and Ctrl-C is in hand."""
     from busmon.tui.headless import play_headless
-    from busmon.tui.report import write_report
 
     sc = _with_ignores(_scenario(scenario, backend, url, bus), **ignores)
     _start_log(log)
-    if screenshots is not None:
-        if screenshots.exists() and not screenshots.is_dir():
-            raise BadInput(f"--screenshots {screenshots}: expected a folder, got a file")
-        try:
-            screenshots.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise BadInput(f"--screenshots {screenshots}: cannot make the folder: {exc.strerror or exc}") from None
+    _screenshots_folder(screenshots)
     shots: list[tuple[str, str]] = []
     recorder = _start_recording(record, "play", sc, str(scenario), headless=played_headless)
     _say_default_run(sc, scenario)
@@ -486,13 +512,7 @@ def _play(scenario: Path, reports: list[Path], html: list[Path], played_headless
         left = len(sc.runs) - len(result.runs)
         out.print(Text(f"{left:,} more run{'s' if left != 1 else ''} not played: {why}"))
     _say_logs(result, log)
-    for path in reports:
-        if path in html:
-            from busmon.tui.html_report import write_html
-
-            _write(path, lambda p: write_html(result, p, str(scenario), shots))
-        else:
-            _write(path, lambda p: write_report(result, p, str(scenario)))
+    _write_reports(result, reports, str(scenario), shots)
     if result.interrupted:
         how = "interrupted" if played_headless else "quit before the end"
         err.print(Text(f"busmon: {how}: the report holds the runs measured until then", style="yellow"))
@@ -514,7 +534,7 @@ def compare(
 ) -> None:
     """Play the same runs on each backend and print one table."""
     from busmon.tui.compare import compare_table, play_compare
-    from busmon.tui.report import REPORT_SUFFIXES, write_report
+    from busmon.tui.report import REPORT_SUFFIXES
 
     reports = _report_paths(report, (*REPORT_SUFFIXES, ".html"))
     _start_log(log)
@@ -545,13 +565,7 @@ def compare(
     _config_error(result, "--backends")
     out.print(compare_table(result))
     _say_logs(result, log)
-    for path in reports:
-        if path.suffix.lower() == ".html":  # tables only: compare draws no dashboard to picture
-            from busmon.tui.html_report import write_html
-
-            _write(path, lambda p: write_html(result, p, str(scenario), []))
-        else:
-            _write(path, lambda p: write_report(result, p, str(scenario)))
+    _write_reports(result, reports, str(scenario), [])  # tables only: compare draws no dashboard to picture
     if result.interrupted:
         err.print(Text("busmon: interrupted: the report holds the runs measured until then", style="yellow"))
     _exit(result)
@@ -564,8 +578,7 @@ def replay(
         "--headless", metavar="", help="No terminal UI: the progress lines and the summary the run printed (with "
                            "--screenshots or an .html report, the dashboard is rendered off screen).")] = False,
     report: ReportOpt = None,
-    screenshots: Annotated[Optional[Path], typer.Option(
-        "--screenshots", metavar="FOLDER", help="Save an SVG of the dashboard at every phase boundary into this folder.")] = None,
+    screenshots: ScreenshotsOpt = None,
     against: Annotated[Optional[Path], typer.Option(
         "--against", metavar="FILE", help="Another recording of the same scenario: both side by side, and which "
                                           "leftovers are new and which are gone.")] = None,
@@ -579,7 +592,7 @@ def replay(
     if against is not None:
         _replay_against(rec, _open_recording(against), reports)
     if not headless or screenshots is not None or html:
-        _replay_dashboard(rec, reports, html, headless=headless, screenshots=screenshots)
+        _replay_dashboard(rec, reports, headless=headless, screenshots=screenshots)
     from busmon.tui.replay import replay_headless
 
     result = replay_headless(rec, err)
@@ -599,8 +612,6 @@ def _replay_finish(rec: Recording, result: ScenarioResult, reports: list[Path],
                    shots: list[tuple[str, str]], quit_early: bool = False) -> NoReturn:
     """The summary and reports the recorded command gave, and its exit code (``quit_early``: q
     before the replay's end, the verdict of the runs seen, as quitting the live dashboard gives)."""
-    from busmon.tui.report import write_report
-
     if rec.header.command == "compare":
         from busmon.tui.compare import compare_table
 
@@ -608,14 +619,7 @@ def _replay_finish(rec: Recording, result: ScenarioResult, reports: list[Path],
     else:
         _print_summary(result)
     _say_logs(result, None)
-    scenario_path = rec.header.scenario_path
-    for path in reports:
-        if path.suffix.lower() in (".html", ".htm"):
-            from busmon.tui.html_report import write_html
-
-            _write(path, lambda p: write_html(result, p, scenario_path, shots))
-        else:
-            _write(path, lambda p: write_report(result, p, scenario_path))
+    _write_reports(result, reports, rec.header.scenario_path, shots)
     header = rec.header
     if quit_early:
         err.print(Text("busmon: replay stopped before the end of the recording: the summary holds the runs "
@@ -630,12 +634,11 @@ def _replay_finish(rec: Recording, result: ScenarioResult, reports: list[Path],
 def _replay_against(rec: Recording, other: Recording, reports: list[Path]) -> NoReturn:
     """Two recordings side by side; exits with A's verdict."""
     from busmon.tui.against import against_table, change_lines, verdict_line
-    from busmon.tui.replay import read_all, say_problems
+    from busmon.tui.replay import read_result, say_problems
 
     if reports:
         raise BadInput("--report: a comparison of two recordings writes no report; replay each one for its report")
-    a, _ = read_all(rec)
-    b, _ = read_all(other)
+    a, b = read_result(rec), read_result(other)
     say_problems(rec, err)
     say_problems(other, err)
     name_a, name_b = rec.header.scenario.get("name"), other.header.scenario.get("name")
@@ -649,7 +652,7 @@ def _replay_against(rec: Recording, other: Recording, reports: list[Path]) -> No
     _exit(a)
 
 
-def _replay_dashboard(rec: Recording, reports: list[Path], html: list[Path], *, headless: bool,
+def _replay_dashboard(rec: Recording, reports: list[Path], *, headless: bool,
                       screenshots: Path | None) -> NoReturn:
     """The dashboard on the recording: as it happened (keys: + - n end space), or off screen
     at once for its screenshots; then the summary, reports and exit code the run had."""
@@ -658,13 +661,7 @@ def _replay_dashboard(rec: Recording, reports: list[Path], html: list[Path], *, 
     from busmon.tui.replay_controller import ReplayController
     from busmon.tui.run import HEADLESS_SIZE
 
-    if screenshots is not None:
-        if screenshots.exists() and not screenshots.is_dir():
-            raise BadInput(f"--screenshots {screenshots}: expected a folder, got a file")
-        try:
-            screenshots.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise BadInput(f"--screenshots {screenshots}: cannot make the folder: {exc.strerror or exc}") from None
+    _screenshots_folder(screenshots)
     controller = ReplayController(rec, instant=headless)
     exit_when_done = headless or not (sys.stdin.isatty() and sys.stdout.isatty())
     app = BusmonApp(controller, screenshots=screenshots, exit_when_done=exit_when_done, keep_screenshots=True)
