@@ -71,14 +71,12 @@ def replay_headless(recording: Recording, console: Console) -> ScenarioResult:
     return collected.result()
 
 
-def read_all(recording: Recording) -> tuple[ScenarioResult, list[tuple[float, Any]]]:
-    """Every event with its time, and the result: for a comparison, no display."""
+def read_result(recording: Recording) -> ScenarioResult:
+    """The result a recording ends with, read through and kept no further: for a comparison."""
     collected = ReplayResult(recording)
-    events = []
-    for t, event in recording.events():
+    for _, event in recording.events():
         collected.add(event)
-        events.append((t, event))
-    return collected.result(), events
+    return collected.result()
 
 
 def say_problems(recording: Recording, console: Console) -> None:

@@ -72,8 +72,8 @@ class ReplayController:
         self.scenario = recorded_scenario(recording.header.scenario)
         if recording.header.command == "dashboard":  # the open-ended session: runs are not counted against a total
             self.scenario.runs = ()
-        self.session = RecordedSession()
         self.collected = ReplayResult(recording)
+        self.session = RecordedSession(results=self.collected.runs)  # the runs replayed so far, as they come
         self.stopped = False
         self.speed = 1.0
         self.paused = False
@@ -210,7 +210,6 @@ class ReplayController:
                 self._next += 1
                 self._shown_t = t
                 self.collected.add(event)
-                self.session.results[:] = self.collected.runs
                 out.append(event)
                 if self.instant and isinstance(event, (PhaseSnapshot, RunFinished)):
                     break

@@ -96,6 +96,13 @@ def _hints(cls: type) -> dict[str, Any]:
     return hints
 
 
+#: a scalar field's type → the JSON values it takes, and how a damaged one is described
+SCALARS: dict[type, tuple[tuple[type, ...], str]] = {
+    float: ((int, float), "a number"), int: ((int,), "an integer"), str: ((str,), "a string"),
+    bool: ((bool,), "true or false"),
+}
+
+
 def _check(value: Any, hint: Any, where: str) -> Any:
     """``value`` as the record's field wants it (lists to tuples, nested records built); raises
     DamagedLine naming the field when it is not that."""
@@ -108,22 +115,11 @@ def _check(value: Any, hint: Any, where: str) -> Any:
             return None
         rest = [a for a in args if a is not type(None)]
         return _check(value, rest[0], where) if len(rest) == 1 else value
-    if hint is float:
-        if type(value) in (int, float):
-            return float(value)
-        raise DamagedLine(f"{where}: expected a number, got {_shown(value)}")
-    if hint is int:
-        if type(value) is int:
-            return value
-        raise DamagedLine(f"{where}: expected an integer, got {_shown(value)}")
-    if hint is str:
-        if isinstance(value, str):
-            return value
-        raise DamagedLine(f"{where}: expected a string, got {_shown(value)}")
-    if hint is bool:
-        if type(value) is bool:
-            return value
-        raise DamagedLine(f"{where}: expected true or false, got {_shown(value)}")
+    if hint in SCALARS:
+        accepted, expected = SCALARS[hint]
+        if type(value) in accepted:  # exact: JSON's true is no integer here, 1 is no string
+            return float(value) if hint is float else value
+        raise DamagedLine(f"{where}: expected {expected}, got {_shown(value)}")
     if origin is tuple:
         if not isinstance(value, list):
             raise DamagedLine(f"{where}: expected a list, got {_shown(value)}")

@@ -62,15 +62,11 @@ class Recording:
         f = self._file
         if f is None:
             return
-        pending: tuple[int, str] | None = None  # a line without its newline: only the last one may be
         try:
             for raw in f:
                 self._lineno += 1
-                if pending is not None:
-                    self._damage(*pending)
-                    pending = None
-                if not raw.endswith("\n"):
-                    pending = (self._lineno, raw)
+                if not raw.endswith("\n"):  # only the last line can lack it: being written when busmon stopped
+                    self.cut_short = True
                     break
                 if not raw.strip():
                     continue
@@ -91,13 +87,8 @@ class Recording:
         finally:
             f.close()
             self._file = None
-        if pending is not None:
-            self.cut_short = True  # the last line was being written when busmon stopped
         if self.ended is None:
             self.cut_short = True
-
-    def _damage(self, lineno: int, raw: str) -> None:
-        self._note(lineno, "cut short (no end of line)")
 
     def _note(self, lineno: int, what: str) -> None:
         self.damaged += 1
