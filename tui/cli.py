@@ -674,6 +674,114 @@ def _replay_dashboard(rec: Recording, reports: list[Path], *, headless: bool,
     _replay_finish(rec, controller.result(), reports, app.shots, quit_early=not controller.at_end)
 
 
+@app.command(cls=_Command, context_settings={"allow_interspersed_args": False})
+def run(
+    command: Annotated[list[str], typer.Argument(
+        metavar="-- COMMAND...", help="The program and its arguments: python app.py, python -m pkg, or a script "
+                                     "whose #! line runs python.", show_default=False)],
+    report: ReportOpt = None,
+    record: RecordOpt = None,
+    baseline_at: Annotated[str, typer.Option(
+        "--baseline-at", metavar="MARK", help="Take the baseline at the program's mark MARK "
+                                              "(busmon.agent.mark) instead of when its main coroutine starts.")] = "start",
+    baseline_after: Annotated[Optional[float], typer.Option(
+        "--baseline-after", metavar="SECONDS", min=0.0,
+        help="Take the baseline this long after the main coroutine started.")] = None,
+    verdict_at: Annotated[Optional[str], typer.Option(
+        "--verdict-at", metavar="MARK", help="Judge at the program's mark MARK (or the end of its phase MARK) "
+                                             "instead of at shutdown; the program goes on.")] = None,
+    settle_timeout: Annotated[float, typer.Option(
+        "--settle-timeout", metavar="SECONDS", min=0.0,
+        help="How long to wait, at most, for what is left to exit before judging.")] = 5.0,
+    stall_ms: Annotated[int, typer.Option(
+        "--stall-ms", metavar="MS", min=0, help="The loop blocked this long is a stall (0: not watched).")] = 250,
+    ignore_task: IgnoreTaskOpt = None,
+    ignore_thread: IgnoreThreadOpt = None,
+) -> None:
+    """Run a Python program with busmon's agent inside and judge what it leaves behind at
+    shutdown (when its main coroutine returns). Exit code: the program's own if it failed,
+    else 1 if something leaked, else 0."""
+    from busmon.tui.program_run import NotAProgram, RunOptions, python_command, run_program
+    from busmon.tui.report import REPORT_SUFFIXES
+    from busmon.tui.run_output import RunTeller
+
+    reports = _report_paths(report, (*REPORT_SUFFIXES, ".html", ".htm"))
+    if baseline_after is not None and baseline_at != "start":
+        raise BadInput("--baseline-after and --baseline-at: give one or the other")
+    try:
+        python_command(command)
+    except NotAProgram as exc:
+        raise BadInput(str(exc)) from None
+    label = " ".join(os.path.basename(c) if i == 0 else c for i, c in enumerate(command[:3]))
+    label += " …" if len(command) > 3 else ""
+    options = RunOptions(label=label, baseline_at=baseline_at, baseline_after_s=baseline_after, verdict_at=verdict_at,
+                         settle_timeout_s=settle_timeout, stall_ms=stall_ms, ignore_tasks=tuple(ignore_task or ()),
+                         ignore_threads=tuple(ignore_thread or ()))
+    recorder = _start_program_recording(record, command, label)
+
+    def say(line: str) -> None:
+        try:  # stderr closed (busmon run … 2>&1 | head): the verdict still decides the exit code
+            err.print(Text(line), soft_wrap=True, highlight=False)
+        except (OSError, SystemExit):
+            pass
+
+    teller = RunTeller(say, settle_timeout, stall_ms)
+
+    def on_event(event: object) -> None:
+        teller.event(event)
+        if recorder is not None:
+            recorder.put(event)
+
+    def on_line(kind: str, text: str) -> None:
+        say(f"busmon: {text}")
+
+    _hand_back_interrupts()
+    outcome = None
+    try:
+        outcome = run_program(list(command), options, on_event, on_line)
+    except NotAProgram as exc:
+        raise BadInput(str(exc)) from None
+    finally:
+        _finish_recording(recorder, outcome.result if outcome is not None else None)
+    heard = outcome.heard
+    if heard.hello is None or (heard.errors and not heard.results):
+        why = heard.errors[0] if heard.errors else (
+            f"{command[0]} ran without busmon's agent (was python started with -I, -E or -S?): nothing was judged")
+        raise BadInput(f"busmon run: {why}")
+    if not outcome.drained:
+        say("busmon: the program's channel stayed open after it exited (a child process holds it?); "
+            "what arrived is reported")
+    if heard.dropped:
+        say(f"busmon: {heard.dropped:,} samples dropped by the agent (busmon was slow to read)")
+    _write_reports(outcome.result, reports, None, [])
+    code = outcome.exit_code
+    if outcome.returncode:
+        say(f"busmon: the program failed (exit code {code}): busmon exits with its code")
+    raise typer.Exit(code)
+
+
+def _start_program_recording(record: Path | None, command: list[str], label: str) -> Recorder | None:
+    """The recorder for ``busmon run --record`` (None without it); its path is checked first."""
+    if record is None:
+        return None
+    import datetime
+    import platform
+
+    from busmon.probes.recording.records import Header
+    from busmon.probes.recording.writer import Recorder as Writer
+    from busmon.tui.report import busmon_version
+
+    _file_to_write("--record", record)
+    header = Header(command="run", scenario={"name": label, "command": list(command)}, scenario_path=None,
+                    target="", busmon=busmon_version(), python=platform.python_version(),
+                    platform=platform.platform(),
+                    started=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"), headless=True)
+    try:
+        return Writer(record, header)
+    except OSError as exc:
+        raise BadInput(f"--record {record}: cannot write: {exc.strerror or exc}") from None
+
+
 @app.command(cls=_Command)
 def brokers(
     kafka_port: Annotated[int, typer.Option("--kafka-port", metavar="PORT", min=0, max=65535,

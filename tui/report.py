@@ -75,6 +75,8 @@ def phase_rows(run: RunResult) -> list[list[Any]]:
         label = p.phase
         if p.phase == "close":
             label = "close (naive: counted right after close returned)"
+        elif p.phase == "shutdown" and run.backend == PROGRAM:
+            label = "shutdown (naive: counted right when the main coroutine returned)"
         elif p.phase == "settle":
             label = f"settle (after waiting {run.settle_ms:g} ms, GC)"
         lag = p.loop_lag_ms
@@ -96,7 +98,7 @@ def component_rows(run: RunResult, threads: bool = False) -> list[list[Any]]:
         for c in p.by_component:
             if c.startswith("thread:") == threads and c not in names:
                 names.append(c)
-    cols = ["baseline", "load", "close", "settle"]
+    cols = component_columns(run)
     by = {p.phase: p.by_component for p in run.phases}
     rows = []
     for c in names:
@@ -106,12 +108,34 @@ def component_rows(run: RunResult, threads: bool = False) -> list[list[Any]]:
     return rows
 
 
+#: a program judged by ``busmon run``: its phases are its own marks, and it has no load of busmon's
+PROGRAM = "program"
+
+
+def component_columns(run: RunResult) -> list[str]:
+    """The phases the component tables show: a played run's four, a program's every phase."""
+    if run.backend == PROGRAM:
+        return list(dict.fromkeys(p.phase for p in run.phases))
+    return ["baseline", "load", "close", "settle"]
+
+
+def program_summary(result: ScenarioResult) -> list[str]:
+    """The summary table of ``busmon run``: one row per event loop the program ran."""
+    return _table(
+        ["run", "verdict", "naive shutdown Δ tasks", "settled Δ tasks", "leaked", "exited", "ignored",
+         "settle ms", "verdict ms", "stalls", "rss Δ MB"],
+        [[r.name, r.verdict, signed(r.task_delta("shutdown")), signed(r.task_delta("settle")), len(leaks(r)),
+          r.count("exited"), r.count("ignored"), f"{r.settle_ms:g}", f"{r.verdict_ms:g}", stall_cell(r),
+          rss_drift_cell(r)] for r in result.runs])
+
+
 def to_markdown(result: ScenarioResult, scenario_path: str | None = None) -> str:
     lines = [f"# busmon report: {result.scenario}", ""]
     lines.append(f"Verdict: **{result.verdict}** · busmon {busmon_version()}"
                  + (f" · scenario `{scenario_path}`" if scenario_path else ""))
     lines.append("")
-    lines += _table(
+    programs = bool(result.runs) and all(r.backend == PROGRAM for r in result.runs)
+    lines += program_summary(result) if programs else _table(
         ["run", "backend", "verdict", "messages", "lost", "dup", "reord", "deliver/s", "p50 ms",
          "p99 ms", "naive close Δ tasks", "settled Δ tasks", "leaked", "exited", "ignored", "settle ms",
          "stalls", "rss Δ MB"],
@@ -123,12 +147,14 @@ def to_markdown(result: ScenarioResult, scenario_path: str | None = None) -> str
           signed(r.task_delta("close")), signed(r.task_delta("settle")), len(leaks(r)), r.count("exited"),
           r.count("ignored"), f"{r.settle_ms:g}", stall_cell(r), rss_drift_cell(r)] for r in result.runs],
     )
-    if any(r.drift for r in result.runs):
+    if any(r.drift for r in result.runs) and not programs:
         lines += ["", "Drift against the first run's baseline (accumulation across runs): "
                   + ", ".join(f"{r.name}: {r.drift.get('tasks', 0)} tasks / {r.drift.get('threads', 0)} threads"
                               for r in result.runs if r.drift)]
     for r in result.runs:
-        lines += ["", f"## Run `{r.name}` on {r.backend}: {r.verdict}", ""]
+        program = r.backend == PROGRAM
+        title = f"`{r.name}`: {r.verdict}" if program else f"Run `{r.name}` on {r.backend}: {r.verdict}"
+        lines += ["", f"## {title}", ""]
         if r.target and r.target != r.backend:
             lines += [f"Target `{r.target}`.", ""]
         if r.error:
@@ -138,13 +164,15 @@ def to_markdown(result: ScenarioResult, scenario_path: str | None = None) -> str
         lines += ["### Tasks, threads and resources by phase", ""]
         lines += _table(PHASE_HEADERS, phase_rows(r))
         lines += ["", "### Where the tasks come from", ""]
-        lines += _table(["component", "baseline", "load", "close", "settle"], component_rows(r))
+        columns = component_columns(r)
+        lines += _table(["component", *columns], component_rows(r))
         if thread_rows := component_rows(r, threads=True):
             lines += ["", "### Threads by name (Python threads; the OS count is in the phase table)", ""]
-            lines += _table(["thread", "baseline", "load", "close", "settle"], thread_rows)
-        lines += ["", "### Leftovers after close", ""]
+            lines += _table(["thread", *columns], thread_rows)
+        lines += ["", "### Leftovers at shutdown" if program else "### Leftovers after close", ""]
         if not r.leftovers:
-            lines += ["Nothing new was alive when close returned."]
+            lines += ["Nothing new was alive when the main coroutine returned." if program
+                      else "Nothing new was alive when close returned."]
         else:
             lines += _table(
                 ["state", "kind", "name", "component", "exited after ms", "detail"],
@@ -158,6 +186,8 @@ def to_markdown(result: ScenarioResult, scenario_path: str | None = None) -> str
                               "```", "</details>"]
         lines += ["", "### Memory", ""] + memory_lines(r)
         lines += ["", "### Event-loop stalls", ""] + stall_lines(r)
+        if program:
+            continue
         d = r.delivery
         lines += ["", "### Delivery", "",
                   f"sent {d.get('sent', 0):,} · received {d.get('received', 0):,} · lost {d.get('lost', 0):,}"

@@ -48,6 +48,11 @@ def coro_qualname(task: asyncio.Task) -> str:
     return getattr(coro, "__qualname__", None) or type(coro).__name__
 
 
+#: modules whose coroutines only wrap another one (``bus.deadline.bounded`` wraps a call, the
+#: agent of ``busmon run`` a program's main coroutine): the wrapped coroutine's code owns the task
+WRAPPING_MODULES = frozenset({deadline.__name__, "busmon.probes.agent.agent"})
+
+
 def coro_module(task: asyncio.Task) -> str:
     """The module of the task's outermost coroutine that is not asyncio's own
     (asyncio's, when every coroutine in the chain is asyncio's)."""
@@ -59,8 +64,8 @@ def coro_module(task: asyncio.Task) -> str:
         if not module:
             code = getattr(coro, "cr_code", None) or getattr(coro, "gi_code", None)
             module = _module_from_filename(code.co_filename) if code is not None else ""
-        if module and module.split(".")[0] != "asyncio" and module != deadline.__name__:
-            return module  # deadline.bounded only wraps a call: the call's code is the owner
+        if module and module.split(".")[0] != "asyncio" and module not in WRAPPING_MODULES:
+            return module  # a wrapper's (deadline.bounded's, the agent's) is its callee's
         first = first or module
         coro = getattr(coro, "cr_await", None)
         if coro is not None and not hasattr(coro, "cr_frame") and not hasattr(coro, "gi_frame"):

@@ -90,8 +90,12 @@ class Watch:
     """
 
     def __init__(self, options: WatchOptions | None = None, label: str = "",
-                 exclude: Callable[[asyncio.AbstractEventLoop], Iterable[asyncio.Task]] | None = None) -> None:
+                 exclude: Callable[[asyncio.AbstractEventLoop], Iterable[asyncio.Task]] | None = None,
+                 freeze_baseline: bool = True) -> None:
         self.options = options or WatchOptions()
+        #: move the baseline's objects out of the collector's reach until the verdict (a test's
+        #: few seconds); a service watched for hours keeps collecting them (``busmon run``)
+        self.freeze_baseline = freeze_baseline
         self.label = label
         #: the tasks of the harness that runs the code (anyio's runner task): never the code's
         self._exclude = exclude
@@ -137,7 +141,7 @@ class Watch:
             self.started_at = time.monotonic()
             if self.loop is not None:
                 self._instrument(self.loop)
-            if not gc.isenabled() or gc.get_freeze_count():
+            if not self.freeze_baseline or not gc.isenabled() or gc.get_freeze_count():
                 return
             # the baseline's objects out of the collector's reach until the verdict: its GC then
             # scans only what the code created (milliseconds, not a whole test process's heap)

@@ -1,0 +1,152 @@
+"""The agent: busmon inside a program it did not start itself, from before its first line.
+
+Started by the ``sitecustomize`` that ``busmon run`` puts first on the program's path, it
+hooks how the program runs its event loops (:mod:`.loop_hooks`): each loop's main coroutine
+gets a :class:`~.loop_verdict.LoopVerdict` (baseline when it starts, the verdict when it
+returns, before asyncio cancels what is left), marks from :mod:`busmon.agent` become phases,
+and every event goes to ``busmon run`` over the channel. Nothing of it runs on the program's
+loop between marks: no task, no timer (``--baseline-after`` sets one, before the baseline).
+A fault of the agent's is told over the channel and never changes what the program does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import os
+import platform
+import sys
+import threading
+from typing import Any, Coroutine
+
+import busmon.agent as marks
+from busmon.probes.agent.channel import Channel
+from busmon.probes.agent.config import AgentConfig
+from busmon.probes.agent.loop_verdict import LoopVerdict, loop_name
+from busmon.probes.observe.census import running_loop
+
+
+class Agent:
+    """One per process: the channel, the loops being watched, and the marks' receiver."""
+
+    def __init__(self, config: AgentConfig) -> None:
+        self.config = config
+        self.channel = Channel(config.channel_fd)
+        self.loops: dict[asyncio.AbstractEventLoop, LoopVerdict] = {}
+        self.loops_seen = 0
+        self._lock = threading.Lock()
+        self._finished = False
+
+    def start(self) -> None:
+        from busmon.probes.agent import loop_hooks
+
+        self.channel.hello(pid=os.getpid(), python=platform.python_version(), argv=list(sys.argv),
+                           busmon=_version())
+        loop_hooks.install(self)
+        marks._sink = self.mark
+        atexit.register(self.finish)
+
+    # -- loops -----------------------------------------------------------------------------
+
+    def watching(self, loop: asyncio.AbstractEventLoop) -> bool:
+        return loop in self.loops
+
+    def begin(self, loop: asyncio.AbstractEventLoop, main: object = None) -> LoopVerdict | None:
+        """A loop's main work starts (in its thread): its baseline. None if the agent failed
+        (said over the channel): the program runs on unwatched. ``main``: the program's main
+        coroutine, when the agent runs it (its task is the program's, not busmon's)."""
+        lv = LoopVerdict(self.config, loop, loop_name(self.config.label), self.channel.put)
+        if main is not None:
+            lv.set_main(asyncio.current_task(loop), main)
+        with self._lock:
+            self.loops[loop] = lv
+            self.loops_seen += 1
+        try:
+            lv.begin()
+        except Exception as exc:  # busmon's fault, never the program's
+            self.fault(f"taking the baseline of {lv.name}", exc)
+            self.end(loop)
+            return None
+        return lv
+
+    def end(self, loop: asyncio.AbstractEventLoop) -> None:
+        with self._lock:
+            self.loops.pop(loop, None)
+
+    async def judge(self, loop: asyncio.AbstractEventLoop, *, interrupted: bool = False) -> None:
+        """The loop's main work is over: the verdict (or the one asked for at a mark, awaited)."""
+        lv = self.loops.get(loop)
+        if lv is None:
+            return
+        try:
+            if lv.verdict_task is not None:
+                await asyncio.wait([lv.verdict_task])
+            await lv.judge(interrupted=interrupted)
+        except Exception as exc:
+            self.fault(f"judging {lv.name}", exc)
+        finally:
+            self.end(loop)
+
+    async def main(self, coro: Coroutine[Any, Any, Any], interrupted: Any) -> Any:
+        """The program's main coroutine, watched: baseline first, verdict when it returns (or
+        raises, or Ctrl-C cancels it: ``interrupted()`` says which), before its loop cancels
+        what is left. Its value or exception is the program's, untouched."""
+        loop = asyncio.get_running_loop()
+        if self.begin(loop, coro) is None:
+            return await coro
+        cancelled = False
+        try:
+            return await coro
+        except asyncio.CancelledError:
+            cancelled = True
+            raise
+        finally:
+            if not cancelled or interrupted():
+                await self.judge(loop, interrupted=cancelled)
+            else:
+                self.end(loop)
+
+    # -- marks -----------------------------------------------------------------------------
+
+    def mark(self, name: str, opens: bool | None) -> None:
+        """From :mod:`busmon.agent`, in any thread: to the loop running here, else to each."""
+        try:
+            here = running_loop()
+            lv = self.loops.get(here) if here is not None else None
+            if lv is not None:
+                lv.mark(name, opens)
+                return
+            for loop, other in list(self.loops.items()):
+                loop.call_soon_threadsafe(other.mark, name, opens)
+        except Exception as exc:
+            self.fault(f"the mark {name!r}", exc)
+
+    # -- the end ---------------------------------------------------------------------------
+
+    def fault(self, doing: str, exc: BaseException) -> None:
+        self.channel.error(f"busmon's agent failed {doing}: {type(exc).__name__}: {exc}")
+
+    def finish(self) -> None:
+        """At the interpreter's exit: say what was never judged, and close the channel."""
+        if self._finished:
+            return
+        self._finished = True
+        from busmon.probes.agent.loop_hooks import judge_unclosed
+
+        try:
+            judge_unclosed(self)
+        except Exception as exc:
+            self.fault("judging a loop the program never closed", exc)
+        marks._sink = None
+        if self.loops_seen == 0:
+            self.channel.note("the program never ran an asyncio event loop: no task was judged")
+        self.channel.close()
+
+
+def _version() -> str:
+    from importlib import metadata
+
+    try:
+        return metadata.version("busmon")
+    except metadata.PackageNotFoundError:
+        return "0+unknown"

@@ -1,0 +1,194 @@
+"""One event loop of the program, watched from its start to the verdict.
+
+The same engine as ``watch()`` and the pytest plugin (:class:`~busmon.probes.watching.watch.Watch`:
+the census by identity, the task and thread creation sites, sockets and child processes with
+their owners, the loop's watchdog, settle): a baseline when the program's main coroutine
+starts (or at a mark, or after a delay), a phase snapshot at every mark, and at shutdown the
+naive count (what counting right when ``main()`` returned would have said), the wait for what
+is still exiting, and the verdict, as a :class:`~busmon.probes.model.RunResult` so that every
+report, the recording and the dashboard read it as they read a played run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+import time
+import weakref
+from typing import Any, Callable
+
+from busmon.probes.model import PhaseSnapshot, PhaseStarted, RunFinished, RunResult
+from busmon.probes.observe.census import Census, components_of_tasks, components_of_threads, os_thread_count
+from busmon.probes.observe.components import package_of, task_component
+from busmon.probes.observe.process import rss_mb
+from busmon.probes.verdict.watch_result import WatchResult
+from busmon.probes.watching.watch import Watch
+from busmon.probes.watching.watch_options import WatchOptions
+
+from busmon.probes.agent.config import AT_START, AgentConfig
+
+#: the phase names busmon gives a program's life (the marks are the program's own)
+BASELINE, SHUTDOWN, SETTLE = "baseline", "shutdown", "settle"
+
+
+class LoopVerdict:
+    """Baseline, marks and verdict for one loop; every method runs in that loop's thread."""
+
+    def __init__(self, config: AgentConfig, loop: asyncio.AbstractEventLoop, name: str,
+                 emit: Callable[[Any], None]) -> None:
+        self.config = config
+        self.loop = loop
+        self.name = name                      # the run's name: the program, and the loop's thread
+        self.emit = emit
+        self.t0 = time.monotonic()
+        self.phases: list[PhaseSnapshot] = []
+        self.own: weakref.WeakSet[asyncio.Task] = weakref.WeakSet()  # busmon's tasks on this loop
+        self.watch: Watch | None = None
+        self.judged = False                   # the verdict is out (at a mark, or at shutdown)
+        self.notes: list[str] = []
+        self._baseline_timer: asyncio.TimerHandle | None = None
+        self.baseline_note = ""               # when the baseline was taken, if not at the start
+        self.verdict_task: asyncio.Task | None = None
+        #: the task running the program's main coroutine (its coroutine is the agent's wrapper
+        #: around it), counted under the program's module, not busmon's
+        self.main_task: asyncio.Task | None = None
+        self.main_component = ""
+
+    def _options(self) -> WatchOptions:
+        c = self.config
+        return WatchOptions(settle_timeout_s=c.settle_timeout_s, stall_ms=c.stall_ms,
+                            trace_creation=c.trace_creation, ignore_tasks=c.ignore_tasks,
+                            ignore_threads=c.ignore_threads)
+
+    # -- baseline ----------------------------------------------------------------------------
+
+    def set_main(self, task: asyncio.Task | None, coro: object) -> None:
+        """The task that runs the program's main coroutine ``coro``: counted as the program's."""
+        self.main_task = task
+        frame = getattr(coro, "cr_frame", None)
+        module = frame.f_globals.get("__name__", "") if frame is not None else ""
+        self.main_component = package_of(module) if module else ""
+
+    def begin(self) -> None:
+        """The main coroutine is starting: the baseline, unless it is asked for later (then
+        one now all the same, so a program that ends first is still judged, and says so)."""
+        self.take_baseline()
+        c = self.config
+        if c.baseline_after_s is not None:
+            self._baseline_timer = self.loop.call_later(c.baseline_after_s, self._delayed_baseline)
+        elif c.baseline_at != AT_START:
+            self.baseline_note = (f"the program never marked {c.baseline_at!r}: the baseline is the main "
+                                  "coroutine's start")
+
+    def _delayed_baseline(self) -> None:
+        self._baseline_timer = None
+        if not self.judged:
+            self.take_baseline()
+            self.baseline_note = f"baseline taken {self.config.baseline_after_s:g} s after the main coroutine started"
+
+    def take_baseline(self) -> None:
+        """Everything alive now is not the program's leftover: a new :class:`Watch`, started."""
+        if self.watch is not None:
+            self.watch.stop()
+        self.watch = Watch(self._options(), label=self.name, exclude=lambda loop: list(self.own),
+                           freeze_baseline=False)
+        self.emit(PhaseStarted(self.name, BASELINE, self.elapsed()))
+        self.watch.start(self.loop)
+        self.phases = [p for p in self.phases if p.phase != BASELINE]
+        self.snapshot(BASELINE, self.watch.baseline)
+
+    def elapsed(self) -> float:
+        return time.monotonic() - self.t0
+
+    # -- marks -------------------------------------------------------------------------------
+
+    def mark(self, name: str, opens: bool | None) -> None:
+        """A mark of the program's: a moment (``opens`` None), a phase's start (True) or end
+        (False). The baseline or the verdict may be asked for at it."""
+        if self.judged:
+            return
+        if opens is not False:
+            self.emit(PhaseStarted(self.name, name, self.elapsed()))
+            if self.watch is not None:
+                self.watch.set_phase(name)
+        if opens is not True:
+            self.snapshot(name)
+        if name == self.config.baseline_at and opens is not False:
+            self.take_baseline()
+            self.baseline_note = f"baseline taken at the mark {name!r}"
+        elif name == self.config.verdict_at and opens is not True and self.verdict_task is None:
+            self.verdict_task = self.loop.create_task(self.judge(at=name), name="busmon.agent.verdict")
+            self.own.add(self.verdict_task)
+
+    def snapshot(self, phase: str, census: Census | None = None) -> PhaseSnapshot:
+        """The counts at a phase boundary, by identity (busmon's own work: never a stall)."""
+        watch = self.watch
+        with watch._own_work() if watch is not None else contextlib.nullcontext():
+            census = census or Census.take(self.loop)
+            own = set(self.own)
+            tasks = [t for t in census.tasks if t not in own]
+            by_component = components_of_tasks(tasks, self._component)
+            by_component.update(components_of_threads(census.threads))
+            new_tasks = new_threads = sockets = processes = 0
+            base = watch.baseline if watch is not None else None
+            if base is not None:
+                nt, nth, _ = census.new_since(base)
+                new_tasks, new_threads = len([t for t in nt if t not in own]), len(nth)
+                sockets = census.new_sockets(base)
+                processes = len(census.children - base.children)
+            snap = PhaseSnapshot(phase, self.elapsed(), len(tasks), len(census.threads), os_thread_count(),
+                                 by_component, new_tasks, new_threads, sockets, len(census.fds or ()),
+                                 processes, rss_mb())
+        self.phases.append(snap)
+        self.emit(snap)
+        return snap
+
+    def _component(self, task: asyncio.Task) -> str:
+        return self.main_component if task is self.main_task and self.main_component else task_component(task)
+
+    # -- verdict -------------------------------------------------------------------------------
+
+    async def judge(self, at: str = SHUTDOWN, interrupted: bool = False) -> RunResult | None:
+        """Wait for what appeared since the baseline to exit (or the deadline), then judge:
+        the verdict goes out as a :class:`RunFinished`. Once per loop."""
+        if self.judged or self.watch is None:
+            return None
+        self.judged = True
+        if self._baseline_timer is not None:
+            self._baseline_timer.cancel()
+            self._baseline_timer = None
+            self.baseline_note = (f"judged before the baseline asked for ({self.config.baseline_after_s:g} s in): "
+                                  "the baseline is the main coroutine's start")
+        if at == SHUTDOWN:
+            self.emit(PhaseStarted(self.name, SHUTDOWN, self.elapsed()))
+            self.snapshot(SHUTDOWN)  # the naive count: right when main() returned
+        self.emit(PhaseStarted(self.name, SETTLE, self.elapsed()))
+        watch = self.watch
+        result = await watch.settle()
+        self.snapshot(SETTLE)
+        run = self.result(result, at, interrupted)
+        self.emit(RunFinished(run))
+        return run
+
+    def result(self, w: WatchResult, at: str, interrupted: bool) -> RunResult:
+        notes = [*([self.baseline_note] if self.baseline_note else []), *self.notes, *w.notes]
+        if at != SHUTDOWN:
+            notes.append(f"judged at the mark {at!r} (--verdict-at), not at shutdown")
+        if interrupted:
+            notes.append("the main coroutine was cancelled by Ctrl-C (SIGINT): judged what was left then")
+        base = next((p for p in self.phases if p.phase == BASELINE), None)
+        end = next((p for p in reversed(self.phases) if p.phase == SETTLE), None)
+        drift = {"tasks": end.new_tasks, "threads": end.new_threads} if end is not None else {}
+        return RunResult(
+            name=self.name, backend="program", verdict=w.verdict, phases=tuple(self.phases),
+            settle_ms=w.settle_ms, leftovers=w.leftovers, delivery={}, throughput={}, drift=drift,
+            verdict_ms=w.verdict_ms, stalls=tuple(s.as_dict() for s in w.stalls), notes=tuple(notes),
+            memory={"rss_mb": {p.phase: p.rss_mb for p in self.phases}} if base is not None else {},
+        )
+
+
+def loop_name(label: str) -> str:
+    """A run's name: the program's, and the thread's when the loop is not the main thread's."""
+    thread = threading.current_thread()
+    return label if thread is threading.main_thread() else f"{label} (loop in thread {thread.name})"

@@ -1,0 +1,55 @@
+"""What ``busmon run`` says on stderr while the program runs and when it has ended: a line per
+baseline and mark, the naive count at shutdown, and the verdict in the words ``watch()`` and
+the pytest plugin use (each leftover with its stack and where it was created)."""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from busmon.probes.agent.loop_verdict import BASELINE, SETTLE, SHUTDOWN
+from busmon.probes.model import PhaseSnapshot, RunFinished, RunResult, signed
+from busmon.probes.observe.loopwatch import Stall
+from busmon.probes.verdict.watch_result import WatchResult
+
+
+def _counts(s: PhaseSnapshot, since_baseline: bool) -> str:
+    text = f"{s.tasks} task{'s' if s.tasks != 1 else ''}, {s.threads} thread{'s' if s.threads != 1 else ''}"
+    if since_baseline and (s.new_tasks or s.new_threads or s.sockets):
+        text += (f" ({signed(s.new_tasks)} tasks, {signed(s.new_threads)} threads, {signed(s.sockets)} sockets "
+                 "new since the baseline)")
+    return text
+
+
+class RunTeller:
+    """Turns the agent's events into lines for a person (``say``); one per run that matters."""
+
+    def __init__(self, say: Callable[[str], None], settle_timeout_s: float, stall_ms: int) -> None:
+        self.say = say
+        self.settle_timeout_s = settle_timeout_s
+        self.stall_ms = stall_ms
+
+    def event(self, event: Any) -> None:
+        if isinstance(event, PhaseSnapshot):
+            self.snapshot(event)
+        elif isinstance(event, RunFinished):
+            self.say("")
+            self.say(as_watch_result(event.result, self.settle_timeout_s, self.stall_ms).report())
+
+    def snapshot(self, s: PhaseSnapshot) -> None:
+        at = f"{s.t_s:,.2f} s"
+        if s.phase == BASELINE:
+            self.say(f"busmon: baseline at {at}: {_counts(s, False)}")
+        elif s.phase == SHUTDOWN:
+            self.say(f"busmon: main coroutine returned at {at}: a plain count now sees {signed(s.new_tasks)} tasks "
+                     f"and {signed(s.new_threads)} threads; waiting up to {self.settle_timeout_s:g} s for them to exit")
+        elif s.phase != SETTLE:
+            self.say(f"busmon: mark {s.phase!r} at {at}: {_counts(s, True)}")
+
+
+def as_watch_result(run: RunResult, settle_timeout_s: float, stall_ms: int) -> WatchResult:
+    """A program's run, read as a watch's verdict: the same report text for the same findings."""
+    end = next((p for p in reversed(run.phases) if p.phase == SHUTDOWN), None)
+    at_end = {"tasks": end.new_tasks, "threads": end.new_threads} if end is not None else {}
+    stalls = tuple(Stall(**dict(s)) for s in run.stalls)
+    return WatchResult(run.verdict, run.leftovers, settle_timeout_s, run.settle_ms, run.verdict_ms, at_end,
+                       run.name, run.notes, run.verdict == "clean", stalls, stall_ms or None)
