@@ -99,6 +99,22 @@ def test_installed_busmon_plays_a_scenario(installed: Path, tmp_path: Path) -> N
     assert '"verdict": "clean"' in (tmp_path / "r.json").read_text()
 
 
+def test_installed_busmon_runs_a_program_with_its_agent(installed: Path, tmp_path: Path) -> None:
+    """``busmon run`` from site-packages: the agent's start-up file travels in the wheel, and
+    the program (same Python, busmon on its path only through the agent) is judged."""
+    assert (installed / "busmon" / "probes" / "agent" / "boot" / "sitecustomize.py").is_file()
+    (tmp_path / "app.py").write_text(textwrap.dedent("""
+        import asyncio
+        async def main():
+            asyncio.create_task(asyncio.Event().wait(), name="forgotten")
+        asyncio.run(main())
+    """))
+    proc = run_installed(installed, tmp_path, "-m", "busmon", "run", "--settle-timeout", "0.2", "--",
+                         sys.executable, "app.py")
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "leaked 1 task" in proc.stderr and "forgotten" in proc.stderr
+
+
 def test_import_busmon_alone_loads_no_part(tmp_path: Path) -> None:
     """The pytest plugin's entry point imports ``busmon`` in every session: it must stay light."""
     code = ("import sys, busmon; print(sorted(m for m in sys.modules if m.startswith('busmon.') "
@@ -138,7 +154,8 @@ def test_pytest_warning_filters_take_the_short_names(pytester: pytest.Pytester) 
 
 #: subpackages of busmon.probes, and the ones each may import (model.py is everyone's)
 PROBES_ORDER = {"observe": set(), "verdict": {"observe"}, "harness": {"observe", "verdict"},
-                "watching": {"observe", "verdict"}, "recording": {"harness", "verdict"}}
+                "watching": {"observe", "verdict"}, "recording": {"harness", "verdict"},
+                "agent": {"observe", "verdict", "watching", "recording", "harness"}}
 
 
 def module_name(path: Path) -> str:

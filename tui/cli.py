@@ -22,6 +22,7 @@ if __name__ == "__main__" or Path(sys.argv[0]).name == "busmon" or Path(sys.argv
 
 import importlib.metadata  # noqa: E402  (after the handler above, on purpose)
 import os  # noqa: E402
+import signal  # noqa: E402
 import threading  # noqa: E402
 import time  # noqa: E402
 import tomllib  # noqa: E402
@@ -733,7 +734,8 @@ def run(
             recorder.put(event)
 
     def on_line(kind: str, text: str) -> None:
-        say(f"busmon: {text}")
+        if kind == "note":  # an error is said once, at the end (one line, exit 2, when nothing was judged)
+            say(f"busmon: {text}")
 
     _hand_back_interrupts()
     outcome = None
@@ -747,15 +749,21 @@ def run(
     if heard.hello is None or (heard.errors and not heard.results):
         why = heard.errors[0] if heard.errors else (
             f"{command[0]} ran without busmon's agent (was python started with -I, -E or -S?): nothing was judged")
-        raise BadInput(f"busmon run: {why}")
+        raise BadInput(why)
+    for error in heard.errors:
+        say(f"busmon: {error}")
     if not outcome.drained:
         say("busmon: the program's channel stayed open after it exited (a child process holds it?); "
             "what arrived is reported")
     if heard.dropped:
-        say(f"busmon: {heard.dropped:,} samples dropped by the agent (busmon was slow to read)")
+        say(f"busmon: {heard.dropped:,} events dropped by the agent while busmon was not reading "
+            "(the verdict is never dropped)")
     _write_reports(outcome.result, reports, None, [])
     code = outcome.exit_code
-    if outcome.returncode:
+    if outcome.returncode < 0:
+        name = signal.Signals(-outcome.returncode).name if -outcome.returncode in signal.valid_signals() else ""
+        say(f"busmon: the program was ended by signal {name or -outcome.returncode}: busmon exits with {code}")
+    elif outcome.returncode:
         say(f"busmon: the program failed (exit code {code}): busmon exits with its code")
     raise typer.Exit(code)
 

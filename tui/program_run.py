@@ -44,10 +44,10 @@ def python_command(argv: list[str]) -> str:
     """The program's executable, checked to be a Python interpreter or a script that runs one
     (its ``#!`` line names python); the reason in one line otherwise."""
     if not argv:
-        raise NotAProgram("busmon run: give the program to run after --, e.g. busmon run -- python app.py")
+        raise NotAProgram("give the program to run after --, e.g. busmon run -- python app.py")
     exe = shutil.which(argv[0])
     if exe is None:
-        raise NotAProgram(f"busmon run: {argv[0]}: no such program (not a file, not on PATH)")
+        raise NotAProgram(f"{argv[0]}: no such program (not a file, not on PATH)")
     name = os.path.basename(exe)
     if name.startswith(("python", "pypy")):
         return exe
@@ -55,10 +55,10 @@ def python_command(argv: list[str]) -> str:
         with open(exe, "rb") as f:
             first = f.readline(256)
     except OSError as exc:
-        raise NotAProgram(f"busmon run: {argv[0]}: cannot read it: {exc.strerror or exc}") from None
+        raise NotAProgram(f"{argv[0]}: cannot read it: {exc.strerror or exc}") from None
     if first.startswith(b"#!") and b"python" in first:
         return exe
-    raise NotAProgram(f"busmon run: {argv[0]} is not a Python program (expected python, or a script "
+    raise NotAProgram(f"{argv[0]} is not a Python program (expected python, or a script "
                       "whose #! line runs python): busmon's agent lives in a Python interpreter")
 
 
@@ -206,16 +206,20 @@ def run_program(argv: list[str], options: RunOptions, on_event: Callable[[Any], 
     python_command(argv)
     read_fd, write_fd = os.pipe()
     os.set_inheritable(write_fd, True)
+    started: list[subprocess.Popen] = []
+    # handlers first: a signal busmon ignores would be ignored by the program too (exec keeps
+    # SIG_IGN), and asyncio.run() then would not turn Ctrl-C into KeyboardInterrupt
+    previous = _pass_signals_to(started)
     try:
-        proc = subprocess.Popen(argv, env=environment(options, write_fd), pass_fds=(write_fd,))
-    except OSError as exc:
-        os.close(read_fd)
-        raise NotAProgram(f"busmon run: {argv[0]}: cannot start it: {exc.strerror or exc}") from None
-    finally:
-        os.close(write_fd)
-    reader = ChannelReader(read_fd, on_event, on_line)
-    previous = _pass_signals_to(proc)
-    try:
+        try:
+            proc = subprocess.Popen(argv, env=environment(options, write_fd), pass_fds=(write_fd,))
+        except OSError as exc:
+            os.close(read_fd)
+            raise NotAProgram(f"{argv[0]}: cannot start it: {exc.strerror or exc}") from None
+        finally:
+            os.close(write_fd)
+        started.append(proc)
+        reader = ChannelReader(read_fd, on_event, on_line)
         returncode = proc.wait()
     finally:
         for sig, handler in previous.items():
@@ -224,17 +228,17 @@ def run_program(argv: list[str], options: RunOptions, on_event: Callable[[Any], 
     return ProgramOutcome(returncode, reader.heard, drained, label=options.label)
 
 
-def _pass_signals_to(proc: subprocess.Popen) -> dict[int, Any]:
+def _pass_signals_to(started: list[subprocess.Popen]) -> dict[int, Any]:
     """While the program runs, a signal to busmon is the program's (a terminal's Ctrl-C reaches
     both already: not sent twice)."""
     if threading.current_thread() is not threading.main_thread():
         return {}
 
     def forward(sig: int, _frame: Any) -> None:
-        if sig == signal.SIGINT and _terminal_sent_it():
+        if not started or sig == signal.SIGINT and _terminal_sent_it():
             return
         try:
-            proc.send_signal(sig)
+            started[0].send_signal(sig)
         except OSError:
             pass
 

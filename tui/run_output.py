@@ -7,7 +7,7 @@ from __future__ import annotations
 from typing import Any, Callable
 
 from busmon.probes.agent.loop_verdict import BASELINE, SETTLE, SHUTDOWN
-from busmon.probes.model import PhaseSnapshot, RunFinished, RunResult, signed
+from busmon.probes.model import PhaseSnapshot, PhaseStarted, RunFinished, RunResult, signed
 from busmon.probes.observe.loopwatch import Stall
 from busmon.probes.verdict.watch_result import WatchResult
 
@@ -27,20 +27,28 @@ class RunTeller:
         self.say = say
         self.settle_timeout_s = settle_timeout_s
         self.stall_ms = stall_ms
+        self._first_run = ""
+        self._run = ""
 
     def event(self, event: Any) -> None:
-        if isinstance(event, PhaseSnapshot):
+        if isinstance(event, PhaseStarted):
+            self._first_run = self._first_run or event.run
+            self._run = event.run
+        elif isinstance(event, PhaseSnapshot):
             self.snapshot(event)
         elif isinstance(event, RunFinished):
             self.say("")
             self.say(as_watch_result(event.result, self.settle_timeout_s, self.stall_ms).report())
 
     def snapshot(self, s: PhaseSnapshot) -> None:
+        """A line per baseline, mark and shutdown; a loop other than the first is named."""
         at = f"{s.t_s:,.2f} s"
+        if self._run != self._first_run:
+            at += f" in {self._run.rsplit('(', 1)[-1].rstrip(')')}"
         if s.phase == BASELINE:
             self.say(f"busmon: baseline at {at}: {_counts(s, False)}")
         elif s.phase == SHUTDOWN:
-            self.say(f"busmon: main coroutine returned at {at}: a plain count now sees {signed(s.new_tasks)} tasks "
+            self.say(f"busmon: shutdown at {at}: a plain count now sees {signed(s.new_tasks)} tasks "
                      f"and {signed(s.new_threads)} threads; waiting up to {self.settle_timeout_s:g} s for them to exit")
         elif s.phase != SETTLE:
             self.say(f"busmon: mark {s.phase!r} at {at}: {_counts(s, True)}")

@@ -2,8 +2,8 @@
 
 The program's loop never waits on the reader: an event is put in a queue (a few microseconds)
 and the channel's thread writes it. A reader that stops reading fills the pipe; the queue then
-keeps at most ``MAX_WAITING`` events and drops the samples beyond it (counted, and said in the
-agent's last line), never a phase, a mark or a verdict.
+keeps at most ``MAX_WAITING`` events and drops what comes beyond it (samples, marks; counted,
+and said in the agent's last line), never a verdict.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import threading
 import time
 from typing import Any
 
-from busmon.probes.model import Sample
+from busmon.probes.model import RunFinished
 from busmon.probes.recording.codec import Encoder
 
 #: what the first line says: a busmon agent's channel, in this version of the protocol
@@ -56,7 +56,7 @@ class Channel:
         """An event of the recording's vocabulary (a phase, a snapshot, a sample, a result)."""
         with self._cond:
             line = self._encoder.encode(time.monotonic() - self.t0, event)
-        self._queue(line, droppable=isinstance(event, Sample))
+        self._queue(line, droppable=not isinstance(event, RunFinished))
 
     def _queue(self, line: dict[str, Any], droppable: bool = False) -> None:
         with self._cond:

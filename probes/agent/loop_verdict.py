@@ -24,7 +24,7 @@ from busmon.probes.observe.components import package_of, task_component
 from busmon.probes.observe.process import rss_mb
 from busmon.probes.verdict.watch_result import WatchResult
 from busmon.probes.watching.watch import Watch
-from busmon.probes.watching.watch_options import WatchOptions
+from busmon.probes.watching.watch_options import KINDS, WatchOptions
 
 from busmon.probes.agent.config import AT_START, AgentConfig
 
@@ -42,6 +42,7 @@ class LoopVerdict:
         self.name = name                      # the run's name: the program, and the loop's thread
         self.emit = emit
         self.t0 = time.monotonic()
+        self.in_main_thread = threading.current_thread() is threading.main_thread()
         self.phases: list[PhaseSnapshot] = []
         self.own: weakref.WeakSet[asyncio.Task] = weakref.WeakSet()  # busmon's tasks on this loop
         self.watch: Watch | None = None
@@ -59,7 +60,15 @@ class LoopVerdict:
         c = self.config
         return WatchOptions(settle_timeout_s=c.settle_timeout_s, stall_ms=c.stall_ms,
                             trace_creation=c.trace_creation, ignore_tasks=c.ignore_tasks,
-                            ignore_threads=c.ignore_threads)
+                            ignore_threads=c.ignore_threads, judge=self.kinds())
+
+    def kinds(self) -> tuple[str, ...]:
+        """What this loop's verdict judges. Threads, descriptors and child processes belong to
+        the process, not to a loop: the main thread's loop judges them; a loop in another
+        thread judges its own tasks and timers (else each loop would blame the others' threads)."""
+        if self.in_main_thread:
+            return KINDS
+        return ("tasks", "timers")
 
     # -- baseline ----------------------------------------------------------------------------
 
@@ -155,6 +164,8 @@ class LoopVerdict:
         if self.judged or self.watch is None:
             return None
         self.judged = True
+        if (me := asyncio.current_task()) is not None and me is not self.main_task:
+            self.own.add(me)  # busmon's verdict task (at a mark, or on a loop closed by hand)
         if self._baseline_timer is not None:
             self._baseline_timer.cancel()
             self._baseline_timer = None
@@ -173,6 +184,9 @@ class LoopVerdict:
 
     def result(self, w: WatchResult, at: str, interrupted: bool) -> RunResult:
         notes = [*([self.baseline_note] if self.baseline_note else []), *self.notes, *w.notes]
+        if not self.in_main_thread:
+            notes.append("threads, sockets and child processes are judged with the main thread's loop "
+                         "(they belong to the process)")
         if at != SHUTDOWN:
             notes.append(f"judged at the mark {at!r} (--verdict-at), not at shutdown")
         if interrupted:

@@ -1,0 +1,349 @@
+"""``busmon run``: real programs started with the agent inside, judged at shutdown.
+
+Each test runs ``python -m busmon run -- python prog.py`` as a person would: the program is a
+real process, its verdict comes over the agent's channel, the exit code and the report are
+what busmon says. The programs are small and end by themselves.
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.run_programs import SERVICE, busmon_run, leaked, phases, report, start_run, write
+
+PY = sys.executable
+
+
+def test_a_clean_service_exits_0_with_its_input_and_output_untouched(tmp_path: Path) -> None:
+    prog = write(tmp_path, "service.py", SERVICE)
+    out = busmon_run("--report", str(tmp_path / "r.json"), "--", PY, str(prog), stdin="hello\n")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout == "consumed hello\n"  # the program's stdout is its own: busmon writes to stderr
+    assert "is clean" in out.stderr
+    data = report(tmp_path / "r.json")
+    assert data["verdict"] == "clean" and data["runs"][0]["backend"] == "program"
+    assert phases(data) == ["baseline", "ready", "consumer stopped", "shutdown", "settle"]
+    ready = data["runs"][0]["phases"][1]
+    assert ready["new_tasks"] == 1 and ready["by_component"].get("__main__") == 2  # main + consumer
+
+
+def test_a_leaked_consumer_exits_1_naming_it_and_where_it_was_created(tmp_path: Path) -> None:
+    prog = write(tmp_path, "service.py", SERVICE)
+    out = busmon_run("--settle-timeout", "0.3", "--report", str(tmp_path / "r.json"), "--report",
+                     str(tmp_path / "r.md"), "--", PY, str(prog), "--leak", stdin="x\n")
+    assert out.returncode == 1, out.stderr
+    assert "leaked 1 task" in out.stderr
+    # nothing references the consumer once main() returned: the GC of the verdict destroys it
+    # pending, which is a leak too (the program never stopped it)
+    assert "task consume (__main__ · consumer)  destroyed" in out.stderr
+    assert "created at " in out.stderr and "service.py:13 in main" in out.stderr
+    [task] = leaked(report(tmp_path / "r.json"))
+    assert task["name"] == "consumer" and task["created_at"].endswith("service.py:13 in main")
+    md = (tmp_path / "r.md").read_text()
+    assert "shutdown (naive: counted right when the main coroutine returned)" in md
+    assert "### Leftovers at shutdown" in md and "| consumer stopped |" in md
+
+
+def test_the_program_failing_gives_its_own_exit_code_and_still_a_verdict(tmp_path: Path) -> None:
+    prog = write(tmp_path, "service.py", SERVICE)
+    out = busmon_run("--settle-timeout", "0.3", "--", PY, str(prog), "--leak", "--exit", "7", stdin="x\n")
+    assert out.returncode == 7, out.stderr
+    assert "leaked 1 task" in out.stderr and "the program failed (exit code 7)" in out.stderr
+
+
+def test_a_thread_left_running_is_named_with_where_it_was_started(tmp_path: Path) -> None:
+    prog = write(tmp_path, "threads.py", """
+        import asyncio, threading
+        stop = threading.Event()
+
+        async def main():
+            threading.Thread(target=stop.wait, name="poller", daemon=True).start()
+
+        asyncio.run(main())
+        stop.set()
+    """)
+    out = busmon_run("--settle-timeout", "0.3", "--", PY, str(prog))
+    assert out.returncode == 1, out.stderr
+    assert "thread poller" in out.stderr and "started at " in out.stderr and "threads.py:6 in main" in out.stderr
+
+
+def test_verdict_at_a_mark_judges_then_and_the_program_goes_on(tmp_path: Path) -> None:
+    prog = write(tmp_path, "service.py", SERVICE)
+    # the consumer is stopped before the mark: clean there
+    out = busmon_run("--verdict-at", "consumer stopped", "--report", str(tmp_path / "r.json"), "--",
+                     PY, str(prog), stdin="x\n")
+    assert out.returncode == 0, out.stderr
+    data = report(tmp_path / "r.json")
+    assert "shutdown" not in phases(data)
+    assert any("judged at the mark 'consumer stopped'" in n for n in data["runs"][0]["notes"])
+    # left running at the mark: leaked, although asyncio.run() cancels it at the end
+    out = busmon_run("--verdict-at", "consumer stopped", "--settle-timeout", "0.3", "--",
+                     PY, str(prog), "--leak", stdin="x\n")
+    assert out.returncode == 1 and "leaked 1 task" in out.stderr
+
+
+def test_baseline_at_a_mark_and_after_a_delay(tmp_path: Path) -> None:
+    prog = write(tmp_path, "service.py", SERVICE)
+    # the consumer started before 'ready' is in that baseline: not the program's leftover then
+    out = busmon_run("--baseline-at", "ready", "--report", str(tmp_path / "r.json"), "--", PY, str(prog), "--leak",
+                     stdin="x\n")
+    assert out.returncode == 0, out.stderr
+    data = report(tmp_path / "r.json")
+    assert phases(data)[:3] == ["ready", "baseline", "consumer stopped"]
+    assert "baseline taken at the mark 'ready'" in data["runs"][0]["notes"]
+    # a mark the program never sets: judged from the start, and said
+    out = busmon_run("--baseline-at", "never", "--settle-timeout", "0.3", "--report", str(tmp_path / "n.json"),
+                     "--", PY, str(prog), "--leak", stdin="x\n")
+    assert out.returncode == 1
+    assert any("never marked 'never'" in n for n in report(tmp_path / "n.json")["runs"][0]["notes"])
+    # a delay longer than the program lives: judged from the start, and said
+    out = busmon_run("--baseline-after", "30", "--settle-timeout", "0.3", "--report", str(tmp_path / "d.json"),
+                     "--", PY, str(prog), "--leak", stdin="x\n")
+    assert out.returncode == 1
+    assert any("judged before the baseline asked for" in n for n in report(tmp_path / "d.json")["runs"][0]["notes"])
+
+
+def test_ctrl_c_is_passed_on_and_what_was_left_is_judged(tmp_path: Path) -> None:
+    prog = write(tmp_path, "forever.py", """
+        import asyncio
+        async def main():
+            asyncio.create_task(asyncio.Event().wait(), name="left")
+            print("ready", flush=True)
+            await asyncio.Event().wait()
+        asyncio.run(main())
+    """)
+    proc = start_run("--settle-timeout", "0.3", "--", PY, str(prog))
+    try:
+        assert proc.stdout.readline() == "ready\n"
+        proc.send_signal(signal.SIGINT)  # to busmon, not to a terminal: busmon passes it on
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, err
+    assert "leaked 1 task" in err and "cancelled by Ctrl-C" in err
+    assert "ended by signal" not in err or "SIGINT" in err
+
+
+def test_sigterm_handled_by_the_program_ends_it_cleanly(tmp_path: Path) -> None:
+    prog = write(tmp_path, "graceful.py", """
+        import asyncio, signal
+        async def main():
+            stop = asyncio.Event()
+            asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+            worker = asyncio.create_task(stop.wait(), name="worker")
+            print("ready", flush=True)
+            await stop.wait()
+            await worker
+        asyncio.run(main())
+    """)
+    proc = start_run("--", PY, str(prog))
+    try:
+        assert proc.stdout.readline() == "ready\n"
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, err
+    assert "is clean" in err
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["ls"], "ls is not a Python program"),
+    (["no-such-program-here"], "no-such-program-here: no such program"),
+    ([], "Missing argument '-- COMMAND...'"),
+    ([PY, "-I", "-c", "pass"], "ran without busmon's agent (was python started with -I, -E or -S?)"),
+])
+def test_a_command_that_cannot_carry_the_agent_is_one_line_and_exit_2(argv: list[str], message: str) -> None:
+    out = busmon_run("--", *argv)
+    assert out.returncode == 2, out.stderr
+    assert message in out.stderr and len(out.stderr.strip().splitlines()) == 1, out.stderr
+    assert "Traceback" not in out.stderr
+
+
+def test_a_python_that_cannot_import_busmon_does_not_run_the_program(tmp_path: Path) -> None:
+    # the agent's fallback finds busmon where busmon run found it; a broken copy of it on the
+    # program's own path comes first and fails to import: the program must not run unwatched
+    fake = tmp_path / "shadow" / "busmon"
+    fake.mkdir(parents=True)
+    (fake / "__init__.py").write_text("raise ImportError('a broken busmon')\n")
+    marker = tmp_path / "ran"
+    prog = write(tmp_path, "p.py", f"open({str(marker)!r}, 'w').close()\n")
+    out = busmon_run("--", PY, str(prog), env={"PYTHONPATH": str(tmp_path / "shadow")})
+    assert out.returncode == 2, out.stderr
+    assert "cannot import busmon's agent" in out.stderr and len(out.stderr.strip().splitlines()) == 1
+    assert not marker.exists()
+
+
+def test_a_program_without_an_event_loop_is_said_in_one_line(tmp_path: Path) -> None:
+    prog = write(tmp_path, "plain.py", "print('no loop')\n")
+    out = busmon_run("--", PY, str(prog))
+    assert out.returncode == 0 and out.stdout == "no loop\n"
+    assert "never ran an asyncio event loop: no task was judged" in out.stderr
+
+
+def test_several_loops_each_judged_and_named(tmp_path: Path) -> None:
+    prog = write(tmp_path, "loops.py", """
+        import asyncio, threading
+
+        async def worker_main():
+            asyncio.create_task(asyncio.Event().wait(), name="worker-leftover")
+            await asyncio.sleep(0)
+
+        def worker():
+            asyncio.run(worker_main())
+
+        async def main():
+            t = threading.Thread(target=worker, name="worker-loop")
+            t.start()
+            await asyncio.to_thread(t.join)
+
+        asyncio.run(main())
+    """)
+    out = busmon_run("--settle-timeout", "0.3", "--report", str(tmp_path / "r.json"), "--", PY, str(prog))
+    assert out.returncode == 1, out.stderr
+    data = report(tmp_path / "r.json")
+    worker = next(r for r in data["runs"] if "loop in thread worker-loop" in r["name"])
+    main = next(r for r in data["runs"] if "loop in thread" not in r["name"])
+    assert [x["name"] for x in leaked(data, data["runs"].index(worker))] == ["worker-leftover"]
+    assert main["verdict"] == "clean"  # the worker's thread exited; its executor thread is asyncio's, idle
+
+
+def test_a_loop_driven_by_hand_is_judged_when_the_program_closes_it(tmp_path: Path) -> None:
+    prog = write(tmp_path, "hand.py", """
+        import asyncio
+        async def main():
+            asyncio.get_running_loop().create_task(asyncio.Event().wait(), name="by-hand")
+        loop = asyncio.new_event_loop()
+        loop.run_until_complete(main())
+        loop.close()
+    """)
+    out = busmon_run("--settle-timeout", "0.3", "--report", str(tmp_path / "r.json"), "--", PY, str(prog))
+    assert out.returncode == 1, out.stderr
+    [task] = leaked(report(tmp_path / "r.json"))
+    assert task["name"] == "by-hand"
+
+
+def test_python_dash_m_and_the_programs_own_sitecustomize(tmp_path: Path) -> None:
+    pkg = tmp_path / "svc"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    (pkg / "__main__.py").write_text("import asyncio, os\nasync def main():\n    print(os.environ.get('CUSTOMIZED'))\n"
+                                     "asyncio.run(main())\n")
+    own = tmp_path / "own"
+    own.mkdir()
+    (own / "sitecustomize.py").write_text("import os\nos.environ['CUSTOMIZED'] = 'yes'\n")
+    out = busmon_run("--", PY, "-m", "svc", cwd=tmp_path, env={"PYTHONPATH": str(own)})
+    assert out.returncode == 0, out.stderr
+    assert out.stdout == "yes\n" and "python -m svc is clean" in out.stderr
+
+
+def test_the_programs_children_run_without_the_agent(tmp_path: Path) -> None:
+    prog = write(tmp_path, "parent.py", """
+        import asyncio, os, sys
+        async def main():
+            child = await asyncio.create_subprocess_exec(
+                sys.executable, "-c", "import os; print(os.environ.get('BUSMON_AGENT'), os.environ.get('PYTHONPATH'))")
+            await child.wait()
+        asyncio.run(main())
+    """)
+    out = busmon_run("--", PY, str(prog), env={"PYTHONPATH": "/somewhere/own"})
+    assert out.returncode == 0, out.stderr
+    assert out.stdout == "None /somewhere/own\n"
+
+
+def test_marks_cost_nothing_and_import_nothing_without_busmon(tmp_path: Path) -> None:
+    prog = write(tmp_path, "alone.py", """
+        import asyncio, sys
+        import busmon.agent
+        async def main():
+            busmon.agent.mark("ready")
+            async with busmon.agent.phase("load"):
+                pass
+            with busmon.agent.phase("sync"):
+                pass
+        asyncio.run(main())
+        print(busmon.agent.active(), sorted(m for m in sys.modules if m.startswith("busmon.")))
+    """)
+    out = subprocess.run([PY, str(prog)], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout == "False ['busmon.agent']\n"
+
+
+def test_phases_from_the_program_are_phases_of_the_report(tmp_path: Path) -> None:
+    prog = write(tmp_path, "phased.py", """
+        import asyncio
+        import busmon.agent
+        async def main():
+            async with busmon.agent.phase("load"):
+                tasks = [asyncio.create_task(asyncio.sleep(0)) for _ in range(50)]
+                await asyncio.gather(*tasks)
+        asyncio.run(main())
+    """)
+    out = busmon_run("--report", str(tmp_path / "r.json"), "--record", str(tmp_path / "r.jsonl"), "--", PY, str(prog))
+    assert out.returncode == 0, out.stderr
+    assert phases(report(tmp_path / "r.json")) == ["baseline", "load", "shutdown", "settle"]
+    replayed = subprocess.run([PY, "-m", "busmon", "replay", "--headless", str(tmp_path / "r.jsonl")],
+                              capture_output=True, text=True, timeout=60)
+    assert replayed.returncode == 0, replayed.stderr
+
+
+def _line_within(stream, timeout: float) -> str:
+    """The next line of a child's output, waiting at most ``timeout`` (a hang fails, said)."""
+    ready, _, _ = select.select([stream], [], [], timeout)
+    assert ready, f"no line within {timeout} s"
+    return stream.readline()
+
+
+MARKER = """
+    import asyncio, sys
+    import busmon.agent
+    async def main():
+        print("ready", flush=True)
+        sys.stdin.readline()               # until the test has stopped or killed busmon
+        for i in range(3000):              # far more than a pipe holds, nobody reading
+            busmon.agent.mark(f"m{i}")
+        print("marked", flush=True)
+    asyncio.run(main())
+"""
+
+
+def test_busmon_killed_leaves_the_program_running_to_its_end(tmp_path: Path) -> None:
+    prog = write(tmp_path, "survivor.py", MARKER)
+    proc = subprocess.Popen([PY, "-m", "busmon", "run", "--", PY, str(prog)], text=True,
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    try:
+        assert _line_within(proc.stdout, 60) == "ready\n"
+        proc.kill()
+        proc.wait(timeout=30)
+        proc.stdin.write("go\n")
+        proc.stdin.close()
+        # busmon's orphan now, the program goes on: its marks go nowhere and never block it
+        assert _line_within(proc.stdout, 60) == "marked\n"
+    finally:
+        proc.kill()
+
+
+def test_a_stopped_busmon_never_blocks_the_program_and_drops_are_counted(tmp_path: Path) -> None:
+    prog = write(tmp_path, "busy.py", MARKER)
+    proc = subprocess.Popen([PY, "-m", "busmon", "run", "--", PY, str(prog)], text=True,
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        assert _line_within(proc.stdout, 60) == "ready\n"
+        os.kill(proc.pid, signal.SIGSTOP)
+        proc.stdin.write("go\n")
+        proc.stdin.flush()
+        assert _line_within(proc.stdout, 60) == "marked\n"  # while busmon reads nothing
+        os.kill(proc.pid, signal.SIGCONT)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        os.kill(proc.pid, signal.SIGCONT) if proc.poll() is None else None
+        proc.kill()
+    assert proc.returncode == 0, err
+    assert "events dropped by the agent" in err and "is clean" in err
