@@ -33,7 +33,7 @@ LONG = ('name = "long"\n[probes]\nsettle_timeout_s = 0.5\n[defaults]\nrate_per_s
 #: run's load. (A SIGINT in the first ~50 ms, before Python has run a line of busmon's, is
 #: Python's own.)
 DELAYS = (0.5, 1.5, 2.2, 3.0)
-REPEAT = 20
+REPEAT = 10
 
 
 def test_two_signals_close_together_are_one_press_and_a_later_one_is_another() -> None:

@@ -347,3 +347,21 @@ def test_a_stopped_busmon_never_blocks_the_program_and_drops_are_counted(tmp_pat
         proc.kill()
     assert proc.returncode == 0, err
     assert "events dropped by the agent" in err and "is clean" in err
+
+
+def test_secrets_in_the_programs_arguments_never_reach_busmons_output(tmp_path: Path) -> None:
+    prog = write(tmp_path, "secret.py", """
+        import asyncio, sys
+        async def main():
+            asyncio.create_task(asyncio.Event().wait(), name=f"conn {sys.argv[1]}")
+        asyncio.run(main())
+    """)
+    url = "nats://bob:s3cretpw@127.0.0.1:4222"
+    out = busmon_run("--settle-timeout", "0.2", "--report", str(tmp_path / "r.json"), "--report", str(tmp_path / "r.md"),
+                     "--record", str(tmp_path / "r.jsonl"), "--", PY, str(prog), url)
+    assert out.returncode == 1, out.stderr
+    own = [line for line in out.stderr.splitlines() if "Task was destroyed" not in line and "task: <Task" not in line]
+    assert "nats://bob:***@127.0.0.1:4222" in "\n".join(own)  # the program's own asyncio message is its own
+    assert not any("s3cretpw" in line for line in own)
+    for name in ("r.json", "r.md", "r.jsonl"):
+        assert "s3cretpw" not in (tmp_path / name).read_text(), name

@@ -698,6 +698,8 @@ def run(
         "--stall-ms", metavar="MS", min=0, help="The loop blocked this long is a stall (0: not watched).")] = 250,
     ignore_task: IgnoreTaskOpt = None,
     ignore_thread: IgnoreThreadOpt = None,
+    listen: Annotated[bool, typer.Option(
+        "--listen", help="Also let busmon attach PID watch the program live (a socket only you can reach).")] = False,
 ) -> None:
     """Run a Python program with busmon's agent inside and judge what it leaves behind at
     shutdown (when its main coroutine returns). Exit code: the program's own if it failed,
@@ -717,7 +719,7 @@ def run(
     label += " …" if len(command) > 3 else ""
     options = RunOptions(label=label, baseline_at=baseline_at, baseline_after_s=baseline_after, verdict_at=verdict_at,
                          settle_timeout_s=settle_timeout, stall_ms=stall_ms, ignore_tasks=tuple(ignore_task or ()),
-                         ignore_threads=tuple(ignore_thread or ()))
+                         ignore_threads=tuple(ignore_thread or ()), listen=listen)
     recorder = _start_program_recording(record, command, label)
 
     def say(line: str) -> None:
@@ -734,7 +736,7 @@ def run(
             recorder.put(event)
 
     def on_line(kind: str, text: str) -> None:
-        if kind == "note":  # an error is said once, at the end (one line, exit 2, when nothing was judged)
+        if kind in ("note", "listening"):  # an error is said once, at the end (one line, exit 2, when nothing was judged)
             say(f"busmon: {text}")
 
     _hand_back_interrupts()
@@ -780,7 +782,7 @@ def _start_program_recording(record: Path | None, command: list[str], label: str
     from busmon.tui.report import busmon_version
 
     _file_to_write("--record", record)
-    header = Header(command="run", scenario={"name": label, "command": list(command)}, scenario_path=None,
+    header = Header(command="run", scenario={"name": label, "argv": list(command)}, scenario_path=None,
                     target="", busmon=busmon_version(), python=platform.python_version(),
                     platform=platform.platform(),
                     started=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"), headless=True)

@@ -147,6 +147,9 @@ class ChannelReader:
                 h.errors.append(f"the program's busmon agent speaks version {line.get('version')} of the "
                                 f"channel, this busmon {wire.VERSION}: install the same busmon in both")
             h.hello = line
+            if line.get("listening"):
+                self._tell(self._on_line, "listening", f"listening: busmon attach {line.get('pid')}  "
+                                                       f"(socket {line['listening']})")
 
 
 @dataclass(frozen=True)
@@ -162,6 +165,7 @@ class RunOptions:
     trace_creation: bool = True
     ignore_tasks: tuple[str, ...] = ()
     ignore_threads: tuple[str, ...] = ()
+    listen: bool = False
 
 
 @dataclass
