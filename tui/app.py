@@ -33,8 +33,8 @@ from busmon.probes.model import RunFinished
 from busmon.probes.recording.reader import CUT_SHORT
 from busmon.tui.controller import Controller, PlaybackDone
 from busmon.tui.headless import VERDICT_STYLE
-from busmon.tui.state import (DashState, Filtered, IntervalSet, NextPressed, Noted, Paused, ReplayAt, RunDone, Viewing,
-                              reduce)
+from busmon.tui.state import (AttachedTo, DashState, Filtered, IntervalSet, NextPressed, Noted, Paused, ReplayAt,
+                              RunDone, Viewing, reduce)
 from busmon.tui.widgets import (ComponentsTable, LeftoversTable, PhaseBar, PhaseChart, PhaseTable, StackView,
                          ThroughputPanel, VerdictBanner)
 from busmon.tui.widgets.charts import legend
@@ -216,6 +216,10 @@ class BusmonApp(App[int]):
         Binding("space", "toggle_pause", "Pause"),
         Binding("slash", "filter", "Filter", key_display="/"),
         Binding("e", "screenshot", "Screenshot"),
+        # attached to a running program only (check_action): the agent's requests
+        Binding("b", "baseline", "Baseline"),
+        Binding("v", "verdict", "Verdict"),
+        Binding("m", "mark", "Mark"),
         Binding("plus", "faster", "Faster", key_display="+"),
         Binding("minus", "slower", "Slower", key_display="-"),
         # a replay only (check_action); before the focused table's own end (its last row)
@@ -228,6 +232,8 @@ class BusmonApp(App[int]):
         self.controller = controller
         #: a recording played back (tui/replay_controller.py): + and - set its speed, n jumps
         self.replaying = bool(getattr(controller, "replaying", False))
+        #: a running program watched through its agent (tui/attach.py): b, v and m ask it
+        self.attached = bool(getattr(controller, "attached", False))
         if controller is not None:  # the screen's own objects are busmon's, never the bus's memory
             controller.session.instruments.roots.append(self)
             controller.session.instruments.park_front_end = self.parked
@@ -309,6 +315,10 @@ class BusmonApp(App[int]):
             self.apply(self._backlog.popleft())
         if self.replaying and self._drawable():
             self._show_replay_clock()
+        if self.attached and self._drawable():
+            text = self.controller.status_text()  # type: ignore[union-attr]
+            if text != self.state.attached:
+                self._advance(AttachedTo(text))
 
     def _show_replay_clock(self, note: str = "") -> None:
         controller = self.controller
@@ -394,7 +404,7 @@ class BusmonApp(App[int]):
         self._screenshot_at_boundary(snap.phase)
 
     def _on_sample(self, s: Sample) -> None:
-        if self.state.finished and s.run == self.state.run:
+        if self.state.finished and s.run == self.state.run and not self.attached:
             return  # the sampler goes on between runs: the verdict screen keeps the run's own figures
         self._push_points(s)
         self._pending_sample = s
@@ -459,6 +469,11 @@ class BusmonApp(App[int]):
 
     def _on_done(self, done: PlaybackDone) -> None:
         self.done = done
+        if self.attached:
+            if not self._quitting:
+                self._advance(Noted("the program exited: its last state is kept · q quits"))
+                self.notify("the program exited: its last state stays on screen", timeout=8)
+            return
         if self.exit_when_done:
             self.call_after_refresh(self._exit_done)
         elif done.result is not None and not self._quitting:  # q's own interruption ends it too
@@ -644,7 +659,28 @@ class BusmonApp(App[int]):
             return self.replaying  # a replay's n jumps to the next phase
         if action == "to_end":
             return self.replaying
+        if action in ("baseline", "verdict", "mark"):
+            return self.attached
         return True
+
+    # -- attached to a running program ------------------------------------------------------------
+
+    def _ask(self, sent: bool, said: str) -> None:
+        gone = "the program has exited: nothing to ask"
+        self._advance(Noted(said if sent and not self.controller.program_ended else gone))  # type: ignore[union-attr]
+
+    def action_baseline(self) -> None:
+        if self.attached:
+            self._ask(self.controller.baseline(), "baseline asked for: a GC in the program, then its census")  # type: ignore[union-attr]
+
+    def action_verdict(self) -> None:
+        if self.attached:
+            self._ask(self.controller.verdict(), "verdict asked for: settling what appeared since the baseline")  # type: ignore[union-attr]
+
+    def action_mark(self) -> None:
+        if self.attached:
+            name = self.controller.mark()  # type: ignore[union-attr]
+            self._ask(bool(name), f"marked: {name}")
 
     def action_runs(self) -> None:
         if not self.results:

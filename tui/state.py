@@ -80,6 +80,13 @@ class ReplayAt:
 
 
 @dataclass(frozen=True, slots=True)
+class AttachedTo:
+    """Attached to a running program: which, and how it is (``ATTACHED pid 4242``)."""
+
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
 class RunDone:
     """A run's result reached the screen (RunFinished, unwrapped)."""
 
@@ -109,6 +116,7 @@ class DashState:
     hold: bool = True                 # the runs have a hold phase (else the header leaves it out)
     replay: str = ""                  # a replay's position, length and speed ("": a live session)
     recording: str = ""               # --record's file while the session is recorded
+    attached: str = ""                # busmon attach: the program's pid and state ("": not attached)
     # the panels' data: the current run's phase snapshots, its newest reading, its result once it
     # has one, and the live tasks by component with their peaks (threads are not components)
     snapshots: tuple[PhaseSnapshot, ...] = ()
@@ -160,6 +168,8 @@ class DashState:
         """What n does now: ``n → load``, or when it will act (``short``: in fewer words)."""
         if self.viewing:
             return "esc → the live run"
+        if self.attached:
+            return "b · v · m" if short else "b → baseline · v → verdict · m → mark"
         if self.replay and not self.replay.endswith(" END"):  # a replay played to its end: nothing to jump to
             return "n · end" if short else "n → next phase · end → the end"
         if self.replay:
@@ -199,8 +209,10 @@ def _phase_banner(event: PhaseStarted) -> tuple[str, ...]:
 def reduce(state: DashState, event: Any) -> DashState:
     """The next state after ``event`` (an arena event or a person's action); pure."""
     if isinstance(event, Sample):
-        if event.run != state.run or state.finished:
-            return state  # the sampler goes on between runs: a finished run keeps its own figures
+        if event.run != state.run or (state.finished and not state.attached):
+            # the sampler goes on between runs: a finished run keeps its own figures (attached,
+            # the program goes on after a verdict, and so do its live panels)
+            return state
         state = _with_components(state, event.by_component)
         return replace(state, latest=event, elapsed_s=max(state.elapsed_s, event.t_s - state.run_t0))
     if isinstance(event, PhaseSnapshot):
@@ -249,6 +261,8 @@ def reduce(state: DashState, event: Any) -> DashState:
         return replace(state, filter=event.text.strip())
     if isinstance(event, ReplayAt):
         return replace(state, replay=event.text, note=event.note or state.note)
+    if isinstance(event, AttachedTo):
+        return replace(state, attached=event.text)
     if isinstance(event, IntervalSet):
         note = f"sampling every {event.ms} ms: the {event.at_limit}" if event.at_limit else ""
         return replace(state, interval_ms=event.ms, note=note)

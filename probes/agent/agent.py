@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import collections
 import os
 import platform
 import sys
@@ -22,7 +23,10 @@ from typing import Any, Coroutine
 import busmon.agent as marks
 from busmon.probes.agent.channel import Channel
 from busmon.probes.agent.config import AgentConfig
+from busmon.probes.agent.listener import Listener
 from busmon.probes.agent.loop_verdict import LoopVerdict, loop_name
+from busmon.probes.agent.socket_dir import socket_path
+from busmon.probes.model import PhaseStarted, RunFinished
 from busmon.probes.observe.census import running_loop
 
 
@@ -32,6 +36,9 @@ class Agent:
     def __init__(self, config: AgentConfig) -> None:
         self.config = config
         self.channel = Channel(config.channel_fd)
+        self.listener: Listener | None = None
+        #: the verdicts so far (for a dashboard attaching later), the last few
+        self.results: collections.deque[RunFinished] = collections.deque(maxlen=10)
         self.loops: dict[asyncio.AbstractEventLoop, LoopVerdict] = {}
         self.loops_seen = 0
         self._lock = threading.Lock()
@@ -40,11 +47,60 @@ class Agent:
     def start(self) -> None:
         from busmon.probes.agent import loop_hooks
 
-        self.channel.hello(pid=os.getpid(), python=platform.python_version(), argv=list(sys.argv),
-                           busmon=_version())
+        listening = ""
+        if self.config.listen:
+            try:
+                path = socket_path(os.getpid())
+                self.listener = Listener(self, path)
+                listening = str(path)
+            except OSError as exc:  # the program runs on, only not attachable: said in one line
+                self.channel.note(f"not listening for busmon attach: {exc}")
+        self.channel.hello(**self.facts(), listening=listening)
         loop_hooks.install(self)
         marks._sink = self.mark
         atexit.register(self.finish)
+
+    def facts(self) -> dict[str, Any]:
+        """Who this agent is: for ``busmon run`` and for an attaching dashboard."""
+        return {"pid": os.getpid(), "python": platform.python_version(), "argv": list(sys.argv),
+                "busmon": _version(), "label": self.config.label}
+
+    def emit(self, event: Any) -> None:
+        """An event to ``busmon run`` and, if one is attached, to the dashboard."""
+        if isinstance(event, RunFinished):
+            self.results.append(event)
+        self.channel.put(event)
+        if self.listener is not None:
+            self.listener.put(event)
+
+    def history(self) -> list[Any]:
+        """What an attaching dashboard is told first: each loop's phases so far, the verdicts."""
+        out: list[Any] = []
+        for lv in list(self.loops.values()):
+            for snap in list(lv.phases):
+                out += [PhaseStarted(lv.name, snap.phase, snap.t_s), snap]
+        return out + list(self.results)
+
+    # -- an attached dashboard's requests (from the listener's thread) ---------------------------
+
+    def _each_loop(self, what: Any) -> None:
+        for loop, lv in list(self.loops.items()):
+            try:
+                loop.call_soon_threadsafe(what, lv)
+            except RuntimeError:  # closed meanwhile
+                pass
+
+    def sample_all(self) -> None:
+        def sample(lv: LoopVerdict) -> None:
+            if (s := lv.sample(0.1)) is not None and self.listener is not None:
+                self.listener.put(s)
+        self._each_loop(sample)
+
+    def baseline_all(self) -> None:
+        self._each_loop(lambda lv: lv.attached_baseline())
+
+    def verdict_all(self) -> None:
+        self._each_loop(lambda lv: lv.own.add(lv.loop.create_task(lv.judge_attached(), name="busmon.agent.verdict")))
 
     # -- loops -----------------------------------------------------------------------------
 
@@ -55,7 +111,7 @@ class Agent:
         """A loop's main work starts (in its thread): its baseline. None if the agent failed
         (said over the channel): the program runs on unwatched. ``main``: the program's main
         coroutine, when the agent runs it (its task is the program's, not busmon's)."""
-        lv = LoopVerdict(self.config, loop, loop_name(self.config.label), self.channel.put)
+        lv = LoopVerdict(self.config, loop, loop_name(self.config.label), self.emit)
         if main is not None:
             lv.set_main(asyncio.current_task(loop), main)
         with self._lock:
@@ -140,6 +196,8 @@ class Agent:
         marks._sink = None
         if self.loops_seen == 0:
             self.channel.note("the program never ran an asyncio event loop: no task was judged")
+        if self.listener is not None:
+            self.listener.close()
         self.channel.close()
 
 

@@ -35,6 +35,7 @@ class AgentConfig:
     trace_creation: bool = True              # where tasks were created, threads started
     ignore_tasks: tuple[str, ...] = ()
     ignore_threads: tuple[str, ...] = ()
+    listen: bool = False                     # serve busmon attach on a socket (busmon run --listen)
     pythonpath: str | None = None            # the program's own PYTHONPATH, put back at once
     sys_path: tuple[str, ...] = field(default=())  # where busmon is, if the program's Python lacks it
 

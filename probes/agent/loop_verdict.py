@@ -13,21 +13,26 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import threading
 import time
 import weakref
 from typing import Any, Callable
 
-from busmon.probes.model import PhaseSnapshot, PhaseStarted, RunFinished, RunResult
+from dataclasses import replace
+
+from busmon.probes.model import PhaseSnapshot, PhaseStarted, RunFinished, RunResult, Sample
 from busmon.probes.observe.census import Census, components_of_tasks, components_of_threads, os_thread_count
 from busmon.probes.observe.components import package_of, task_component
-from busmon.probes.observe.process import rss_mb
+from busmon.probes.observe.process import ProcessProbe, rss_mb
 from busmon.probes.verdict.watch_result import WatchResult
 from busmon.probes.watching.watch import Watch
 from busmon.probes.watching.watch_options import KINDS, WatchOptions
 
 from busmon.probes.agent.config import AT_START, AgentConfig
 
+#: the phase snapshots kept for the report (the baseline and the last ones)
+MAX_PHASES = 1000
 #: the phase names busmon gives a program's life (the marks are the program's own)
 BASELINE, SHUTDOWN, SETTLE = "baseline", "shutdown", "settle"
 
@@ -51,6 +56,10 @@ class LoopVerdict:
         self._baseline_timer: asyncio.TimerHandle | None = None
         self.baseline_note = ""               # when the baseline was taken, if not at the start
         self.verdict_task: asyncio.Task | None = None
+        self.verdicts = 0                     # asked for from an attached dashboard (v)
+        self.phase = BASELINE                 # the phase under way (the last mark's)
+        self.process = ProcessProbe()
+        self.phases_dropped = 0
         #: the task running the program's main coroutine (its coroutine is the agent's wrapper
         #: around it), counted under the program's module, not busmon's
         self.main_task: asyncio.Task | None = None
@@ -106,6 +115,7 @@ class LoopVerdict:
         self.watch.start(self.loop)
         self.phases = [p for p in self.phases if p.phase != BASELINE]
         self.snapshot(BASELINE, self.watch.baseline)
+        self.phase = BASELINE
 
     def elapsed(self) -> float:
         return time.monotonic() - self.t0
@@ -119,6 +129,7 @@ class LoopVerdict:
             return
         if opens is not False:
             self.emit(PhaseStarted(self.name, name, self.elapsed()))
+            self.phase = name
             if self.watch is not None:
                 self.watch.set_phase(name)
         if opens is not True:
@@ -150,6 +161,9 @@ class LoopVerdict:
                                  by_component, new_tasks, new_threads, sockets, len(census.fds or ()),
                                  processes, rss_mb())
         self.phases.append(snap)
+        if len(self.phases) > MAX_PHASES:  # a program marking in a loop: the oldest marks go
+            del self.phases[1]
+            self.phases_dropped += 1
         self.emit(snap)
         return snap
 
@@ -182,12 +196,65 @@ class LoopVerdict:
         self.emit(RunFinished(run))
         return run
 
+    # -- an attached dashboard's requests ----------------------------------------------------------
+
+    def attached_baseline(self) -> None:
+        """``b``: a GC in the program, then a new baseline (the shutdown verdict judges from it too)."""
+        if self.judged:
+            return
+        with self.watch._own_work() if self.watch is not None else contextlib.nullcontext():
+            gc.collect()
+        self.take_baseline()
+        self.baseline_note = "baseline taken from the dashboard (b)"
+
+    async def judge_attached(self) -> RunResult | None:
+        """``v``: settle and judge what appeared since the baseline and is still there; the
+        baseline stays (another ``v`` later, and the verdict at shutdown, judge from it too)."""
+        if self.judged or self.watch is None:
+            return None
+        if (me := asyncio.current_task()) is not None:
+            self.own.add(me)
+        self.verdicts += 1
+        name = f"{self.name} · verdict {self.verdicts}"
+        self.emit(PhaseStarted(self.name, SETTLE, self.elapsed()))
+        result = await self.watch.settle(keep_watching=True)
+        snap = self.snapshot(SETTLE)
+        self.phases.remove(snap)  # the shutdown report's phases are the program's own
+        run = self.result(result, at="the dashboard (v)", interrupted=False)
+        run = replace(run, name=name, phases=(*run.phases, snap))
+        self.emit(RunFinished(run))
+        return run
+
+    def sample(self, interval_s: float) -> Sample | None:
+        """What the live panels show, read on the loop (cheap: counts kept by the task factory)."""
+        watch = self.watch
+        if watch is None or self.loop.is_closed():
+            return None
+        tracker = watch._tracker
+        new = tracker.counts() if tracker is not None else {}
+        tasks = len(asyncio.all_tasks(self.loop))
+        by_component = dict(new)
+        if (base := tasks - sum(new.values())) > 0:
+            by_component["(before the baseline)"] = base
+        proc = self.process.read()
+        lw = watch._loopwatch
+        return Sample(run=self.name, phase=self.phase, t_s=round(self.elapsed(), 3), tasks=tasks,
+                      threads=threading.active_count(), os_threads=proc.os_threads, by_component=by_component,
+                      published=0, delivered=0, expected=0, publish_per_s=0.0, deliver_per_s=0.0, latency_ms={},
+                      rss_mb=proc.rss_mb, cpu_percent=proc.cpu_percent, open_fds=proc.open_fds,
+                      loop_lag_ms=lw.lag_now() if lw is not None else {},
+                      stalls=len(lw.stalls_since(watch.started_at)) if lw is not None else 0)
+
     def result(self, w: WatchResult, at: str, interrupted: bool) -> RunResult:
         notes = [*([self.baseline_note] if self.baseline_note else []), *self.notes, *w.notes]
+        if self.phases_dropped:
+            notes.append(f"{self.phases_dropped:,} earlier marks left out of the phase table (it keeps {MAX_PHASES:,})")
         if not self.in_main_thread:
             notes.append("threads, sockets and child processes are judged with the main thread's loop "
                          "(they belong to the process)")
-        if at != SHUTDOWN:
+        if at == "the dashboard (v)":
+            notes.append("judged from the dashboard (v); the program went on")
+        elif at != SHUTDOWN:
             notes.append(f"judged at the mark {at!r} (--verdict-at), not at shutdown")
         if interrupted:
             notes.append("the main coroutine was cancelled by Ctrl-C (SIGINT): judged what was left then")

@@ -47,6 +47,10 @@ SUPPORTED: bool = _readable()
 #: shown instead of a descriptor verdict where :data:`SUPPORTED` is False
 UNSUPPORTED_NOTE = "open descriptors are not judged here: needs Linux /proc"
 
+#: descriptors busmon's own machinery holds in a program it watches (an attached dashboard's
+#: connection to the agent), added and removed by their holder: never the program's leftovers
+BUSMON_FDS: set[int] = set()
+
 
 def fd_table() -> dict[int, str] | None:
     """fd -> what it points to (``socket:[123]``, ``pipe:[45]``, ``/path``, ``anon_inode:[eventpoll]``).

@@ -67,6 +67,8 @@ class ResourceWatch:
         return self.kinds is None or kind in self.kinds
 
     def _judged(self, d: fd_probe.Descriptor) -> bool:
+        if d.fd in fd_probe.BUSMON_FDS:
+            return False  # busmon's agent's own connection to a dashboard
         if d.kind == "file" and d.target.startswith((f"/proc/{os.getpid()}/", *_OWN_PROC)):
             return False  # this process reading its own /proc (psutil, busmon's sampler): a moment's read
         return self._judges("sockets" if d.kind in SOCKET_KINDS else "fds")

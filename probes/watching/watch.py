@@ -220,9 +220,11 @@ class Watch:
             return {"threads": len(threads)}
         return {"tasks": len([t for t in tasks if t not in own]), "threads": len(threads)}
 
-    async def settle(self) -> WatchResult:
+    async def settle(self, keep_watching: bool = False) -> WatchResult:
         """Wait on the watched loop (it must be the running one) for what appeared since the
-        baseline to exit, or the deadline; then judge."""
+        baseline to exit, or the deadline; then judge. ``keep_watching``: the baseline and the
+        loop's instruments stay for a later verdict (``busmon attach``'s ``v``, any number of
+        times); otherwise the loop is put back as it was."""
         loop = asyncio.get_running_loop()
         if self.loop is not None and loop is not self.loop:
             raise RuntimeError("settle() must run on the loop the baseline was taken on")
@@ -234,7 +236,13 @@ class Watch:
             own.add(watch.start())
             outcome = await watch.verdict(self._rules(), own_work=self._own_work)
         finally:
-            self.stop()
+            if keep_watching:
+                lw = self._loopwatch
+                self._stalls = tuple(lw.stalls_since(self.started_at)) if lw is not None else self._stalls
+                if lw is not None:
+                    lw.set_phase("run")
+            else:
+                self.stop()
         return self._result(outcome)
 
     def settle_blocking(self) -> WatchResult:

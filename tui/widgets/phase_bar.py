@@ -85,6 +85,8 @@ def status_line(st: DashState, width: int = 10_000) -> Text:
     marks: list[tuple[str, str]] = []
     if st.replay:
         marks.append((f" {st.replay} ", "bold black on cyan"))
+    if st.attached:
+        marks.append((f" {st.attached} ", "bold black on green"))
     if st.recording:
         marks.append((f" REC {st.recording} ", "bold white on red"))
     if st.paused:
