@@ -291,7 +291,7 @@ class BusmonApp(App[int]):
         self.query_one(ComponentsTable).border_title = "tasks by component"
         self.query_one("#charts").border_title = "live"
         self.query_one(ThroughputPanel).border_title = LIVE_TITLE
-        self.query_one(LeftoversTable).border_title = "leftovers after close"
+        self.query_one(LeftoversTable).border_title = "leftovers at the verdict" if self.attached else "leftovers after close"
         self.query_one(StackView).border_title = "stack"
         self.query_one(StackView).show(None)
         if self.controller is not None:
@@ -661,6 +661,8 @@ class BusmonApp(App[int]):
             return self.replaying
         if action in ("baseline", "verdict", "mark"):
             return self.attached
+        if action in ("faster", "slower") and self.attached:
+            return False  # the agent samples at its own rate
         return True
 
     # -- attached to a running program ------------------------------------------------------------

@@ -19,7 +19,7 @@ import stat
 import threading
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any
+from typing import Any, Callable
 
 from busmon.probes.agent.channel import FORMAT, VERSION
 from busmon.probes.agent.socket_dir import UnsafeSocketDir, socket_path
@@ -172,8 +172,10 @@ class AttachController:
     replaying = False
     attached = True
 
-    def __init__(self, conn: AgentConnection) -> None:
+    def __init__(self, conn: AgentConnection, record: Callable[[object], None] | None = None,
+                 recording_to: str = "") -> None:
         self.conn = conn
+        self._record = record
         label = str(conn.facts.get("label") or "the program")
         self.label = label
         self.pid = conn.facts.get("pid")
@@ -182,15 +184,18 @@ class AttachController:
         self.session = RecordedSession()
         self.stopped = False
         self.marks = 0
-        self.recording_to = ""
+        self.recording_to = recording_to  # --record's file, said in the header while recording
         self._done_sent = False
+        self._detached = False
 
     def start(self) -> None:
         self.conn.start()
 
     @property
     def program_ended(self) -> bool:
-        return self.conn.ended.is_set()
+        """The agent's end closed while we were attached: the program exited (a detach closes
+        it too, from our side: not the program ending)."""
+        return self.conn.ended.is_set() and not self._detached
 
     def status_text(self) -> str:
         """``ATTACHED pid 4242`` / ``the program exited``, and samples dropped, if any."""
@@ -232,22 +237,28 @@ class AttachController:
                     continue
                 if isinstance(event, RunFinished):
                     self.session.results.append(event.result)
+                if self._record is not None:
+                    self._record(event)
                 out.append(event)
         except queue.Empty:
             pass
         return out
 
     def result(self) -> ScenarioResult:
-        return ScenarioResult(f"busmon attach: {self.label}", tuple(self.session.results),
-                              interrupted=not self.conn.end_said)
+        return ScenarioResult(f"busmon attach: {self.label}", tuple(self.session.results))
 
     async def stop_playback(self) -> None:
         """Detach: the program goes on as it was."""
-        self.conn.send({"request": "detach"})
+        self._detach()
+
+    def _detach(self) -> None:
+        if not self.conn.ended.is_set():
+            self._detached = True
+            self.conn.send({"request": "detach"})
 
     def shutdown(self) -> None:
         if self.stopped:
             return
         self.stopped = True
-        self.conn.send({"request": "detach"})
+        self._detach()
         self.conn.close()

@@ -675,6 +675,49 @@ def _replay_dashboard(rec: Recording, reports: list[Path], *, headless: bool,
     _replay_finish(rec, controller.result(), reports, app.shots, quit_early=not controller.at_end)
 
 
+@app.command(cls=_Command)
+def attach(
+    target: Annotated[str, typer.Argument(metavar="PID|SOCKET", help="The program's pid (started with busmon run "
+                                          "--listen), or the socket path it printed.")],
+    report: ReportOpt = None,
+    record: RecordOpt = None,
+) -> None:
+    """Watch a running program live through its busmon agent: b takes a baseline, v judges
+    what appeared since and is still there, m marks; q detaches (the program goes on)."""
+    from busmon.tui.app import BusmonApp
+    from busmon.tui.attach import AgentConnection, AttachController, AttachError, find_socket
+    from busmon.tui.report import REPORT_SUFFIXES
+
+    reports = _report_paths(report, (*REPORT_SUFFIXES, ".html", ".htm"))
+    try:
+        conn = AgentConnection(find_socket(target))
+    except AttachError as exc:
+        raise BadInput(str(exc)) from None
+    label = str(conn.facts.get("label") or target)
+    try:
+        recorder = _start_program_recording(record, [str(a) for a in conn.facts.get("argv") or []], label,
+                                            kind="attach")
+    except BadInput:
+        conn.close()
+        raise
+    controller = AttachController(conn, record=recorder.put if recorder else None,
+                                  recording_to=str(record) if recorder else "")
+    app = BusmonApp(controller)
+    _hand_back_interrupts()
+    try:
+        app.run()
+    finally:
+        controller.shutdown()
+        _finish_recording(recorder, controller.result())
+    result = controller.result()
+    if controller.program_ended:
+        err.print(Text(f"busmon: the program (pid {controller.pid}) exited while attached"))
+    else:
+        err.print(Text(f"busmon: detached from pid {controller.pid}; it goes on"))
+    _write_reports(result, reports, None, app.shots)
+    raise typer.Exit(ScenarioResult("", result.runs).exit_code_when_quit)
+
+
 @app.command(cls=_Command, context_settings={"allow_interspersed_args": False})
 def run(
     command: Annotated[list[str], typer.Argument(
@@ -700,6 +743,10 @@ def run(
     ignore_thread: IgnoreThreadOpt = None,
     listen: Annotated[bool, typer.Option(
         "--listen", help="Also let busmon attach PID watch the program live (a socket only you can reach).")] = False,
+    listen_buffer: Annotated[int, typer.Option(
+        "--listen-buffer", metavar="BYTES", min=1024,
+        help="With --listen: what the agent holds for a dashboard that does not keep up; beyond it "
+             "samples and marks are dropped (counted), never a verdict.")] = 4 * 2**20,
 ) -> None:
     """Run a Python program with busmon's agent inside and judge what it leaves behind at
     shutdown (when its main coroutine returns). Exit code: the program's own if it failed,
@@ -719,7 +766,7 @@ def run(
     label += " …" if len(command) > 3 else ""
     options = RunOptions(label=label, baseline_at=baseline_at, baseline_after_s=baseline_after, verdict_at=verdict_at,
                          settle_timeout_s=settle_timeout, stall_ms=stall_ms, ignore_tasks=tuple(ignore_task or ()),
-                         ignore_threads=tuple(ignore_thread or ()), listen=listen)
+                         ignore_threads=tuple(ignore_thread or ()), listen=listen, listen_buffer=listen_buffer)
     recorder = _start_program_recording(record, command, label)
 
     def say(line: str) -> None:
@@ -770,8 +817,10 @@ def run(
     raise typer.Exit(code)
 
 
-def _start_program_recording(record: Path | None, command: list[str], label: str) -> Recorder | None:
-    """The recorder for ``busmon run --record`` (None without it); its path is checked first."""
+def _start_program_recording(record: Path | None, command: list[str], label: str,
+                             kind: str = "run") -> Recorder | None:
+    """The recorder for ``busmon run --record`` and ``busmon attach --record`` (None without
+    it); its path is checked first."""
     if record is None:
         return None
     import datetime
@@ -782,7 +831,7 @@ def _start_program_recording(record: Path | None, command: list[str], label: str
     from busmon.tui.report import busmon_version
 
     _file_to_write("--record", record)
-    header = Header(command="run", scenario={"name": label, "argv": list(command)}, scenario_path=None,
+    header = Header(command=kind, scenario={"name": label, "argv": list(command)}, scenario_path=None,
                     target="", busmon=busmon_version(), python=platform.python_version(),
                     platform=platform.platform(),
                     started=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"), headless=True)

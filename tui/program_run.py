@@ -166,6 +166,7 @@ class RunOptions:
     ignore_tasks: tuple[str, ...] = ()
     ignore_threads: tuple[str, ...] = ()
     listen: bool = False
+    listen_buffer: int = 4 * 2**20
 
 
 @dataclass

@@ -51,7 +51,7 @@ class Agent:
         if self.config.listen:
             try:
                 path = socket_path(os.getpid())
-                self.listener = Listener(self, path)
+                self.listener = Listener(self, path, max_buffer=self.config.listen_buffer)
                 listening = str(path)
             except OSError as exc:  # the program runs on, only not attachable: said in one line
                 self.channel.note(f"not listening for busmon attach: {exc}")
@@ -112,6 +112,8 @@ class Agent:
         (said over the channel): the program runs on unwatched. ``main``: the program's main
         coroutine, when the agent runs it (its task is the program's, not busmon's)."""
         lv = LoopVerdict(self.config, loop, loop_name(self.config.label), self.emit)
+        if self.listener is not None:
+            lv.to_dashboard = self.listener.put
         if main is not None:
             lv.set_main(asyncio.current_task(loop), main)
         with self._lock:

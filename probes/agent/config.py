@@ -36,6 +36,7 @@ class AgentConfig:
     ignore_tasks: tuple[str, ...] = ()
     ignore_threads: tuple[str, ...] = ()
     listen: bool = False                     # serve busmon attach on a socket (busmon run --listen)
+    listen_buffer: int = 4 * 2**20           # bytes held for a dashboard that does not keep up
     pythonpath: str | None = None            # the program's own PYTHONPATH, put back at once
     sys_path: tuple[str, ...] = field(default=())  # where busmon is, if the program's Python lacks it
 

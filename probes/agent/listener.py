@@ -9,8 +9,8 @@ the dashboard sends one of a fixed set of requests (``baseline``, ``verdict``, `
 
 While someone is attached the program's loops are sampled (``interval_ms``); while nobody
 is, nothing is sampled, queued or kept. The program's loop never waits on the dashboard:
-what a slow reader has not taken is held up to ``MAX_BUFFER`` bytes, past that samples are
-dropped (counted, and said); a dashboard that dies is noticed at once (its end of the socket
+what a slow reader has not taken is held up to ``MAX_BUFFER`` bytes (``--listen-buffer``), past
+that samples and marks are dropped (counted, and said; never a verdict); a dashboard that dies is noticed at once (its end of the socket
 closes) and what was held for it is freed.
 """
 
@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from busmon.probes.agent.channel import FORMAT, VERSION
-from busmon.probes.model import Sample
+from busmon.probes.model import RunFinished
 from busmon.probes.observe.fds import BUSMON_FDS
 from busmon.probes.recording.codec import Encoder
 
@@ -60,8 +60,9 @@ def peer_uid(conn: socket.socket) -> int | None:
 class Listener:
     """The socket and its thread; ``put`` (any thread) hands an event to the dashboard, if any."""
 
-    def __init__(self, agent: Agent, path: Path) -> None:
+    def __init__(self, agent: Agent, path: Path, max_buffer: int = MAX_BUFFER) -> None:
         self.agent = agent
+        self.max_buffer = max_buffer
         self.path = path
         self.refused = 0                   # connections refused (another user, a second dashboard)
         self.dropped = 0                   # samples not sent to a dashboard that did not keep up
@@ -76,6 +77,8 @@ class Listener:
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_w, False)
         self._stop = False
+        self.faults = 0                    # turns of the thread that failed (busmon's bug, survived)
+        self._sel = selectors.DefaultSelector()
         self._sock = self._bind(path)
         self._thread = threading.Thread(target=self._run, name=THREAD_NAME, daemon=True)
         self._thread.start()
@@ -108,8 +111,8 @@ class Listener:
         with self._lock:
             if self._client is None:
                 return
-            if isinstance(event, Sample) and len(self._out) > MAX_BUFFER:
-                self.dropped += 1
+            if not isinstance(event, RunFinished) and len(self._out) > self.max_buffer:
+                self.dropped += 1  # a sample, a mark: never a verdict
                 return
             line = self._encoder.encode(time.monotonic() - self.agent.channel.t0, event)
             self._out += (json.dumps(line, separators=(",", ":")) + "\n").encode()
@@ -129,50 +132,51 @@ class Listener:
     # -- the thread ------------------------------------------------------------------------------
 
     def _run(self) -> None:
-        sel = selectors.DefaultSelector()
+        sel = self._sel
         sel.register(self._sock, selectors.EVENT_READ, "accept")
         sel.register(self._wake_r, selectors.EVENT_READ, "wake")
         next_sample = time.monotonic()
         while not self._stop:
-            client = self._client
-            if client is not None:
-                events = selectors.EVENT_READ | (selectors.EVENT_WRITE if self._out else 0)
-                try:
-                    sel.modify(client, events, "client")
-                except KeyError:
-                    sel.register(client, events, "client")
-            now = time.monotonic()
-            timeout = max(0.0, next_sample - now) if self.attached else (
-                max(0.0, self._hello_by - now) if client is not None else None)
-            for key, mask in sel.select(timeout):
-                if key.data == "accept":
-                    self._accept(sel)
-                elif key.data == "wake":
-                    try:
-                        os.read(self._wake_r, 4096)
-                    except BlockingIOError:
-                        pass
-                elif key.data == "client":
-                    if mask & selectors.EVENT_READ:
-                        self._read()
-                    if self._client is not None and mask & selectors.EVENT_WRITE:
-                        self._write()
-            now = time.monotonic()
-            if self._client is not None and not self._ready and now > self._hello_by:
-                self._drop_client("no hello in time")
-            if self.attached and now >= next_sample:
-                self.agent.sample_all()
-                if self.dropped != self._told_dropped:
-                    self._told_dropped = self.dropped
-                    self._say(dropped=self.dropped)
-                next_sample = now + INTERVAL_S
-            if self._client is None:
-                try:
-                    sel.unregister(client) if client is not None else None
-                except (KeyError, ValueError):
-                    pass
+            try:
+                next_sample = self._turn(next_sample)
+            except Exception:  # busmon's fault: that dashboard goes, the program and the socket stay
+                self.faults += 1
+                self._drop_client("fault")
 
-    def _accept(self, sel: selectors.BaseSelector) -> None:
+    def _turn(self, next_sample: float) -> float:
+        """One wait on the socket(s), and what it brought; returns when to sample next."""
+        sel = self._sel
+        client = self._client
+        if client is not None:
+            sel.modify(client, selectors.EVENT_READ | (selectors.EVENT_WRITE if self._out else 0), "client")
+        now = time.monotonic()
+        timeout = max(0.0, next_sample - now) if self.attached else (
+            max(0.0, self._hello_by - now) if client is not None else None)
+        for key, mask in sel.select(timeout):
+            if key.data == "accept":
+                self._accept()
+            elif key.data == "wake":
+                try:
+                    os.read(self._wake_r, 4096)
+                except BlockingIOError:
+                    pass
+            elif key.data == "client" and key.fileobj is self._client:
+                if mask & selectors.EVENT_READ:
+                    self._read()
+                if self._client is not None and mask & selectors.EVENT_WRITE:
+                    self._write()
+        now = time.monotonic()
+        if self._client is not None and not self._ready and now > self._hello_by:
+            self._drop_client("no hello in time")
+        if self.attached and now >= next_sample:
+            self.agent.sample_all()
+            if self.dropped != self._told_dropped:
+                self._told_dropped = self.dropped
+                self._say(dropped=self.dropped)
+            next_sample = now + INTERVAL_S
+        return next_sample
+
+    def _accept(self) -> None:
         try:
             conn, _ = self._sock.accept()
         except OSError:
@@ -194,6 +198,7 @@ class Listener:
         conn.setblocking(False)
         BUSMON_FDS.add(conn.fileno())
         self._client, self._ready, self._inbox = conn, False, b""
+        self._sel.register(conn, selectors.EVENT_READ, "client")
         self._hello_by = time.monotonic() + HELLO_S
 
     def _read(self) -> None:
@@ -212,8 +217,8 @@ class Listener:
         while b"\n" in self._inbox and self._client is not None:
             line, self._inbox = self._inbox.split(b"\n", 1)
             self._request(line)
-        if len(self._inbox) > MAX_REQUEST:
-            self._drop_client("a request too long")
+        if self._client is not None and len(self._inbox) > MAX_REQUEST:
+            self._refuse(f"a request longer than {MAX_REQUEST} bytes")
 
     def _request(self, raw: bytes) -> None:
         try:
@@ -240,15 +245,25 @@ class Listener:
         elif what == "verdict":
             self.agent.verdict_all()
 
+    def _refuse(self, message: str) -> None:
+        """Say why (briefly, bounded) and let the connection go."""
+        client = self._client
+        if client is not None:
+            try:
+                client.setblocking(True)
+                client.settimeout(1.0)
+                client.sendall((json.dumps({"format": FORMAT, "version": VERSION, "error": message}) + "\n").encode())
+            except OSError:
+                pass
+        self._drop_client("refused")
+
     def _hello(self, req: dict[str, Any]) -> None:
         if req.get("hello") != "busmon-attach":
-            self._say(error="expected a busmon attach hello")
-            self._drop_client("not busmon")
+            self._refuse("expected a busmon attach hello")
             return
         if req.get("version") != VERSION:
-            self._say(error=f"this agent speaks version {VERSION} of busmon's attach protocol, the dashboard "
-                            f"{req.get('version')}: use the same busmon for both")
-            self._drop_client("version")
+            self._refuse(f"this agent speaks version {VERSION} of busmon's attach protocol, the dashboard "
+                         f"{req.get('version')}: use the same busmon for both")
             return
         self._ready = True
         self._say(**self.agent.facts(), attached=True)
@@ -279,6 +294,10 @@ class Listener:
             self._encoder = Encoder()
         if client is not None:
             BUSMON_FDS.discard(client.fileno())
+            try:  # before it closes: a new connection may get its number
+                self._sel.unregister(client)
+            except (KeyError, ValueError, OSError):
+                pass
             try:
                 client.close()
             except OSError:

@@ -46,6 +46,8 @@ class LoopVerdict:
         self.loop = loop
         self.name = name                      # the run's name: the program, and the loop's thread
         self.emit = emit
+        #: where a dashboard's own verdict (v) goes: to it only, not to busmon run's report
+        self.to_dashboard: Callable[[Any], None] | None = None
         self.t0 = time.monotonic()
         self.in_main_thread = threading.current_thread() is threading.main_thread()
         self.phases: list[PhaseSnapshot] = []
@@ -216,13 +218,18 @@ class LoopVerdict:
             self.own.add(me)
         self.verdicts += 1
         name = f"{self.name} · verdict {self.verdicts}"
-        self.emit(PhaseStarted(self.name, SETTLE, self.elapsed()))
+        tell = self.to_dashboard or self.emit  # the dashboard's verdict is the dashboard's alone
+        tell(PhaseStarted(self.name, SETTLE, self.elapsed()))
         result = await self.watch.settle(keep_watching=True)
-        snap = self.snapshot(SETTLE)
+        emit, self.emit = self.emit, tell
+        try:
+            snap = self.snapshot(SETTLE)
+        finally:
+            self.emit = emit
         self.phases.remove(snap)  # the shutdown report's phases are the program's own
         run = self.result(result, at="the dashboard (v)", interrupted=False)
         run = replace(run, name=name, phases=(*run.phases, snap))
-        self.emit(RunFinished(run))
+        tell(RunFinished(run))
         return run
 
     def sample(self, interval_s: float) -> Sample | None:

@@ -16,6 +16,21 @@ from busmon.probes.model import PHASES
 from busmon.tui.state import DashState
 
 
+#: a program's marks shown in the header at most (the oldest give way to "…")
+MARKS_SHOWN = 4
+
+
+def phase_names(st: DashState) -> list[str]:
+    """The phases the header names: a played run's fixed ones; a program's (busmon attach) its
+    baseline, its last marks and the phase under way, as they come."""
+    if st.backend != "program":
+        return [p for p in PHASES if p != "hold" or st.hold]
+    names = list(dict.fromkeys([s.phase for s in st.snapshots if s.phase not in ("baseline", "settle")]
+                               + ([st.phase] if st.phase and st.phase not in ("baseline", "settle") else [])))
+    shown = (["…"] if len(names) > MARKS_SHOWN else []) + names[-MARKS_SHOWN:]
+    return ["baseline", *shown, *(["settle"] if st.phase == "settle" or st.finished else [])]
+
+
 class PhaseBar(Widget):
     DEFAULT_CSS = """
     PhaseBar { height: 2; background: $panel; text-wrap: nowrap; text-overflow: ellipsis; }
@@ -47,7 +62,7 @@ class PhaseBar(Widget):
             text.append(self._status(st))
             return text
         lit = st.lit
-        for i, name in enumerate(p for p in PHASES if p != "hold" or st.hold):
+        for i, name in enumerate(phase_names(st)):
             if i:
                 text.append(" › " if wide else "›", style="dim")
             if name == lit:
@@ -57,7 +72,7 @@ class PhaseBar(Widget):
                 text.append(f"{name}✗", style="bold red")
             elif name == st.waiting_for:
                 text.append(f" {name} ", style="bold underline")
-            elif name in st.done:
+            elif name in st.done or name == "…":
                 text.append(name, style="green")
             else:
                 text.append(name, style="dim")
