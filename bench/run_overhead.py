@@ -4,9 +4,11 @@ Run by hand from the repository root (it starts its own nats-server on loopback)
 
     python -m bench.run_overhead [--repeat 10] [--requests 20000] [--tasks 10000] [--json PATH]
 
-1. A nats-py request/reply service under load (bench/programs/nats_load.py), started plainly
-   and under ``busmon run`` in interleaved pairs, each a fresh process: requests per second and
-   p99 latency, the ratio per pair. Target: >= 0.99 with the agent and nobody attached.
+1. A nats-py request/reply service under load (bench/programs/nats_load.py), started plainly,
+   under ``busmon run`` (the agent, nobody attached), and under ``busmon run --listen`` with the
+   dashboard attached (off screen, bench/attached_dashboard.py) before the load starts; rounds
+   of the three in rotating order, each a fresh process: requests per second and p99 latency,
+   the ratios per round. Targets: >= 0.99 with the agent alone, >= 0.97 with the dashboard.
 2. The same program's verdict: ``verdict_ms`` (last exit → verdict ready) from busmon's report.
 3. 10,000 idle tasks (bench/programs/idle_tasks.py): the program's resident memory with them
    alive, plain and under busmon (the difference is the agent's), and the verdict's time once
@@ -28,6 +30,43 @@ from bench.results_file import write_results
 from busmon.bus.brokers_local import nats_server
 
 PROGRAMS = Path(__file__).resolve().parent / "programs"
+
+
+def _started(cmd: list[str]) -> subprocess.Popen:
+    return subprocess.Popen(cmd, text=True, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+def _load(argv: list[str], arm: str, report: Path | None = None) -> dict[str, Any]:
+    """One run of the load program: ``plain``, under ``agent`` (busmon run), or under ``dashboard``
+    (busmon run --listen, with the dashboard attached off screen before the load starts)."""
+    cmd = [sys.executable, *argv]
+    if arm != "plain":
+        extra = ["--report", str(report)] if report is not None else []
+        listen = ["--listen"] if arm == "dashboard" else []
+        cmd = [sys.executable, "-m", "busmon", "run", *listen, "--settle-timeout", "2", *extra, "--", *cmd]
+    proc = _started(cmd)
+    dash = None
+    try:
+        if arm == "dashboard":
+            for line in proc.stderr:
+                if "busmon attach " in line:
+                    pid = line.split("busmon attach ")[1].split()[0]
+                    break
+            dash = _started([sys.executable, "-m", "bench.attached_dashboard", pid])
+            assert dash.stdout.readline() == "attached\n", dash.stderr.read()
+        assert proc.stdout.readline() == "ready\n"
+        proc.stdin.write("go\n")
+        proc.stdin.flush()
+        out, err = proc.communicate(timeout=600)
+        if proc.returncode != 0:
+            raise SystemExit(f"{' '.join(cmd)} failed ({proc.returncode}): {err[-2000:]}")
+        if dash is not None:
+            dash.wait(timeout=60)
+        return json.loads(out.strip().splitlines()[-1])
+    finally:
+        for p in (proc, dash):
+            if p is not None and p.poll() is None:
+                p.kill()
 
 
 def _run(argv: list[str], under_busmon: bool, report: Path | None = None) -> dict[str, Any]:
@@ -59,29 +98,27 @@ def main() -> None:
     args = p.parse_args()
     results: dict[str, Any] = {"repeat": args.repeat, "requests": args.requests, "tasks": args.tasks}
     tmp = Path(tempfile.mkdtemp(prefix="busmon-bench-"))
+    arms = ("plain", "agent", "dashboard")
     with nats_server() as broker:
         load = [str(PROGRAMS / "nats_load.py"), "--server", broker.url, "--requests", str(args.requests)]
-        _run(load, False)  # warm-up: the broker's first connections, the OS's page cache
-        pairs = []
+        _load(load, "plain")  # warm-up: the broker's first connections, the OS's page cache
+        rounds = []
         verdicts = []
         for i in range(args.repeat):
-            order = (False, True) if i % 2 == 0 else (True, False)
             got = {}
-            for under in order:
-                report = tmp / f"load-{i}.json" if under else None
-                got[under] = _run(load, under, report)
-                if under:
+            for arm in arms[i % 3:] + arms[:i % 3]:  # each arm first, second and third in turn
+                report = tmp / f"load-{i}-{arm}.json" if arm != "plain" else None
+                got[arm] = _load(load, arm, report)
+                if report is not None:
                     verdicts.append(_verdict_ms(report))
-            pairs.append(got)
-            print(f"pair {i + 1}: plain {got[False]['req_per_s']:,.0f} req/s p99 {got[False]['p99_ms']} ms · "
-                  f"busmon run {got[True]['req_per_s']:,.0f} req/s p99 {got[True]['p99_ms']} ms")
-        ratios = [g[True]["req_per_s"] / g[False]["req_per_s"] for g in pairs]
+            rounds.append(got)
+            print(f"round {i + 1}: " + " · ".join(f"{a} {got[a]['req_per_s']:,.0f} req/s p99 {got[a]['p99_ms']} ms"
+                                                  for a in arms), flush=True)
         results["throughput"] = {
-            "plain_req_per_s": spread([g[False]["req_per_s"] for g in pairs]),
-            "agent_req_per_s": spread([g[True]["req_per_s"] for g in pairs]),
-            "ratio": spread(ratios),
-            "plain_p99_ms": spread([g[False]["p99_ms"] for g in pairs]),
-            "agent_p99_ms": spread([g[True]["p99_ms"] for g in pairs]),
+            **{f"{a}_req_per_s": spread([g[a]["req_per_s"] for g in rounds]) for a in arms},
+            **{f"{a}_p99_ms": spread([g[a]["p99_ms"] for g in rounds]) for a in arms},
+            "agent_ratio": spread([g["agent"]["req_per_s"] / g["plain"]["req_per_s"] for g in rounds]),
+            "dashboard_ratio": spread([g["dashboard"]["req_per_s"] / g["plain"]["req_per_s"] for g in rounds]),
         }
         results["load_verdict_ms"] = spread(verdicts)
     idle = [str(PROGRAMS / "idle_tasks.py"), "--tasks", str(args.tasks)]

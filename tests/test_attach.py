@@ -359,3 +359,41 @@ def test_a_dashboard_killed_is_noticed_and_what_it_held_is_freed(program: Progra
     assert answers[0]["attached"] is True
     code, out, err = program.end()
     assert code == 0 and "is clean" in err
+
+
+async def test_attached_to_the_nats_sample_service_on_a_real_broker(nats_broker, tmp_path: Path) -> None:
+    """The sample service, serving on nats-server: after its start-up a baseline (b), and after
+    a while of requests a verdict (v): nothing piles up while it serves; then its own shutdown."""
+    service = Path(__file__).resolve().parent.parent / "sample_configs" / "services" / "nats_responder.py"
+    proc = subprocess.Popen([PY, "-m", "busmon", "run", "--listen", "--settle-timeout", "1", "--", PY, str(service),
+                             "--server", nats_broker.url, "--requests", "20", "--forever"], text=True,
+                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        pid = 0
+        for line in proc.stderr:
+            if "busmon attach " in line:
+                pid = int(line.split("busmon attach ")[1].split()[0])
+                break
+        assert proc.stdout.readline() == "answered 20 of 20 requests\n"
+        controller = AttachController(AgentConnection(find_socket(str(pid))))
+        app = BusmonApp(controller)
+        async with app.run_test(size=(120, 40)) as pilot:
+            await until(pilot, lambda: any(s.phase == "serving" for s in app.state.snapshots) or
+                        app.state.phase == "serving", "the service serving")
+            await pilot.press("b")
+            await until(pilot, lambda: app.state.run_index >= 2 and app.state.latest is not None,
+                        "a sample under the new baseline")
+            first = app.state.latest
+            # a few of its 50 ms requests answered under the new baseline
+            await until(pilot, lambda: app.state.latest.t_s > first.t_s + 0.5, "half a second of serving")
+            await pilot.press("v")
+            await until(pilot, lambda: bool(app.results), "the verdict")
+            assert app.results[0].verdict == "clean", [x for x in app.results[0].leftovers]
+            await pilot.press("q")
+        controller.shutdown()
+        os.kill(pid, signal.SIGTERM)
+        out, err = proc.communicate(timeout=TIMEOUT_S)
+        assert proc.returncode == 0, err
+        assert "is clean" in err
+    finally:
+        proc.kill()

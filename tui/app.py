@@ -64,6 +64,9 @@ by identity, what it leaves behind once it has properly settled.
          replaying a recording: play faster / slower (×1/8 … ×64);
          [b]n[/b] jumps to the next phase and pauses there (space plays
          on), [b]end[/b] jumps to the end
+ [b]b[/b] [b]v[/b] [b]m[/b]  attached to a running program (busmon attach): [b]b[/b] takes a
+         baseline, [b]v[/b] judges what appeared since and is still there,
+         [b]m[/b] adds a mark; [b]q[/b] detaches (the program goes on)
  [b]/[/b]      filter the leftovers and components tables (esc clears)
  [b]enter[/b]  on a leftover: its stack, full screen (esc returns)
  [b]e[/b]      export a screenshot (SVG) now, into busmon-screenshots/
@@ -470,7 +473,9 @@ class BusmonApp(App[int]):
     def _on_done(self, done: PlaybackDone) -> None:
         self.done = done
         if self.attached:
-            if not self._quitting:
+            if self.exit_when_done:
+                self.call_after_refresh(self._exit_done)
+            elif not self._quitting:
                 self._advance(Noted("the program exited: its last state is kept · q quits"))
                 self.notify("the program exited: its last state stays on screen", timeout=8)
             return

@@ -1,12 +1,14 @@
 """A nats-py request/reply service under load, for bench/run_overhead.py: it answers its own
 ``--requests`` requests, one at a time from ``--clients`` concurrent clients, and prints one
-JSON line: requests per second and the latency percentiles. It knows nothing of busmon."""
+JSON line: requests per second and the latency percentiles. It starts its load when a line
+arrives on stdin (after printing ``ready``). It knows nothing of busmon."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
 import json
+import sys
 import time
 
 import nats
@@ -19,6 +21,8 @@ async def main(args: argparse.Namespace) -> None:
         await msg.respond(msg.data)
 
     sub = await nc.subscribe("bench.echo", cb=echo)
+    print("ready", flush=True)
+    await asyncio.to_thread(sys.stdin.readline)  # go: when whoever measures is ready
     latencies: list[float] = []
     per_client = args.requests // args.clients
 

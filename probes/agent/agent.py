@@ -77,8 +77,11 @@ class Agent:
         """What an attaching dashboard is told first: each loop's phases so far, the verdicts."""
         out: list[Any] = []
         for lv in list(self.loops.values()):
-            for snap in list(lv.phases):
+            snaps = list(lv.phases)
+            for snap in snaps:
                 out += [PhaseStarted(lv.name, snap.phase, snap.t_s), snap]
+            if snaps and lv.phase != snaps[-1].phase:  # a phase under way (opened, not yet ended)
+                out.append(PhaseStarted(lv.name, lv.phase, lv.elapsed()))
         return out + list(self.results)
 
     # -- an attached dashboard's requests (from the listener's thread) ---------------------------

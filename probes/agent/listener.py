@@ -24,15 +24,25 @@ import struct
 import threading
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from busmon.probes.agent.channel import FORMAT, VERSION
 from busmon.probes.model import RunFinished
 from busmon.probes.observe.fds import BUSMON_FDS
 from busmon.probes.recording.codec import Encoder
 
-if TYPE_CHECKING:
-    from busmon.probes.agent.agent import Agent
+
+class Served(Protocol):
+    """What the listener asks of the agent it serves (:class:`~.agent.Agent`)."""
+
+    channel: Any
+
+    def facts(self) -> dict[str, Any]: ...
+    def history(self) -> list[Any]: ...
+    def mark(self, name: str, opens: bool | None) -> None: ...
+    def baseline_all(self) -> None: ...
+    def verdict_all(self) -> None: ...
+    def sample_all(self) -> None: ...
 
 THREAD_NAME = "busmon.agent.listener"
 #: what a dashboard may ask (nothing else is ever acted on)
@@ -60,7 +70,7 @@ def peer_uid(conn: socket.socket) -> int | None:
 class Listener:
     """The socket and its thread; ``put`` (any thread) hands an event to the dashboard, if any."""
 
-    def __init__(self, agent: Agent, path: Path, max_buffer: int = MAX_BUFFER) -> None:
+    def __init__(self, agent: Served, path: Path, max_buffer: int = MAX_BUFFER) -> None:
         self.agent = agent
         self.max_buffer = max_buffer
         self.path = path

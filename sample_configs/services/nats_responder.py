@@ -7,6 +7,7 @@ at start-up and never stops it: a thread outliving main(), with where it was sta
 
     busmon run -- python sample_configs/services/nats_responder.py --server nats://127.0.0.1:4222
     busmon run -- python sample_configs/services/nats_responder.py --server nats://127.0.0.1:4222 --leak
+    busmon run --listen -- python sample_configs/services/nats_responder.py --forever   # then: busmon attach PID
 
 (``busmon brokers`` starts nats-server on 127.0.0.1 and prints its address.)
 """
@@ -53,6 +54,14 @@ async def main(args: argparse.Namespace) -> None:
             reply = await nc.request("svc.echo", f"ping {i}".encode(), timeout=5)
             answered += reply.data == f"PING {i}".encode()
     print(f"answered {answered} of {args.requests} requests", flush=True)
+    if args.forever:  # a service's steady life: a request every 50 ms until SIGTERM or Ctrl-C
+        async with busmon.agent.phase("serving"):
+            while not stop.is_set():
+                await nc.request("svc.echo", b"tick", timeout=5)
+                try:
+                    await asyncio.wait_for(stop.wait(), 0.05)
+                except asyncio.TimeoutError:
+                    pass
     await sub.drain()
     await nc.close()
     if not args.leak:
@@ -66,6 +75,7 @@ def parse() -> argparse.Namespace:
     p.add_argument("--server", default="nats://127.0.0.1:4222", help="the NATS server URL")
     p.add_argument("--requests", type=int, default=200, help="requests to send and answer")
     p.add_argument("--leak", action="store_true", help="leave the health reporter thread running")
+    p.add_argument("--forever", action="store_true", help="after the load, serve a trickle of requests until stopped")
     return p.parse_args()
 
 
