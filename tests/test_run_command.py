@@ -365,3 +365,28 @@ def test_secrets_in_the_programs_arguments_never_reach_busmons_output(tmp_path: 
     assert not any("s3cretpw" in line for line in own)
     for name in ("r.json", "r.md", "r.jsonl"):
         assert "s3cretpw" not in (tmp_path / name).read_text(), name
+
+
+@pytest.mark.parametrize("how", ["uvloop.run", "policy", "by hand"])
+def test_programs_on_uvloop_are_judged(tmp_path: Path, how: str) -> None:
+    pytest.importorskip("uvloop")
+    prog = write(tmp_path, "uv.py", """
+        import asyncio, sys, uvloop
+        async def main():
+            asyncio.create_task(asyncio.Event().wait(), name="forgotten")
+            await asyncio.sleep(0)
+        how = sys.argv[1]
+        if how == "uvloop.run":
+            uvloop.run(main())
+        elif how == "policy":
+            asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+            asyncio.run(main())
+        else:
+            loop = uvloop.new_event_loop()
+            loop.run_until_complete(main())
+            loop.close()
+    """)
+    out = busmon_run("--settle-timeout", "0.3", "--report", str(tmp_path / "r.json"), "--", PY, str(prog), how)
+    assert out.returncode == 1, out.stderr
+    # only the program's forgotten task: nothing of uvloop's own (its per-run socketpair) is blamed
+    assert [x["name"] for x in leaked(report(tmp_path / "r.json"))] == ["forgotten"]
