@@ -390,3 +390,26 @@ def test_programs_on_uvloop_are_judged(tmp_path: Path, how: str) -> None:
     assert out.returncode == 1, out.stderr
     # only the program's forgotten task: nothing of uvloop's own (its per-run socketpair) is blamed
     assert [x["name"] for x in leaked(report(tmp_path / "r.json"))] == ["forgotten"]
+
+
+def test_a_forked_child_is_not_the_program_and_says_nothing(tmp_path: Path) -> None:
+    prog = write(tmp_path, "forky.py", """
+        import asyncio, multiprocessing as mp
+        async def child_main():
+            asyncio.create_task(asyncio.Event().wait(), name="in-child")
+            await asyncio.sleep(0)
+        def child():
+            asyncio.run(child_main())
+        async def main():
+            p = mp.get_context("fork").Process(target=child)
+            p.start()
+            await asyncio.to_thread(p.join)
+            print("child exit", p.exitcode, flush=True)
+        asyncio.run(main())
+    """)
+    out = busmon_run("--settle-timeout", "0.3", "--report", str(tmp_path / "r.json"), "--", PY, str(prog))
+    assert out.returncode == 0, out.stderr
+    assert out.stdout == "child exit 0\n"
+    data = report(tmp_path / "r.json")
+    assert len(data["runs"]) == 1 and data["runs"][0]["verdict"] == "clean"  # the child's loop: not judged
+    assert "in-child" not in out.stderr

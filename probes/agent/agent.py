@@ -43,6 +43,7 @@ class Agent:
         self.loops_seen = 0
         self._lock = threading.Lock()
         self._finished = False
+        self.forked = False
 
     def start(self) -> None:
         from busmon.probes.agent import loop_hooks
@@ -59,6 +60,22 @@ class Agent:
         loop_hooks.install(self)
         marks._sink = self.mark
         atexit.register(self.finish)
+        os.register_at_fork(after_in_child=self._forked)
+
+    def _forked(self) -> None:
+        """A child forked by the program (multiprocessing, os.fork) is not the program busmon
+        watches: its agent goes quiet (no baseline, no events, nothing at its exit) and lets go
+        of its copies of the pipe and the socket."""
+        self.forked = True
+        marks._sink = None
+        self.loops.clear()
+        for fd in (self.channel.fd,):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        if self.listener is not None:
+            self.listener.forget_in_child()
 
     def facts(self) -> dict[str, Any]:
         """Who this agent is: for ``busmon run`` and for an attaching dashboard."""
@@ -67,6 +84,8 @@ class Agent:
 
     def emit(self, event: Any) -> None:
         """An event to ``busmon run`` and, if one is attached, to the dashboard."""
+        if self.forked:
+            return
         if isinstance(event, RunFinished):
             self.results.append(event)
         self.channel.put(event)
@@ -114,6 +133,8 @@ class Agent:
         """A loop's main work starts (in its thread): its baseline. None if the agent failed
         (said over the channel): the program runs on unwatched. ``main``: the program's main
         coroutine, when the agent runs it (its task is the program's, not busmon's)."""
+        if self.forked:
+            return None
         lv = LoopVerdict(self.config, loop, loop_name(self.config.label), self.emit)
         if self.listener is not None:
             lv.to_dashboard = self.listener.put
@@ -189,7 +210,7 @@ class Agent:
 
     def finish(self) -> None:
         """At the interpreter's exit: say what was never judged, and close the channel."""
-        if self._finished:
+        if self._finished or self.forked:
             return
         self._finished = True
         from busmon.probes.agent.loop_hooks import judge_unclosed

@@ -313,6 +313,24 @@ class Listener:
             except OSError:
                 pass
 
+    def forget_in_child(self) -> None:
+        """In a forked child: its copies of the socket, the dashboard's connection and the wake
+        pipe closed, nothing said (the thread did not survive the fork; the socket file stays
+        the parent's)."""
+        self._stop = True
+        for f in (self._sock, self._client):
+            try:
+                if f is not None:
+                    f.close()
+            except OSError:
+                pass
+        for fd in (self._wake_r, self._wake_w):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        self._client = None
+
     def close(self) -> None:
         """At the program's exit: say goodbye to the dashboard (what it was sent, it keeps),
         bounded, then take the socket away."""
