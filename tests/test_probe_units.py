@@ -121,3 +121,39 @@ def test_headless_playback_imports_no_textual(tmp_path):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip().endswith("ok")
+
+
+async def test_the_task_tracker_keeps_what_is_alive_not_what_was_ever_created() -> None:
+    """busmon run with nobody attached never asks for the counts: a service creating tasks all
+    day must not make the tracker grow (it did: one weak reference per task ever created)."""
+    from busmon.probes.observe.tracking import FRESH_COMPACT_AT, TaskTracker
+
+    tracker = TaskTracker(trace_creation=True)
+    tracker.install(asyncio.get_running_loop(), count_existing=False)
+    try:
+        for _ in range(5):
+            await asyncio.gather(*(asyncio.create_task(asyncio.sleep(0)) for _ in range(FRESH_COMPACT_AT)))
+        assert tracker.created >= 5 * FRESH_COMPACT_AT
+        assert len(tracker._fresh) <= FRESH_COMPACT_AT + 1
+        assert len(tracker._live) == 0
+    finally:
+        tracker.uninstall()
+
+
+def test_thread_births_forget_threads_that_ended(monkeypatch) -> None:
+    import threading
+
+    from busmon.probes.observe import thread_births
+
+    monkeypatch.setattr(thread_births, "PRUNE_AT", 16)
+    births = thread_births.ThreadBirths()
+    births._prune_at = 16
+    births.install()
+    try:
+        for _ in range(200):
+            t = threading.Thread(target=lambda: None)
+            t.start()
+            t.join()
+        assert len(births.native_ids) <= 32
+    finally:
+        births.uninstall()

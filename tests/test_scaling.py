@@ -130,7 +130,7 @@ async def test_an_uninstalled_tracker_lets_go_of_the_tasks_it_watched():
     ref = weakref.ref(task)
     del task
     gc.collect()
-    assert ref() is None and tracker.destroyed == []
+    assert ref() is None and not tracker.destroyed
 
 
 def test_os_thread_ids_are_the_threads_psutil_lists():

@@ -25,12 +25,18 @@ import weakref
 from typing import Any
 
 from busmon.probes.observe import thread_sites
+from busmon.probes.observe.census import os_thread_ids
 from busmon.probes.observe.runtime_pools import machinery_reason, runtime_pool
+
+
+#: Python threads' native ids noted before the ended ones among them are forgotten
+PRUNE_AT = 4096
 
 
 class ThreadBirths:
     def __init__(self) -> None:
         self.native_ids: set[int] = set()
+        self._prune_at = PRUNE_AT
         self._installed = False
         self._sites = False
         #: the runtime pool threads idle at the baseline (weakly: one may exit meanwhile)
@@ -61,3 +67,12 @@ class ThreadBirths:
     def _born(self, frame: Any, event: str, arg: Any) -> None:
         self.native_ids.add(threading.get_native_id())   # a set's add is atomic under the GIL
         sys.setprofile(None)
+        if len(self.native_ids) > self._prune_at:  # a program that starts threads all along
+            self._prune()
+
+    def _prune(self) -> None:
+        """Forget the ids of threads that have ended (the OS's list says which are alive)."""
+        alive = os_thread_ids()
+        if alive is not None:
+            self.native_ids = self.native_ids & alive  # a new set: a verdict may be reading the old
+        self._prune_at = max(PRUNE_AT, 2 * len(self.native_ids))

@@ -10,6 +10,7 @@ With ``trace_creation`` the factory also records where each task was created.
 from __future__ import annotations
 
 import asyncio
+import collections
 import operator
 import sys
 import time
@@ -21,6 +22,10 @@ from typing import Any, Callable, Iterable, NamedTuple
 from busmon.bus.deadline import short_where
 from busmon.probes.observe.components import task_component
 
+#: destroyed tasks kept for the verdict, at most
+MAX_DESTROYED = 10_000
+#: tasks waiting to be classified before the finished ones among them are forgotten
+FRESH_COMPACT_AT = 10_000
 _COMPONENT = operator.itemgetter(2)  # a live entry's component (None until classified)
 _CREATE_TASK_CODES = (asyncio.BaseEventLoop.create_task.__code__, asyncio.tasks.create_task.__code__)
 _SKIP_FILES = ("asyncio/", "asyncio\\", __file__)  # asyncio's machinery, and this module's hooks
@@ -103,8 +108,10 @@ class TaskTracker:
         # who created each task not yet classified: cheap (one frame walk), and only needed
         # until the task is classified, so it is dropped then
         self._creators: weakref.WeakKeyDictionary[asyncio.Task, str | None] = weakref.WeakKeyDictionary()
-        #: pending tasks the GC collected, in order
-        self.destroyed: list[DestroyedTask] = []
+        #: pending tasks the GC collected, in order (the last MAX_DESTROYED: a program watched
+        #: for hours that abandons tasks all along must not make this grow without end)
+        self.destroyed: collections.deque[DestroyedTask] = collections.deque(maxlen=MAX_DESTROYED)
+        self._fresh_limit = FRESH_COMPACT_AT
         self._loop: asyncio.AbstractEventLoop | None = None
         self._previous: Any = None
 
@@ -172,6 +179,15 @@ class TaskTracker:
                            id(task), creator]
         self._fresh.append(ref)
         task.add_done_callback(self._done)
+        if len(self._fresh) > self._fresh_limit:
+            self._compact_fresh()
+
+    def _compact_fresh(self) -> None:
+        """Nobody asks for the counts (``busmon run`` with no dashboard attached): forget the
+        tasks that finished meanwhile, so what waits to be classified stays as large as what
+        is alive, not as what was ever created."""
+        self._fresh = [r for r in self._fresh if r in self._live]
+        self._fresh_limit = max(FRESH_COMPACT_AT, 2 * len(self._fresh))
 
     def _uncount(self, entry: list[Any]) -> None:
         component = entry[2]
