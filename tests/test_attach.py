@@ -191,7 +191,7 @@ async def test_the_program_exiting_while_attached_keeps_the_last_state(program: 
         await until(pilot, lambda: app.done is not None, "the program's end seen")
         assert controller.program_ended and "exited: last state kept" in app.state.attached
         assert app.state.snapshots  # the panels keep what they showed
-        assert "the program exited" in app.state.note
+        assert app.state.note == "q quits"
         await pilot.press("q")
     controller.shutdown()
     code, out, err = program.end()
@@ -255,6 +255,7 @@ def test_a_peer_of_another_user_is_refused_by_its_credentials(program: Program, 
         # the owner is still welcome
         assert _request(path, HELLO)[0]["attached"] is True
     finally:
+        os.chmod(link, 0o600)  # the socket's own mode again (the link is the same inode)
         link.unlink()
         shared.rmdir()
 
@@ -397,3 +398,33 @@ async def test_attached_to_the_nats_sample_service_on_a_real_broker(nats_broker,
         assert "is clean" in err
     finally:
         proc.kill()
+
+
+def test_attach_hints_and_stale_sockets_are_removed(program: Program, tmp_path: Path) -> None:
+    _one_line_2(_busmon_attach("abc"), "expected the program's pid (busmon run --listen prints it) or its socket's path")
+    # busmon run's own pid: the program's is named
+    _one_line_2(_busmon_attach(str(program.proc.pid)), f"that is busmon run itself; its program is pid {program.pid}")
+    # an agent killed outright leaves its socket; the next agent to start clears it away
+    gone = subprocess.Popen([PY, "-c", "pass"])
+    gone.wait()
+    stale = socket_dir() / f"{gone.pid}.sock"
+    s = socket.socket(socket.AF_UNIX)
+    s.bind(str(stale))
+    s.close()
+    (tmp_path / "second").mkdir()
+    Program(tmp_path / "second").kill()  # its agent, starting to listen, cleared the stale socket
+    assert not stale.exists()
+
+
+def test_a_mark_named_start_is_only_a_mark(tmp_path: Path) -> None:
+    prog = write(tmp_path, "start.py", """
+        import asyncio
+        import busmon.agent
+        async def main():
+            asyncio.create_task(asyncio.Event().wait(), name="early")
+            busmon.agent.mark("start")
+        asyncio.run(main())
+    """)
+    out = subprocess.run([PY, "-m", "busmon", "run", "--settle-timeout", "0.2", "--", PY, str(prog)],
+                         capture_output=True, text=True, timeout=TIMEOUT_S)
+    assert out.returncode == 1 and "early" in out.stderr, out.stderr

@@ -158,13 +158,15 @@ def test_sigterm_handled_by_the_program_ends_it_cleanly(tmp_path: Path) -> None:
     (["ls"], "ls is not a Python program"),
     (["no-such-program-here"], "no-such-program-here: no such program"),
     ([], "Missing argument '-- COMMAND...'"),
-    ([PY, "-I", "-c", "pass"], "ran without busmon's agent (was python started with -I, -E or -S?)"),
+    ([PY, "-I", "-c", "print('ran')"], "-I (isolated) keeps busmon's agent out"),
+    ([PY, "-B", "-E", "-c", "print('ran')"], "-E (ignores PYTHONPATH) keeps busmon's agent out"),
 ])
 def test_a_command_that_cannot_carry_the_agent_is_one_line_and_exit_2(argv: list[str], message: str) -> None:
     out = busmon_run("--", *argv)
     assert out.returncode == 2, out.stderr
     assert message in out.stderr and len(out.stderr.strip().splitlines()) == 1, out.stderr
     assert "Traceback" not in out.stderr
+    assert out.stdout == ""  # refused before it ran: never unwatched
 
 
 def test_a_python_that_cannot_import_busmon_does_not_run_the_program(tmp_path: Path) -> None:

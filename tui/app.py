@@ -476,8 +476,7 @@ class BusmonApp(App[int]):
             if self.exit_when_done:
                 self.call_after_refresh(self._exit_done)
             elif not self._quitting:
-                self._advance(Noted("the program exited: its last state is kept · q quits"))
-                self.notify("the program exited: its last state stays on screen", timeout=8)
+                self._advance(Noted("q quits"))
             return
         if self.exit_when_done:
             self.call_after_refresh(self._exit_done)

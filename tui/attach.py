@@ -51,6 +51,9 @@ def find_socket(target: str) -> Path:
                 raise AttachError(f"attach {pid}: no such process") from None
             except PermissionError:
                 raise AttachError(f"attach {pid}: another user's process; busmon attaches to your own only") from None
+            if (child := _program_of(pid)) is not None:
+                raise AttachError(f"attach {pid}: that is busmon run itself; its program is pid {child}: "
+                                  f"busmon attach {child}")
             raise AttachError(f"attach {pid}: the process has no busmon agent listening (start it with "
                               "busmon run --listen -- python …)")
         return path
@@ -58,10 +61,28 @@ def find_socket(target: str) -> Path:
     try:
         mode = path.stat().st_mode
     except OSError as exc:
-        raise AttachError(f"attach {target}: {exc.strerror or exc}") from None
+        raise AttachError(f"attach {target}: {exc.strerror or exc}: expected the program's pid (busmon run --listen "
+                          "prints it) or its socket's path") from None
     if not stat.S_ISSOCK(mode):
         raise AttachError(f"attach {target}: not a socket (expected a pid, or the socket busmon run --listen printed)")
     return path
+
+
+def _program_of(pid: int) -> int | None:
+    """When ``pid`` is ``busmon run``, the pid of its program that listens (None otherwise)."""
+    import psutil
+
+    try:
+        children = psutil.Process(pid).children()
+    except psutil.Error:
+        return None
+    for child in children:
+        try:
+            if socket_path(child.pid).exists():
+                return child.pid
+        except UnsafeSocketDir:
+            return None
+    return None
 
 
 class AgentConnection:

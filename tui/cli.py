@@ -725,9 +725,9 @@ def run(
                                      "whose #! line runs python.", show_default=False)],
     report: ReportOpt = None,
     record: RecordOpt = None,
-    baseline_at: Annotated[str, typer.Option(
+    baseline_at: Annotated[Optional[str], typer.Option(
         "--baseline-at", metavar="MARK", help="Take the baseline at the program's mark MARK "
-                                              "(busmon.agent.mark) instead of when its main coroutine starts.")] = "start",
+                                              "(busmon.agent.mark) instead of when its main coroutine starts.")] = None,
     baseline_after: Annotated[Optional[float], typer.Option(
         "--baseline-after", metavar="SECONDS", min=0.0,
         help="Take the baseline this long after the main coroutine started.")] = None,
@@ -742,7 +742,7 @@ def run(
     ignore_task: IgnoreTaskOpt = None,
     ignore_thread: IgnoreThreadOpt = None,
     listen: Annotated[bool, typer.Option(
-        "--listen", help="Also let busmon attach PID watch the program live (a socket only you can reach).")] = False,
+        "--listen", metavar="", help="Also let busmon attach PID watch the program live (a socket only you can reach).")] = False,
     listen_buffer: Annotated[int, typer.Option(
         "--listen-buffer", metavar="BYTES", min=1024,
         help="With --listen: what the agent holds for a dashboard that does not keep up; beyond it "
@@ -756,7 +756,7 @@ def run(
     from busmon.tui.run_output import RunTeller
 
     reports = _report_paths(report, (*REPORT_SUFFIXES, ".html", ".htm"))
-    if baseline_after is not None and baseline_at != "start":
+    if baseline_after is not None and baseline_at is not None:
         raise BadInput("--baseline-after and --baseline-at: give one or the other")
     try:
         python_command(command)
@@ -811,7 +811,8 @@ def run(
     code = outcome.exit_code
     if outcome.returncode < 0:
         name = signal.Signals(-outcome.returncode).name if -outcome.returncode in signal.valid_signals() else ""
-        say(f"busmon: the program was ended by signal {name or -outcome.returncode}: busmon exits with {code}")
+        nothing = "" if heard.results else " before its main coroutine returned (nothing was judged)"
+        say(f"busmon: the program was ended by signal {name or -outcome.returncode}{nothing}: busmon exits with {code}")
     elif outcome.returncode:
         say(f"busmon: the program failed (exit code {code}): busmon exits with its code")
     raise typer.Exit(code)

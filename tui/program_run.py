@@ -50,6 +50,7 @@ def python_command(argv: list[str]) -> str:
         raise NotAProgram(f"{argv[0]}: no such program (not a file, not on PATH)")
     name = os.path.basename(exe)
     if name.startswith(("python", "pypy")):
+        _refuse_isolation(argv[0], argv[1:])
         return exe
     try:
         with open(exe, "rb") as f:
@@ -57,9 +58,36 @@ def python_command(argv: list[str]) -> str:
     except OSError as exc:
         raise NotAProgram(f"{argv[0]}: cannot read it: {exc.strerror or exc}") from None
     if first.startswith(b"#!") and b"python" in first:
+        _refuse_isolation(argv[0], first[2:].decode(errors="replace").split()[1:])
         return exe
     raise NotAProgram(f"{argv[0]} is not a Python program (expected python, or a script "
                       "whose #! line runs python): busmon's agent lives in a Python interpreter")
+
+
+#: the interpreter's options that keep busmon's agent out (no PYTHONPATH, no site import)
+ISOLATING = {"I": "-I (isolated)", "E": "-E (ignores PYTHONPATH)", "S": "-S (no site import)"}
+#: options that take a value (the next word when not attached)
+_WITH_VALUE = ("X", "W", "Q")
+
+
+def _refuse_isolation(program: str, options: list[str]) -> None:
+    """The interpreter's options up to the script (``-c``, ``-m`` or a file): one that keeps the
+    agent out is refused before the program runs, not found out after it ran unwatched."""
+    words = iter(options)
+    for word in words:
+        if word == "-" or not word.startswith("-") or word.startswith("--"):
+            return  # the script, stdin, or a long option (--help, --version): the options end here
+        letters = word[1:]
+        for i, letter in enumerate(letters):
+            if letter in ISOLATING:
+                raise NotAProgram(f"{program} {word}: {ISOLATING[letter]} keeps busmon's agent out; run it "
+                                  "without that option")
+            if letter in ("c", "m"):
+                return
+            if letter in _WITH_VALUE:
+                if i == len(letters) - 1:
+                    next(words, None)
+                break
 
 
 def _where_busmon_is() -> tuple[str, ...]:
@@ -157,7 +185,7 @@ class RunOptions:
     """``busmon run``'s options, as the agent needs them."""
 
     label: str
-    baseline_at: str = "start"
+    baseline_at: str | None = None
     baseline_after_s: float | None = None
     verdict_at: str | None = None
     settle_timeout_s: float = 5.0

@@ -56,7 +56,8 @@ class RunTeller:
 
 def as_watch_result(run: RunResult, settle_timeout_s: float, stall_ms: int) -> WatchResult:
     """A program's run, read as a watch's verdict: the same report text for the same findings."""
-    end = next((p for p in reversed(run.phases) if p.phase == SHUTDOWN), None)
+    # the naive count: at shutdown, or at the mark judged at (--verdict-at)
+    end = next((p for p in reversed(run.phases) if p.phase != SETTLE), None)
     at_end = {"tasks": end.new_tasks, "threads": end.new_threads} if end is not None else {}
     stalls = tuple(Stall(**dict(s)) for s in run.stalls)
     return WatchResult(run.verdict, run.leftovers, settle_timeout_s, run.settle_ms, run.verdict_ms, at_end,

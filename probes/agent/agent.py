@@ -25,7 +25,7 @@ from busmon.probes.agent.channel import Channel
 from busmon.probes.agent.config import AgentConfig
 from busmon.probes.agent.listener import Listener
 from busmon.probes.agent.loop_verdict import LoopVerdict, loop_name
-from busmon.probes.agent.socket_dir import socket_path
+from busmon.probes.agent.socket_dir import remove_stale, socket_path
 from busmon.probes.model import PhaseStarted, RunFinished
 from busmon.probes.observe.census import running_loop
 
@@ -52,6 +52,7 @@ class Agent:
         if self.config.listen:
             try:
                 path = socket_path(os.getpid())
+                remove_stale(path.parent)
                 self.listener = Listener(self, path, max_buffer=self.config.listen_buffer)
                 listening = str(path)
             except OSError as exc:  # the program runs on, only not attachable: said in one line
@@ -184,9 +185,27 @@ class Agent:
             raise
         finally:
             if not cancelled or interrupted():
-                await self.judge(loop, interrupted=cancelled)
+                if await self._judge_through_ctrl_c(loop, cancelled) and not cancelled:
+                    raise asyncio.CancelledError  # the Ctrl-C is the program's: asyncio.run() ends as it would
             else:
                 self.end(loop)
+
+    async def _judge_through_ctrl_c(self, loop: asyncio.AbstractEventLoop, cancelled: bool) -> bool:
+        """The verdict, in a task of busmon's; a Ctrl-C meanwhile (asyncio.run() cancels this,
+        the main task) stops the waiting for leftovers, never the verdict. True if one came."""
+        lv = self.loops.get(loop)
+        judging = loop.create_task(self.judge(loop, interrupted=cancelled), name="busmon.agent.verdict")
+        if lv is not None:
+            lv.own.add(judging)
+        pressed = False
+        while not judging.done():
+            try:
+                await asyncio.shield(judging)
+            except asyncio.CancelledError:
+                pressed = True
+                if lv is not None:
+                    lv.cut_short()
+        return pressed
 
     # -- marks -----------------------------------------------------------------------------
 

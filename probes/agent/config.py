@@ -15,8 +15,6 @@ from busmon.probes.watching.watch_options import DEFAULT_STALL_MS
 
 #: the variable that carries the configuration (its presence is what starts the agent)
 ENV = "BUSMON_AGENT"
-#: the baseline is taken when the program's main coroutine starts, before any of its code runs
-AT_START = "start"
 
 
 class AgentConfigError(ValueError):
@@ -27,7 +25,8 @@ class AgentConfigError(ValueError):
 class AgentConfig:
     channel_fd: int                          # where the agent writes its events (a pipe to busmon run)
     label: str = "the program"               # how the program is named in verdicts (``app.py``)
-    baseline_at: str = AT_START              # ``start`` or a mark's name: the baseline is taken then
+    baseline_at: str | None = None           # a mark's name: the baseline is taken then (None: when
+    #                                          the main coroutine starts, before any of its code runs)
     baseline_after_s: float | None = None    # … or this long after the main coroutine started
     verdict_at: str | None = None            # judge at this mark instead of at shutdown
     settle_timeout_s: float = 5.0            # how long leftovers are waited for, at most

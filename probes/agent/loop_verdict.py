@@ -24,12 +24,13 @@ from dataclasses import replace
 from busmon.probes.model import PhaseSnapshot, PhaseStarted, RunFinished, RunResult, Sample
 from busmon.probes.observe.census import Census, components_of_tasks, components_of_threads, os_thread_count
 from busmon.probes.observe.components import package_of, task_component
+from busmon.probes.observe.fds import fd_table, identities, new_sockets
 from busmon.probes.observe.process import ProcessProbe, rss_mb
 from busmon.probes.verdict.watch_result import WatchResult
 from busmon.probes.watching.watch import Watch
 from busmon.probes.watching.watch_options import KINDS, WatchOptions
 
-from busmon.probes.agent.config import AT_START, AgentConfig
+from busmon.probes.agent.config import AgentConfig
 
 #: the phase snapshots kept for the report (the baseline and the last ones)
 MAX_PHASES = 1000
@@ -97,7 +98,7 @@ class LoopVerdict:
         c = self.config
         if c.baseline_after_s is not None:
             self._baseline_timer = self.loop.call_later(c.baseline_after_s, self._delayed_baseline)
-        elif c.baseline_at != AT_START:
+        elif c.baseline_at is not None:
             self.baseline_note = (f"the program never marked {c.baseline_at!r}: the baseline is the main "
                                   "coroutine's start")
 
@@ -136,7 +137,7 @@ class LoopVerdict:
                 self.watch.set_phase(name)
         if opens is not True:
             self.snapshot(name)
-        if name == self.config.baseline_at and opens is not False:
+        if self.config.baseline_at is not None and name == self.config.baseline_at and opens is not False:
             self.take_baseline()
             self.baseline_note = f"baseline taken at the mark {name!r}"
         elif name == self.config.verdict_at and opens is not True and self.verdict_task is None:
@@ -187,6 +188,9 @@ class LoopVerdict:
             self._baseline_timer = None
             self.baseline_note = (f"judged before the baseline asked for ({self.config.baseline_after_s:g} s in): "
                                   "the baseline is the main coroutine's start")
+        if at == SHUTDOWN and self.config.verdict_at is not None:
+            self.notes.append(f"the program never marked {self.config.verdict_at!r} (--verdict-at): judged at "
+                              "shutdown instead")
         if at == SHUTDOWN:
             self.emit(PhaseStarted(self.name, SHUTDOWN, self.elapsed()))
             self.snapshot(SHUTDOWN)  # the naive count: right when main() returned
@@ -197,6 +201,12 @@ class LoopVerdict:
         run = self.result(result, at, interrupted)
         self.emit(RunFinished(run))
         return run
+
+    def cut_short(self) -> None:
+        """Ctrl-C while the verdict waits for leftovers: judge what is there now."""
+        if self.watch is not None and self.watch.cut_short():
+            self.notes.append("Ctrl-C while busmon waited for leftovers to exit: judged then, not at the "
+                              "settle deadline")
 
     # -- an attached dashboard's requests ----------------------------------------------------------
 
@@ -245,10 +255,13 @@ class LoopVerdict:
             by_component["(before the baseline)"] = base
         proc = self.process.read()
         lw = watch._loopwatch
+        base = watch.baseline
+        table = fd_table() if base is not None and base.fds is not None else None
+        sockets = new_sockets(identities(table), base.fds) if table is not None and base is not None else 0
         return Sample(run=self.name, phase=self.phase, t_s=round(self.elapsed(), 3), tasks=tasks,
                       threads=threading.active_count(), os_threads=proc.os_threads, by_component=by_component,
                       published=0, delivered=0, expected=0, publish_per_s=0.0, deliver_per_s=0.0, latency_ms={},
-                      rss_mb=proc.rss_mb, cpu_percent=proc.cpu_percent, open_fds=proc.open_fds,
+                      rss_mb=proc.rss_mb, cpu_percent=proc.cpu_percent, open_fds=proc.open_fds, sockets=sockets,
                       loop_lag_ms=lw.lag_now() if lw is not None else {},
                       stalls=len(lw.stalls_since(watch.started_at)) if lw is not None else 0)
 

@@ -51,3 +51,23 @@ def socket_dir() -> Path:
 def socket_path(pid: int) -> Path:
     """The socket of the agent in process ``pid``."""
     return socket_dir() / f"{pid}.sock"
+
+
+def remove_stale(folder: Path) -> int:
+    """Sockets left by agents whose process is gone (killed: no exit to remove them), removed;
+    how many."""
+    removed = 0
+    for path in folder.glob("*.sock"):
+        if not path.stem.isdigit():
+            continue
+        try:
+            os.kill(int(path.stem), 0)
+        except ProcessLookupError:
+            try:
+                path.unlink()
+                removed += 1
+            except OSError:
+                pass
+        except OSError:
+            pass  # alive (another user's pid number would be PermissionError: alive too)
+    return removed

@@ -101,7 +101,8 @@ def identities(table: Mapping[int, str]) -> set[tuple[int, str]]:
 
 def new_sockets(current: Iterable[tuple[int, str]], baseline: AbstractSet[tuple[int, str]]) -> int:
     """Sockets among the ``current`` identities that the ``baseline`` identities lack."""
-    return sum(1 for item in current if item[1].startswith("socket:") and item not in baseline)
+    return sum(1 for item in current if item[1].startswith("socket:") and item not in baseline
+               and item[0] not in BUSMON_FDS)
 
 
 def socket_inode(target: str) -> int | None:

@@ -80,6 +80,12 @@ def is_library(frame: FrameType) -> bool:
             or path.startswith("<frozen "))   # the standard library's frozen modules (runpy)
 
 
+def _busmons(frame: FrameType) -> bool:
+    """busmon's own machinery (a socket probe's wrapper around ``getaddrinfo``): never the code
+    that asked for the thread."""
+    return str(frame.f_globals.get("__name__", "")).startswith(("busmon.probes.", "busmon.tui."))
+
+
 def start_site(thread: threading.Thread, frame: FrameType | None) -> str | None:
     """``X`` (the line that called ``start()``), or ``X from Y`` for a library's thread."""
     def starting(f: FrameType) -> bool:  # threading's own frames, a subclass's start() override
@@ -89,6 +95,6 @@ def start_site(thread: threading.Thread, frame: FrameType | None) -> str | None:
     if caller is None or not is_library(caller):
         return where(caller)
     path = _path(caller)
-    outside = (first_frame(caller, is_library)
+    outside = (first_frame(caller, lambda f: is_library(f) or _busmons(f))
                or first_frame(caller, lambda f: _path(f) == path))
     return f"{where(caller)} from {where(outside)}" if outside is not None else where(caller)

@@ -112,6 +112,7 @@ class Watch:
         self._stalls: tuple[Stall, ...] = ()
         self._frozen = False
         self._at_end: dict[str, int] = {}
+        self._settling: SettleWatch | None = None  # the settle under way, if any
 
     def judges(self, kind: str) -> bool:
         return kind in self.options.judge
@@ -232,10 +233,11 @@ class Watch:
             own: weakref.WeakSet = weakref.WeakSet(self._harness(loop))
             if (me := asyncio.current_task()) is not None:
                 own.add(me)
-            watch = self._settle_watch(self.loop, own)
+            watch = self._settling = self._settle_watch(self.loop, own)
             own.add(watch.start())
             outcome = await watch.verdict(self._rules(), own_work=self._own_work)
         finally:
+            self._settling = None
             if keep_watching:
                 lw = self._loopwatch
                 self._stalls = tuple(lw.stalls_since(self.started_at)) if lw is not None else self._stalls
@@ -244,6 +246,15 @@ class Watch:
             else:
                 self.stop()
         return self._result(outcome)
+
+    def cut_short(self) -> bool:
+        """Stop waiting for leftovers now (a person's Ctrl-C): what is still there is judged as
+        it is, at once. False when no settle is under way."""
+        settling = self._settling
+        if settling is None:
+            return False
+        settling.deadline = min(settling.deadline, time.monotonic())
+        return True
 
     def settle_blocking(self) -> WatchResult:
         """:meth:`settle` from outside the loop: the watched loop, idle now, is run until the

@@ -26,13 +26,14 @@ import busmon.agent
 
 async def main(args: argparse.Namespace) -> None:
     topic = args.topic or f"orders-{uuid.uuid4().hex[:8]}"
+    bootstrap = args.bootstrap.removeprefix("kafka://")  # as busmon brokers prints it, or host:port
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
 
-    producer = AIOKafkaProducer(bootstrap_servers=args.bootstrap, request_timeout_ms=10_000)
-    consumer = AIOKafkaConsumer(topic, bootstrap_servers=args.bootstrap, group_id=f"{topic}-service",
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, request_timeout_ms=10_000)
+    consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, group_id=f"{topic}-service",
                                 auto_offset_reset="earliest", request_timeout_ms=10_000)
     await producer.start()
     await consumer.start()
@@ -54,7 +55,7 @@ async def main(args: argparse.Namespace) -> None:
 
 def parse() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--bootstrap", default="127.0.0.1:9092", help="the broker, host:port")
+    p.add_argument("--bootstrap", default="127.0.0.1:9092", help="the broker: host:port, or kafka://host:port")
     p.add_argument("--topic", default="", help="the topic (default: a fresh one)")
     p.add_argument("--messages", type=int, default=200, help="orders to produce and consume")
     p.add_argument("--leak", action="store_true", help="forget to stop the consumer at shutdown")
