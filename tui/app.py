@@ -237,6 +237,8 @@ class BusmonApp(App[int]):
         self.replaying = bool(getattr(controller, "replaying", False))
         #: a running program watched through its agent (tui/attach.py): b, v and m ask it
         self.attached = bool(getattr(controller, "attached", False))
+        #: a running program's phases and figures (attached, or a busmon run recording replayed)
+        self.program = controller is not None and getattr(controller.scenario, "backend", "") == "program"
         if controller is not None:  # the screen's own objects are busmon's, never the bus's memory
             controller.session.instruments.roots.append(self)
             controller.session.instruments.park_front_end = self.parked
@@ -297,6 +299,13 @@ class BusmonApp(App[int]):
         self.query_one(LeftoversTable).border_title = "leftovers at the verdict" if self.attached else "leftovers after close"
         self.query_one(StackView).border_title = "stack"
         self.query_one(StackView).show(None)
+        if self.program:
+            self.query_one("#chart-pub", PhaseChart).label = "rss MB"
+            self.query_one("#chart-del", PhaseChart).label = "lag p99 ms"
+            self.query_one("#legend", Static).update(legend(program=True))
+            self.query_one(ThroughputPanel).for_program()
+            if not self.attached:
+                self.query_one(LeftoversTable).border_title = "leftovers at the verdict"
         if self.controller is not None:
             # start measuring once the first frame is up: the app's start-up is not the bus's cost
             self.call_after_refresh(self._start)
@@ -417,6 +426,10 @@ class BusmonApp(App[int]):
     def _push_points(self, s: Sample) -> None:
         self.query_one("#chart-tasks", PhaseChart).push(s.tasks, s.phase)
         self.query_one("#chart-threads", PhaseChart).push(s.os_threads, s.phase)
+        if self.program:  # no load of busmon's: the program's memory and its loop's lag
+            self.query_one("#chart-pub", PhaseChart).push(s.rss_mb, s.phase)
+            self.query_one("#chart-del", PhaseChart).push((s.loop_lag_ms or {}).get("p99_ms", 0.0), s.phase)
+            return
         self.query_one("#chart-pub", PhaseChart).push(s.publish_per_s, s.phase)
         self.query_one("#chart-del", PhaseChart).push(s.deliver_per_s, s.phase)
 
@@ -439,8 +452,8 @@ class BusmonApp(App[int]):
         self._pending_sample = None
         settled = r.phase("settle")
         if settled is not None:
-            for chart_id, value in (("#chart-tasks", settled.tasks), ("#chart-threads", settled.os_threads),
-                                    ("#chart-pub", 0), ("#chart-del", 0)):
+            others = (("#chart-pub", settled.rss_mb),) if self.program else (("#chart-pub", 0), ("#chart-del", 0))
+            for chart_id, value in (("#chart-tasks", settled.tasks), ("#chart-threads", settled.os_threads), *others):
                 chart = self.query_one(chart_id, PhaseChart)
                 chart.push(value, "settle")
                 chart.refresh()

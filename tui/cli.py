@@ -617,7 +617,7 @@ def _replay_finish(rec: Recording, result: ScenarioResult, reports: list[Path],
         from busmon.tui.compare import compare_table
 
         out.print(compare_table(result))
-    else:
+    elif rec.header.command not in ("run", "attach"):  # a program's verdicts were told in full already
         _print_summary(result)
     _say_logs(result, None)
     _write_reports(result, reports, rec.header.scenario_path, shots)
@@ -696,7 +696,8 @@ def attach(
     label = str(conn.facts.get("label") or target)
     try:
         recorder = _start_program_recording(record, [str(a) for a in conn.facts.get("argv") or []], label,
-                                            kind="attach")
+                                            kind="attach", settle_timeout_s=conn.facts.get("settle_timeout_s"),
+                                            stall_ms=conn.facts.get("stall_ms"))
     except BadInput:
         conn.close()
         raise
@@ -767,7 +768,7 @@ def run(
     options = RunOptions(label=label, baseline_at=baseline_at, baseline_after_s=baseline_after, verdict_at=verdict_at,
                          settle_timeout_s=settle_timeout, stall_ms=stall_ms, ignore_tasks=tuple(ignore_task or ()),
                          ignore_threads=tuple(ignore_thread or ()), listen=listen, listen_buffer=listen_buffer)
-    recorder = _start_program_recording(record, command, label)
+    recorder = _start_program_recording(record, command, label, settle_timeout_s=settle_timeout, stall_ms=stall_ms)
 
     def say(line: str) -> None:
         try:  # stderr closed (busmon run … 2>&1 | head): the verdict still decides the exit code
@@ -795,6 +796,7 @@ def run(
     finally:
         _finish_recording(recorder, outcome.result if outcome is not None else None)
     heard = outcome.heard
+    teller.tell_verdicts()
     if heard.hello is None or (heard.errors and not heard.results):
         why = heard.errors[0] if heard.errors else (
             f"{command[0]} ran without busmon's agent (was python started with -I, -E or -S?): nothing was judged")
@@ -819,7 +821,7 @@ def run(
 
 
 def _start_program_recording(record: Path | None, command: list[str], label: str,
-                             kind: str = "run") -> Recorder | None:
+                             kind: str = "run", **settings: object) -> Recorder | None:
     """The recorder for ``busmon run --record`` and ``busmon attach --record`` (None without
     it); its path is checked first."""
     if record is None:
@@ -832,7 +834,7 @@ def _start_program_recording(record: Path | None, command: list[str], label: str
     from busmon.tui.report import busmon_version
 
     _file_to_write("--record", record)
-    header = Header(command=kind, scenario={"name": label, "argv": list(command)}, scenario_path=None,
+    header = Header(command=kind, scenario={"name": label, "backend": "program", "argv": list(command), **settings}, scenario_path=None,
                     target="", busmon=busmon_version(), python=platform.python_version(),
                     platform=platform.platform(),
                     started=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"), headless=True)

@@ -56,6 +56,8 @@ def _is_log_line(line: Any) -> bool:
 def replay_headless(recording: Recording, console: Console) -> ScenarioResult:
     """Print the recording's progress lines as the live run printed them; return its result."""
     collected = ReplayResult(recording)
+    if recording.header.command in PROGRAM_COMMANDS:
+        return _replay_program(recording, console, collected)
     now = [0.0]  # the recording's clock: each run's elapsed time reads as it did live
     progress = RunProgress(console, get_time=lambda: now[0])
     bars: dict[str, int] = {}
@@ -67,6 +69,29 @@ def replay_headless(recording: Recording, console: Console) -> ScenarioResult:
                 progress.console.print(f"[bold]{escape(event.backend)}[/] ({escape(event.target)})")
                 continue
             show_event(event, progress, bars, console)
+    say_problems(recording, console)
+    return collected.result()
+
+
+#: recordings of a program judged in its own process (busmon run, busmon attach)
+PROGRAM_COMMANDS = ("run", "attach")
+
+
+def _replay_program(recording: Recording, console: Console, collected: ReplayResult) -> ScenarioResult:
+    """A program's recording: the lines ``busmon run`` said, and its verdicts in the same words."""
+    from rich.text import Text
+
+    from busmon.tui.run_output import RunTeller
+
+    sc = recording.header.scenario
+    timeout = sc.get("settle_timeout_s")
+    stall = sc.get("stall_ms")
+    teller = RunTeller(lambda line: console.print(Text(line), soft_wrap=True, highlight=False),
+                       timeout if type(timeout) in (int, float) else 5.0, stall if type(stall) is int else 250)
+    for _, event in recording.events():
+        collected.add(event)
+        teller.event(event)
+    teller.tell_verdicts()
     say_problems(recording, console)
     return collected.result()
 

@@ -169,7 +169,9 @@ def to_markdown(result: ScenarioResult, scenario_path: str | None = None) -> str
         if thread_rows := component_rows(r, threads=True):
             lines += ["", "### Threads by name (Python threads; the OS count is in the phase table)", ""]
             lines += _table(["thread", *columns], thread_rows)
-        lines += ["", "### Leftovers at shutdown" if program else "### Leftovers after close", ""]
+        at_verdict = any(n.startswith("judged from the dashboard") or n.startswith("judged at the mark") for n in r.notes)
+        lines += ["", ("### Leftovers at the verdict" if at_verdict else "### Leftovers at shutdown") if program
+                  else "### Leftovers after close", ""]
         if not r.leftovers:
             lines += ["Nothing new was alive when the main coroutine returned." if program
                       else "Nothing new was alive when close returned."]
@@ -184,7 +186,8 @@ def to_markdown(result: ScenarioResult, scenario_path: str | None = None) -> str
                     lines += ["", f"<details><summary>stack of {x.state} {x.kind} <code>{x.name}</code></summary>",
                               "", "```", *x.stack, *( [f"created at {x.created_at}"] if x.created_at else []),
                               "```", "</details>"]
-        lines += ["", "### Memory", ""] + memory_lines(r)
+        if not program:  # a program's memory is its RSS per phase, in the table above
+            lines += ["", "### Memory", ""] + memory_lines(r)
         lines += ["", "### Event-loop stalls", ""] + stall_lines(r)
         if program:
             continue

@@ -29,6 +29,9 @@ class RunTeller:
         self.stall_ms = stall_ms
         self._first_run = ""
         self._run = ""
+        #: the verdicts' texts, told once the program has exited: after its own last words
+        #: (a traceback), not in the middle of them
+        self.verdicts: list[str] = []
 
     def event(self, event: Any) -> None:
         if isinstance(event, PhaseStarted):
@@ -37,8 +40,13 @@ class RunTeller:
         elif isinstance(event, PhaseSnapshot):
             self.snapshot(event)
         elif isinstance(event, RunFinished):
+            self.verdicts.append(as_watch_result(event.result, self.settle_timeout_s, self.stall_ms).report())
+
+    def tell_verdicts(self) -> None:
+        for text in self.verdicts:
             self.say("")
-            self.say(as_watch_result(event.result, self.settle_timeout_s, self.stall_ms).report())
+            self.say(text)
+        self.verdicts = []
 
     def snapshot(self, s: PhaseSnapshot) -> None:
         """A line per baseline, mark and shutdown; a loop other than the first is named."""

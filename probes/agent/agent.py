@@ -81,7 +81,8 @@ class Agent:
     def facts(self) -> dict[str, Any]:
         """Who this agent is: for ``busmon run`` and for an attaching dashboard."""
         return {"pid": os.getpid(), "python": platform.python_version(), "argv": list(sys.argv),
-                "busmon": _version(), "label": self.config.label}
+                "busmon": _version(), "label": self.config.label, "settle_timeout_s": self.config.settle_timeout_s,
+                "stall_ms": self.config.stall_ms}
 
     def emit(self, event: Any) -> None:
         """An event to ``busmon run`` and, if one is attached, to the dashboard."""

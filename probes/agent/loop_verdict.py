@@ -160,9 +160,10 @@ class LoopVerdict:
                 new_tasks, new_threads = len([t for t in nt if t not in own]), len(nth)
                 sockets = census.new_sockets(base)
                 processes = len(census.children - base.children)
+            lw = watch._loopwatch if watch is not None else None
             snap = PhaseSnapshot(phase, self.elapsed(), len(tasks), len(census.threads), os_thread_count(),
                                  by_component, new_tasks, new_threads, sockets, len(census.fds or ()),
-                                 processes, rss_mb())
+                                 processes, rss_mb(), lw.lag(phase) if lw is not None else {})
         self.phases.append(snap)
         if len(self.phases) > MAX_PHASES:  # a program marking in a loop: the oldest marks go
             del self.phases[1]

@@ -77,7 +77,16 @@ def _fit(points: list[tuple[float, str]], span: int) -> list[tuple[float, str]]:
     return out
 
 
-def legend() -> Text:
+def legend(program: bool = False) -> Text:
+    """What the bars' colours mean: the bus's phases, or (a program, busmon attach) baseline,
+    the program's own marks, settle."""
+    if program:
+        text = Text()
+        for name, colour in (("baseline", PHASE_COLOURS["baseline"]), ("its marks", "white"),
+                             ("settle", PHASE_COLOURS["settle"])):
+            text.append("■", style=colour)
+            text.append(f"{name} ", style="dim")
+        return text
     text = Text()
     for name, colour in PHASE_COLOURS.items():
         text.append("■", style=colour)

@@ -24,6 +24,8 @@ class Rates(Widget):
         self.sample: Sample | None = None
         self.final: RunResult | None = None
         self._stacked = False
+        #: a running program (busmon attach): no load of busmon's, so its process's figures
+        self.program = False
 
     def render(self) -> Text:
         """Five fixed-width lines of label/value pairs (plain Text: cheaper than a rich Table).
@@ -54,7 +56,9 @@ class Rates(Widget):
         ms = _short_ms if compact else (lambda v: f"{v:.2f}ms")
         if s is None and final is None:
             return Text()
-        if final is not None:
+        if self.program:
+            rows = program_rows(s, final, num, compact)
+        elif final is not None:
             t = final.throughput
             lat = t.get("latency_ms") or {}
             pub, dlv, label = t.get("publish_per_s", 0), t.get("deliver_per_s", 0), "" if compact else "avg "
@@ -62,11 +66,14 @@ class Rates(Widget):
             assert s is not None
             lat = s.latency_ms or {}
             pub, dlv, label = s.publish_per_s, s.deliver_per_s, ""
-        rows: list[tuple[str, str | Text, str, str | Text]] = [
-            (f"{label}pub/s", num(pub), f"{label}del/s", num(dlv)),
-            ("p50", ms(lat.get('p50', 0)), "p99", ms(lat.get('p99', 0))),
-        ]
-        if final is not None:
+        if not self.program:
+            rows = [
+                (f"{label}pub/s", num(pub), f"{label}del/s", num(dlv)),
+                ("p50", ms(lat.get('p50', 0)), "p99", ms(lat.get('p99', 0))),
+            ]
+        if self.program:
+            pass
+        elif final is not None:
             delivery = final.delivery
             lost = delivery.get("lost", 0)
             rows.append(("sent", num(delivery.get('sent', 0)), "recv", num(delivery.get('received', 0))))
@@ -106,6 +113,32 @@ class Rates(Widget):
         return text
 
 
+Row = tuple[str, "str | Text", str, "str | Text"]
+
+
+def program_rows(s: Sample | None, final: RunResult | None, num, compact: bool) -> list[Row]:
+    """A running program's figures: its tasks, threads, memory, descriptors and loop, live;
+    once judged, what was left and how long judging took."""
+    if final is not None:
+        leaked = final.count("leaked")
+        worst = (final.worst_stall() or {}).get("duration_ms", 0.0)
+        lag_max = max((p.loop_lag_ms.get("max_ms", 0.0) for p in final.phases), default=0.0)
+        return [("leaked", Text(f"{leaked:,}", style="red" if leaked else "green"), "exited", num(final.count("exited"))),
+                ("ignored", num(final.count("ignored")), "settle", f"{final.settle_ms:,.0f}ms"),
+                ("verdict", f"{final.verdict_ms:,.0f}ms", "rss MB", f"{final.phases[-1].rss_mb:,.0f}" if final.phases else "–"),
+                ("lag max", f"{lag_max:,.0f}ms", "stalls", Text(f"{len(final.stalls)}" + (
+                    f" ≤{worst:,.0f}ms" if worst and not compact else ""), style="yellow" if final.stalls else "green"))]
+    assert s is not None
+    lag = s.loop_lag_ms or {}
+    stalls = f" ·{s.stalls} stall{'s' if s.stalls > 1 else ''}" if s.stalls and not compact else ""
+    return [("tasks", num(s.tasks), "threads", f"{s.threads}/{s.os_threads}"),
+            ("rss MB", f"{s.rss_mb:,.0f}", "sockets", f"{s.sockets}"),
+            ("fds", num(s.open_fds), "cpu %", f"{s.cpu_percent:,.0f}"),
+            ("lag p99" if compact else "lag p50/99",
+             f"{lag.get('p99_ms', 0):.1f}ms" if compact else f"{lag.get('p50_ms', 0):.1f}/{lag.get('p99_ms', 0):.1f}ms",
+             "max", Text(f"{lag.get('max_ms', 0):,.0f}ms" + stalls, style="yellow" if s.stalls else ""))]
+
+
 #: the labels at their shortest (the help and the wider forms say them in full)
 TIGHT_LABELS = {"pub/s": "pub", "del/s": "del", "dup/ord": "d/o", "rss MB": "MB", "sockets": "sock",
                 "lag p99": "lag", "lag max": "lag", "stalls": "stl"}
@@ -137,6 +170,7 @@ def _cell(value: str | Text) -> tuple[str, str]:
 
 
 LIVE_TITLE = "throughput & delivery"
+PROGRAM_TITLE = "the program"
 
 
 class ThroughputPanel(Vertical):
@@ -150,13 +184,19 @@ class ThroughputPanel(Vertical):
         # a known total from the start: an indeterminate bar animates (redraws) all the time
         yield ProgressBar(total=1, show_eta=False, id="progress")
 
+    def for_program(self) -> None:
+        """busmon attach: a running program's figures, not a load's (no progress to show)."""
+        self.query_one(Rates).program = True
+        self.query_one(ProgressBar).display = False
+        self.border_title = PROGRAM_TITLE
+
     def show(self, s: Sample) -> None:
         """A live sample (clears a finished run's figures once the next run is under way)."""
         rates = self.query_one(Rates)
         rates.sample = s
         if s.phase not in ("", "settle") and rates.final is not None and rates.final.name != s.run:
             rates.final = None
-            self.border_title = LIVE_TITLE
+            self.border_title = PROGRAM_TITLE if rates.program else LIVE_TITLE
             self.query_one(ProgressBar).update(total=1, progress=0)  # not the last run's 100 %
         rates.refresh()
         if rates.final is None and s.expected:
@@ -166,7 +206,7 @@ class ThroughputPanel(Vertical):
         """The run's own figures: average rates, latency, the delivery audit."""
         rates = self.query_one(Rates)
         rates.final = r
-        self.border_title = f"{r.name}: averages"
+        self.border_title = r.name if rates.program else f"{r.name}: averages"
         rates.refresh()
         sent = r.delivery.get("sent", 0)
         self.query_one(ProgressBar).update(total=sent or 1, progress=r.delivery.get("received", 0))
