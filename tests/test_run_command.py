@@ -415,3 +415,26 @@ def test_a_forked_child_is_not_the_program_and_says_nothing(tmp_path: Path) -> N
     data = report(tmp_path / "r.json")
     assert len(data["runs"]) == 1 and data["runs"][0]["verdict"] == "clean"  # the child's loop: not judged
     assert "in-child" not in out.stderr
+
+
+def test_retained_counts_what_the_program_made_and_still_holds(tmp_path: Path) -> None:
+    prog = write(tmp_path, "cache.py", """
+        import asyncio
+        CACHE = {}
+        class Session:
+            def __init__(self, i):
+                self.buffer = bytearray(1000)
+        async def main():
+            for i in range(500):
+                CACHE[i] = Session(i)
+        asyncio.run(main())
+    """)
+    out = busmon_run("--retained", "--report", str(tmp_path / "r.json"), "--", PY, str(prog))
+    assert out.returncode == 0, out.stderr  # held on purpose is not a leak: told, not failed
+    kept = report(tmp_path / "r.json")["runs"][0]["memory"]["retained_since_baseline"]
+    assert kept[0]["type"] == "__main__.Session" and kept[0]["count"] == 500
+    assert kept[0]["size_bytes"] >= 500 * 1000  # each with the buffer only it holds
+    assert "500 __main__.Session" in out.stderr
+    assert not any(x["type"] == "coroutine" for x in kept)  # busmon's own verdict is not the program's
+    plain = busmon_run("--report", str(tmp_path / "p.json"), "--", PY, str(prog))
+    assert "retained_since_baseline" not in report(tmp_path / "p.json")["runs"][0]["memory"]

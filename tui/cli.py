@@ -742,6 +742,10 @@ def run(
         "--stall-ms", metavar="MS", min=0, help="The loop blocked this long is a stall (0: not watched).")] = 250,
     ignore_task: IgnoreTaskOpt = None,
     ignore_thread: IgnoreThreadOpt = None,
+    retained: Annotated[bool, typer.Option(
+        "--retained", metavar="", help="Also count what the program made since the baseline and still holds at "
+                                       "the verdict, by type (the baseline's objects are kept out of the garbage "
+                                       "collector's reach until then).")] = False,
     listen: Annotated[bool, typer.Option(
         "--listen", metavar="", help="Also let busmon attach PID watch the program live (a socket only you can reach).")] = False,
     listen_buffer: Annotated[int, typer.Option(
@@ -767,7 +771,8 @@ def run(
     label += " …" if len(command) > 3 else ""
     options = RunOptions(label=label, baseline_at=baseline_at, baseline_after_s=baseline_after, verdict_at=verdict_at,
                          settle_timeout_s=settle_timeout, stall_ms=stall_ms, ignore_tasks=tuple(ignore_task or ()),
-                         ignore_threads=tuple(ignore_thread or ()), listen=listen, listen_buffer=listen_buffer)
+                         ignore_threads=tuple(ignore_thread or ()), listen=listen, listen_buffer=listen_buffer,
+                         retained=retained)
     recorder = _start_program_recording(record, command, label, settle_timeout_s=settle_timeout, stall_ms=stall_ms)
 
     def say(line: str) -> None:

@@ -195,6 +195,7 @@ class RunOptions:
     ignore_threads: tuple[str, ...] = ()
     listen: bool = False
     listen_buffer: int = 4 * 2**20
+    retained: bool = False
 
 
 @dataclass

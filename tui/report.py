@@ -188,6 +188,10 @@ def to_markdown(result: ScenarioResult, scenario_path: str | None = None) -> str
                               "```", "</details>"]
         if not program:  # a program's memory is its RSS per phase, in the table above
             lines += ["", "### Memory", ""] + memory_lines(r)
+        elif (kept := r.memory.get("retained_since_baseline")) is not None:
+            lines += ["", "### Objects made since the baseline, still held at the verdict (--retained)", ""]
+            lines += _table(["type", "count", "KiB"], [[f"`{x['type']}`", f"{x['count']:,}", kib(x["size_bytes"])]
+                                                      for x in kept]) if kept else ["None."]
         lines += ["", "### Event-loop stalls", ""] + stall_lines(r)
         if program:
             continue

@@ -40,7 +40,8 @@ class RunTeller:
         elif isinstance(event, PhaseSnapshot):
             self.snapshot(event)
         elif isinstance(event, RunFinished):
-            self.verdicts.append(as_watch_result(event.result, self.settle_timeout_s, self.stall_ms).report())
+            text = as_watch_result(event.result, self.settle_timeout_s, self.stall_ms).report()
+            self.verdicts.append(text + retained_lines(event.result))
 
     def tell_verdicts(self) -> None:
         for text in self.verdicts:
@@ -60,6 +61,20 @@ class RunTeller:
                      f"and {signed(s.new_threads)} threads; waiting up to {self.settle_timeout_s:g} s for them to exit")
         elif s.phase != SETTLE:
             self.say(f"busmon: mark {s.phase!r} at {at}: {_counts(s, True)}")
+
+
+def retained_lines(run: RunResult, most: int = 5) -> str:
+    """``--retained``: the largest kinds of object the program made since the baseline and still
+    holds (not a verdict: a cache, a pool, a connection's buffers are held on purpose)."""
+    kept = run.memory.get("retained_since_baseline")
+    if kept is None:
+        return ""
+    if not kept:
+        return "\n\nheld since the baseline: nothing the program made is still alive"
+    lines = ["", "", f"held since the baseline (the largest {min(most, len(kept))} of {len(kept)} kinds; the report "
+                     "has them all):"]
+    lines += [f"  {x['count']:>8,} {x['type']}  {x['size_bytes'] / 1024:,.1f} KiB" for x in kept[:most]]
+    return "\n".join(lines)
 
 
 def as_watch_result(run: RunResult, settle_timeout_s: float, stall_ms: int) -> WatchResult:

@@ -34,6 +34,8 @@ class AgentConfig:
     trace_creation: bool = True              # where tasks were created, threads started
     ignore_tasks: tuple[str, ...] = ()
     ignore_threads: tuple[str, ...] = ()
+    retained: bool = False                   # the objects created since the baseline, still alive at
+    #                                          the verdict, by type (the baseline frozen till then)
     listen: bool = False                     # serve busmon attach on a socket (busmon run --listen)
     listen_buffer: int = 4 * 2**20           # bytes held for a dashboard that does not keep up
     pythonpath: str | None = None            # the program's own PYTHONPATH, put back at once

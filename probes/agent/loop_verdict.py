@@ -14,7 +14,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import os
 import threading
+import types
 import time
 import weakref
 from typing import Any, Callable
@@ -25,6 +27,7 @@ from busmon.probes.model import PhaseSnapshot, PhaseStarted, RunFinished, RunRes
 from busmon.probes.observe.census import Census, components_of_tasks, components_of_threads, os_thread_count
 from busmon.probes.observe.components import package_of, task_component
 from busmon.probes.observe.fds import fd_table, identities, new_sockets
+from busmon.probes.observe.heap_census import take_census
 from busmon.probes.observe.process import ProcessProbe, rss_mb
 from busmon.probes.verdict.watch_result import WatchResult
 from busmon.probes.watching.watch import Watch
@@ -32,6 +35,10 @@ from busmon.probes.watching.watch_options import KINDS, WatchOptions
 
 from busmon.probes.agent.config import AgentConfig
 
+#: busmon's measuring code: its coroutines are never the program's objects
+_PROBES_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
+#: rows of retained objects reported (--retained), the largest
+RETAINED_ROWS = 15
 #: the phase snapshots kept for the report (the baseline and the last ones)
 MAX_PHASES = 1000
 #: the phase names busmon gives a program's life (the marks are the program's own)
@@ -51,6 +58,9 @@ class LoopVerdict:
         self.to_dashboard: Callable[[Any], None] | None = None
         self.t0 = time.monotonic()
         self.in_main_thread = threading.current_thread() is threading.main_thread()
+        #: --retained: the main thread's loop only (freezing is process-wide)
+        self.counts_retained = config.retained and self.in_main_thread
+        self.retained_rows: list[dict[str, Any]] = []
         self.phases: list[PhaseSnapshot] = []
         self.own: weakref.WeakSet[asyncio.Task] = weakref.WeakSet()  # busmon's tasks on this loop
         self.watch: Watch | None = None
@@ -113,7 +123,7 @@ class LoopVerdict:
         if self.watch is not None:
             self.watch.stop()
         self.watch = Watch(self._options(), label=self.name, exclude=lambda loop: list(self.own),
-                           freeze_baseline=False)
+                           freeze_baseline=self.counts_retained)
         self.emit(PhaseStarted(self.name, BASELINE, self.elapsed()))
         self.watch.start(self.loop)
         self.phases = [p for p in self.phases if p.phase != BASELINE]
@@ -197,11 +207,23 @@ class LoopVerdict:
             self.snapshot(SHUTDOWN)  # the naive count: right when main() returned
         self.emit(PhaseStarted(self.name, SETTLE, self.elapsed()))
         watch = self.watch
-        result = await watch.settle()
+        result = await watch.settle(judge=self._count_retained if self.counts_retained else None)
         self.snapshot(SETTLE)
         run = self.result(result, at, interrupted)
         self.emit(RunFinished(run))
         return run
+
+    def _count_retained(self) -> None:
+        """After the verdict's GC, before the baseline thaws: what the program made since the
+        baseline and still holds, by type, the largest first (busmon's own left out)."""
+        # busmon's own coroutines judging right now (this verdict's chain of awaits)
+        ours = [o for o in gc.get_objects() if type(o) is types.CoroutineType
+                and o.cr_code.co_filename.startswith(_PROBES_DIR)]
+        census = take_census([self, self.watch, *self.own, asyncio.current_task(), *ours], None, full=True,
+                             extra=ours)
+        rows = sorted(census.counts.items(), key=lambda kv: (-census.sizes.get(kv[0], 0), -kv[1]))
+        self.retained_rows = [{"type": t, "count": n, "size_bytes": census.sizes.get(t, 0)}
+                              for t, n in rows[:RETAINED_ROWS]]
 
     def cut_short(self) -> None:
         """Ctrl-C while the verdict waits for leftovers: judge what is there now."""
@@ -286,7 +308,8 @@ class LoopVerdict:
             name=self.name, backend="program", verdict=w.verdict, phases=tuple(self.phases),
             settle_ms=w.settle_ms, leftovers=w.leftovers, delivery={}, throughput={}, drift=drift,
             verdict_ms=w.verdict_ms, stalls=tuple(s.as_dict() for s in w.stalls), notes=tuple(notes),
-            memory={"rss_mb": {p.phase: p.rss_mb for p in self.phases}} if base is not None else {},
+            memory={**({"rss_mb": {p.phase: p.rss_mb for p in self.phases}} if base is not None else {}),
+                    **({"retained_since_baseline": list(self.retained_rows)} if self.counts_retained else {})},
         )
 
 

@@ -221,11 +221,13 @@ class Watch:
             return {"threads": len(threads)}
         return {"tasks": len([t for t in tasks if t not in own]), "threads": len(threads)}
 
-    async def settle(self, keep_watching: bool = False) -> WatchResult:
+    async def settle(self, keep_watching: bool = False, judge: Callable[[], None] | None = None) -> WatchResult:
         """Wait on the watched loop (it must be the running one) for what appeared since the
         baseline to exit, or the deadline; then judge. ``keep_watching``: the baseline and the
         loop's instruments stay for a later verdict (``busmon attach``'s ``v``, any number of
-        times); otherwise the loop is put back as it was."""
+        times); otherwise the loop is put back as it was. ``judge`` runs after the verdict's GC,
+        while only what appeared since the baseline is outside the frozen generation (when the
+        baseline was frozen): ``busmon run --retained``'s census of what is still alive."""
         loop = asyncio.get_running_loop()
         if self.loop is not None and loop is not self.loop:
             raise RuntimeError("settle() must run on the loop the baseline was taken on")
@@ -235,7 +237,7 @@ class Watch:
                 own.add(me)
             watch = self._settling = self._settle_watch(self.loop, own)
             own.add(watch.start())
-            outcome = await watch.verdict(self._rules(), own_work=self._own_work)
+            outcome = await watch.verdict(self._rules(), judge=judge, own_work=self._own_work)
         finally:
             self._settling = None
             if keep_watching:
