@@ -428,3 +428,37 @@ def test_a_mark_named_start_is_only_a_mark(tmp_path: Path) -> None:
     out = subprocess.run([PY, "-m", "busmon", "run", "--settle-timeout", "0.2", "--", PY, str(prog)],
                          capture_output=True, text=True, timeout=TIMEOUT_S)
     assert out.returncode == 1 and "early" in out.stderr, out.stderr
+
+
+async def test_a_password_in_a_task_name_never_reaches_the_dashboard(tmp_path: Path) -> None:
+    prog = write(tmp_path, "secret.py", """
+        import asyncio, signal
+        async def main():
+            stop = asyncio.Event()
+            asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+            t = asyncio.create_task(asyncio.Event().wait(), name="conn nats://bob:s3cretpw@127.0.0.1:4222")
+            print("ready", flush=True)
+            await stop.wait()
+            t.cancel()
+        asyncio.run(main())
+    """)
+    proc = subprocess.Popen([PY, "-m", "busmon", "run", "--listen", "--settle-timeout", "0.2", "--", PY, str(prog)],
+                            text=True, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        pid = next(int(line.split("busmon attach ")[1].split()[0]) for line in proc.stderr if "busmon attach " in line)
+        assert proc.stdout.readline() == "ready\n"
+        controller = AttachController(AgentConnection(find_socket(str(pid))))
+        app = BusmonApp(controller)
+        async with app.run_test(size=(120, 40)) as pilot:
+            await until(pilot, lambda: app.state.latest is not None, "a live sample")
+            await pilot.press("v")
+            await until(pilot, lambda: bool(app.results), "the verdict")
+            [left] = [x for x in app.results[0].leftovers if x.state == "leaked"]
+            assert left.name == "conn nats://bob:***@127.0.0.1:4222"
+            assert "s3cretpw" not in repr(app.state)  # what the panels are drawn from
+        controller.shutdown()
+        os.kill(pid, signal.SIGTERM)
+        _, err = proc.communicate(timeout=TIMEOUT_S)
+        assert "s3cretpw" not in "".join(line for line in err.splitlines(True) if line.startswith("busmon"))
+    finally:
+        proc.kill()

@@ -16,7 +16,15 @@ import time
 from typing import Any
 
 from busmon.probes.model import RunFinished
+from busmon.bus.secrets import scrub_tree
 from busmon.probes.recording.codec import Encoder
+from busmon.probes.recording.writer import FIXED_FIELDS
+
+
+def shown(line: dict[str, Any]) -> dict[str, Any]:
+    """An event as it may leave the program: every URL's password masked in every string (a
+    task named after its connection's URL), busmon's own words left as they are."""
+    return scrub_tree(line, FIXED_FIELDS)
 
 #: what the first line says: a busmon agent's channel, in this version of the protocol
 FORMAT = "busmon-agent"
@@ -55,7 +63,7 @@ class Channel:
     def put(self, event: Any) -> None:
         """An event of the recording's vocabulary (a phase, a snapshot, a sample, a result)."""
         with self._cond:
-            line = self._encoder.encode(time.monotonic() - self.t0, event)
+            line = shown(self._encoder.encode(time.monotonic() - self.t0, event))
         self._queue(line, droppable=not isinstance(event, RunFinished))
 
     def _queue(self, line: dict[str, Any], droppable: bool = False) -> None:

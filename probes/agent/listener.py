@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 from typing import Any, Protocol
 
-from busmon.probes.agent.channel import FORMAT, VERSION
+from busmon.probes.agent.channel import FORMAT, VERSION, shown
 from busmon.probes.model import RunFinished
 from busmon.probes.observe.fds import BUSMON_FDS
 from busmon.probes.recording.codec import Encoder
@@ -124,7 +124,7 @@ class Listener:
             if not isinstance(event, RunFinished) and len(self._out) > self.max_buffer:
                 self.dropped += 1  # a sample, a mark: never a verdict
                 return
-            line = self._encoder.encode(time.monotonic() - self.agent.channel.t0, event)
+            line = shown(self._encoder.encode(time.monotonic() - self.agent.channel.t0, event))
             self._out += (json.dumps(line, separators=(",", ":")) + "\n").encode()
         self._wake()
 
