@@ -744,8 +744,7 @@ def run(
     ignore_thread: IgnoreThreadOpt = None,
     retained: Annotated[bool, typer.Option(
         "--retained", metavar="", help="Also count what the program made since the baseline and still holds at "
-                                       "the verdict, by type (the baseline's objects are kept out of the garbage "
-                                       "collector's reach until then).")] = False,
+                                       "the verdict, by type.")] = False,
     listen: Annotated[bool, typer.Option(
         "--listen", metavar="", help="Also let busmon attach PID watch the program live (a socket only you can reach).")] = False,
     listen_buffer: Annotated[int, typer.Option(
