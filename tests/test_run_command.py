@@ -102,7 +102,7 @@ def test_baseline_at_a_mark_and_after_a_delay(tmp_path: Path) -> None:
     out = busmon_run("--baseline-at", "never", "--settle-timeout", "0.3", "--report", str(tmp_path / "n.json"),
                      "--", PY, str(prog), "--leak", stdin="x\n")
     assert out.returncode == 1
-    assert any("never marked 'never'" in n for n in report(tmp_path / "n.json")["runs"][0]["notes"])
+    assert any("not marked 'never'" in n for n in report(tmp_path / "n.json")["runs"][0]["notes"])
     # a delay longer than the program lives: judged from the start, and said
     out = busmon_run("--baseline-after", "30", "--settle-timeout", "0.3", "--report", str(tmp_path / "d.json"),
                      "--", PY, str(prog), "--leak", stdin="x\n")
@@ -438,3 +438,51 @@ def test_retained_counts_what_the_program_made_and_still_holds(tmp_path: Path) -
     assert not any(x["type"] == "coroutine" for x in kept)  # busmon's own verdict is not the program's
     plain = busmon_run("--report", str(tmp_path / "p.json"), "--", PY, str(prog))
     assert "retained_since_baseline" not in report(tmp_path / "p.json")["runs"][0]["memory"]
+
+
+def test_a_verdict_at_a_mark_judges_what_was_there_then_and_never_holds_the_program(tmp_path: Path) -> None:
+    prog = write(tmp_path, "marked.py", """
+        import asyncio, time, sys
+        import busmon.agent
+        async def main():
+            t = asyncio.create_task(asyncio.Event().wait(), name="before-the-mark")
+            busmon.agent.mark("ready")
+            later = asyncio.create_task(asyncio.sleep(0.05), name="after-the-mark")  # new work, not left over
+            await asyncio.sleep(0.2)
+            print("returning", flush=True)  # "before-the-mark" still running: the program forgot it
+        started = time.monotonic()
+        asyncio.run(main())
+        print(f"held {time.monotonic() - started:.1f}", flush=True)
+    """)
+    out = busmon_run("--verdict-at", "ready", "--settle-timeout", "30", "--report", str(tmp_path / "r.json"),
+                     "--", PY, str(prog))
+    assert out.returncode == 1, out.stderr
+    held = float(out.stdout.split("held ")[1])
+    assert held < 10  # the 30 s wait was cut short when the program ended, not sat out
+    left = leaked(report(tmp_path / "r.json"))
+    assert [x["name"] for x in left] == ["before-the-mark"]  # nothing of busmon's, nothing started after
+    notes = report(tmp_path / "r.json")["runs"][0]["notes"]
+    assert any("the program ended while busmon waited" in n for n in notes)
+
+
+def test_ctrl_c_while_busmon_waits_judges_at_once_without_a_traceback(tmp_path: Path) -> None:
+    prog = write(tmp_path, "leaves.py", """
+        import asyncio
+        async def main():
+            asyncio.get_running_loop().create_task(asyncio.Event().wait(), name="left")
+        asyncio.run(main())
+    """)
+    proc = start_run("--settle-timeout", "60", "--", PY, str(prog))
+    try:
+        said = []
+        for line in proc.stderr:
+            said.append(line)
+            if "waiting up to 60 s" in line:
+                break
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=30)  # well within the 60 s it would have waited
+    finally:
+        proc.kill()
+    assert proc.returncode == 1, "".join(said) + err  # the verdict's code: the program had returned
+    assert "leaked 1 task" in err and "Ctrl-C while busmon waited" in err
+    assert "Traceback" not in err

@@ -306,6 +306,8 @@ class BusmonApp(App[int]):
             self.query_one(ThroughputPanel).for_program()
             if not self.attached:
                 self.query_one(LeftoversTable).border_title = "leftovers at the verdict"
+            else:  # the baseline is the program's start: everything it runs now is "new"
+                self._advance(Noted("b once it has started up, then v judges what appeared since"))
         if self.controller is not None:
             # start measuring once the first frame is up: the app's start-up is not the bus's cost
             self.call_after_refresh(self._start)

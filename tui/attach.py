@@ -73,8 +73,12 @@ def _program_of(pid: int) -> int | None:
     import psutil
 
     try:
-        children = psutil.Process(pid).children()
+        proc = psutil.Process(pid)
+        command = proc.cmdline()
+        children = proc.children()
     except psutil.Error:
+        return None
+    if not any("busmon" in part for part in command) or "run" not in command:
         return None
     for child in children:
         try:
@@ -266,7 +270,7 @@ class AttachController:
         return out
 
     def result(self) -> ScenarioResult:
-        return ScenarioResult(f"busmon attach: {self.label}", tuple(self.session.results))
+        return ScenarioResult(self.label, tuple(self.session.results))
 
     async def stop_playback(self) -> None:
         """Detach: the program goes on as it was."""

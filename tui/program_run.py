@@ -25,6 +25,7 @@ from typing import Any, Callable
 import busmon.probes.agent as agent_package
 from busmon.probes.agent import channel as wire
 from busmon.probes.agent.config import ENV, AgentConfig
+from busmon.probes.agent.socket_dir import socket_path
 from busmon.probes.model import RunFinished, RunResult, ScenarioResult
 from busmon.probes.recording.codec import Decoder, DamagedLine
 
@@ -46,6 +47,9 @@ def python_command(argv: list[str]) -> str:
     if not argv:
         raise NotAProgram("give the program to run after --, e.g. busmon run -- python app.py")
     exe = shutil.which(argv[0])
+    if exe is None and os.path.isfile(argv[0]):
+        raise NotAProgram(f"{argv[0]} is not executable: run it with its interpreter (busmon run -- python "
+                          f"{argv[0]})")
     if exe is None:
         raise NotAProgram(f"{argv[0]}: no such program (not a file, not on PATH)")
     name = os.path.basename(exe)
@@ -207,7 +211,7 @@ class ProgramOutcome:
 
     @property
     def result(self) -> ScenarioResult:
-        return ScenarioResult(f"busmon run: {self.label}", tuple(self.heard.results))
+        return ScenarioResult(self.label, tuple(self.heard.results))  # as a replay of its recording names it
 
     @property
     def leaked(self) -> bool:
@@ -259,6 +263,11 @@ def run_program(argv: list[str], options: RunOptions, on_event: Callable[[Any], 
         for sig, handler in previous.items():
             signal.signal(sig, handler)
     drained = reader.join(DRAIN_S)
+    if options.listen:  # killed outright, the program's agent could not take its socket away
+        try:
+            socket_path(proc.pid).unlink(missing_ok=True)
+        except OSError:
+            pass
     return ProgramOutcome(returncode, reader.heard, drained, label=options.label)
 
 

@@ -29,6 +29,7 @@ class RunTeller:
         self.stall_ms = stall_ms
         self._first_run = ""
         self._run = ""
+        self._started: dict[str, float] = {}   # when each phase began (a mark: the same instant)
         #: the verdicts' texts, told once the program has exited: after its own last words
         #: (a traceback), not in the middle of them
         self.verdicts: list[str] = []
@@ -37,6 +38,7 @@ class RunTeller:
         if isinstance(event, PhaseStarted):
             self._first_run = self._first_run or event.run
             self._run = event.run
+            self._started[event.phase] = event.t_s
         elif isinstance(event, PhaseSnapshot):
             self.snapshot(event)
         elif isinstance(event, RunFinished):
@@ -57,10 +59,18 @@ class RunTeller:
         if s.phase == BASELINE:
             self.say(f"busmon: baseline at {at}: {_counts(s, False)}")
         elif s.phase == SHUTDOWN:
-            self.say(f"busmon: shutdown at {at}: a plain count now sees {signed(s.new_tasks)} tasks "
-                     f"and {signed(s.new_threads)} threads; waiting up to {self.settle_timeout_s:g} s for them to exit")
+            if s.new_tasks or s.new_threads or s.sockets or s.processes:
+                self.say(f"busmon: shutdown at {at}: a plain count now sees {signed(s.new_tasks)} tasks and "
+                         f"{signed(s.new_threads)} threads; waiting up to {self.settle_timeout_s:g} s for what is "
+                         "left to exit")
+            else:
+                self.say(f"busmon: shutdown at {at}: nothing new is alive; judging")
         elif s.phase != SETTLE:
-            self.say(f"busmon: mark {s.phase!r} at {at}: {_counts(s, True)}")
+            began = self._started.get(s.phase)
+            if began is not None and s.t_s - began > 0.001:  # opened earlier: a phase that ended
+                self.say(f"busmon: phase {s.phase!r} ended at {at} ({s.t_s - began:,.2f} s): {_counts(s, True)}")
+            else:
+                self.say(f"busmon: mark {s.phase!r} at {at}: {_counts(s, True)}")
 
 
 def retained_lines(run: RunResult, most: int = 5) -> str:
@@ -83,5 +93,7 @@ def as_watch_result(run: RunResult, settle_timeout_s: float, stall_ms: int) -> W
     end = next((p for p in reversed(run.phases) if p.phase != SETTLE), None)
     at_end = {"tasks": end.new_tasks, "threads": end.new_threads} if end is not None else {}
     stalls = tuple(Stall(**dict(s)) for s in run.stalls)
+    if any("judged then" in n for n in run.notes):  # the wait was cut short: say how long it was
+        settle_timeout_s = round(run.settle_ms / 1000, 3)
     return WatchResult(run.verdict, run.leftovers, settle_timeout_s, run.settle_ms, run.verdict_ms, at_end,
                        run.name, run.notes, run.verdict == "clean", stalls, stall_ms or None)

@@ -124,7 +124,10 @@ class Agent:
         self._each_loop(lambda lv: lv.attached_baseline())
 
     def verdict_all(self) -> None:
-        self._each_loop(lambda lv: lv.own.add(lv.loop.create_task(lv.judge_attached(), name="busmon.agent.verdict")))
+        def judge(lv: LoopVerdict) -> None:
+            census = lv.census_now()  # what is alive as the dashboard asks
+            lv.own.add(lv.loop.create_task(lv.judge_attached(census), name="busmon.agent.verdict"))
+        self._each_loop(judge)
 
     # -- loops -----------------------------------------------------------------------------
 
@@ -163,7 +166,10 @@ class Agent:
         if lv is None:
             return
         try:
-            if lv.verdict_task is not None:
+            if lv.verdict_task is not None and not lv.verdict_task.done():
+                # the program is ending while the verdict asked for at a mark still waits: what
+                # is there now is what it left; judge it at once rather than hold the program
+                lv.cut_short("the program ended while busmon waited for leftovers: judged then")
                 await asyncio.wait([lv.verdict_task])
             await lv.judge(interrupted=interrupted)
         except Exception as exc:
@@ -186,8 +192,8 @@ class Agent:
             raise
         finally:
             if not cancelled or interrupted():
-                if await self._judge_through_ctrl_c(loop, cancelled) and not cancelled:
-                    raise asyncio.CancelledError  # the Ctrl-C is the program's: asyncio.run() ends as it would
+                # a Ctrl-C while busmon waits only cuts the waiting short: the program had returned
+                await self._judge_through_ctrl_c(loop, cancelled)
             else:
                 self.end(loop)
 

@@ -43,6 +43,7 @@ class Served(Protocol):
     def baseline_all(self) -> None: ...
     def verdict_all(self) -> None: ...
     def sample_all(self) -> None: ...
+    def fault(self, doing: str, exc: BaseException) -> None: ...
 
 THREAD_NAME = "busmon.agent.listener"
 #: what a dashboard may ask (nothing else is ever acted on)
@@ -149,8 +150,9 @@ class Listener:
         while not self._stop:
             try:
                 next_sample = self._turn(next_sample)
-            except Exception:  # busmon's fault: that dashboard goes, the program and the socket stay
+            except Exception as exc:  # busmon's fault: that dashboard goes, the program and the socket stay
                 self.faults += 1
+                self.agent.fault("serving a dashboard", exc)
                 self._drop_client("fault")
 
     def _turn(self, next_sample: float) -> float:

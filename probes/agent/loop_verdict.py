@@ -41,6 +41,8 @@ from busmon.probes.agent.config import AgentConfig
 
 #: busmon's measuring code: its coroutines are never the program's objects
 _PROBES_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
+#: the note of a verdict whose wait a Ctrl-C cut short
+CTRL_C = "Ctrl-C while busmon waited for leftovers to exit: judged then, not at the settle deadline"
 #: rows of retained objects reported (--retained), the largest
 RETAINED_ROWS = 15
 #: the phase snapshots kept for the report (the baseline and the last ones)
@@ -113,8 +115,8 @@ class LoopVerdict:
         if c.baseline_after_s is not None:
             self._baseline_timer = self.loop.call_later(c.baseline_after_s, self._delayed_baseline)
         elif c.baseline_at is not None:
-            self.baseline_note = (f"the program never marked {c.baseline_at!r}: the baseline is the main "
-                                  "coroutine's start")
+            self.baseline_note = (f"the program had not marked {c.baseline_at!r} (--baseline-at) by the verdict: "
+                                  "the baseline is the main coroutine's start")
 
     def _delayed_baseline(self) -> None:
         self._baseline_timer = None
@@ -126,10 +128,10 @@ class LoopVerdict:
         """Everything alive now is not the program's leftover: a new :class:`Watch`, started."""
         if self.watch is not None:
             self.watch.stop()
-        self.watch = Watch(self._options(), label=self.name, exclude=lambda loop: list(self.own),
-                           freeze_baseline=True)
+        self.watch = Watch(self._options(), label=self.name, own=self.own, freeze_baseline=True)
         self.emit(PhaseStarted(self.name, BASELINE, self.elapsed()))
         self.watch.start(self.loop)
+        self.watch.set_phase(BASELINE)  # the loop's lag is told per phase: until the first mark, the baseline's
         self.phases = [p for p in self.phases if p.phase != BASELINE]
         self.snapshot(BASELINE, self.watch.baseline)
         self.phase = BASELINE
@@ -155,7 +157,8 @@ class LoopVerdict:
             self.take_baseline()
             self.baseline_note = f"baseline taken at the mark {name!r}"
         elif name == self.config.verdict_at and opens is not True and self.verdict_task is None:
-            self.verdict_task = self.loop.create_task(self.judge(at=name), name="busmon.agent.verdict")
+            now = self.census_now()  # what is alive at the mark: what the program starts next is its new work
+            self.verdict_task = self.loop.create_task(self.judge(at=name, census=now), name="busmon.agent.verdict")
             self.own.add(self.verdict_task)
 
     def snapshot(self, phase: str, census: Census | None = None) -> PhaseSnapshot:
@@ -190,7 +193,13 @@ class LoopVerdict:
 
     # -- verdict -------------------------------------------------------------------------------
 
-    async def judge(self, at: str = SHUTDOWN, interrupted: bool = False) -> RunResult | None:
+    def census_now(self) -> tuple[Census, float]:
+        """Everyone alive at this instant, and when (busmon's own work: never a stall)."""
+        with self.watch._own_work() if self.watch is not None else contextlib.nullcontext():
+            return Census.take(self.loop), time.monotonic()
+
+    async def judge(self, at: str = SHUTDOWN, interrupted: bool = False,
+                    census: tuple[Census, float] | None = None) -> RunResult | None:
         """Wait for what appeared since the baseline to exit (or the deadline), then judge:
         the verdict goes out as a :class:`RunFinished`. Once per loop."""
         if self.judged or self.watch is None:
@@ -211,7 +220,8 @@ class LoopVerdict:
             self.snapshot(SHUTDOWN)  # the naive count: right when main() returned
         self.emit(PhaseStarted(self.name, SETTLE, self.elapsed()))
         watch = self.watch
-        result = await watch.settle(judge=self._count_retained if self.counts_retained else None)
+        result = await watch.settle(judge=self._count_retained if self.counts_retained else None,
+                                    live=at != SHUTDOWN, at=census)
         self.snapshot(SETTLE)
         run = self.result(result, at, interrupted)
         self.emit(RunFinished(run))
@@ -232,11 +242,10 @@ class LoopVerdict:
         self.retained_rows = [{"type": t, "count": n, "size_bytes": census.sizes.get(t, 0)}
                               for t, n in rows[:RETAINED_ROWS]]
 
-    def cut_short(self) -> None:
-        """Ctrl-C while the verdict waits for leftovers: judge what is there now."""
+    def cut_short(self, why: str = CTRL_C) -> None:
+        """Stop waiting for leftovers: judge what is there now (and say why)."""
         if self.watch is not None and self.watch.cut_short():
-            self.notes.append("Ctrl-C while busmon waited for leftovers to exit: judged then, not at the "
-                              "settle deadline")
+            self.notes.append(why)
 
     # -- an attached dashboard's requests ----------------------------------------------------------
 
@@ -249,7 +258,7 @@ class LoopVerdict:
         self.take_baseline()
         self.baseline_note = "baseline taken from the dashboard (b)"
 
-    async def judge_attached(self) -> RunResult | None:
+    async def judge_attached(self, census: tuple[Census, float] | None = None) -> RunResult | None:
         """``v``: settle and judge what appeared since the baseline and is still there; the
         baseline stays (another ``v`` later, and the verdict at shutdown, judge from it too)."""
         if self.judged or self.watch is None:
@@ -260,7 +269,7 @@ class LoopVerdict:
         name = f"{self.name} · verdict {self.verdicts}"
         tell = self.to_dashboard or self.emit  # the dashboard's verdict is the dashboard's alone
         tell(PhaseStarted(self.name, SETTLE, self.elapsed()))
-        result = await self.watch.settle(keep_watching=True)
+        result = await self.watch.settle(keep_watching=True, live=True, at=census)
         emit, self.emit = self.emit, tell
         try:
             snap = self.snapshot(SETTLE)

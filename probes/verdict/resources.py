@@ -62,6 +62,9 @@ class ResourceWatch:
         self._unjudged: set[tuple[int, str]] = set()  # new descriptors of a kind not judged
         #: the ignore rules while settling (set by the settle watch): ignored ones are not waited for
         self.rules: IgnoreRules | None = None
+        #: what opens or starts after the first look is a candidate too (False: a verdict while
+        #: the program goes on, where that is its new work)
+        self.accept_late = True
 
     def _judges(self, kind: str) -> bool:
         return self.kinds is None or kind in self.kinds
@@ -78,10 +81,12 @@ class ResourceWatch:
     def scan(self, now: float) -> bool:
         """Pick up new candidates and note exits; True while any candidate is still there."""
         pending = False
+        first = self._first
         table = fd_probe.fd_table() if self.supported else None
         if table is not None and self.base_fds is not None:
             current = fd_probe.identities(table)
-            new = [item for item in current - self.base_fds if item not in self.fds and item not in self._unjudged]
+            new = [item for item in current - self.base_fds if item not in self.fds and item not in self._unjudged
+                   and (first or self.accept_late)]
             if new:
                 described = fd_probe.describe(table, [fd for fd, _ in new], owners=self.attribution.sockets,
                                               brokers=self.attribution.brokers)
@@ -105,7 +110,7 @@ class ResourceWatch:
             return pending
         kids = proc_probe.children()
         for key, child in kids.items():
-            if key not in self.base_children and key not in self.procs:
+            if key not in self.base_children and key not in self.procs and (first or self.accept_late):
                 self.procs[key] = child
         for key in self.procs:
             if key in self.exit_at:

@@ -64,8 +64,12 @@ class SettleWatch:
                  kinds: frozenset[str] | None = None, unfreeze: bool = True,
                  final_census: bool = True, python_natives: set[int] | None = None,
                  rules: IgnoreRules | None = None, ended: str = "close",
-                 created_at_close: int | None = None, idle_pool: Any = ()) -> None:
+                 created_at_close: int | None = None, idle_pool: Any = (), late: bool = True) -> None:
         self.baseline = baseline
+        #: what appears after the end is a candidate too (goleak's semantics: a timer that starts
+        #: a task after close); False for a verdict while the program goes on (busmon attach's v,
+        #: --verdict-at), where what it starts meanwhile is its new work, not what was left
+        self._late = True
         self.closed_at = closed_at
         self.deadline = closed_at + timeout_s
         self.poll = poll_ms / 1000
@@ -124,6 +128,7 @@ class SettleWatch:
         self._add_tasks(tasks)
         self._add_threads(threads)
         self._scan()
+        self._late = late
 
     def judges(self, kind: str) -> bool:
         return self.kinds is None or kind in self.kinds
@@ -172,20 +177,21 @@ class SettleWatch:
         """Pick up what appeared since the last look (tasks, threads, timers); return the timers
         scheduled now."""
         created = self.tracker.created if self.tracker is not None and self.tracker.installed else None
-        if self._tasks_on and (created is None or created != self._seen_created):
+        if self._tasks_on and self._late and (created is None or created != self._seen_created):
             self._seen_created = created if created is not None else -1
             base = self.baseline.task_refs
             self._add_tasks([t for t in asyncio.all_tasks(self._loop) if weakref.ref(t) not in base])
         alive = threading.enumerate()
         self._python_native.update(t.native_id for t in alive if t.native_id is not None)
-        self._add_threads([t for t in alive if t not in self.baseline.threads])
-        if self._idle_pool:
+        if self._late:
+            self._add_threads([t for t in alive if t not in self.baseline.threads])
+        if self._idle_pool and self._late:
             self._add_threads([t for t in self._idle_pool if t not in self.info and _pool_busy(t)])
         if not self._timers_on:
             return set()
         scheduled = set(bus_timers(self._loop))
         for handle in scheduled:
-            if handle not in self.baseline.timers and handle not in self.info:
+            if handle not in self.baseline.timers and handle not in self.info and self._late:
                 self.timers.append(handle)
                 self.info[handle] = (callback_name(handle), callback_component(handle),
                                      f"due {max(0.0, handle.when() - self._loop.time()):.3f} s after {self.ended}",

@@ -91,8 +91,11 @@ class Watch:
 
     def __init__(self, options: WatchOptions | None = None, label: str = "",
                  exclude: Callable[[asyncio.AbstractEventLoop], Iterable[asyncio.Task]] | None = None,
-                 freeze_baseline: bool = True) -> None:
+                 freeze_baseline: bool = True, own: weakref.WeakSet | None = None) -> None:
         self.options = options or WatchOptions()
+        #: the caller's own tasks as a live set (busmon run's agent: a task of its own started
+        #: while a verdict waits is its, not the program's); None: ``exclude`` is asked once
+        self._own = own
         #: move the baseline's objects out of the collector's reach until the verdict (a test's
         #: few seconds); a service watched for hours keeps collecting them (``busmon run``)
         self.freeze_baseline = freeze_baseline
@@ -191,18 +194,23 @@ class Watch:
 
     # -- verdict -----------------------------------------------------------------------
 
-    def _settle_watch(self, loop: asyncio.AbstractEventLoop | None, own: weakref.WeakSet) -> SettleWatch:
+    def _settle_watch(self, loop: asyncio.AbstractEventLoop | None, own: weakref.WeakSet,
+                      late: bool = True, at: tuple[Census, float] | None = None) -> SettleWatch:
         assert self.baseline is not None, "start() first"
-        closed_at = time.monotonic()
+        closed_at = time.monotonic() if at is None else at[1]
         if self._loopwatch is not None:
             self._loopwatch.set_phase("settle")
-        with self._own_work():
-            at_end = Census.take(loop)
+        if at is not None:
+            at_end = at[0]
+        else:
+            with self._own_work():
+                at_end = Census.take(loop)
         self._at_end = self._plain_count(at_end, own)
         resources = None
         if any(self.judges(k) for k in ("sockets", "fds", "processes")):
             resources = ResourceWatch(self.baseline.fds, self.baseline.children,
                                       Attribution(self._sockets, self._processes), kinds=frozenset(self.options.judge))
+            resources.accept_late = late
         tracker = self._tracker
         return SettleWatch(self.baseline, at_end, closed_at, timeout_s=self.options.settle_timeout_s,
                            poll_ms=self.options.poll_ms, exclude=own,
@@ -210,7 +218,7 @@ class Watch:
                            since=self.started_at, resources=resources, loop=loop,
                            kinds=frozenset(self.options.judge), unfreeze=False, final_census=False,
                            python_natives=self._births.native_ids, rules=self._rules(), ended="the end",
-                           idle_pool=self._births.idle_pool)
+                           idle_pool=self._births.idle_pool, late=late)
 
     def _plain_count(self, at_end: Census, own: weakref.WeakSet) -> dict[str, int]:
         """What counting right at the end would have said: new tasks and threads alive."""
@@ -221,21 +229,25 @@ class Watch:
             return {"threads": len(threads)}
         return {"tasks": len([t for t in tasks if t not in own]), "threads": len(threads)}
 
-    async def settle(self, keep_watching: bool = False, judge: Callable[[], None] | None = None) -> WatchResult:
+    async def settle(self, keep_watching: bool = False, judge: Callable[[], None] | None = None,
+                     live: bool = False, at: tuple[Census, float] | None = None) -> WatchResult:
         """Wait on the watched loop (it must be the running one) for what appeared since the
         baseline to exit, or the deadline; then judge. ``keep_watching``: the baseline and the
         loop's instruments stay for a later verdict (``busmon attach``'s ``v``, any number of
         times); otherwise the loop is put back as it was. ``judge`` runs after the verdict's GC,
         while only what appeared since the baseline is outside the frozen generation (when the
-        baseline was frozen): ``busmon run --retained``'s census of what is still alive."""
+        baseline was frozen): ``busmon run --retained``'s census of what is still alive.
+        ``live``: the code goes on meanwhile (a verdict at a mark, or a dashboard's): only what is
+        alive now is judged, not what it starts while busmon waits; ``at``: the census that says
+        what was alive then, and when (taken at the moment asked for, before this coroutine ran)."""
         loop = asyncio.get_running_loop()
         if self.loop is not None and loop is not self.loop:
             raise RuntimeError("settle() must run on the loop the baseline was taken on")
         try:
-            own: weakref.WeakSet = weakref.WeakSet(self._harness(loop))
+            own: weakref.WeakSet = self._own if self._own is not None else weakref.WeakSet(self._harness(loop))
             if (me := asyncio.current_task()) is not None:
                 own.add(me)
-            watch = self._settling = self._settle_watch(self.loop, own)
+            watch = self._settling = self._settle_watch(self.loop, own, late=not live, at=at)
             own.add(watch.start())
             outcome = await watch.verdict(self._rules(), judge=judge, own_work=self._own_work)
         finally:

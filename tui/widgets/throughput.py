@@ -132,7 +132,7 @@ def program_rows(s: Sample | None, final: RunResult | None, num, compact: bool) 
     lag = s.loop_lag_ms or {}
     stalls = f" ·{s.stalls} stall{'s' if s.stalls > 1 else ''}" if s.stalls and not compact else ""
     return [("tasks", num(s.tasks), "threads", f"{s.threads}/{s.os_threads}"),
-            ("rss MB", f"{s.rss_mb:,.0f}", "sockets", f"{s.sockets}"),
+            ("rss MB", f"{s.rss_mb:,.0f}", "new sockets", f"{s.sockets}"),
             ("fds", num(s.open_fds), "cpu %", f"{s.cpu_percent:,.0f}"),
             ("lag p99" if compact else "lag p50/99",
              f"{lag.get('p99_ms', 0):.1f}ms" if compact else f"{lag.get('p50_ms', 0):.1f}/{lag.get('p99_ms', 0):.1f}ms",
@@ -140,7 +140,7 @@ def program_rows(s: Sample | None, final: RunResult | None, num, compact: bool) 
 
 
 #: the labels at their shortest (the help and the wider forms say them in full)
-TIGHT_LABELS = {"pub/s": "pub", "del/s": "del", "dup/ord": "d/o", "rss MB": "MB", "sockets": "sock",
+TIGHT_LABELS = {"pub/s": "pub", "del/s": "del", "dup/ord": "d/o", "rss MB": "MB", "sockets": "sock", "new sockets": "+sock",
                 "lag p99": "lag", "lag max": "lag", "stalls": "stl"}
 
 
