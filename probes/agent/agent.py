@@ -27,6 +27,8 @@ from busmon.probes.agent.listener import Listener
 from busmon.probes.agent.loop_verdict import LoopVerdict, loop_name
 from busmon.probes.agent.socket_dir import remove_stale, socket_path
 from busmon.probes.model import PhaseStarted, RunFinished
+from busmon.probes.observe.fds import fd_table
+from busmon.probes.observe.process import ProcessProbe
 from busmon.probes.observe.census import running_loop
 
 
@@ -37,6 +39,7 @@ class Agent:
         self.config = config
         self.channel = Channel(config.channel_fd)
         self.listener: Listener | None = None
+        self.process = ProcessProbe()  # the attached dashboard's process figures
         #: the verdicts so far (for a dashboard attaching later), the last few
         self.results: collections.deque[RunFinished] = collections.deque(maxlen=10)
         self.loops: dict[asyncio.AbstractEventLoop, LoopVerdict] = {}
@@ -115,8 +118,13 @@ class Agent:
                 pass
 
     def sample_all(self) -> None:
+        """One sample of each loop for the dashboard (from the listener's thread): the process's
+        figures read here, off the program's loop; the task counts on each loop."""
+        proc = self.process.read()
+        table = fd_table()
+
         def sample(lv: LoopVerdict) -> None:
-            if (s := lv.sample(0.1)) is not None and self.listener is not None:
+            if (s := lv.sample(proc, lv.sockets_since_baseline(table))) is not None and self.listener is not None:
                 self.listener.put(s)
         self._each_loop(sample)
 

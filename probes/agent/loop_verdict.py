@@ -30,9 +30,9 @@ from typing import Any, Callable
 from busmon.probes.model import PhaseSnapshot, PhaseStarted, RunFinished, RunResult, Sample
 from busmon.probes.observe.census import Census, components_of_tasks, components_of_threads, os_thread_count
 from busmon.probes.observe.components import package_of, task_component
-from busmon.probes.observe.fds import fd_table, identities, new_sockets
+from busmon.probes.observe.fds import identities, new_sockets
 from busmon.probes.observe.heap_census import take_census
-from busmon.probes.observe.process import ProcessProbe, rss_mb
+from busmon.probes.observe.process import rss_mb
 from busmon.probes.verdict.watch_result import WatchResult
 from busmon.probes.watching.watch import Watch
 from busmon.probes.watching.watch_options import KINDS, WatchOptions
@@ -77,7 +77,6 @@ class LoopVerdict:
         self.verdict_task: asyncio.Task | None = None
         self.verdicts = 0                     # asked for from an attached dashboard (v)
         self.phase = BASELINE                 # the phase under way (the last mark's)
-        self.process = ProcessProbe()
         self.phases_dropped = 0
         #: the task running the program's main coroutine (its coroutine is the agent's wrapper
         #: around it), counted under the program's module, not busmon's
@@ -281,8 +280,18 @@ class LoopVerdict:
         tell(RunFinished(run))
         return run
 
-    def sample(self, interval_s: float) -> Sample | None:
-        """What the live panels show, read on the loop (cheap: counts kept by the task factory)."""
+    def sockets_since_baseline(self, table: dict[int, str] | None) -> int:
+        """Sockets open now that this loop's baseline lacked (any thread: the baseline is frozen)."""
+        watch = self.watch
+        base = watch.baseline if watch is not None else None
+        if table is None or base is None or base.fds is None:
+            return 0
+        return new_sockets(identities(table), base.fds)
+
+    def sample(self, proc: Any, sockets: int) -> Sample | None:
+        """What the live panels show. The process's figures (``proc``, ``sockets``) were read by
+        the listener's thread; only the task counts are read here, on the loop, from what the
+        task factory keeps (a few microseconds: the program's loop does as little as can be)."""
         watch = self.watch
         if watch is None or self.loop.is_closed():
             return None
@@ -292,11 +301,7 @@ class LoopVerdict:
         by_component = dict(new)
         if (base := tasks - sum(new.values())) > 0:
             by_component["(before the baseline)"] = base
-        proc = self.process.read()
         lw = watch._loopwatch
-        base = watch.baseline
-        table = fd_table() if base is not None and base.fds is not None else None
-        sockets = new_sockets(identities(table), base.fds) if table is not None and base is not None else 0
         return Sample(run=self.name, phase=self.phase, t_s=round(self.elapsed(), 3), tasks=tasks,
                       threads=threading.active_count(), os_threads=proc.os_threads, by_component=by_component,
                       published=0, delivered=0, expected=0, publish_per_s=0.0, deliver_per_s=0.0, latency_ms={},
