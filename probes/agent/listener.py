@@ -53,7 +53,7 @@ MAX_BUFFER = 4 * 2**20
 #: a request line longer than this is refused (the connection is closed)
 MAX_REQUEST = 4096
 #: how often the attached dashboard gets a sample of each loop
-INTERVAL_S = 0.1
+INTERVAL_S = 0.25
 #: how long a connection may take to say hello
 HELLO_S = 5.0
 
