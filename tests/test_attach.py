@@ -462,3 +462,25 @@ async def test_a_password_in_a_task_name_never_reaches_the_dashboard(tmp_path: P
         assert "s3cretpw" not in "".join(line for line in err.splitlines(True) if line.startswith("busmon"))
     finally:
         proc.kill()
+
+
+async def test_the_runs_screen_of_a_program_lists_its_verdicts_without_a_loads_columns(program: Program) -> None:
+    from textual.widgets import DataTable
+
+    controller = AttachController(AgentConnection(find_socket(str(program.pid))))
+    app = BusmonApp(controller)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await until(pilot, lambda: app.state.latest is not None, "a live sample")
+        for n in (1, 2):
+            await pilot.press("v")
+            await until(pilot, lambda: len(app.results) >= n, f"verdict {n}")
+        await pilot.press("r")
+        await until(pilot, lambda: bool(app.screen.query(DataTable)), "the runs screen")
+        table = app.screen.query_one(DataTable)
+        labels = [str(c.label) for c in table.columns.values()]
+        assert labels == ["verdict of", "verdict", "Δ tasks", "left/exit", "settle ms", "verdict ms", "stalls"]
+        assert table.row_count == 2
+        await pilot.press("escape")
+        await pilot.press("q")
+    controller.shutdown()
+    assert program.end()[0] == 0

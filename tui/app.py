@@ -178,6 +178,9 @@ class RunsScreen(Screen[int | None]):
         if not tables:  # shut down before it was mounted (q, or a test ending): nothing to fill
             return
         table = tables.first()
+        if self.results and all(r.backend == "program" for r in self.results):
+            self._program_rows(table)
+            return
         for label in ("run", "verdict", "recv/sent", "del/s", "p99ms", "Δ tasks", "left/exit", "drift"):
             table.add_column(label)
         for r in self.results:
@@ -191,6 +194,25 @@ class RunsScreen(Screen[int | None]):
                 f"{signed(close)}→{signed(settled)}",
                 Text(f"{left}/{r.count('exited')}", style="bold red" if left else "green"),
                 f"{r.drift.get('tasks', 0)}t/{r.drift.get('threads', 0)}th" if r.drift else "–")
+        table.move_cursor(row=len(self.results) - 1)
+        table.focus()
+
+    def _program_rows(self, table: DataTable) -> None:
+        """A running program's verdicts (busmon attach, a busmon run recording): what each found,
+        how long it waited and judged, the loop's stalls; no load, so no rates."""
+        table.border_title = "verdicts (Δ tasks: when asked → settled · enter: show · esc: back)"
+        for label in ("verdict of", "verdict", "Δ tasks", "left/exit", "settle ms", "verdict ms", "stalls"):
+            table.add_column(label)
+        for r in self.results:
+            left = len(findings.leaks(r))
+            asked = next((p for p in reversed(r.phases) if p.phase != "settle"), None)
+            base = r.phase("baseline")
+            at = asked.tasks - base.tasks if asked is not None and base is not None else None
+            table.add_row(
+                r.name, Text(r.verdict, style=VERDICT_STYLE.get(r.verdict, "")),
+                f"{signed(at)}→{signed(r.task_delta('settle'))}",
+                Text(f"{left}/{r.count('exited')}", style="bold red" if left else "green"),
+                f"{r.settle_ms:,.0f}", f"{r.verdict_ms:,.1f}", str(len(r.stalls)))
         table.move_cursor(row=len(self.results) - 1)
         table.focus()
 
