@@ -4,8 +4,10 @@ Started by the ``sitecustomize`` that ``busmon run`` puts first on the program's
 hooks how the program runs its event loops (:mod:`.loop_hooks`): each loop's main coroutine
 gets a :class:`~.loop_verdict.LoopVerdict` (baseline when it starts, the verdict when it
 returns, before asyncio cancels what is left), marks from :mod:`busmon.agent` become phases,
-and every event goes to ``busmon run`` over the channel. Nothing of it runs on the program's
-loop between marks: no task, no timer (``--baseline-after`` sets one, before the baseline).
+and every event goes to ``busmon run`` over the channel. Between marks, the only thing of
+busmon's on the program's loop is the loop watchdog's heartbeat (a timer every 20 ms, which is
+how stalls are seen); no task, and no sampling unless a dashboard is attached
+(``--baseline-after`` sets one timer, before the baseline).
 A fault of the agent's is told over the channel and never changes what the program does.
 """
 
