@@ -22,6 +22,7 @@ import sys
 import threading
 from typing import Any, Coroutine
 
+import busmon
 import busmon.agent as marks
 from busmon.probes.agent.channel import Channel
 from busmon.probes.agent.config import AgentConfig
@@ -75,18 +76,17 @@ class Agent:
         self.forked = True
         marks._sink = None
         self.loops.clear()
-        for fd in (self.channel.fd,):
-            try:
-                os.close(fd)
-            except OSError:
-                pass
+        try:
+            os.close(self.channel.fd)
+        except OSError:
+            pass
         if self.listener is not None:
             self.listener.forget_in_child()
 
     def facts(self) -> dict[str, Any]:
         """Who this agent is: for ``busmon run`` and for an attaching dashboard."""
         return {"pid": os.getpid(), "python": platform.python_version(), "argv": list(sys.argv),
-                "busmon": _version(), "label": self.config.label, "settle_timeout_s": self.config.settle_timeout_s,
+                "busmon": busmon.__version__, "label": self.config.label, "settle_timeout_s": self.config.settle_timeout_s,
                 "stall_ms": self.config.stall_ms}
 
     def emit(self, event: Any) -> None:
@@ -262,11 +262,3 @@ class Agent:
             self.listener.close()
         self.channel.close()
 
-
-def _version() -> str:
-    from importlib import metadata
-
-    try:
-        return metadata.version("busmon")
-    except metadata.PackageNotFoundError:
-        return "0+unknown"

@@ -34,6 +34,17 @@ MAX_WAITING = 1000
 THREAD_NAME = "busmon.agent.channel"
 
 
+def agent_line(**fields: Any) -> dict[str, Any]:
+    """A line of the agent's own (hello, note, error, end), told apart from the events by its
+    ``format``: on the pipe to ``busmon run`` and on a dashboard's socket alike."""
+    return {"format": FORMAT, "version": VERSION, **fields}
+
+
+def agent_bytes(**fields: Any) -> bytes:
+    """:func:`agent_line` as written on the wire."""
+    return (json.dumps(agent_line(**fields)) + "\n").encode()
+
+
 class Channel:
     """One writer thread per agent; :meth:`put` is safe from any thread (and cheap)."""
 
@@ -51,14 +62,14 @@ class Channel:
         self._thread.start()
 
     def hello(self, **facts: Any) -> None:
-        self._queue({"format": FORMAT, "version": VERSION, **facts})
+        self._queue(agent_line(**facts))
 
     def error(self, message: str) -> None:
-        self._queue({"format": FORMAT, "version": VERSION, "error": message})
+        self._queue(agent_line(error=message))
 
     def note(self, message: str) -> None:
         """Something ``busmon run`` says in one line (nothing was judged, and why)."""
-        self._queue({"format": FORMAT, "version": VERSION, "note": message})
+        self._queue(agent_line(note=message))
 
     def put(self, event: Any) -> None:
         """An event of the recording's vocabulary (a phase, a snapshot, a sample, a result)."""
@@ -79,7 +90,7 @@ class Channel:
     def close(self, timeout: float = 5.0) -> None:
         """Say goodbye, write what waits (at most ``timeout``), then close the pipe: the reader
         sees its end."""
-        self._queue({"format": FORMAT, "end": True, "dropped": self.dropped})
+        self._queue(agent_line(end=True, dropped=self.dropped))
         with self._cond:
             self._closing = True
             self._cond.notify()

@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 from typing import Any, Protocol
 
-from busmon.probes.agent.channel import FORMAT, VERSION, shown
+from busmon.probes.agent.channel import VERSION, agent_bytes, shown
 from busmon.probes.model import RunFinished
 from busmon.probes.observe.fds import BUSMON_FDS
 from busmon.probes.recording.codec import Encoder
@@ -131,7 +131,7 @@ class Listener:
 
     def _say(self, **fields: Any) -> None:
         with self._lock:
-            self._out += (json.dumps({"format": FORMAT, "version": VERSION, **fields}) + "\n").encode()
+            self._out += agent_bytes(**fields)
         self._wake()
 
     def _wake(self) -> None:
@@ -201,8 +201,7 @@ class Listener:
         if self._client is not None:
             self.refused += 1
             try:
-                conn.sendall((json.dumps({"format": FORMAT, "version": VERSION,
-                                          "error": "a dashboard is attached to this program already"}) + "\n").encode())
+                conn.sendall(agent_bytes(error="a dashboard is attached to this program already"))
             except OSError:
                 pass
             conn.close()
@@ -264,7 +263,7 @@ class Listener:
             try:
                 client.setblocking(True)
                 client.settimeout(1.0)
-                client.sendall((json.dumps({"format": FORMAT, "version": VERSION, "error": message}) + "\n").encode())
+                client.sendall(agent_bytes(error=message))
             except OSError:
                 pass
         self._drop_client("refused")

@@ -35,15 +35,16 @@ _RUNNER_LOOPS: weakref.WeakSet[asyncio.AbstractEventLoop] = weakref.WeakSet()
 _JUDGING: weakref.WeakSet[asyncio.AbstractEventLoop] = weakref.WeakSet()
 #: loops driven by hand that the agent watches, judged at close() or at exit
 HAND_LOOPS: weakref.WeakSet[asyncio.AbstractEventLoop] = weakref.WeakSet()
-_ORIGINAL: dict[str, Any] = {}
+_INSTALLED: list[bool] = []  # once per process
 
 
 def install(agent: Agent) -> None:
     """Hook the runner, and the run and close methods of asyncio's base loop and of uvloop's
     (as soon as the program imports it), once per process."""
-    if _ORIGINAL:
+    if _INSTALLED:
         return
-    runner_run = _ORIGINAL["Runner.run"] = asyncio.Runner.run
+    _INSTALLED.append(True)
+    runner_run = asyncio.Runner.run
 
     def run(self: asyncio.Runner, coro: Any, *, context: Any = None) -> Any:
         if not coroutines.iscoroutine(coro) or events._get_running_loop() is not None:
@@ -99,7 +100,6 @@ def hook_loop_class(cls: type, agent: Agent) -> None:
     cls.run_until_complete = run_until_complete
     cls.run_forever = run_forever
     cls.close = close_judged
-    _ORIGINAL[cls.__module__ + "." + cls.__qualname__] = (until_complete, forever, close)
 
 
 class _AfterImport(importlib.abc.MetaPathFinder):

@@ -37,7 +37,9 @@ def _refuse(raw: str | None, message: str) -> None:
         fd = None
     if isinstance(fd, int):
         try:
-            os.write(fd, (json.dumps({"format": "busmon-agent", "version": 1, "error": message}) + "\n").encode())
+            from busmon.probes.agent.channel import agent_bytes
+
+            os.write(fd, agent_bytes(error=message))
         except OSError:
             pass
     else:
