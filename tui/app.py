@@ -33,6 +33,7 @@ from busmon.probes.model import RunFinished
 from busmon.probes.recording.reader import CUT_SHORT
 from busmon.tui.controller import Controller, PlaybackDone
 from busmon.tui.headless import VERDICT_STYLE
+from busmon.tui.run_output import naive_count
 from busmon.tui.state import (AttachedTo, DashState, Filtered, IntervalSet, NextPressed, Noted, Paused, ReplayAt,
                               RunDone, Viewing, reduce)
 from busmon.tui.widgets import (ComponentsTable, LeftoversTable, PhaseBar, PhaseChart, PhaseTable, StackView,
@@ -205,7 +206,7 @@ class RunsScreen(Screen[int | None]):
             table.add_column(label)
         for r in self.results:
             left = len(findings.leaks(r))
-            asked = next((p for p in reversed(r.phases) if p.phase != "settle"), None)
+            asked = naive_count(r)
             base = r.phase("baseline")
             at = asked.tasks - base.tasks if asked is not None and base is not None else None
             table.add_row(
@@ -318,7 +319,7 @@ class BusmonApp(App[int]):
         self.query_one(ComponentsTable).border_title = "tasks by component"
         self.query_one("#charts").border_title = "live"
         self.query_one(ThroughputPanel).border_title = LIVE_TITLE
-        self.query_one(LeftoversTable).border_title = "leftovers at the verdict" if self.attached else "leftovers after close"
+        self.query_one(LeftoversTable).border_title = "leftovers at the verdict" if self.program else "leftovers after close"
         self.query_one(StackView).border_title = "stack"
         self.query_one(StackView).show(None)
         if self.program:
@@ -326,9 +327,7 @@ class BusmonApp(App[int]):
             self.query_one("#chart-del", PhaseChart).label = "lag p99 ms"
             self.query_one("#legend", Static).update(legend(program=True))
             self.query_one(ThroughputPanel).for_program()
-            if not self.attached:
-                self.query_one(LeftoversTable).border_title = "leftovers at the verdict"
-            else:  # the baseline is the program's start: everything it runs now is "new"
+            if self.attached:  # the baseline is the program's start: everything it runs now is "new"
                 self._advance(Noted("b once it has started up, then v judges what appeared since"))
         if self.controller is not None:
             # start measuring once the first frame is up: the app's start-up is not the bus's cost

@@ -830,22 +830,14 @@ def _start_program_recording(record: Path | None, command: list[str], label: str
     it); its path is checked first."""
     if record is None:
         return None
-    import datetime
-    import platform
-
-    from busmon.probes.recording.records import Header
-    from busmon.probes.recording.writer import Recorder as Writer
-    from busmon.tui.report import busmon_version
+    from busmon.tui import recording
 
     _file_to_write("--record", record)
-    header = Header(command=kind, scenario={"name": label, "backend": "program", "argv": list(command), **settings}, scenario_path=None,
-                    target="", busmon=busmon_version(), python=platform.python_version(),
-                    platform=platform.platform(),
-                    started=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"), headless=True)
+    scenario = {"name": label, "backend": "program", "argv": list(command), **settings}
     try:
-        return Writer(record, header)
-    except OSError as exc:
-        raise BadInput(f"--record {record}: cannot write: {exc.strerror or exc}") from None
+        return recording.open_recording(record, kind, scenario, None, "", headless=True)
+    except recording.RecordPathError as exc:
+        raise BadInput(str(exc)) from None
 
 
 @app.command(cls=_Command)

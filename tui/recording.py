@@ -7,7 +7,7 @@ import dataclasses
 import datetime
 import platform
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 from busmon.bus.secrets import redact_options, redact_url
 from busmon.probes.harness.scenario import Scenario
@@ -32,9 +32,17 @@ def scenario_as_played(sc: Scenario) -> dict[str, Any]:
 
 def start(path: Path, command: str, sc: Scenario, scenario_path: str | None, *, headless: bool,
           backends: tuple[str, ...] = ()) -> Recorder:
-    """Open the recording and write its first line."""
-    header = Header(command=command, scenario=scenario_as_played(sc), scenario_path=scenario_path,
-                    target=redact_url(sc.url), busmon=_version(), python=platform.python_version(),
+    """Open the recording of a played scenario and write its first line."""
+    return open_recording(path, command, scenario_as_played(sc), scenario_path, redact_url(sc.url),
+                          headless=headless, backends=backends)
+
+
+def open_recording(path: Path, command: str, scenario: Mapping[str, Any], scenario_path: str | None,
+                   target: str, *, headless: bool, backends: tuple[str, ...] = ()) -> Recorder:
+    """Open a recording and write its first line: what was recorded (a scenario as played, or a
+    program: ``busmon run``, ``busmon attach``), by which busmon, where and when."""
+    header = Header(command=command, scenario=scenario, scenario_path=scenario_path,
+                    target=target, busmon=_version(), python=platform.python_version(),
                     platform=platform.platform(),
                     started=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                     headless=headless, backends=backends)

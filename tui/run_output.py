@@ -66,7 +66,7 @@ class RunTeller:
             else:
                 self.say(f"busmon: shutdown at {at}: nothing new is alive; judging")
         elif s.phase != SETTLE:
-            began = self._started.get(s.phase)
+            began = self._started.pop(s.phase, None)  # told once: the names do not pile up
             if began is not None and s.t_s - began > 0.001:  # opened earlier: a phase that ended
                 self.say(f"busmon: phase {s.phase!r} ended at {at} ({s.t_s - began:,.2f} s): {_counts(s, True)}")
             else:
@@ -87,10 +87,15 @@ def retained_lines(run: RunResult, most: int = 5) -> str:
     return "\n".join(lines)
 
 
+def naive_count(run: RunResult) -> PhaseSnapshot | None:
+    """The counts taken when the verdict was asked for (at shutdown, at a mark, on v): what a
+    plain count then would have said, before busmon waited for anything to exit."""
+    return next((p for p in reversed(run.phases) if p.phase != SETTLE), None)
+
+
 def as_watch_result(run: RunResult, settle_timeout_s: float, stall_ms: int) -> WatchResult:
     """A program's run, read as a watch's verdict: the same report text for the same findings."""
-    # the naive count: at shutdown, or at the mark judged at (--verdict-at)
-    end = next((p for p in reversed(run.phases) if p.phase != SETTLE), None)
+    end = naive_count(run)
     at_end = {"tasks": end.new_tasks, "threads": end.new_threads} if end is not None else {}
     stalls = tuple(Stall(**dict(s)) for s in run.stalls)
     if any("judged then" in n for n in run.notes):  # the wait was cut short: say how long it was
