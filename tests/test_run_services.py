@@ -55,31 +55,27 @@ def test_aiokafka_consumer_service_clean_and_leaking(kafka_broker: Broker, tmp_p
     assert "socket tcp → " + _host_port(kafka_broker.url) in err
 
 
-def test_nats_responder_service_clean_and_leaking(nats_broker: Broker, tmp_path: Path) -> None:
-    args = ["--", PY, str(SERVICES / "nats_responder.py"), "--server", nats_broker.url, "--requests", "50"]
+@pytest.mark.parametrize("service, load, said, kind, name, made_at", [
+    # a health reporter thread started at start-up and never stopped
+    ("nats_responder.py", "--requests", "answered 50 of 50 requests", "thread", "health-reporter",
+     ("health.start()", "main")),
+    # a cache refresher task started after start-up and never cancelled on shutdown
+    ("faststream_app.py", "--messages", "received 50 of 50 orders", "task", "cache-refresher",
+     ("refresher.append(", "load")),
+])
+def test_nats_service_clean_and_leaking(nats_broker: Broker, tmp_path: Path, service: str, load: str, said: str,
+                                        kind: str, name: str, made_at: tuple[str, str]) -> None:
+    args = ["--", PY, str(SERVICES / service), "--server", nats_broker.url, load, "50"]
     out = busmon_run(*args)
     assert out.returncode == 0, out.stderr
-    assert out.stdout == "answered 50 of 50 requests\n" and "is clean" in out.stderr
+    assert out.stdout == f"{said}\n" and "is clean" in out.stderr
 
     out = busmon_run("--settle-timeout", "0.5", "--report", str(tmp_path / "leak.json"), *args, "--leak")
     assert out.returncode == 1, out.stderr
-    [thread] = leaked(report(tmp_path / "leak.json"))
-    assert thread["kind"] == "thread" and thread["name"] == "health-reporter"
-    assert thread["created_at"].endswith(f"nats_responder.py:{_line_of(SERVICES / 'nats_responder.py', 'health.start()')} in main")
-
-
-def test_faststream_app_clean_and_leaking(nats_broker: Broker, tmp_path: Path) -> None:
-    args = ["--", PY, str(SERVICES / "faststream_app.py"), "--server", nats_broker.url, "--messages", "50"]
-    out = busmon_run(*args)
-    assert out.returncode == 0, out.stderr
-    assert out.stdout == "received 50 of 50 orders\n" and "is clean" in out.stderr
-
-    out = busmon_run("--settle-timeout", "0.5", "--report", str(tmp_path / "leak.json"), *args, "--leak")
-    assert out.returncode == 1, out.stderr
-    [task] = leaked(report(tmp_path / "leak.json"))
-    assert task["kind"] == "task" and task["name"] == "cache-refresher"
-    line = _line_of(SERVICES / "faststream_app.py", 'refresher.append(')
-    assert task["created_at"].endswith(f"faststream_app.py:{line} in load")
+    [left] = leaked(report(tmp_path / "leak.json"))
+    assert left["kind"] == kind and left["name"] == name
+    text, function = made_at
+    assert left["created_at"].endswith(f"{service}:{_line_of(SERVICES / service, text)} in {function}")
 
 
 @pytest.mark.parametrize("service", ["nats_responder.py", "faststream_app.py"])
