@@ -34,6 +34,7 @@ class Sample:
     sockets: int = 0                 # sockets opened since the run's baseline, open now
     loop_lag_ms: Mapping[str, float] = field(default_factory=dict)  # this phase so far: p50/p99/max
     stalls: int = 0                  # stalls of this run so far
+    errors: Mapping[str, int] = field(default_factory=dict)  # the bus's errors so far (handler, decode, publish), > 0 only
 
 
 @dataclass(frozen=True, slots=True)

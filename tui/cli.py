@@ -40,6 +40,11 @@ from busmon.bus.secrets import ScrubbedStream, redact_url
 from busmon.probes.harness.logs import CAPTURE
 from busmon.probes.model import EXIT_BAD_INPUT, EXIT_INTERRUPTED, ScenarioResult
 from busmon.probes.harness.scenario import BUILTIN_BACKENDS, ProbeSpec, RunSpec, Scenario, ScenarioError, load_scenario
+from busmon.probes.metrics.address import ListenAddressError
+from busmon.probes.metrics.feed import DEFAULT_TOP
+from busmon.probes.metrics.server import MetricsUnavailable
+from busmon.tui.metrics_serving import (MetricsLingerOpt, MetricsOpt, MetricsPublicOpt, MetricsTopOpt, agent_settings,
+                                        start_for_play, together)
 
 if TYPE_CHECKING:
     from busmon.probes.recording.reader import Recording
@@ -462,6 +467,10 @@ def play(
     ignore_type: IgnoreTypeOpt = None,
     log: LogOpt = None,
     record: RecordOpt = None,
+    metrics: MetricsOpt = None,
+    metrics_public: MetricsPublicOpt = False,
+    metrics_components: MetricsTopOpt = DEFAULT_TOP,
+    metrics_linger: MetricsLingerOpt = 0.0,
 ) -> None:
     """Play a scenario's runs and report what each left behind."""
     from busmon.tui.report import REPORT_SUFFIXES
@@ -474,13 +483,15 @@ def play(
     ignores = dict(ignore_task=ignore_task, ignore_thread=ignore_thread, ignore_socket=ignore_socket,
                    ignore_process=ignore_process, ignore_type=ignore_type)
     _play(scenario, reports, played_headless, interrupts, headless=headless, screenshots=screenshots,
-          backend=backend, url=url, bus=bus, log=log, ignores=ignores, record=record)
+          backend=backend, url=url, bus=bus, log=log, ignores=ignores, record=record,
+          metrics=(metrics, metrics_public, metrics_components, metrics_linger))
 
 
 def _play(scenario: Path, reports: list[Path], played_headless: bool,
           interrupts: Interrupts | None, *, headless: bool, screenshots: Path | None, backend: str | None,
           url: str | None, bus: str | None, log: Path | None, ignores: dict[str, list[str] | None],
-          record: Path | None = None) -> None:
+          record: Path | None = None, metrics: tuple[str | None, bool, int, float] = (None, False, DEFAULT_TOP, 0.0)
+          ) -> None:
     """``play`` once its report paths are checked and Ctrl-C is in hand."""
     from busmon.tui.headless import play_headless
 
@@ -488,38 +499,48 @@ def _play(scenario: Path, reports: list[Path], played_headless: bool,
     _start_log(log)
     _screenshots_folder(screenshots)
     shots: list[tuple[str, str]] = []
-    recorder = _start_recording(record, "play", sc, str(scenario), headless=played_headless)
-    _say_default_run(sc, scenario)
-    result = None
+    address, public, top, linger = metrics
+    serving = start_for_play(address, public, top)
+    if serving is not None:
+        err.print(Text(f"busmon: metrics: {serving.server.url}"), highlight=False)
     try:
-        if not played_headless:
-            from busmon.tui.run import play_dashboard
+        recorder = _start_recording(record, "play", sc, str(scenario), headless=played_headless)
+        observers = together(recorder.put if recorder else None, serving.feed.put if serving else None)
+        _say_default_run(sc, scenario)
+        result = None
+        try:
+            if not played_headless:
+                from busmon.tui.run import play_dashboard
 
-            _hand_back_interrupts()
+                _hand_back_interrupts()
 
-            result, shots = play_dashboard(sc, headless=headless, screenshots=screenshots,
-                                           record=recorder.put if recorder else None,
-                                           recording_to=str(record) if recorder else "")
-        else:
-            result = play_headless(sc, err, interrupts=interrupts, record=recorder.put if recorder else None)
-        result = _with_logs(result)
-    finally:
-        _finish_recording(recorder, result)
-    _config_error(result, f"--bus {bus}" if bus else f"{scenario}: backend {sc.backend}")
-    _print_summary(result)
-    if not result.interrupted and len(result.runs) < len(sc.runs):
-        refused = any((r.failure or {}).get("kind") == "refused" for r in result.runs)
-        why = "each would be refused the same way" if refused else "the broker was down at start"
-        left = len(sc.runs) - len(result.runs)
-        out.print(Text(f"{left:,} more run{'s' if left != 1 else ''} not played: {why}"))
-    _say_logs(result, log)
-    _write_reports(result, reports, str(scenario), shots)
-    if result.interrupted:
-        how = "interrupted" if played_headless else "quit before the end"
-        err.print(Text(f"busmon: {how}: the report holds the runs measured until then", style="yellow"))
-        if not played_headless:  # q in the dashboard: the verdict of what was found
-            raise typer.Exit(result.exit_code_when_quit)
-    _exit(result)
+                result, shots = play_dashboard(sc, headless=headless, screenshots=screenshots, record=observers,
+                                               recording_to=str(record) if recorder else "")
+            else:
+                result = play_headless(sc, err, interrupts=interrupts, record=observers)
+            result = _with_logs(result)
+        finally:
+            _finish_recording(recorder, result)
+        _config_error(result, f"--bus {bus}" if bus else f"{scenario}: backend {sc.backend}")
+        _print_summary(result)
+        if not result.interrupted and len(result.runs) < len(sc.runs):
+            refused = any((r.failure or {}).get("kind") == "refused" for r in result.runs)
+            why = "each would be refused the same way" if refused else "the broker was down at start"
+            left = len(sc.runs) - len(result.runs)
+            out.print(Text(f"{left:,} more run{'s' if left != 1 else ''} not played: {why}"))
+        _say_logs(result, log)
+        _write_reports(result, reports, str(scenario), shots)
+        if result.interrupted:
+            how = "interrupted" if played_headless else "quit before the end"
+            err.print(Text(f"busmon: {how}: the report holds the runs measured until then", style="yellow"))
+            if not played_headless:  # q in the dashboard: the verdict of what was found
+                raise typer.Exit(result.exit_code_when_quit)
+        _exit(result)
+    finally:  # after the summary and the reports: the last verdict is worth a scrape
+        if serving is not None:
+            pressed = any(i.times for i in _HELD)  # Ctrl-C: exit now, no waiting for a scrape
+            _release_interrupts()
+            serving.linger(0.0 if pressed else linger, lambda line: err.print(Text(line), highlight=False))
 
 
 @app.command(cls=_Command)
@@ -751,6 +772,10 @@ def run(
         "--listen-buffer", metavar="BYTES", min=1024,
         help="With --listen: what the agent holds for a dashboard that does not keep up; beyond it "
              "samples and marks are dropped (counted), never a verdict.")] = 4 * 2**20,
+    metrics: MetricsOpt = None,
+    metrics_public: MetricsPublicOpt = False,
+    metrics_components: MetricsTopOpt = DEFAULT_TOP,
+    metrics_linger: MetricsLingerOpt = 0.0,
 ) -> None:
     """Run a Python program with busmon's agent inside and judge what it leaves behind at
     shutdown (when its main coroutine returns). Exit code: the program's own if it failed,
@@ -771,7 +796,8 @@ def run(
     options = RunOptions(label=label, baseline_at=baseline_at, baseline_after_s=baseline_after, verdict_at=verdict_at,
                          settle_timeout_s=settle_timeout, stall_ms=stall_ms, ignore_tasks=tuple(ignore_task or ()),
                          ignore_threads=tuple(ignore_thread or ()), listen=listen, listen_buffer=listen_buffer,
-                         retained=retained)
+                         retained=retained,
+                         **agent_settings(metrics, metrics_public, metrics_components, metrics_linger))
     recorder = _start_program_recording(record, command, label, settle_timeout_s=settle_timeout, stall_ms=stall_ms)
 
     def say(line: str) -> None:
@@ -942,7 +968,7 @@ def _main() -> None:
     try:
         # prog_name: usage hints say "busmon play", also under python -m busmon
         code = app(prog_name="busmon", standalone_mode=False)  # returns typer.Exit's code in this mode
-    except (BadInput, ScenarioError) as exc:
+    except (BadInput, ScenarioError, ListenAddressError, MetricsUnavailable) as exc:
         _fail(str(exc))
     except typer.Exit as exc:
         _finish(exc.exit_code)

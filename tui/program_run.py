@@ -179,6 +179,8 @@ class ChannelReader:
                 h.errors.append(f"the program's busmon agent speaks version {line.get('version')} of the "
                                 f"channel, this busmon {wire.VERSION}: install the same busmon in both")
             h.hello = line
+            if line.get("metrics"):
+                self._tell(self._on_line, "listening", f"metrics: {line['metrics']}")
             if line.get("listening"):
                 self._tell(self._on_line, "listening", f"listening: busmon attach {line.get('pid')}  "
                                                        f"(socket {line['listening']})")
@@ -200,6 +202,10 @@ class RunOptions:
     listen: bool = False
     listen_buffer: int = 4 * 2**20
     retained: bool = False
+    metrics_host: str | None = None
+    metrics_port: int | None = None
+    metrics_top: int = 20
+    metrics_linger_s: float = 0.0
 
 
 @dataclass

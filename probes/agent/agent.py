@@ -20,6 +20,7 @@ import os
 import platform
 import sys
 import threading
+import time
 from typing import Any, Coroutine
 
 import busmon
@@ -29,6 +30,9 @@ from busmon.probes.agent.config import AgentConfig
 from busmon.probes.agent.listener import Listener
 from busmon.probes.agent.loop_verdict import LoopVerdict, loop_name
 from busmon.probes.agent.socket_dir import remove_stale, socket_path
+from busmon.probes.metrics.feed import MetricsFeed
+from busmon.probes.model import Sample
+from busmon.probes.observe.process import ProcessReading
 from busmon.probes.model import PhaseStarted, RunFinished
 from busmon.probes.observe.fds import fd_table
 from busmon.probes.observe.process import ProcessProbe
@@ -50,10 +54,22 @@ class Agent:
         self._lock = threading.Lock()
         self._finished = False
         self.forked = False
+        self.metrics: Any = None                # the MetricsServer (busmon run --metrics)
+        self.metrics_feed: MetricsFeed | None = None
 
     def start(self) -> None:
+        """Listen, say hello, hook the loops. Metrics asked for and not servable (the port taken,
+        prometheus_client missing) raise :class:`MetricsUnavailable`: the program does not run."""
         from busmon.probes.agent import loop_hooks
 
+        metrics = ""
+        if self.config.metrics_port is not None:
+            from busmon.probes.metrics.server import serve_metrics
+
+            self.metrics_feed = MetricsFeed(refresh=self.fresh_samples)
+            self.metrics = serve_metrics(self.metrics_feed, mode="run", host=self.config.metrics_host or "127.0.0.1",
+                                         port=self.config.metrics_port, top=self.config.metrics_top)
+            metrics = self.metrics.url
         listening = ""
         if self.config.listen:
             try:
@@ -63,7 +79,7 @@ class Agent:
                 listening = str(path)
             except OSError as exc:  # the program runs on, only not attachable: said in one line
                 self.channel.note(f"not listening for busmon attach: {exc}")
-        self.channel.hello(**self.facts(), listening=listening)
+        self.channel.hello(**self.facts(), listening=listening, metrics=metrics)
         loop_hooks.install(self)
         marks._sink = self.mark
         atexit.register(self.finish)
@@ -82,6 +98,9 @@ class Agent:
             pass
         if self.listener is not None:
             self.listener.forget_in_child()
+        if self.metrics is not None:
+            self.metrics.forget_in_child()
+            self.metrics = self.metrics_feed = None
 
     def facts(self) -> dict[str, Any]:
         """Who this agent is: for ``busmon run`` and for an attaching dashboard."""
@@ -95,6 +114,8 @@ class Agent:
             return
         if isinstance(event, RunFinished):
             self.results.append(event)
+            if self.metrics_feed is not None:
+                self.metrics_feed.put(event)
         self.channel.put(event)
         if self.listener is not None:
             self.listener.put(event)
@@ -129,6 +150,36 @@ class Agent:
             if (s := lv.sample(proc, lv.sockets_since_baseline(table))) is not None and self.listener is not None:
                 self.listener.put(s)
         self._each_loop(sample)
+
+    def fresh_samples(self, timeout_s: float) -> list[Sample]:
+        """Each loop's task counts now, for a scrape (from the metrics thread): asked of each
+        loop, waited for at most ``timeout_s``; a loop that does not answer (blocked) is left
+        out, and the scrape keeps its last sample."""
+        nothing = ProcessReading(0.0, 0.0, 0, 0)  # the process's figures are read by the scrape itself
+        done = threading.Condition()
+        got: list[Sample] = []
+        answered = asked = 0
+
+        def sample(lv: LoopVerdict) -> None:
+            nonlocal answered
+            s = lv.sample(nothing, 0)
+            with done:
+                if s is not None:
+                    got.append(s)
+                answered += 1
+                done.notify()
+
+        for loop, lv in list(self.loops.items()):
+            try:
+                loop.call_soon_threadsafe(sample, lv)
+                asked += 1
+            except RuntimeError:  # closed meanwhile
+                pass
+        deadline = time.monotonic() + timeout_s
+        with done:
+            while answered < asked and (left := deadline - time.monotonic()) > 0:
+                done.wait(left)
+            return list(got)
 
     def baseline_all(self) -> None:
         self._each_loop(lambda lv: lv.attached_baseline())
@@ -168,7 +219,9 @@ class Agent:
 
     def end(self, loop: asyncio.AbstractEventLoop) -> None:
         with self._lock:
-            self.loops.pop(loop, None)
+            lv = self.loops.pop(loop, None)
+        if lv is not None and self.metrics_feed is not None:
+            self.metrics_feed.forget_loop(lv.name)  # its tasks are no longer live ones
 
     async def judge(self, loop: asyncio.AbstractEventLoop, *, interrupted: bool = False) -> None:
         """The loop's main work is over: the verdict (or the one asked for at a mark, awaited)."""
@@ -260,5 +313,20 @@ class Agent:
             self.channel.note("the program never ran an asyncio event loop: no task was judged")
         if self.listener is not None:
             self.listener.close()
+        self._linger_for_scrape()
         self.channel.close()
+
+    def _linger_for_scrape(self) -> None:
+        """``--metrics-linger``: the last verdict is worth a scrape before the process is gone."""
+        server, feed = self.metrics, self.metrics_feed
+        if server is None or feed is None:
+            return
+        linger = self.config.metrics_linger_s
+        if linger > 0 and feed.generation > 0:
+            if server.wait_scraped(linger):
+                self.channel.note(f"metrics: the last verdict was scraped ({server.url})")
+            else:
+                self.channel.note(f"metrics: nothing scraped {server.url} within {linger:g} s of the last "
+                                  "verdict (--metrics-linger)")
+        server.close()
 

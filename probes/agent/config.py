@@ -38,6 +38,10 @@ class AgentConfig:
     #                                          the verdict, by type (the baseline frozen till then)
     listen: bool = False                     # serve busmon attach on a socket (busmon run --listen)
     listen_buffer: int = 4 * 2**20           # bytes held for a dashboard that does not keep up
+    metrics_host: str | None = None          # serve Prometheus metrics here (busmon run --metrics;
+    metrics_port: int | None = None          # the address checked by busmon run: loopback unless public)
+    metrics_top: int = 20                    # components named in busmon_tasks (the rest: other)
+    metrics_linger_s: float = 0.0            # at exit, wait this long at most for a scrape of the last verdict
     pythonpath: str | None = None            # the program's own PYTHONPATH, put back at once
     sys_path: tuple[str, ...] = field(default=())  # where busmon is, if the program's Python lacks it
 

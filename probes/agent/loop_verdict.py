@@ -299,7 +299,13 @@ class LoopVerdict:
         new = tracker.counts() if tracker is not None else {}
         tasks = len(asyncio.all_tasks(self.loop))
         by_component = dict(new)
-        if (base := tasks - sum(new.values())) > 0:
+        base = tasks - sum(new.values())
+        main = self.main_task
+        if base > 0 and main is not None and self.main_component and not main.done():
+            # the program's main coroutine: older than the baseline, and the program's own
+            by_component[self.main_component] = by_component.get(self.main_component, 0) + 1
+            base -= 1
+        if base > 0:
             by_component["(before the baseline)"] = base
         lw = watch._loopwatch
         return Sample(run=self.name, phase=self.phase, t_s=round(self.elapsed(), 3), tasks=tasks,

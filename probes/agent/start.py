@@ -26,8 +26,14 @@ def start_from_environment() -> None:
         return
     from busmon.probes.agent.agent import Agent
 
+    from busmon.probes.metrics.server import MetricsUnavailable
+
     AGENT = Agent(config)
-    AGENT.start()
+    try:
+        AGENT.start()
+    except MetricsUnavailable as exc:  # asked for and not servable: the program does not run unwatched
+        AGENT = None
+        _refuse(raw, str(exc))
 
 
 def _refuse(raw: str | None, message: str) -> None:

@@ -147,6 +147,7 @@ async def _run_once(ctx: RunContext) -> RunResult:
     inst = ctx.instruments
     loopwatch = inst.loopwatch
     st.run, st.t0, st.published, st.audit, st.peaks = spec.name, time.monotonic(), 0, ctx.audit, {}
+    st.counters = None
     error: str | None = None
     closed_at = time.monotonic()
     at_close: Census | None = None
@@ -419,6 +420,7 @@ def bus_options(sc: Scenario) -> dict[str, Any]:
 async def create(ctx: RunContext) -> None:
     sc = ctx.scenario
     ctx.bus = create_bus(sc.url, **bus_options(sc))
+    ctx.state.counters = getattr(ctx.bus, "counters", None)  # the samples' error counts (an adapter may have none)
     await call(ctx, ctx.bus.start(), sc.deadlines.start_s, "start()")
 
 

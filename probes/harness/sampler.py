@@ -34,6 +34,7 @@ class LiveState:
     peaks: dict[str, dict[str, int]] = field(default_factory=dict)
     base_fds: frozenset[tuple[int, str]] | None = None   # the run's baseline descriptors
     baseline_at: float | None = None
+    counters: Any = None             # the bus's BusCounters (its error counts), if it keeps them
 
     def elapsed(self) -> float:
         return time.monotonic() - self.t0
@@ -44,6 +45,22 @@ class LiveState:
         peak["tasks"] = max(peak["tasks"], tasks)
         peak["threads"] = max(peak["threads"], threads)
         peak["os_threads"] = max(peak["os_threads"], os_threads)
+
+
+#: the bus's error counters a sample carries, by the name a sample gives them
+ERROR_COUNTERS = {"handler": "handler_errors", "decode": "decode_errors", "publish": "publish_errors"}
+
+
+def bus_errors(counters: Any) -> dict[str, int]:
+    """The bus's errors so far, those above zero (a bus without counters has none to tell)."""
+    if counters is None:
+        return {}
+    out = {}
+    for kind, attr in ERROR_COUNTERS.items():
+        n = getattr(counters, attr, 0)
+        if isinstance(n, int) and n > 0:
+            out[kind] = n
+    return out
 
 
 class Sampler:
@@ -90,7 +107,7 @@ class Sampler:
             deliver_per_s=round(self._del.rate(delivered, now), 1),
             latency_ms=audit.latency.summary_ms() if audit and audit.latency.count else {},
             rss_mb=proc.rss_mb, cpu_percent=proc.cpu_percent, open_fds=proc.open_fds,
-            sockets=self._new_sockets(), **self._loop_health(),
+            sockets=self._new_sockets(), errors=bus_errors(st.counters), **self._loop_health(),
         )
         st.note_peak(st.phase, tasks, threads, proc.os_threads)
         return sample

@@ -197,3 +197,19 @@ class ProcessOwners:
     def owner(self, pid: int) -> Owner | None:
         """(component, creation site) of a child started through the loop, else None."""
         return self.sites.get(pid)
+
+
+def descendant_count() -> int:
+    """How many descendants this process has now (no description of each: for a gauge)."""
+    if not _FAST:
+        try:
+            return len(psutil.Process().children(recursive=True))
+        except psutil.Error:
+            return 0
+    todo, seen = _child_pids(os.getpid()), set()
+    while todo:
+        pid = todo.pop()
+        if pid not in seen:
+            seen.add(pid)
+            todo.extend(_child_pids(pid))
+    return len(seen)

@@ -46,6 +46,7 @@ from typing import Any, NamedTuple, Sequence
 
 from busmon.bus.deadline import short_where
 from busmon.probes.observe.components import package_of
+from busmon.probes.observe import loop_totals
 from busmon.probes.observe.histogram import LatencyHistogram
 
 __all__ = ["DEFAULT_BEAT_MS", "DEFAULT_STALL_MS", "WATCHDOG_THREAD_NAME", "Frame", "LoopWatch",
@@ -386,6 +387,8 @@ class LoopWatch:
             if hist is None:
                 hist = self._hists[self._phase] = LatencyHistogram()
             hist.record(int(lag * 1e9) if lag > 0 else 0)
+            if (totals := loop_totals.current()) is not None:  # --metrics: the process's, never reset
+                totals.beat(lag)
             gap = now - prev[0]
             if gap > self._stall_s:
                 self._close(prev[0], now, gap, own_gap)
@@ -396,6 +399,8 @@ class LoopWatch:
         bus = gap - own_gap
         if bus > self._stall_s:
             self._stalls.append((end, _stall(self._seen_for(start), start, bus, self._phase)))
+            if (totals := loop_totals.current()) is not None:
+                totals.stall()
         else:
             self.own_stalls += 1
             self.own_stall_ms += round(gap * 1e3, 3)

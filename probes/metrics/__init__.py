@@ -1,0 +1,1 @@
+"""busmon's counts for Prometheus (``--metrics``): the feed, the exposition, the server."""
