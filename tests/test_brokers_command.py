@@ -93,6 +93,7 @@ def _gone(pids: list[int], timeout: float = 15.0) -> list[int]:
 
 @pytest.mark.kafka
 @pytest.mark.nats
+@pytest.mark.timeout(300)  # brokers started, then three runs played on them: slow on a loaded machine (-n 2)
 @pytest.mark.parametrize("stop_with", [signal.SIGINT, signal.SIGHUP, signal.SIGTERM], ids=lambda s: s.name)
 def test_busmon_brokers_serves_both_until_a_stop_signal_and_leaves_nothing(tmp_path: Path,
                                                                           stop_with: signal.Signals) -> None:

@@ -155,7 +155,8 @@ def test_pytest_warning_filters_take_the_short_names(pytester: pytest.Pytester) 
 #: subpackages of busmon.probes, and the ones each may import (model.py is everyone's)
 PROBES_ORDER = {"observe": set(), "verdict": {"observe"}, "harness": {"observe", "verdict"},
                 "watching": {"observe", "verdict"}, "recording": {"harness", "verdict"},
-                "agent": {"observe", "verdict", "watching", "recording", "harness"}}
+                "metrics": {"observe"},
+                "agent": {"observe", "verdict", "watching", "recording", "harness", "metrics"}}
 
 
 def module_name(path: Path) -> str:

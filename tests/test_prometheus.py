@@ -154,8 +154,10 @@ def test_prometheus_scrapes_a_clean_program_a_leaking_one_and_a_played_scenario(
         assert codes["play"][0] == 0 and "busmon: scraped" in codes["play"][1], codes["play"][1]
         assert f"metrics: http://{where['clean']}/metrics" in codes["clean"][1]
     finally:
-        for proc in procs.values():
-            if proc.poll() is None:
-                proc.kill()
-                proc.communicate()
-        prom.stop()
+        try:
+            for proc in procs.values():
+                if proc.poll() is None:
+                    proc.kill()
+                    proc.wait(timeout=TIMEOUT_S)
+        finally:
+            prom.stop()  # whatever went wrong above: no Prometheus outlives the test

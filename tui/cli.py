@@ -682,10 +682,11 @@ def _replay_dashboard(rec: Recording, reports: list[Path], *, headless: bool,
     from busmon.tui.replay import say_problems
     from busmon.tui.replay_controller import ReplayController
     from busmon.tui.run import HEADLESS_SIZE
+    from busmon.tui.presence import someone_watching
 
     _screenshots_folder(screenshots)
     controller = ReplayController(rec, instant=headless)
-    exit_when_done = headless or not (sys.stdin.isatty() and sys.stdout.isatty())
+    exit_when_done = headless or not someone_watching()
     app = BusmonApp(controller, screenshots=screenshots, exit_when_done=exit_when_done, keep_screenshots=True)
     _hand_back_interrupts()
     try:
@@ -895,6 +896,36 @@ def brokers(
     except BrokerMissing as exc:
         raise BadInput(f"brokers: {exc}") from None
     raise typer.Exit(code)
+
+
+@app.command(cls=_Command, context_settings={"allow_interspersed_args": False})
+def serve(
+    command: Annotated[Optional[list[str]], typer.Argument(
+        metavar="-- [BUSMON ARGS...]", help="The busmon command line to show: nothing (the dashboard), play FILE, "
+                                            "attach PID or replay FILE, with their options.", show_default=False)] = None,
+    host: Annotated[str, typer.Option("--host", metavar="HOST", help="Where to listen (loopback unless --public).")
+                    ] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", metavar="PORT", min=0, max=65535,
+                                      help="The port (0: a free one, said at start).")] = 8000,
+    public: Annotated[bool, typer.Option(
+        "--public", metavar="", help="Let --host be an address other machines reach (the page has no login).")] = False,
+) -> None:
+    """Serve a busmon dashboard in a web page (textual-serve): each page that opens it runs its
+    own busmon with these arguments (needs the serve extra: pip install 'busmon[serve]')."""
+    from busmon.tui.serve import ServeError, serve as serve_pages
+
+    def say(line: str) -> None:
+        try:
+            err.print(Text(line), soft_wrap=True, highlight=False)
+        except OSError:
+            pass
+
+    _hand_back_interrupts()  # textual-serve stops on Ctrl-C and SIGTERM its own way
+    try:
+        serve_pages(list(command or []), host, port, public, say)
+    except ServeError as exc:
+        raise BadInput(str(exc)) from None
+    raise typer.Exit(0)
 
 
 def _one_line(message: str) -> str:

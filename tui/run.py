@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Callable
 
 from busmon.probes.model import ScenarioResult
 from busmon.probes.harness.scenario import Scenario
+from busmon.tui.presence import someone_watching
 from busmon.tui.app import BusmonApp
 from busmon.tui.controller import Controller
 
@@ -32,8 +32,8 @@ def play_dashboard(scenario: Scenario, *, headless: bool, screenshots: Path | No
                    ) -> tuple[ScenarioResult | None, list[tuple[str, str]]]:
     """Scripted playback in the dashboard; stays on the final screen until q, unless headless."""
     controller = Controller(scenario, interactive=False, record=record, recording_to=recording_to)
-    # with no terminal to press q in (CI, a pipe), the dashboard ends with the playback
-    exit_when_done = headless or not (sys.stdin.isatty() and sys.stdout.isatty())
+    # with no terminal or page to press q in (CI, a pipe), the dashboard ends with the playback
+    exit_when_done = headless or not someone_watching()
     app = BusmonApp(controller, screenshots=screenshots, exit_when_done=exit_when_done, keep_screenshots=True)
     try:
         app.run(headless=headless, size=HEADLESS_SIZE if headless else None)
