@@ -97,3 +97,14 @@ def release_stuck_threads() -> Iterator[None]:
         for thread in [t for t in threading.enumerate() if t.name.startswith("asyncio-waitpid-")]:
             thread.join(max(0.0, deadline - time.monotonic()))
     leaky_buses.STUCK_PROCESSES.clear()
+
+
+@pytest.fixture
+def taken_port() -> Iterator[int]:
+    """A loopback port something is listening on for the test's length."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        yield s.getsockname()[1]

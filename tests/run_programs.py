@@ -72,3 +72,20 @@ SERVICE = """
     asyncio.run(main())
     sys.exit(int(sys.argv[sys.argv.index("--exit") + 1]) if "--exit" in sys.argv else 0)
 """
+
+
+def busmon_cli(*args: str, cwd: Path | None = None, prelude: str = "") -> subprocess.CompletedProcess:
+    """busmon's command line in a fresh Python, after ``prelude`` (``sys.modules['x'] = None``:
+    as if the package x were not installed)."""
+    code = f"{prelude}import sys; from busmon.tui.cli import main; sys.argv = ['busmon', *sys.argv[1:]]; main()"
+    return subprocess.run([sys.executable, "-c", code, *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=TIMEOUT_S)
+
+
+def assert_one_line(done: subprocess.CompletedProcess, *said: str) -> None:
+    """Refused as bad input: exit 2, one line on stderr holding each of ``said``, no traceback."""
+    assert done.returncode == 2, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in done.stderr, done.stderr
+    for part in said:
+        assert part in lines[0], lines[0]

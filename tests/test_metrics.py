@@ -7,7 +7,6 @@ Prometheus itself scraping busmon is in tests/test_prometheus.py.
 
 from __future__ import annotations
 
-import socket
 import subprocess
 import sys
 import threading
@@ -23,7 +22,7 @@ from busmon.probes.metrics.address import ListenAddressError, parse_listen
 from busmon.probes.metrics.exposition import BusmonCollector, top_components
 from busmon.probes.metrics.feed import MetricsFeed
 from busmon.probes.model import Leftover, PhaseStarted, RunFinished, RunResult, Sample
-from tests.run_programs import TIMEOUT_S, busmon_run, report, write
+from tests.run_programs import TIMEOUT_S, assert_one_line, busmon_cli, report, write
 
 
 def sample(run: str, published: int = 0, delivered: int = 0, errors: dict[str, int] | None = None,
@@ -132,45 +131,22 @@ PROGRAM = """
 """
 
 
-def busmon(*args: str, cwd: Path, prelude: str = "") -> subprocess.CompletedProcess:
-    code = f"{prelude}import sys; from busmon.tui.cli import main; sys.argv = ['busmon', *sys.argv[1:]]; main()"
-    return subprocess.run([sys.executable, "-c", code, *args], cwd=cwd, capture_output=True, text=True,
-                          timeout=TIMEOUT_S)
-
-
-def one_line(done: subprocess.CompletedProcess, *said: str) -> None:
-    assert done.returncode == 2, done.stderr
-    lines = done.stderr.strip().splitlines()
-    assert len(lines) == 1 and "Traceback" not in done.stderr, done.stderr
-    for part in said:
-        assert part in lines[0], lines[0]
-
-
-@pytest.fixture
-def taken_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        s.listen()
-        yield s.getsockname()[1]
-
-
 def test_bad_metrics_input_is_one_line_and_the_program_never_runs(tmp_path, taken_port):
     write(tmp_path, "prog.py", PROGRAM)
     scenario = Path(__file__).resolve().parent.parent / "sample_configs" / "quickstart.toml"
-    one_line(busmon("play", str(scenario), "--headless", "--metrics", "0.0.0.0:9464", cwd=tmp_path),
-             "--metrics 0.0.0.0", "--metrics-public")
-    one_line(busmon("play", str(scenario), "--headless", "--metrics", f"127.0.0.1:{taken_port}", cwd=tmp_path),
-             f"--metrics 127.0.0.1:{taken_port}", "the port is in use")
-    one_line(busmon("run", "--metrics", "10.1.2.3:9464", "--", sys.executable, "prog.py", cwd=tmp_path),
-             "not a loopback address")
-    # the port is taken: the agent cannot listen, the program does not run unwatched
-    one_line(busmon("run", "--metrics", str(taken_port), "--", sys.executable, "prog.py", cwd=tmp_path),
-             "the port is in use")
+    play, run = ["play", str(scenario), "--headless"], ["--", sys.executable, "prog.py"]
     blocked = "import sys; sys.modules['prometheus_client'] = None; "  # as if the extra were not installed
-    one_line(busmon("run", "--metrics", "0", "--", sys.executable, "prog.py", cwd=tmp_path, prelude=blocked),
-             "pip install 'busmon[metrics]'")
-    one_line(busmon("play", str(scenario), "--metrics", "0", cwd=tmp_path, prelude=blocked),
-             "pip install 'busmon[metrics]'")
+    refused = [
+        ([*play, "--metrics", "0.0.0.0:9464"], "", ("--metrics 0.0.0.0", "--metrics-public")),
+        ([*play, "--metrics", f"127.0.0.1:{taken_port}"], "", (f"127.0.0.1:{taken_port}", "the port is in use")),
+        (["run", "--metrics", "10.1.2.3:9464", *run], "", ("not a loopback address",)),
+        # the port is taken: the agent cannot listen, and the program does not run unwatched
+        (["run", "--metrics", str(taken_port), *run], "", ("the port is in use",)),
+        (["run", "--metrics", "0", *run], blocked, ("pip install 'busmon[metrics]'",)),
+        ([*play, "--metrics", "0"], blocked, ("pip install 'busmon[metrics]'",)),
+    ]
+    for args, prelude, said in refused:
+        assert_one_line(busmon_cli(*args, cwd=tmp_path, prelude=prelude), *said)
     assert not (tmp_path / "ran").exists()
 
 

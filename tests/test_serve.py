@@ -14,7 +14,7 @@ import pytest
 
 from busmon.bus.brokers_local import free_port
 from tests.browser import ARTIFACTS, FLAGS, TerminalPage, chromium
-from tests.run_programs import TIMEOUT_S
+from tests.run_programs import TIMEOUT_S, assert_one_line, busmon_cli
 
 SCENARIO = """
     name = "in a page"
@@ -117,33 +117,18 @@ def test_the_page_and_its_start_line_never_show_a_password(tmp_path):
     assert "s3cr3t-pw" not in said and "***" in said
 
 
-def one_line(args: list[str], *said: str, prelude: str = "") -> None:
-    code = f"{prelude}import sys; from busmon.tui.cli import main; sys.argv = ['busmon', *sys.argv[1:]]; main()"
-    done = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=TIMEOUT_S)
-    assert done.returncode == 2, done.stderr
-    lines = done.stderr.strip().splitlines()
-    assert len(lines) == 1 and "Traceback" not in done.stderr, done.stderr
-    for part in said:
-        assert part in lines[0], lines[0]
-
-
-@pytest.fixture
-def taken_port():
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        s.listen()
-        yield s.getsockname()[1]
-
-
 def test_what_serve_refuses_is_one_line(taken_port):
-    one_line(["serve", "--", "run", "--", "python", "app.py"], "only a dashboard can be served", "not run")
-    one_line(["serve", "--", "--messages", "10", "compare", "x.toml"], "not compare")
-    one_line(["serve", "--", "play", "x.toml", "--headless"], "leave out --headless")
-    one_line(["serve", "--host", "0.0.0.0"], "--host 0.0.0.0", "--public")
-    one_line(["serve", "--port", str(taken_port)], f"--port {taken_port}", "the port is in use")
-    one_line(["serve"], "pip install 'busmon[serve]'", prelude="import sys; sys.modules['textual_serve'] = None; ")
+    refused = [
+        (["--", "run", "--", "python", "app.py"], "only a dashboard can be served", "not run"),
+        (["--", "--messages", "10", "compare", "x.toml"], "not compare"),
+        (["--", "play", "x.toml", "--headless"], "leave out --headless"),
+        (["--host", "0.0.0.0"], "--host 0.0.0.0", "--public"),
+        (["--port", str(taken_port)], f"--port {taken_port}", "the port is in use"),
+    ]
+    for args, *said in refused:
+        assert_one_line(busmon_cli("serve", *args), *said)
+    missing = "import sys; sys.modules['textual_serve'] = None; "  # as if the serve extra were not installed
+    assert_one_line(busmon_cli("serve", prelude=missing), "pip install 'busmon[serve]'")
 
 
 def test_a_public_address_is_warned_about():
