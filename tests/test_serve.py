@@ -115,6 +115,9 @@ def test_the_page_and_its_start_line_never_show_a_password(tmp_path):
         said = served.stop()
     assert "nats://bob:***@127.0.0.1:1" in html and "s3cr3t-pw" not in html
     assert "s3cr3t-pw" not in said and "***" in said
+    from busmon.tui.serve import shown
+
+    assert shown(["play", "x.toml", "--url=kafka://bob:pw-1@h:9092"]) == "busmon play x.toml --url=kafka://bob:***@h:9092"
 
 
 def test_what_serve_refuses_is_one_line(taken_port):

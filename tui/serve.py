@@ -46,8 +46,14 @@ def served_command(args: list[str]) -> list[str]:
 
 
 def shown(args: list[str]) -> str:
-    """The command as it may be shown: URLs' passwords masked, known secrets scrubbed."""
-    return scrub(" ".join(redact_url(a) if "://" in a else a for a in ["busmon", *args]))
+    """The command as it may be shown: URLs' passwords masked (``--url URL`` and ``--url=URL``),
+    known secrets scrubbed."""
+    def masked(arg: str) -> str:
+        option, eq, value = arg.partition("=")
+        if eq and option.startswith("--") and "://" in value:
+            return f"{option}={redact_url(value)}"
+        return redact_url(arg) if "://" in arg else arg
+    return scrub(" ".join(masked(a) for a in ["busmon", *args]))
 
 
 def bind(host: str, port: int) -> socket.socket:
@@ -133,7 +139,6 @@ def serve(args: list[str], host: str, port: int, public: bool, say: Any) -> None
         say(warning)
     server = BusmonServer(shlex.join(argv), host=host, port=bound_port, title=title)
     server.serve()
-
 
 
 def public_warning(host: str, port: int) -> str | None:
