@@ -142,8 +142,8 @@ def test_bad_metrics_input_is_one_line_and_the_program_never_runs(tmp_path, take
         (["run", "--metrics", "10.1.2.3:9464", *run], "", ("not a loopback address",)),
         # the port is taken: the agent cannot listen, and the program does not run unwatched
         (["run", "--metrics", str(taken_port), *run], "", ("the port is in use",)),
-        (["run", "--metrics", "0", *run], blocked, ("pip install 'busmon[metrics]'",)),
-        ([*play, "--metrics", "0"], blocked, ("pip install 'busmon[metrics]'",)),
+        (["run", "--metrics", "0", *run], blocked, ("pip install -e '.[metrics]'",)),
+        ([*play, "--metrics", "0"], blocked, ("pip install -e '.[metrics]'",)),
     ]
     for args, prelude, said in refused:
         assert_one_line(busmon_cli(*args, cwd=tmp_path, prelude=prelude), *said)
@@ -272,3 +272,61 @@ def test_a_blocked_loop_is_still_scraped_and_its_stall_counted(tmp_path):
         proc.stdin.close()
         proc.wait(timeout=TIMEOUT_S)
     assert proc.returncode == 0
+
+
+#: three workers alive at the mark "checked" (--verdict-at: judged there, the program goes on),
+#: four more after it; all end when told
+GOES_ON = """
+    import asyncio, sys
+    import busmon.agent
+
+    async def worker(go):
+        await go.wait()
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        stdin = asyncio.StreamReader()
+        await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(stdin), sys.stdin)
+        go = asyncio.Event()
+        workers = [asyncio.create_task(worker(go)) for _ in range(3)]
+        busmon.agent.mark("checked")
+        await stdin.readline()
+        workers += [asyncio.create_task(worker(go)) for _ in range(4)]
+        print("more", flush=True)
+        await stdin.readline()
+        go.set()
+        await asyncio.gather(*workers)
+
+    asyncio.run(main())
+"""
+
+
+def test_after_a_verdict_at_a_mark_the_programs_tasks_are_still_counted_as_its_own(tmp_path):
+    """Judged at a mark, the program goes on: each scrape still counts its tasks by component
+    (the watch keeps classifying), and busmon's own tasks and descriptors are never in them."""
+    write(tmp_path, "goes_on.py", GOES_ON)
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "busmon", "run", "--metrics", str(port), "--verdict-at", "checked",
+                             "--settle-timeout", "0.3", "--", sys.executable, "goes_on.py"], cwd=tmp_path,
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stderr is not None and "metrics: http://" in proc.stderr.readline()
+        deadline = time.monotonic() + TIMEOUT_S
+        while "busmon_last_verdict{" not in (text := scrape(port)):  # the verdict at the mark
+            assert time.monotonic() < deadline and proc.poll() is None, text
+        assert 'busmon_last_verdict{verdict="leaked"} 1.0' in text  # three workers alive at the mark
+        proc.stdin.write("more\n")
+        proc.stdin.flush()
+        assert proc.stdout.readline() == "more\n"
+        fams = {f.name: f for f in text_string_to_metric_families(scrape(port))}
+        tasks = {s.labels["component"]: s.value for s in fams["busmon_tasks"].samples}
+        assert tasks == {"__main__": 3 + 4 + 1}  # the main task too; nothing of busmon's, nothing unnamed
+        assert fams["busmon_sockets"].samples[0].value == 2  # the loop's self-pipe; not the scrape's
+        proc.stdin.write("go\n")
+        proc.stdin.flush()
+        proc.stdin.close()
+        assert proc.wait(timeout=TIMEOUT_S) == 1  # the mark's verdict: leaked
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()

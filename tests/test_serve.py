@@ -105,6 +105,22 @@ def test_play_in_a_page_stays_on_its_final_screen_until_q(tmp_path, browser):
     assert "Traceback" not in said, said
 
 
+def test_bad_input_in_a_page_is_shown_in_the_page(tmp_path, browser):
+    """busmon's one line, drawn in the page (its stderr is the server's), until q."""
+    served = Served(tmp_path, "--", "play", "no-such-file.toml")
+    try:
+        page = browser.new_page(viewport={"width": 1200, "height": 600})
+        term = TerminalPage(page)
+        page.goto(served.url)
+        term.wait_for("busmon: no-such-file.toml:")
+        page.click("body")
+        page.keyboard.press("q")
+        term.wait_for(lambda: term.socket.is_closed())
+    finally:
+        said = served.stop()
+    assert "Traceback" not in said, said
+
+
 def test_the_page_and_its_start_line_never_show_a_password(tmp_path):
     (tmp_path / "short.toml").write_text(SCENARIO)
     served = Served(tmp_path, "--", "play", "short.toml", "--url", "nats://bob:s3cr3t-pw@127.0.0.1:1")
@@ -131,7 +147,7 @@ def test_what_serve_refuses_is_one_line(taken_port):
     for args, *said in refused:
         assert_one_line(busmon_cli("serve", *args), *said)
     missing = "import sys; sys.modules['textual_serve'] = None; "  # as if the serve extra were not installed
-    assert_one_line(busmon_cli("serve", prelude=missing), "pip install 'busmon[serve]'")
+    assert_one_line(busmon_cli("serve", prelude=missing), "pip install -e '.[serve]'")
 
 
 def test_a_public_address_is_warned_about():

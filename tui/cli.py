@@ -43,8 +43,8 @@ from busmon.probes.harness.scenario import BUILTIN_BACKENDS, ProbeSpec, RunSpec,
 from busmon.probes.metrics.address import ListenAddressError
 from busmon.probes.metrics.feed import DEFAULT_TOP
 from busmon.probes.metrics.server import MetricsUnavailable
-from busmon.tui.metrics_serving import (MetricsLingerOpt, MetricsOpt, MetricsPublicOpt, MetricsTopOpt, agent_settings,
-                                        start_for_play, together)
+from busmon.tui.metrics_serving import (MetricsLingerOpt, MetricsOpt, MetricsOptionError, MetricsPublicOpt,
+                                        MetricsTopOpt, agent_settings, start_for_play, together)
 
 if TYPE_CHECKING:
     from busmon.probes.recording.reader import Recording
@@ -500,7 +500,7 @@ def _play(scenario: Path, reports: list[Path], played_headless: bool,
     _screenshots_folder(screenshots)
     shots: list[tuple[str, str]] = []
     address, public, top, linger = metrics
-    serving = start_for_play(address, public, top)
+    serving = start_for_play(address, public, top, linger)
     if serving is not None:
         err.print(Text(f"busmon: metrics: {serving.server.url}"), highlight=False)
     try:
@@ -911,7 +911,7 @@ def serve(
         "--public", metavar="", help="Let --host be an address other machines reach (the page has no login).")] = False,
 ) -> None:
     """Serve a busmon dashboard in a web page (textual-serve): each page that opens it runs its
-    own busmon with these arguments (needs the serve extra: pip install 'busmon[serve]')."""
+    own busmon with these arguments (needs the serve extra: in busmon's folder, pip install -e '.\\[serve]')."""
     from busmon.tui.serve import ServeError, serve as serve_pages
 
     def say(line: str) -> None:
@@ -940,6 +940,12 @@ def _fail(message: str) -> None:
     A Text, not markup, so brackets and :emoji: codes in the user's values print as typed."""
     err.print(Text.assemble(("busmon:", "bold red"), " ", _one_line(message)),
               soft_wrap=True, highlight=False)
+    from busmon.tui.presence import in_a_web_page
+
+    if in_a_web_page():  # a page of busmon serve: its stderr is the server's, the page would just wait
+        from busmon.tui.page_error import show_in_page
+
+        show_in_page(_one_line(message))
     sys.exit(EXIT_BAD_INPUT)
 
 
@@ -999,7 +1005,7 @@ def _main() -> None:
     try:
         # prog_name: usage hints say "busmon play", also under python -m busmon
         code = app(prog_name="busmon", standalone_mode=False)  # returns typer.Exit's code in this mode
-    except (BadInput, ScenarioError, ListenAddressError, MetricsUnavailable) as exc:
+    except (BadInput, ScenarioError, ListenAddressError, MetricsUnavailable, MetricsOptionError) as exc:
         _fail(str(exc))
     except typer.Exit as exc:
         _finish(exc.exit_code)

@@ -18,7 +18,7 @@ from busmon.probes.metrics.server import MetricsServer, require_client, serve_me
 
 MetricsOpt = Annotated[Optional[str], typer.Option(
     "--metrics", metavar="[HOST:]PORT", help="Serve Prometheus metrics at http://HOST:PORT/metrics (HOST: "
-                                         "127.0.0.1 unless given; needs the extra busmon[metrics]).")]
+                                         "127.0.0.1 unless given; needs the metrics extra: pip install -e '.\\[metrics]').")]
 MetricsPublicOpt = Annotated[bool, typer.Option(
     "--metrics-public", metavar="", help="Let --metrics listen on an address other machines can reach "
                                          "(the metrics have no login).")]
@@ -30,8 +30,22 @@ MetricsLingerOpt = Annotated[float, typer.Option(
                                                           "to scrape the last verdict.")]
 
 
+class MetricsOptionError(ValueError):
+    """A ``--metrics-*`` option given without ``--metrics``: one line, rather than ignored."""
+
+
+def check_options(metrics: str | None, public: bool, top: int, linger_s: float) -> None:
+    if metrics is not None:
+        return
+    given = [name for name, on in (("--metrics-public", public), ("--metrics-components", top != DEFAULT_TOP),
+                                   ("--metrics-linger", linger_s > 0)) if on]
+    if given:
+        raise MetricsOptionError(f"{', '.join(given)}: only with --metrics [HOST:]PORT, which was not given")
+
+
 def agent_settings(metrics: str | None, public: bool, top: int, linger_s: float) -> dict[str, object]:
     """``busmon run``'s metrics settings for the agent, checked here first (one line each)."""
+    check_options(metrics, public, top, linger_s)
     if metrics is None:
         return {}
     host, port = parse_listen("--metrics", metrics, public=public, public_flag="--metrics-public")
@@ -60,8 +74,10 @@ class PlayMetrics:
             self.server.close()
 
 
-def start_for_play(metrics: str | None, public: bool, top: int = DEFAULT_TOP) -> PlayMetrics | None:
+def start_for_play(metrics: str | None, public: bool, top: int = DEFAULT_TOP,
+                   linger_s: float = 0.0) -> PlayMetrics | None:
     """Serve ``busmon play``'s metrics (None without ``--metrics``)."""
+    check_options(metrics, public, top, linger_s)
     if metrics is None:
         return None
     host, port = parse_listen("--metrics", metrics, public=public, public_flag="--metrics-public")

@@ -4,8 +4,9 @@ server: each page that connects starts its own busmon, drawn in the browser by x
 What it adds to textual-serve: only busmon command lines that show a dashboard are served; the
 address is loopback unless ``--public`` (the page has no login: anyone who reaches it drives
 busmon, so binding elsewhere warns); the port is bound here first, so a port in use is one
-line, not a traceback; and the page's title and the start-up line show the command with its
-secrets masked (a ``--url`` with a password is in the command busmon runs, never on show).
+line, not a traceback; the page's splash (textual-serve's title) and the start-up line show
+the command with its secrets masked (a ``--url`` with a password is in the command busmon
+runs, never on show); and at Ctrl-C each open page's busmon is told to quit and awaited.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from busmon.probes.metrics.address import check_host, is_loopback, url_host
 DASHBOARDS = ("play", "attach", "replay")
 #: busmon's commands that do not (said as such, rather than a page that ends at once)
 OTHER_COMMANDS = ("run", "compare", "brokers", "serve")
-EXTRA = "pip install 'busmon[serve]'"
+EXTRA = "in busmon's folder, pip install -e '.[serve]'"
 #: at Ctrl-C, how long the pages' busmon processes get to quit (each closes its bus first)
 CLOSE_PAGES_S = 15.0
 

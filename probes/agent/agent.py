@@ -34,7 +34,7 @@ from busmon.probes.metrics.feed import MetricsFeed
 from busmon.probes.model import Sample
 from busmon.probes.observe.process import ProcessReading
 from busmon.probes.model import PhaseStarted, RunFinished
-from busmon.probes.observe.fds import fd_table
+from busmon.probes.observe.fds import BUSMON_FDS, fd_table
 from busmon.probes.observe.process import ProcessProbe
 from busmon.probes.observe.census import running_loop
 
@@ -92,6 +92,7 @@ class Agent:
         self.forked = True
         marks._sink = None
         self.loops.clear()
+        BUSMON_FDS.discard(self.channel.fd)
         try:
             os.close(self.channel.fd)
         except OSError:
@@ -220,7 +221,11 @@ class Agent:
     def end(self, loop: asyncio.AbstractEventLoop) -> None:
         with self._lock:
             lv = self.loops.pop(loop, None)
-        if lv is not None and self.metrics_feed is not None:
+        if lv is None:
+            return
+        if lv.watch is not None:
+            lv.watch.stop()  # idempotent: a verdict that kept watching (metrics) leaves it on till here
+        if self.metrics_feed is not None:
             self.metrics_feed.forget_loop(lv.name)  # its tasks are no longer live ones
 
     async def judge(self, loop: asyncio.AbstractEventLoop, *, interrupted: bool = False) -> None:

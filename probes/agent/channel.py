@@ -16,6 +16,7 @@ import time
 from typing import Any
 
 from busmon.probes.model import RunFinished
+from busmon.probes.observe.fds import BUSMON_FDS
 from busmon.bus.secrets import scrub_tree
 from busmon.probes.recording.codec import Encoder
 from busmon.probes.recording.writer import FIXED_FIELDS
@@ -51,6 +52,7 @@ class Channel:
     def __init__(self, fd: int) -> None:
         self.fd = fd
         os.set_inheritable(fd, False)  # the program's own children must not keep it open
+        BUSMON_FDS.add(fd)  # busmon's descriptor, never counted as the program's
         self.t0 = time.monotonic()
         self.dropped = 0
         self._encoder = Encoder()
@@ -96,6 +98,7 @@ class Channel:
             self._cond.notify()
         self._thread.join(timeout)
         if not self._thread.is_alive():
+            BUSMON_FDS.discard(self.fd)
             try:
                 os.close(self.fd)
             except OSError:

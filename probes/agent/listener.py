@@ -91,6 +91,9 @@ class Listener:
         self.faults = 0                    # turns of the thread that failed (busmon's bug, survived)
         self._sel = selectors.DefaultSelector()
         self._sock = self._bind(path)
+        #: busmon's descriptors in the program (never counted as the program's)
+        self._own_fds = (self._sock.fileno(), self._wake_r, self._wake_w)
+        BUSMON_FDS.update(self._own_fds)
         self._thread = threading.Thread(target=self._run, name=THREAD_NAME, daemon=True)
         self._thread.start()
 
@@ -319,6 +322,7 @@ class Listener:
         pipe closed, nothing said (the thread did not survive the fork; the socket file stays
         the parent's)."""
         self._stop = True
+        BUSMON_FDS.difference_update(self._own_fds)
         for f in (self._sock, self._client):
             try:
                 if f is not None:
@@ -350,6 +354,7 @@ class Listener:
             except OSError:
                 pass
         self._drop_client("exit")
+        BUSMON_FDS.difference_update(self._own_fds)
         try:
             self._sock.close()
             self.path.unlink()

@@ -219,8 +219,13 @@ class LoopVerdict:
             self.snapshot(SHUTDOWN)  # the naive count: right when main() returned
         self.emit(PhaseStarted(self.name, SETTLE, self.elapsed()))
         watch = self.watch
+        # judged at a mark while metrics are served: the program goes on, and its tasks are still
+        # counted by component for each scrape (the watch stops with the loop instead)
+        keep = self.config.metrics_port is not None and at != SHUTDOWN
         result = await watch.settle(judge=self._count_retained if self.counts_retained else None,
-                                    live=at != SHUTDOWN, at=census)
+                                    live=at != SHUTDOWN, at=census, keep_watching=keep)
+        if keep:
+            watch.thaw()
         self.snapshot(SETTLE)
         run = self.result(result, at, interrupted)
         self.emit(RunFinished(run))

@@ -31,10 +31,20 @@ def is_loopback(host: str) -> bool:
     return bool(infos) and all(ipaddress.ip_address(info[4][0].split("%")[0]).is_loopback for info in infos)
 
 
+def resolves(host: str) -> bool:
+    try:
+        socket.getaddrinfo(host.strip("[]"), None, type=socket.SOCK_STREAM)
+    except OSError:
+        return False
+    return True
+
+
 def check_host(option: str, host: str, public: bool, public_flag: str) -> str:
     """``host`` if busmon may listen there: loopback, or anything when ``public``."""
     if not host:
         raise ListenAddressError(f"{option}: expected a host name or address, got nothing")
+    if not resolves(host):
+        raise ListenAddressError(f"{option} {host}: no such host (it does not resolve to an address)")
     if not public and not is_loopback(host):
         raise ListenAddressError(f"{option} {host}: not a loopback address, and what busmon serves has no "
                                  f"login; add {public_flag} to serve it to other machines")

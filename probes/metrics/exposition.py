@@ -20,7 +20,7 @@ from prometheus_client.registry import Collector
 from busmon.probes.metrics.feed import DEFAULT_TOP, ERROR_KINDS, FeedReading, MetricsFeed
 from busmon.probes.observe import loop_totals
 from busmon.probes.observe.children import descendant_count
-from busmon.probes.observe.fds import fd_table
+from busmon.probes.observe.fds import BUSMON_FDS, fd_table
 
 #: the verdicts a run or a program can have (an enum: the last one is 1, the others 0)
 VERDICTS = ("clean", "leaked", "failed", "interrupted")
@@ -60,7 +60,10 @@ class BusmonCollector(Collector):
 
         tasks = GaugeMetricFamily("busmon_tasks", f"Live asyncio tasks by component (the top {self.top} by "
                                   "count; the rest as other)", labels=["component"])
-        for component, n in top_components(reading.tasks_by_component, self.top).items():
+        counts = reading.tasks_by_component
+        if self.mode == "run":  # a program's tasks: busmon's own (a verdict under way) left out
+            counts = {c: n for c, n in counts.items() if not c.startswith("busmon.")}
+        for component, n in top_components(counts, self.top).items():
             tasks.add_metric([component], n)
         yield tasks
         yield from self._process()
@@ -84,11 +87,14 @@ class BusmonCollector(Collector):
                 rss, os_threads = p.memory_info().rss, p.num_threads()
         except psutil.Error:
             rss = os_threads = 0
-        table = fd_table() or {}
+        # busmon's own descriptors (the metrics listener, a scrape's connection, an attached
+        # dashboard's) are left out: the gauges say what the program holds
+        table = {fd: t for fd, t in (fd_table() or {}).items() if fd not in BUSMON_FDS}
         yield GaugeMetricFamily("busmon_threads", "Live Python threads", value=threading.active_count())
         yield GaugeMetricFamily("busmon_os_threads", "The process's OS threads (Python's and native)", value=os_threads)
-        yield GaugeMetricFamily("busmon_open_fds", "The process's open file descriptors", value=len(table))
-        yield GaugeMetricFamily("busmon_sockets", "The process's open sockets",
+        yield GaugeMetricFamily("busmon_open_fds", "The process's open file descriptors (busmon's own left out)",
+                                value=len(table))
+        yield GaugeMetricFamily("busmon_sockets", "The process's open sockets (busmon's own left out)",
                                 value=sum(1 for t in table.values() if t.startswith("socket:")))
         yield GaugeMetricFamily("busmon_child_processes", "The process's live descendants", value=descendant_count())
         yield GaugeMetricFamily("busmon_rss_bytes", "The process's resident memory", value=rss)

@@ -27,7 +27,7 @@ THREAD_NAME = "busmon.metrics"
 #: a scrape's connection that sends nothing for this long is dropped
 CLIENT_TIMEOUT_S = 10.0
 #: the pip extra that brings prometheus_client
-EXTRA = "pip install 'busmon[metrics]'"
+EXTRA = "in busmon's folder, pip install -e '.[metrics]'"
 
 
 class MetricsUnavailable(RuntimeError):
@@ -95,6 +95,8 @@ class MetricsServer:
             raise MetricsUnavailable(f"--metrics {url_host(host)}:{port}: cannot listen there: {reason}") from None
         self._httpd.set_app(self._app_noting_scrapes)
         self.host, self.port = host, int(self._httpd.server_address[1])
+        self._listening_fd = self._httpd.socket.fileno()
+        BUSMON_FDS.add(self._listening_fd)  # busmon's, never the program's socket
         self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.5},
                                         name=THREAD_NAME, daemon=True)
         self._thread.start()
@@ -128,6 +130,7 @@ class MetricsServer:
 
     def forget_in_child(self) -> None:
         """A forked child: let go of the listening socket (the thread was not copied)."""
+        BUSMON_FDS.discard(self._listening_fd)
         try:
             self._httpd.socket.close()
         except OSError:
@@ -137,6 +140,7 @@ class MetricsServer:
         """Stop serving (waits for the request in progress, if any, and the poll: ≤ 0.5 s)."""
         if self._thread.is_alive():
             self._httpd.shutdown()
+        BUSMON_FDS.discard(self._listening_fd)
         self._httpd.server_close()
 
 

@@ -179,6 +179,13 @@ class Watch:
             gc.unfreeze()
             self._frozen = False
 
+    def thaw(self) -> None:
+        """Let the collector reach the baseline's objects again, the watch going on (a verdict
+        that keeps watching, for what a later one or a live figure needs)."""
+        if self._frozen:
+            gc.unfreeze()
+            self._frozen = False
+
     def set_phase(self, phase: str) -> None:
         """Name what runs from now on, for the stalls seen: ``run`` (the watched code), or a
         harness's own step (``setup``, ``teardown``: a test's fixtures)."""
