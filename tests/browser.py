@@ -44,6 +44,23 @@ class TerminalPage:
         ws.on("framereceived", lambda payload: self.frames.append(
             payload.decode("utf-8", "replace") if isinstance(payload, bytes) else payload))
 
+    @classmethod
+    def open(cls, browser: Any, url: str, width: int = 1400, height: int = 900) -> TerminalPage:
+        """A new page of ``browser`` on ``url``, its terminal's traffic followed from the start."""
+        term = cls(browser.new_page(viewport={"width": width, "height": height}))
+        term.page.goto(url)
+        return term
+
+    def press(self, key: str) -> None:
+        """A key pressed in the page, as a person would: a click on it first (the terminal's focus)."""
+        self.page.click("body")
+        self.page.keyboard.press(key)
+
+    def quit(self) -> None:
+        """q, and the page's session ends (its websocket closes)."""
+        self.press("q")
+        self.wait_for(lambda: self.socket.is_closed())
+
     def text(self) -> str:
         return _ANSI.sub("", "".join(self.frames))
 

@@ -66,17 +66,14 @@ def browser():
 def test_the_dashboard_in_chromium_and_a_key_pressed_in_the_page(tmp_path, browser):
     served = Served(tmp_path)
     try:
-        page = browser.new_page(viewport={"width": 1400, "height": 900})
-        term = TerminalPage(page)
-        page.goto(served.url)
+        term = TerminalPage.open(browser, served.url)
         term.wait_for("baseline › create › subscribe › load › hold › close › settle")  # the phase bar
         term.wait_for("press n to take the baseline")
-        page.click("body")
-        page.keyboard.press("n")
+        term.press("n")
         term.wait_for("baseline done · n starts create")  # the key reached busmon: the baseline is taken
         term.wait_for(lambda: "busmon.session" in term.text())  # and the panels show the run's own task
         ARTIFACTS.mkdir(exist_ok=True)
-        page.screenshot(path=str(ARTIFACTS / "busmon-serve-dashboard.png"))
+        term.page.screenshot(path=str(ARTIFACTS / "busmon-serve-dashboard.png"))
         assert (ARTIFACTS / "busmon-serve-dashboard.png").stat().st_size > 10_000
         pages = psutil.Process(served.proc.pid).children(recursive=True)
         assert pages, "the page runs a busmon of its own"
@@ -91,14 +88,10 @@ def test_play_in_a_page_stays_on_its_final_screen_until_q(tmp_path, browser):
     (tmp_path / "short.toml").write_text(SCENARIO)
     served = Served(tmp_path, "--", "play", "short.toml")
     try:
-        page = browser.new_page(viewport={"width": 1400, "height": 900})
-        term = TerminalPage(page)
-        page.goto(served.url)
+        term = TerminalPage.open(browser, served.url)
         term.wait_for("playback finished: r compares the runs, q quits")
         assert term.socket is not None and not term.socket.is_closed()  # no terminal, yet a person watching
-        page.click("body")
-        page.keyboard.press("q")
-        term.wait_for(lambda: term.socket.is_closed())
+        term.quit()
     finally:
         said = served.stop()
     assert served.proc.returncode == 0, said
@@ -109,13 +102,9 @@ def test_bad_input_in_a_page_is_shown_in_the_page(tmp_path, browser):
     """busmon's one line, drawn in the page (its stderr is the server's), until q."""
     served = Served(tmp_path, "--", "play", "no-such-file.toml")
     try:
-        page = browser.new_page(viewport={"width": 1200, "height": 600})
-        term = TerminalPage(page)
-        page.goto(served.url)
+        term = TerminalPage.open(browser, served.url, 1200, 600)
         term.wait_for("busmon: no-such-file.toml:")
-        page.click("body")
-        page.keyboard.press("q")
-        term.wait_for(lambda: term.socket.is_closed())
+        term.quit()
     finally:
         said = served.stop()
     assert "Traceback" not in said, said
