@@ -35,6 +35,7 @@ class MetricsOptionError(ValueError):
 
 
 def check_options(metrics: str | None, public: bool, top: int, linger_s: float) -> None:
+    """The other ``--metrics-*`` options mean nothing without ``--metrics``: said, not ignored."""
     if metrics is not None:
         return
     given = [name for name, on in (("--metrics-public", public), ("--metrics-components", top != DEFAULT_TOP),
