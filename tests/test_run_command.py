@@ -14,6 +14,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import psutil
 import pytest
 
 from tests.run_programs import SERVICE, busmon_run, leaked, phases, report, start_run, write
@@ -486,3 +487,44 @@ def test_ctrl_c_while_busmon_waits_judges_at_once_without_a_traceback(tmp_path: 
     assert proc.returncode == 1, "".join(said) + err  # the verdict's code: the program had returned
     assert "leaked 1 task" in err and "Ctrl-C while busmon waited" in err
     assert "Traceback" not in err
+
+
+HELD_TASKS = """
+    import asyncio
+    HELD = []
+    async def hang():
+        await asyncio.Event().wait()
+    async def main():
+        HELD.extend(asyncio.create_task(hang(), name=f"held-{i}") for i in range(5))
+        print("ready", flush=True)
+        await asyncio.Event().wait()
+    asyncio.run(main())
+"""
+
+
+@pytest.mark.parametrize("how", ["to busmon's process group", "twice to busmon at once"])
+def test_a_signal_sent_twice_reaches_the_program_once_and_the_verdict_stands(tmp_path: Path, how: str) -> None:
+    """Without a terminal the program has a process group of its own: a SIGINT to busmon's group
+    (kill -INT -PGID) reaches it once, through busmon, and the same signal twice at once (timeout
+    signals busmon, then its group) is one. Twice, asyncio raised KeyboardInterrupt inside the
+    verdict: 'nothing was judged' in 4 of 8 runs here."""
+    prog = write(tmp_path, "held.py", HELD_TASKS)
+    for _ in range(3):
+        proc = subprocess.Popen([PY, "-m", "busmon", "run", "--settle-timeout", "0.3", "--", PY, str(prog)], text=True,
+                                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                start_new_session=True)
+        try:
+            assert _line_within(proc.stdout, 60) == "ready\n"
+            if how == "to busmon's process group":
+                os.killpg(proc.pid, signal.SIGINT)
+            else:
+                proc.send_signal(signal.SIGINT)
+                proc.send_signal(signal.SIGINT)
+            _, err = proc.communicate(timeout=60)
+        finally:
+            if proc.poll() is None:  # the program has a process group of its own: killed by pid
+                for child in psutil.Process(proc.pid).children(recursive=True):
+                    child.kill()
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+        assert "leaked 5 tasks" in err and "nothing was judged" not in err, err

@@ -130,6 +130,7 @@ def test_what_serve_refuses_is_one_line(taken_port):
         (["--", "run", "--", "python", "app.py"], "only a dashboard can be served", "not run"),
         (["--", "--messages", "10", "compare", "x.toml"], "not compare"),
         (["--", "play", "x.toml", "--headless"], "leave out --headless"),
+        (["--", "--version"], "prints and exits"),
         (["--host", "0.0.0.0"], "--host 0.0.0.0", "--public"),
         (["--port", str(taken_port)], f"--port {taken_port}", "the port is in use"),
     ]

@@ -502,7 +502,7 @@ class BusmonApp(App[int]):
         elif leftovers.items:
             stack.all_filtered(len(leftovers.items), leftovers.filter)
         elif judged:
-            stack.nothing_left()
+            stack.nothing_left(program=self.program)
         else:
             stack.show(None)
 

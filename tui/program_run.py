@@ -18,6 +18,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -33,6 +34,8 @@ from busmon.probes.recording.codec import Decoder, DamagedLine
 BOOT = Path(agent_package.__file__).resolve().parent / "boot"
 #: how long the channel may stay open after the program exited (its last lines in flight)
 DRAIN_S = 5.0
+#: the same signal twice within this is one (passed on once)
+SAME_SIGNAL_S = 1.0
 #: signals passed on to the program (SIGINT too, unless a terminal sent it to both already)
 FORWARDED = (signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2, signal.SIGINT)
 
@@ -251,12 +254,19 @@ def run_program(argv: list[str], options: RunOptions, on_event: Callable[[Any], 
     read_fd, write_fd = os.pipe()
     os.set_inheritable(write_fd, True)
     started: list[subprocess.Popen] = []
+    # a terminal's foreground job: the program shares busmon's process group (it may read the
+    # terminal, and a Ctrl-C reaches both). Otherwise (CI, a pipe, a service manager) it gets a
+    # group of its own, so a signal to busmon's group (kill -INT -PGID, timeout -s INT) reaches
+    # it once, passed on by busmon, not twice: asyncio turns a second SIGINT into a
+    # KeyboardInterrupt wherever the program then is, the verdict included
+    shares_terminal = _terminal_sent_it()
     # handlers first: a signal busmon ignores would be ignored by the program too (exec keeps
     # SIG_IGN), and asyncio.run() then would not turn Ctrl-C into KeyboardInterrupt
-    previous = _pass_signals_to(started)
+    previous = _pass_signals_to(started, shares_terminal)
     try:
         try:
-            proc = subprocess.Popen(argv, env=environment(options, write_fd), pass_fds=(write_fd,))
+            proc = subprocess.Popen(argv, env=environment(options, write_fd), pass_fds=(write_fd,),
+                                    process_group=None if shares_terminal else 0)
         except OSError as exc:
             os.close(read_fd)
             raise NotAProgram(f"{argv[0]}: cannot start it: {exc.strerror or exc}") from None
@@ -277,15 +287,21 @@ def run_program(argv: list[str], options: RunOptions, on_event: Callable[[Any], 
     return ProgramOutcome(returncode, reader.heard, drained, label=options.label)
 
 
-def _pass_signals_to(started: list[subprocess.Popen]) -> dict[int, Any]:
-    """While the program runs, a signal to busmon is the program's (a terminal's Ctrl-C reaches
-    both already: not sent twice)."""
+def _pass_signals_to(started: list[subprocess.Popen], shares_terminal: bool) -> dict[int, Any]:
+    """While the program runs, a signal to busmon is the program's, passed on once: a terminal's
+    Ctrl-C reaches both already (not sent again), and the same signal twice within
+    :data:`SAME_SIGNAL_S` is one (``timeout`` signals busmon, then its process group)."""
     if threading.current_thread() is not threading.main_thread():
         return {}
+    last: dict[int, float] = {}
 
     def forward(sig: int, _frame: Any) -> None:
-        if not started or sig == signal.SIGINT and _terminal_sent_it():
+        if not started or sig == signal.SIGINT and shares_terminal and _terminal_sent_it():
             return
+        now = time.monotonic()
+        if now - last.get(sig, -SAME_SIGNAL_S) < SAME_SIGNAL_S:
+            return
+        last[sig] = now
         try:
             started[0].send_signal(sig)
         except OSError:

@@ -41,6 +41,9 @@ def served_command(args: list[str]) -> list[str]:
     if other and other not in DASHBOARDS:
         raise ServeError(f"busmon serve -- {other}: only a dashboard can be served (busmon, busmon play, "
                          f"busmon attach, busmon replay), not {other}")
+    if given := next((a for a in args if a in ("--version", "--help")), None):
+        raise ServeError(f"busmon serve -- {given}: a page shows a dashboard; {given} prints and exits (run "
+                         f"busmon {given} instead)")
     if command in ("play", "replay") and "--headless" in args:
         raise ServeError(f"busmon serve -- {command} --headless: a page shows the dashboard; leave out --headless")
     return [sys.executable, "-m", "busmon", *args]

@@ -327,11 +327,22 @@ class Agent:
         if server is None or feed is None:
             return
         linger = self.config.metrics_linger_s
-        if linger > 0 and feed.generation > 0:
-            if server.wait_scraped(linger):
-                self.channel.note(f"metrics: the last verdict was scraped ({server.url})")
-            else:
-                self.channel.note(f"metrics: nothing scraped {server.url} within {linger:g} s of the last "
-                                  "verdict (--metrics-linger)")
-        server.close()
+        try:
+            if feed.generation == 0:
+                pass
+            elif linger > 0:
+                self.channel.note(f"metrics: waiting up to {linger:g} s for a scrape of the last verdict "
+                                  f"({server.url}; --metrics-linger)")
+                if server.wait_scraped(linger):
+                    self.channel.note("metrics: the last verdict was scraped")
+                else:
+                    self.channel.note(f"metrics: nothing scraped {server.url} within {linger:g} s of the last "
+                                      "verdict")
+            elif not server.wait_scraped(0):
+                self.channel.note("metrics: the last verdict was never scraped (--metrics-linger SECONDS waits "
+                                  "for a scrape before the program exits)")
+        except KeyboardInterrupt:  # a second Ctrl-C: the person does not want to wait
+            self.channel.note("metrics: stopped waiting for a scrape (Ctrl-C)")
+        finally:
+            server.close()
 

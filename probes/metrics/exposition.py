@@ -20,6 +20,7 @@ from prometheus_client.registry import Collector
 from busmon.probes.metrics.feed import DEFAULT_TOP, ERROR_KINDS, FeedReading, MetricsFeed
 from busmon.probes.observe import loop_totals
 from busmon.probes.observe.children import descendant_count
+from busmon.probes.observe.components import thread_component
 from busmon.probes.observe.fds import BUSMON_FDS, fd_table
 
 #: the verdicts a run or a program can have (an enum: the last one is 1, the others 0)
@@ -90,8 +91,12 @@ class BusmonCollector(Collector):
         # busmon's own descriptors (the metrics listener, a scrape's connection, an attached
         # dashboard's) are left out: the gauges say what the program holds
         table = {fd: t for fd, t in (fd_table() or {}).items() if fd not in BUSMON_FDS}
-        yield GaugeMetricFamily("busmon_threads", "Live Python threads", value=threading.active_count())
-        yield GaugeMetricFamily("busmon_os_threads", "The process's OS threads (Python's and native)", value=os_threads)
+        threads = threading.enumerate()
+        own = sum(1 for t in threads if thread_component(t).startswith("busmon."))  # busmon's machinery
+        yield GaugeMetricFamily("busmon_threads", "Live Python threads (busmon's own left out)",
+                                value=len(threads) - own)
+        yield GaugeMetricFamily("busmon_os_threads", "The process's OS threads, Python's and native (busmon's own "
+                                "left out)", value=max(0, os_threads - own))
         yield GaugeMetricFamily("busmon_open_fds", "The process's open file descriptors (busmon's own left out)",
                                 value=len(table))
         yield GaugeMetricFamily("busmon_sockets", "The process's open sockets (busmon's own left out)",

@@ -125,8 +125,13 @@ class StackView(Static):
         self.leftover: Leftover | None = None
         self._drawn_width = -1
 
-    def nothing_left(self) -> None:
+    def nothing_left(self, program: bool = False) -> None:
+        """Nothing to show: said in the words of what was judged (a bus's close, or a program)."""
         self.leftover = None
+        if program:
+            self.update(Text("nothing new was alive at the verdict:\neverything the program started since the "
+                             "baseline had exited", style="green"))
+            return
         self.update(Text("nothing new was alive when close returned:\nevery task and thread the bus "
                          "started had already exited", style="green"))
 
