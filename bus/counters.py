@@ -5,6 +5,10 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 
+#: the errors a bus counts, by the kind a sample and the metrics name them
+ERROR_COUNTERS = {"handler": "handler_errors", "decode": "decode_errors", "publish": "publish_errors"}
+
+
 @dataclass(slots=True)
 class BusCounters:
     """Monotonic counters; written only on the bus's own event loop."""

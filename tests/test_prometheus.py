@@ -14,7 +14,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 
 from busmon.bus.brokers_local import free_port
 from tests.prometheus_server import Prometheus, binary, poll

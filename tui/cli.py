@@ -44,7 +44,8 @@ from busmon.probes.metrics.address import ListenAddressError
 from busmon.probes.metrics.feed import DEFAULT_TOP
 from busmon.probes.metrics.server import MetricsUnavailable
 from busmon.tui.metrics_serving import (MetricsLingerOpt, MetricsOpt, MetricsOptionError, MetricsPublicOpt,
-                                        MetricsTopOpt, agent_settings, start_for_play, together)
+                                        MetricsTopOpt, agent_settings, start_for_play)
+from busmon.tui.recording import tee
 
 if TYPE_CHECKING:
     from busmon.probes.recording.reader import Recording
@@ -505,7 +506,8 @@ def _play(scenario: Path, reports: list[Path], played_headless: bool,
         err.print(Text(f"busmon: metrics: {serving.server.url}"), highlight=False)
     try:
         recorder = _start_recording(record, "play", sc, str(scenario), headless=played_headless)
-        observers = together(recorder.put if recorder else None, serving.feed.put if serving else None)
+        sinks = [s for s in (recorder.put if recorder else None, serving.feed.put if serving else None) if s]
+        observers = tee(*sinks) if sinks else None  # every event to the recording and the metrics
         _say_default_run(sc, scenario)
         result = None
         try:

@@ -85,16 +85,3 @@ def start_for_play(metrics: str | None, public: bool, top: int = DEFAULT_TOP,
     feed = MetricsFeed()
     return PlayMetrics(feed, serve_metrics(feed, mode="play", host=host, port=port, top=top))
 
-
-def together(*sinks: Callable[[object], None] | None) -> Callable[[object], None] | None:
-    """One sink handing every event to each of ``sinks`` (None when there are none)."""
-    given = [s for s in sinks if s is not None]
-    if not given:
-        return None
-    if len(given) == 1:
-        return given[0]
-
-    def each(event: object) -> None:
-        for sink in given:
-            sink(event)
-    return each

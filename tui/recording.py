@@ -64,16 +64,19 @@ def finish(recorder: Recorder | None, result: ScenarioResult | None, say: Callab
         say(f"recorded to {recorder.path}")
 
 
-def tee(first: Callable[[object], None], record: Callable[[object], None] | None) -> Callable[[object], None]:
-    """A sink that hands every event to ``first`` and, when recording, to ``record``."""
-    if record is None:
+def tee(first: Callable[[object], None], *others: Callable[[object], None] | None) -> Callable[[object], None]:
+    """A sink that hands every event to ``first`` and to each of ``others`` given (the recorder
+    when recording, the metrics' feed when serving them; None: not given)."""
+    given = [sink for sink in others if sink is not None]
+    if not given:
         return first
 
-    def both(event: object) -> None:
+    def each(event: object) -> None:
         first(event)
-        record(event)
+        for sink in given:
+            sink(event)
 
-    return both
+    return each
 
 
 def _version() -> str:

@@ -19,7 +19,7 @@ import sys
 from typing import Any
 
 from busmon.bus.secrets import redact_url, scrub
-from busmon.probes.metrics.address import check_host, is_loopback, url_host
+from busmon.probes.metrics.address import check_host, is_loopback, listen_failure, url_host
 
 #: busmon's commands that show a dashboard (with no command: the interactive one)
 DASHBOARDS = ("play", "attach", "replay")
@@ -70,13 +70,8 @@ def bind(host: str, port: int) -> socket.socket:
         sock.listen(128)
     except OSError as exc:
         sock.close()
-        reason = "the port is in use" if exc.errno in (98, 48) else (exc.strerror or str(exc))
-        raise ServeError(f"--port {port}: cannot listen on {url_host(host)}:{port}: {reason}") from None
+        raise ServeError(f"--port {port}: cannot listen on {url_host(host)}:{port}: {listen_failure(exc)}") from None
     return sock
-
-
-def check_address(host: str, public: bool) -> str:
-    return check_host("--host", host, public, "--public")
 
 
 def serve(args: list[str], host: str, port: int, public: bool, say: Any) -> None:
@@ -87,7 +82,7 @@ def serve(args: list[str], host: str, port: int, public: bool, say: Any) -> None
     except ImportError:
         raise ServeError(f"busmon serve needs textual-serve, busmon's serve extra: {EXTRA}") from None
     argv = served_command(args)
-    host = check_address(host, public)
+    host = check_host("--host", host, public, "--public")
     sock = bind(host, port)
     bound_port = sock.getsockname()[1]
     wildcard = host in ("0.0.0.0", "::")

@@ -31,11 +31,9 @@ from busmon.probes.agent.listener import Listener
 from busmon.probes.agent.loop_verdict import LoopVerdict, loop_name
 from busmon.probes.agent.socket_dir import remove_stale, socket_path
 from busmon.probes.metrics.feed import MetricsFeed
-from busmon.probes.model import Sample
-from busmon.probes.observe.process import ProcessReading
-from busmon.probes.model import PhaseStarted, RunFinished
+from busmon.probes.model import PhaseStarted, RunFinished, Sample
 from busmon.probes.observe.fds import BUSMON_FDS, fd_table
-from busmon.probes.observe.process import ProcessProbe
+from busmon.probes.observe.process import ProcessProbe, ProcessReading
 from busmon.probes.observe.census import running_loop
 
 
@@ -134,12 +132,16 @@ class Agent:
 
     # -- an attached dashboard's requests (from the listener's thread) ---------------------------
 
-    def _each_loop(self, what: Any) -> None:
+    def _each_loop(self, what: Any) -> int:
+        """``what(lv)`` called on each watched loop, in its own thread: how many loops were asked."""
+        asked = 0
         for loop, lv in list(self.loops.items()):
             try:
                 loop.call_soon_threadsafe(what, lv)
+                asked += 1
             except RuntimeError:  # closed meanwhile
                 pass
+        return asked
 
     def sample_all(self) -> None:
         """One sample of each loop for the dashboard (from the listener's thread): the process's
@@ -159,7 +161,7 @@ class Agent:
         nothing = ProcessReading(0.0, 0.0, 0, 0)  # the process's figures are read by the scrape itself
         done = threading.Condition()
         got: list[Sample] = []
-        answered = asked = 0
+        answered = 0
 
         def sample(lv: LoopVerdict) -> None:
             nonlocal answered
@@ -170,12 +172,7 @@ class Agent:
                 answered += 1
                 done.notify()
 
-        for loop, lv in list(self.loops.items()):
-            try:
-                loop.call_soon_threadsafe(sample, lv)
-                asked += 1
-            except RuntimeError:  # closed meanwhile
-                pass
+        asked = self._each_loop(sample)
         deadline = time.monotonic() + timeout_s
         with done:
             while answered < asked and (left := deadline - time.monotonic()) > 0:
@@ -328,9 +325,9 @@ class Agent:
             return
         linger = self.config.metrics_linger_s
         try:
-            if feed.generation == 0:
-                pass
-            elif linger > 0:
+            if feed.generation == 0:  # no verdict to be scraped
+                return
+            if linger > 0:
                 self.channel.note(f"metrics: waiting up to {linger:g} s for a scrape of the last verdict "
                                   f"({server.url}; --metrics-linger)")
                 if server.wait_scraped(linger):

@@ -25,7 +25,6 @@ def start_from_environment() -> None:
     if config is None:
         return
     from busmon.probes.agent.agent import Agent
-
     from busmon.probes.metrics.server import MetricsUnavailable
 
     AGENT = Agent(config)

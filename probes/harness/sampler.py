@@ -14,6 +14,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from busmon.bus.counters import ERROR_COUNTERS
 from busmon.probes.harness.audit import DeliveryAudit
 from busmon.probes.observe.fds import fd_table, identities, new_sockets
 from busmon.probes.model import Sample
@@ -45,10 +46,6 @@ class LiveState:
         peak["tasks"] = max(peak["tasks"], tasks)
         peak["threads"] = max(peak["threads"], threads)
         peak["os_threads"] = max(peak["os_threads"], os_threads)
-
-
-#: the bus's error counters a sample carries, by the name a sample gives them
-ERROR_COUNTERS = {"handler": "handler_errors", "decode": "decode_errors", "publish": "publish_errors"}
 
 
 def bus_errors(counters: Any) -> dict[str, int]:

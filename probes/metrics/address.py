@@ -7,6 +7,7 @@ one line naming the option and what it expected.
 
 from __future__ import annotations
 
+import errno
 import ipaddress
 import socket
 
@@ -18,34 +19,38 @@ class ListenAddressError(ValueError):
 LOOPBACK = "127.0.0.1"
 
 
-def is_loopback(host: str) -> bool:
-    """True when every address ``host`` names is this machine's loopback (a name is resolved)."""
+def addresses(host: str) -> list[ipaddress.IPv4Address | ipaddress.IPv6Address]:
+    """The addresses ``host`` names (an address is itself; a name is resolved): [] for none."""
     try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
+        return [ipaddress.ip_address(host.strip("[]"))]
     except ValueError:
         pass
     try:
         infos = socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)
     except OSError:
-        return False
-    return bool(infos) and all(ipaddress.ip_address(info[4][0].split("%")[0]).is_loopback for info in infos)
+        return []
+    return [ipaddress.ip_address(str(info[4][0]).split("%")[0]) for info in infos]
 
 
-def resolves(host: str) -> bool:
-    try:
-        socket.getaddrinfo(host.strip("[]"), None, type=socket.SOCK_STREAM)
-    except OSError:
-        return False
-    return True
+def is_loopback(host: str) -> bool:
+    """True when every address ``host`` names is this machine's loopback."""
+    found = addresses(host)
+    return bool(found) and all(a.is_loopback for a in found)
+
+
+def listen_failure(exc: OSError) -> str:
+    """Why a bind failed, in words (the usual one said plainly)."""
+    return "the port is in use" if exc.errno == errno.EADDRINUSE else (exc.strerror or str(exc))
 
 
 def check_host(option: str, host: str, public: bool, public_flag: str) -> str:
     """``host`` if busmon may listen there: loopback, or anything when ``public``."""
     if not host:
         raise ListenAddressError(f"{option}: expected a host name or address, got nothing")
-    if not resolves(host):
+    found = addresses(host)
+    if not found:
         raise ListenAddressError(f"{option} {host}: no such host (it does not resolve to an address)")
-    if not public and not is_loopback(host):
+    if not public and not all(a.is_loopback for a in found):
         raise ListenAddressError(f"{option} {host}: not a loopback address, and what busmon serves has no "
                                  f"login; add {public_flag} to serve it to other machines")
     return host.strip("[]")

@@ -17,14 +17,13 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, Mapping
 
+from busmon.bus.counters import ERROR_COUNTERS
 from busmon.probes.model import PhaseStarted, RunFinished, Sample
 
 #: components named in busmon_tasks unless asked otherwise (the rest: other)
 DEFAULT_TOP = 20
-#: a run's counters the play metrics add up (the bus's error kinds are the sample's)
-ERROR_KINDS = ("handler", "decode", "publish")
-#: a finished run's error counters, by the kind a sample names them
-_FINAL_ERRORS = {"handler": "handler_errors", "decode": "decode_errors", "publish": "publish_errors"}
+#: the bus's error kinds the play metrics add up (a sample's names for them)
+ERROR_KINDS = tuple(ERROR_COUNTERS)
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,8 +72,6 @@ class MetricsFeed:
         self._verdicts: collections.Counter[str] = collections.Counter()
         self._last: Verdict | None = None
         self._generation = 0
-        #: notified at each verdict (a lingering exit waits for a scrape after it)
-        self.changed = threading.Condition(self._lock)
 
     # -- events (any thread) -----------------------------------------------------------------
 
@@ -118,7 +115,7 @@ class MetricsFeed:
                     run = self._run = _RunCounts(r.name)
                 run.published = max(run.published, int(r.delivery.get("published", 0)))
                 run.delivered = max(run.delivered, int(r.delivery.get("received", 0)))
-                for kind, counter in _FINAL_ERRORS.items():
+                for kind, counter in ERROR_COUNTERS.items():
                     n = int(r.counters.get(counter, 0))
                     if n > 0:
                         run.errors[kind] = max(run.errors.get(kind, 0), n)
@@ -127,7 +124,6 @@ class MetricsFeed:
             self._verdicts[r.verdict] += 1
             self._last = Verdict(r.verdict, time.time(), dict(left))
             self._generation += 1
-            self.changed.notify_all()
 
     def _carry(self) -> None:
         """Add the current run's counts to what earlier runs counted (under the lock)."""

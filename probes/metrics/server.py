@@ -19,7 +19,7 @@ import time
 from typing import Any, Callable, Iterable
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
 
-from busmon.probes.metrics.address import url_host
+from busmon.probes.metrics.address import listen_failure, url_host
 from busmon.probes.metrics.feed import MetricsFeed
 from busmon.probes.observe.fds import BUSMON_FDS
 
@@ -76,7 +76,6 @@ class MetricsServer:
     """Serves ``feed`` through ``collector`` on ``host:port`` until :meth:`close`."""
 
     def __init__(self, feed: MetricsFeed, collector: Any, host: str, port: int) -> None:
-        require_client()
         from prometheus_client import CollectorRegistry, make_wsgi_app
 
         self.feed = feed
@@ -85,14 +84,13 @@ class MetricsServer:
         self._app = make_wsgi_app(registry)
         self._served = threading.Condition()
         self._served_generation = -1
-        self.scrapes = 0
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         server_class = type("BusmonMetricsServer", (_Server,), {"address_family": family})
         try:
             self._httpd = server_class((host, port), _Handler)
         except OSError as exc:
-            reason = "the port is in use" if exc.errno in (98, 48) else (exc.strerror or str(exc))
-            raise MetricsUnavailable(f"--metrics {url_host(host)}:{port}: cannot listen there: {reason}") from None
+            raise MetricsUnavailable(f"--metrics {url_host(host)}:{port}: cannot listen there: "
+                                     f"{listen_failure(exc)}") from None
         self._httpd.set_app(self._app_noting_scrapes)
         self.host, self.port = host, int(self._httpd.server_address[1])
         self._listening_fd = self._httpd.socket.fileno()
@@ -111,7 +109,6 @@ class MetricsServer:
         if environ.get("PATH_INFO") == "/favicon.ico":
             return body
         with self._served:
-            self.scrapes += 1
             self._served_generation = max(self._served_generation, generation)
             self._served.notify_all()
         return body

@@ -24,7 +24,6 @@ class LoopTotalsReading:
     """A consistent copy: counts per bucket (not cumulative; the last is above every bound)."""
 
     buckets: tuple[int, ...]
-    count: int
     sum_s: float
     stalls: int
 
@@ -35,7 +34,6 @@ class LoopTotals:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._buckets = [0] * (len(LAG_BOUNDS_S) + 1)
-        self._count = 0
         self._sum_s = 0.0
         self._stalls = 0
 
@@ -45,7 +43,6 @@ class LoopTotals:
         i = bisect.bisect_left(LAG_BOUNDS_S, lag_s)
         with self._lock:
             self._buckets[i] += 1
-            self._count += 1
             self._sum_s += lag_s
 
     def stall(self) -> None:
@@ -54,7 +51,7 @@ class LoopTotals:
 
     def read(self) -> LoopTotalsReading:
         with self._lock:
-            return LoopTotalsReading(tuple(self._buckets), self._count, self._sum_s, self._stalls)
+            return LoopTotalsReading(tuple(self._buckets), self._sum_s, self._stalls)
 
 
 #: the process's totals while metrics are served, else None (a LoopWatch then adds nothing)
@@ -67,11 +64,6 @@ def enable() -> LoopTotals:
     if _current is None:
         _current = LoopTotals()
     return _current
-
-
-def disable() -> None:
-    global _current
-    _current = None
 
 
 def current() -> LoopTotals | None:
