@@ -19,10 +19,13 @@ import tempfile
 import textwrap
 import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from busmon.probes.agent.listener import Listener
 from busmon.probes.agent.socket_dir import socket_dir
+from busmon.probes.model import PhaseStarted
 from busmon.tui.app import BusmonApp
 from busmon.tui.attach import AgentConnection, AttachController, find_socket
 from tests.run_programs import TIMEOUT_S, write
@@ -484,3 +487,56 @@ async def test_the_runs_screen_of_a_program_lists_its_verdicts_without_a_loads_c
         await pilot.press("q")
     controller.shutdown()
     assert program.end()[0] == 0
+
+
+class _BusyAgent:
+    """What a listener serves, with a program that emits while the hello is being made: its
+    ``facts()`` has another thread put an event (as a loop's phase starting would)."""
+
+    def __init__(self) -> None:
+        self.channel = type("Chan", (), {"t0": 0.0})()
+        self.listener: Any = None
+        self.put_returned = threading.Event()
+
+    def facts(self) -> dict[str, Any]:
+        def emit() -> None:
+            self.listener.put(PhaseStarted("main", "load", 1.0))
+            self.put_returned.set()
+        threading.Thread(target=emit).start()
+        # time for a racing put to overtake the hello (none does: it waits for the hello)
+        self.put_returned.wait(0.3)
+        return {"pid": os.getpid()}
+
+    def history(self) -> list[Any]:
+        return [PhaseStarted("main", "subscribe", 0.5)]
+
+    def mark(self, name: str, opens: bool | None) -> None: ...
+    def baseline_all(self) -> None: ...
+    def verdict_all(self) -> None: ...
+    def sample_all(self) -> None: ...
+    def fault(self, doing: str, exc: BaseException) -> None: raise exc
+
+
+def test_the_hello_comes_first_then_the_history_then_live_events(tmp_path: Path) -> None:
+    """An event the program emits while a dashboard is being greeted never comes before the
+    hello (it did once, and the dashboard took the agent for something else): until the history
+    is told, what happens is the history's to tell; after it, live events follow it."""
+    agent = _BusyAgent()
+    agent.listener = listener = Listener(agent, tmp_path / "a.sock")
+    try:
+        with socket.socket(socket.AF_UNIX) as s:
+            s.settimeout(TIMEOUT_S)
+            s.connect(str(tmp_path / "a.sock"))
+            f = s.makefile("rwb")
+            f.write((json.dumps(HELLO) + "\n").encode())
+            f.flush()
+            lines = [json.loads(f.readline()) for _ in range(2)]
+            listener.put(PhaseStarted("main", "close", 2.0))  # live, once greeted
+            lines.append(json.loads(f.readline()))
+    finally:
+        listener.close()
+    assert agent.put_returned.is_set()
+    assert lines[0].get("attached") is True, lines
+    # the racing event came before the greeting was done: what it said is the history's to tell
+    assert [(x.get("type"), x.get("phase")) for x in lines[1:]] == [
+        ("phase_started", "subscribe"), ("phase_started", "close")]

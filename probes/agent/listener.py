@@ -123,14 +123,18 @@ class Listener:
         if not self.attached:
             return
         with self._lock:
-            if self._client is None:
+            if self._client is None or not self._ready:
                 return
             if not isinstance(event, RunFinished) and len(self._out) > self.max_buffer:
                 self.dropped += 1  # a sample, a mark: never a verdict
                 return
-            line = shown(self._encoder.encode(time.monotonic() - self.agent.channel.t0, event))
-            self._out += (json.dumps(line, separators=(",", ":")) + "\n").encode()
+            self._queue(event)
         self._wake()
+
+    def _queue(self, event: Any) -> None:
+        """An event's line onto what the dashboard is sent (the lock held)."""
+        line = shown(self._encoder.encode(time.monotonic() - self.agent.channel.t0, event))
+        self._out += (json.dumps(line, separators=(",", ":")) + "\n").encode()
 
     def _say(self, **fields: Any) -> None:
         with self._lock:
@@ -279,10 +283,14 @@ class Listener:
             self._refuse(f"this agent speaks version {VERSION} of busmon's attach protocol, the dashboard "
                          f"{req.get('version')}: use the same busmon for both")
             return
-        self._ready = True
-        self._say(**self.agent.facts(), attached=True)
-        for event in self.agent.history():
-            self.put(event)
+        # hello first, then what happened so far, and only then live events: the program's threads
+        # put theirs as soon as ``_ready`` is seen, so it turns true under the lock, after these
+        with self._lock:
+            self._out += agent_bytes(**self.agent.facts(), attached=True)
+            for event in self.agent.history():
+                self._queue(event)
+            self._ready = True
+        self._wake()
 
     def _write(self) -> None:
         client = self._client

@@ -146,8 +146,8 @@ class LoopVerdict:
         if self.judged:
             return
         if opens is not False:
+            self.phase = name  # before it is said: a dashboard greeted in between has it in its history
             self.emit(PhaseStarted(self.name, name, self.elapsed()))
-            self.phase = name
             if self.watch is not None:
                 self.watch.set_phase(name)
         if opens is not True:
