@@ -302,6 +302,9 @@ async def test_every_run_of_a_played_ladder_can_be_looked_at_again():
         table = app.screen.query_one(DataTable)
         await until(pilot, lambda: table.row_count == 2, "a row per run")
         assert [str(table.get_row_at(i)[0]) for i in range(2)] == ["warm-up", "main"]
+        # keys go to the focused widget: the table takes focus after it is filled (Textual's
+        # focus is a message of its own), with its cursor on the last run
+        await until(pilot, lambda: table.has_focus and table.cursor_row == 1, "the last run, focused")
         await pilot.press("up", "enter")
         await until(pilot, lambda: not isinstance(app.screen, RunsScreen), "back on the main screen")
         assert app.state.viewing == "1/2 warm-up"
