@@ -4,9 +4,28 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from collections import defaultdict
+from typing import Callable, TypeVar
 
 from busmon.bus import Envelope
+
+T = TypeVar("T")
+
+
+def poll(check: Callable[[], T | None], what: str, timeout: float, every: float = 0.0) -> T:
+    """``check()`` until it returns something truthy (returned), failing at the deadline: for
+    state another process or the kernel holds, which sends no event (``every`` s apart, or at once)."""
+    deadline = time.monotonic() + timeout
+    last: T | None = None
+    while True:
+        last = check()
+        if last:
+            return last
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what}: not within {timeout:g} s (last: {last!r})")
+        if every:
+            time.sleep(every)
 
 
 class Collector:

@@ -5,18 +5,19 @@ afterwards. A machine without it fails the test with how to install it, never a 
 
 from __future__ import annotations
 
+import functools
 import json
 import shutil
 import subprocess
-import time
 import urllib.parse
 import urllib.request
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pytest
 
 from busmon.bus.brokers_local import free_port
+from tests import helpers
 
 INSTALL = ("install Debian's prometheus package (apt-get update && apt-get install -y prometheus: "
            "prometheus and promtool), or put both on PATH; .ci/run installs them")
@@ -33,17 +34,8 @@ def binary(name: str) -> str:
     return found
 
 
-def poll(check: Callable[[], Any], what: str, timeout: float = WAIT_S) -> Any:
-    """``check()`` until it returns something truthy, for at most ``timeout`` (Prometheus is
-    another process: its state is polled, a fifth of a second apart)."""
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = check()
-        if last:
-            return last
-        time.sleep(0.2)
-    raise AssertionError(f"{what}: not within {timeout:g} s (last: {last!r})")
+#: Prometheus is another process: its state is polled, a fifth of a second apart
+poll = functools.partial(helpers.poll, timeout=WAIT_S, every=0.2)
 
 
 class Prometheus:
@@ -66,7 +58,7 @@ class Prometheus:
              f"--web.listen-address=127.0.0.1:{self.port}", "--log.level=warn"],
             stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
         try:
-            poll(self._ready, "prometheus ready", START_S)
+            poll(self._ready, "prometheus ready", timeout=START_S)
         except BaseException:
             self.stop()
             raise

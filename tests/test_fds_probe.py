@@ -12,29 +12,17 @@ import os
 import select
 import socket
 import sys
-import time
-from typing import Callable, Iterator, TypeVar
+from typing import Iterator
 
 import pytest
 
 from busmon.probes.observe.fds import (SUPPORTED, WRAPPED, Descriptor, SocketOwners, describe, fd_table, identities,
                         identity, new_sockets, socket_inode)
+from tests.helpers import poll
 
 pytestmark = pytest.mark.skipif(not SUPPORTED, reason="needs Linux /proc/self/fd")
 
 HERE = "tests/test_fds_probe.py"
-T = TypeVar("T")
-
-
-def poll(check: Callable[[], T | None], what: str, timeout: float = 5.0) -> T:
-    """Call ``check`` until it returns something truthy, up to a deadline."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what}: not within {timeout} s")
 
 
 def next_line() -> int:
@@ -183,7 +171,7 @@ def test_a_socket_the_peer_closed_is_close_wait(listener):
         accepted.close()
         readable, _, _ = select.select([client], [], [], 5.0)  # the peer's FIN arrived
         assert readable
-        d = poll(lambda: (x := one(client.fileno())).status == "CLOSE_WAIT" and x, "CLOSE_WAIT")
+        d = poll(lambda: (x := one(client.fileno())).status == "CLOSE_WAIT" and x, "CLOSE_WAIT", 5.0)
         assert d.label().endswith("CLOSE_WAIT")
     finally:
         client.close()

@@ -438,6 +438,7 @@ def test_retained_counts_what_the_program_made_and_still_holds(tmp_path: Path) -
     assert "500 __main__.Session" in out.stderr
     assert not any(x["type"] == "coroutine" for x in kept)  # busmon's own verdict is not the program's
     plain = busmon_run("--report", str(tmp_path / "p.json"), "--", PY, str(prog))
+    assert plain.returncode == 0, plain.stderr
     assert "retained_since_baseline" not in report(tmp_path / "p.json")["runs"][0]["memory"]
 
 
