@@ -503,8 +503,9 @@ class _BusyAgent:
             self.listener.put(PhaseStarted("main", "load", 1.0))
             self.put_returned.set()
         threading.Thread(target=emit).start()
-        # time for a racing put to overtake the hello (none does: it waits for the hello)
-        self.put_returned.wait(0.3)
+        # the racing put done before the hello is made (the old order sent its event first; now
+        # it finds the dashboard not yet greeted and leaves the event to the history)
+        self.put_returned.wait(TIMEOUT_S)
         return {"pid": os.getpid()}
 
     def history(self) -> list[Any]:
